@@ -1,0 +1,84 @@
+"""The FastAPI application: Vobiz webhooks, the stream socket, health and metrics."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from agent.calls.call import CallDeps
+from agent.calls.registry import CallRegistry
+from agent.carrier import stream_socket, webhooks
+from agent.carrier.rest import VobizClient
+from agent.config import Settings
+from agent.model.connection import ModelConnector
+from agent.observability.metrics import Metrics
+from agent.state import AppState, prompt_source
+
+log = logging.getLogger("agent.app")
+
+
+def create_app(
+    settings: Settings, *, connector: ModelConnector | None = None, embedded_engine: bool = False
+) -> FastAPI:
+    """`embedded_engine` runs the local realtime engine in-process: no OpenAI key needed."""
+    metrics = Metrics()
+    connector = connector or ModelConnector(settings)
+    vobiz = None
+    if settings.vobiz_rest_enabled:
+        assert settings.vobiz_auth_id and settings.vobiz_auth_token
+        vobiz = VobizClient(
+            settings.vobiz_auth_id, settings.vobiz_auth_token.get_secret_value(), settings.vobiz_api_url
+        )
+    deps = CallDeps(
+        settings=settings,
+        connector=connector,
+        metrics=metrics,
+        vobiz=vobiz,
+        transfer_url=lambda call_id: f"{settings.public_url}/vobiz/transfer?call={call_id}",
+        on_outcome=lambda call_id, outcome: None,
+    )
+    registry = CallRegistry(deps)
+    state = AppState(settings, metrics, registry, connector, vobiz, prompt_source(settings.prompts_dir))
+    # Fail at start-up, not on the first call, when the default prompt is unusable.
+    state.prompts(settings.default_prompt)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        engine = None
+        if embedded_engine:
+            from agent.simulation.realtime_server import RealtimeServer
+
+            engine = RealtimeServer()
+            await engine.start()
+            connector.retarget(engine.http_base_url)
+            log.warning(
+                "OPENAI_API_KEY is not set: calls are answered by the embedded offline realtime engine at %s "
+                "(tone replies, no real speech model). Set OPENAI_API_KEY to use OpenAI.",
+                engine.ws_base_url,
+            )
+        yield
+        await registry.shutdown()
+        if engine is not None:
+            await engine.stop()
+        if vobiz is not None:
+            await vobiz.aclose()
+        await connector.aclose()
+
+    app = FastAPI(title="Vobiz voice agent", lifespan=lifespan, docs_url=None, redoc_url=None)
+    app.state.agent = state
+    app.include_router(webhooks.router)
+    app.include_router(stream_socket.router)
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/metrics")
+    async def prometheus() -> Response:
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    return app

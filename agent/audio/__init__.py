@@ -1,0 +1,1 @@
+"""Audio formats, codecs and resampling: everything that touches samples."""

@@ -1,0 +1,678 @@
+"""One phone call: the full-duplex bridge between a Vobiz stream socket and an OpenAI Realtime session.
+
+Everything a call owns lives here and in one task group: the carrier reader, the caller-audio pump, the model
+reader and the playout pacer. Calls share nothing mutable, so a bad frame or a dead socket touches only this
+call. When either side ends, the task group is cancelled and both sockets are closed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import contextlib
+import enum
+import json
+import logging
+import re
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from openai import OpenAIError
+from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
+from websockets.exceptions import ConnectionClosed
+
+from agent.audio.formats import MediaFormat
+from agent.audio.transcode import BotAudioConverter, CallerAudioConverter
+from agent.calls.playout import Playout
+from agent.calls.record import CallRecord
+from agent.carrier import messages
+from agent.carrier.messages import InboundError, StartInfo, parse_inbound
+from agent.carrier.rest import VobizApiError, VobizClient
+from agent.config import Settings
+from agent.model import session_config
+from agent.model.connection import ModelConnection, ModelConnector, discard, send_event
+from agent.observability.metrics import Metrics
+from agent.prompts.loader import Prompt
+
+log = logging.getLogger("agent.call")
+
+_SHORTER_THAN = re.compile(r"Audio content of (\d+)ms is already shorter than (\d+)ms")
+
+
+class EndAction(enum.Enum):
+    """What Vobiz should do once the stream ends: the after-stream route turns this into XML."""
+
+    HANGUP = "hangup"
+    APOLOGY = "apology"
+    TRANSFER = "transfer"
+
+
+@dataclass
+class Outcome:
+    action: EndAction
+    reason: str
+    transfer_number: str | None = None
+
+
+class _CallOver(Exception):
+    """Raised inside the task group to end the call; carries no error."""
+
+
+@dataclass
+class _ToolCall:
+    call_id: str
+    name: str
+    arguments: dict[str, Any]
+    response_id: str
+
+
+@dataclass
+class CallDeps:
+    """Process-wide services a call borrows; none of them hold per-call state."""
+
+    settings: Settings
+    connector: ModelConnector
+    metrics: Metrics
+    vobiz: VobizClient | None
+    transfer_url: Callable[[str], str]
+    on_outcome: Callable[[str, Outcome], None]
+
+
+class Call:
+    def __init__(
+        self,
+        start: StartInfo,
+        prompt: Prompt,
+        record: CallRecord,
+        deps: CallDeps,
+        model: asyncio.Future[ModelConnection] | None = None,
+    ) -> None:
+        self.call_id = start.callId
+        self.stream_id = start.streamId
+        self.format: MediaFormat = start.media_format
+        self.prompt = prompt
+        self.record = record
+        self.deps = deps
+        self.settings = deps.settings
+        self.metrics = deps.metrics
+        self._model_pending = model
+        self.model: ModelConnection | None = None
+        self.model_ready = asyncio.Event()
+        self.log = logging.LoggerAdapter(log, {"call_id": self.call_id})
+        self._ws: WebSocket | None = None
+        self._tg: asyncio.TaskGroup | None = None
+        self.caller_audio = CallerAudioConverter(self.format, deps.settings.l16_byte_order)
+        self.bot_audio = BotAudioConverter(self.format)
+        self.playout = Playout(
+            self._send_carrier,
+            self.stream_id,
+            self.format,
+            chunk_ms=deps.settings.playout_chunk_ms,
+            lead_ms=deps.settings.playout_lead_ms,
+            checkpoint_interval_ms=deps.settings.checkpoint_interval_ms,
+        )
+        self._caller_queue: deque[bytes] = deque()
+        self._caller_queued_ms = 0.0
+        self._caller_data = asyncio.Event()
+        self._caller_bytes_per_ms = self.format.model_bytes_per_ms
+        self.transfer_number = prompt.meta.transfer_number or deps.settings.transfer_number
+        self.server_cancels = session_config.server_cancels_on_barge_in(prompt)
+        # Model-side state.
+        self.response_id: str | None = None
+        self.response_active = False
+        self.response_audio_items: dict[str, list[str]] = {}
+        self.received_ms: dict[str, float] = {}
+        self.interrupted_items: set[str] = set()
+        self.interrupted_responses: set[str] = set()
+        self._tool_calls: list[_ToolCall] = []
+        self._create_after_response = False
+        self._response_waiters: list[asyncio.Future[str]] = []
+        self._truncate_retried: set[str] = set()
+        self._dtmf: list[str] = []
+        self._dtmf_task: asyncio.Task[None] | None = None
+        self.closing = False
+        self.outcome: Outcome | None = None
+        self.end_reason = "unknown"
+        self.barge_ins = 0
+        self.done = asyncio.Event()
+
+    # --- lifecycle -----------------------------------------------------------------------------------------
+
+    async def run(self, ws: WebSocket) -> None:
+        """Bridge until either side ends; returns once both sockets are closed and every task is done."""
+        self._ws = ws
+        self.record.stream_id = self.stream_id
+        self.record.event("stream_started", stream_id=self.stream_id, format=self.format.content_type)
+        self.metrics.active_calls.inc()
+        try:
+            async with asyncio.TaskGroup() as tg:
+                self._tg = tg
+                tg.create_task(self._read_carrier(), name="carrier-reader")
+                tg.create_task(self._model_session(), name="model-session")
+                tg.create_task(self._pump_caller_audio(), name="caller-pump")
+                tg.create_task(self.playout.run(), name="playout")
+        except* _CallOver:
+            pass
+        except* Exception as group:
+            for exc in group.exceptions:
+                self.log.error("call failed: %r", exc, exc_info=exc)
+            self.end_reason = "internal_error"
+        finally:
+            self._tg = None
+            self.metrics.active_calls.dec()
+            await self._close_sockets()
+            self.record.finish(self.end_reason)
+            self.metrics.calls.labels(self.end_reason).inc()
+            self.log.info("call ended: %s", self.end_reason)
+            self.done.set()
+
+    def hang_up(self, reason: str) -> None:
+        """End the call from outside (hangup webhook, shutdown)."""
+        self.end_reason = reason
+        self.closing = True
+        if self._tg is not None:
+            self._tg.create_task(self._raise_over())
+
+    @staticmethod
+    async def _raise_over() -> None:
+        raise _CallOver
+
+    async def _close_sockets(self) -> None:
+        model, self.model = self.model, None
+        if model is None and self._model_pending is not None:
+            # The call ended before the pre-warmed connection was claimed: close it in the background.
+            discard(self._model_pending)
+        if model is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(model.close(), 1.0)
+        ws = self._ws
+        if ws is not None and ws.client_state == WebSocketState.CONNECTED:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(ws.close(), 1.0)
+
+    async def _finish(self, action: EndAction, reason: str) -> None:
+        """End the stream in-band: `stop` makes Vobiz run the XML after <Stream>, which asks us what to do."""
+        if self.outcome is None:
+            number = self.transfer_number if action in (EndAction.TRANSFER, EndAction.APOLOGY) else None
+            self.outcome = Outcome(action, reason, number)
+            self.deps.on_outcome(self.call_id, self.outcome)
+        self.closing = True
+        self.end_reason = reason
+        self.record.event("call_finishing", action=action.value, reason=reason)
+        try:
+            await self._send_carrier(messages.stop(self.stream_id))
+        except _CallOver:
+            if self.deps.vobiz is not None and action is EndAction.HANGUP:
+                with contextlib.suppress(VobizApiError):
+                    await self.deps.vobiz.hangup_call(self.call_id)
+        raise _CallOver
+
+    # --- carrier side --------------------------------------------------------------------------------------
+
+    async def _send_carrier(self, text: str) -> None:
+        ws = self._ws
+        if ws is None or ws.client_state != WebSocketState.CONNECTED:
+            raise _CallOver
+        try:
+            await ws.send_text(text)
+        except (WebSocketDisconnect, RuntimeError, OSError, ConnectionClosed):
+            if not self.closing:
+                self.end_reason = "carrier_closed"
+            raise _CallOver from None
+
+    async def _read_carrier(self) -> None:
+        assert self._ws is not None
+        while True:
+            try:
+                text = await self._ws.receive_text()
+            except (WebSocketDisconnect, RuntimeError, ConnectionClosed):
+                if not self.closing:
+                    self.end_reason = "carrier_closed"
+                    self.record.event("carrier_closed")
+                raise _CallOver from None
+            except KeyError:  # a binary frame: Vobiz only sends text
+                self._drop("binary_frame", "binary WebSocket frame")
+                continue
+            try:
+                event = parse_inbound(text)
+            except InboundError as exc:
+                self._drop(exc.reason, exc.detail)
+                continue
+            await self._on_carrier_event(event)
+
+    def _drop(self, reason: str, detail: str) -> None:
+        self.metrics.inbound_dropped.labels(reason).inc()
+        self.record.event("inbound_dropped", reason=reason)
+        self.log.warning("dropped carrier message (%s): %s", reason, detail[:200])
+
+    async def _on_carrier_event(self, event: messages.InboundEvent) -> None:
+        if isinstance(event, messages.MediaEvent):
+            if event.media.track != "inbound":
+                return
+            try:
+                payload = base64.b64decode(event.media.payload, validate=True)
+                audio = self.caller_audio.convert(payload)
+            except (binascii.Error, ValueError) as exc:
+                self._drop("bad_audio", str(exc))
+                return
+            self._queue_caller_audio(audio)
+        elif isinstance(event, messages.PlayedStreamEvent):
+            self.playout.on_played(event.name)
+        elif isinstance(event, messages.ClearedAudioEvent):
+            self.record.event("cleared_audio")
+        elif isinstance(event, messages.DtmfEvent):
+            self._on_dtmf(event.digit)
+        elif isinstance(event, messages.StopEvent):
+            self.record.event("carrier_stop")
+            if not self.closing:
+                self.end_reason = "carrier_stop"
+            raise _CallOver
+        elif isinstance(event, messages.StartEvent):
+            self._drop("duplicate_start", "start after the stream already started")
+
+    def _queue_caller_audio(self, audio: bytes) -> None:
+        """Bounded: if the model side stalls, the oldest caller audio goes first and is counted."""
+        if not audio:
+            return
+        self._caller_queue.append(audio)
+        self._caller_queued_ms += len(audio) / self._caller_bytes_per_ms
+        while self._caller_queued_ms > self.settings.caller_queue_ms and len(self._caller_queue) > 1:
+            dropped = self._caller_queue.popleft()
+            ms = len(dropped) / self._caller_bytes_per_ms
+            self._caller_queued_ms -= ms
+            self.metrics.caller_audio_dropped_ms.inc(ms)
+        self._caller_data.set()
+
+    async def _pump_caller_audio(self) -> None:
+        """Forward caller audio as it arrives; frames that queued up during a stall go out together."""
+        while True:
+            await self._caller_data.wait()
+            await self.model_ready.wait()
+            model = self.model
+            if model is None or not self._caller_queue:
+                self._caller_data.clear()
+                continue
+            audio = b"".join(self._caller_queue)
+            self._caller_queue.clear()
+            self._caller_queued_ms = 0.0
+            self._caller_data.clear()
+            message = '{"type":"input_audio_buffer.append","audio":"' + base64.b64encode(audio).decode() + '"}'
+            try:
+                await model.send_raw(message)
+            except (ConnectionClosed, OpenAIError, OSError):
+                # The model reader notices the drop and reconnects; keep this audio for the new session.
+                self._caller_queue.appendleft(audio)
+                self._caller_queued_ms += len(audio) / self._caller_bytes_per_ms
+                self.model_ready.clear()
+
+    def _on_dtmf(self, digit: str) -> None:
+        """Collect key presses and hand them to the model together, after a pause or on '#'."""
+        self.record.event("dtmf", digit=digit)
+        self._dtmf.append(digit)
+        if self._dtmf_task is not None:
+            self._dtmf_task.cancel()
+        if self._tg is None:
+            return
+        delay = 0.0 if digit == "#" else self.settings.dtmf_flush_s
+        self._dtmf_task = self._tg.create_task(self._flush_dtmf(delay))
+
+    async def _flush_dtmf(self, delay: float) -> None:
+        await asyncio.sleep(delay)
+        digits, self._dtmf = "".join(self._dtmf), []
+        if not digits:
+            return
+        self.record.system_note(f"keypad: {digits}")
+        await self._model_send(
+            {
+                "type": "conversation.item.create",
+                "item": {
+                    "type": "message",
+                    "role": "user",
+                    "content": [{"type": "input_text", "text": f"[The caller pressed keypad keys: {digits}]"}],
+                },
+            }
+        )
+        await self._request_response()
+
+    # --- model side ----------------------------------------------------------------------------------------
+
+    async def _model_send(self, event: dict[str, Any]) -> None:
+        model = self.model
+        if model is None:
+            return
+        try:
+            await send_event(model, event)
+        except (ConnectionClosed, OpenAIError, OSError) as exc:
+            self.log.warning("model send failed (%s): %r", event.get("type"), exc)
+
+    async def _request_response(self, response: dict[str, Any] | None = None) -> None:
+        """`response.create`, deferred until the active response is done: the API refuses two at once."""
+        if self.response_active:
+            self._create_after_response = True
+            return
+        self.response_active = True  # reserve: VAD or a tool could race us before response.created arrives
+        await self._model_send({"type": "response.create"} | ({"response": response} if response else {}))
+
+    async def _model_session(self) -> None:
+        """Hold one model session for the call, reconnecting with history when the socket drops."""
+        try:
+            if self._model_pending is not None:
+                pending, self._model_pending = self._model_pending, None
+                self.model = await pending
+            else:
+                self.model = await self._open_model(greet=True)
+        except (ConnectionClosed, OpenAIError, OSError, TimeoutError) as exc:
+            self.log.error("could not open the model session: %r", exc)
+            self.record.event("model_connect_failed", error=repr(exc))
+            if not await self._reconnect():
+                await self._finish(self._failure_action(), "model_unavailable")
+        self.record.event("model_connected")
+        self.model_ready.set()
+        while True:
+            model = self.model
+            assert model is not None
+            try:
+                async for event in model:
+                    await self._on_model_event(event)
+                if self.closing:
+                    return
+                self.log.warning("model closed the session")
+            except (ConnectionClosed, OpenAIError, OSError) as exc:
+                if self.closing:
+                    return
+                self.log.warning("model socket dropped: %r", exc)
+            self.record.event("model_dropped")
+            if not await self._reconnect():
+                await self._finish(self._failure_action(), "model_unavailable")
+
+    def _failure_action(self) -> EndAction:
+        return EndAction.APOLOGY
+
+    async def _open_model(self, *, greet: bool) -> ModelConnection:
+        model = await self.deps.connector.connect()
+        await send_event(model, self._session_update())
+        if greet:
+            self.response_active = True
+            await send_event(model, session_config.greeting_response(self.prompt))
+        return model
+
+    def _session_update(self) -> dict[str, Any]:
+        return session_config.session_update(self.prompt, self.format, can_transfer=bool(self.transfer_number))
+
+    async def _reconnect(self) -> bool:
+        """Open a fresh session, re-send the configuration and re-tell what the caller heard so far."""
+        self.model_ready.clear()
+        old, self.model = self.model, None
+        if old is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(old.close(), 0.5)
+        was_answering = self.response_active
+        self.response_active = False
+        self._create_after_response = False
+        for item_id in list(self.received_ms):
+            self.interrupted_items.add(item_id)  # a late delta from the old session must not play
+        for attempt in range(self.settings.model_reconnect_attempts):
+            try:
+                model = await self._open_model(greet=False)
+                history = self.record.history()
+                for turn in history:
+                    role, kind = ("assistant", "output_text") if turn.speaker == "assistant" else ("user", "input_text")
+                    await send_event(
+                        model,
+                        {
+                            "type": "conversation.item.create",
+                            "item": {
+                                "type": "message",
+                                "role": role,
+                                "content": [{"type": kind, "text": turn.text}],
+                            },
+                        },
+                    )
+            except (ConnectionClosed, OpenAIError, OSError, TimeoutError) as exc:
+                self.log.warning("model reconnect attempt %d failed: %r", attempt + 1, exc)
+                self.metrics.model_reconnects.labels("failed_attempt").inc()
+                await asyncio.sleep(min(0.25 * 2**attempt, 2.0))
+                continue
+            self.model = model
+            self.metrics.model_reconnects.labels("ok").inc()
+            self.record.event("model_reconnected", attempt=attempt + 1, seeded_turns=len(history))
+            self.model_ready.set()
+            caller_waiting = bool(history) and history[-1].speaker != "assistant"
+            if was_answering or caller_waiting:
+                await self._request_response(
+                    {"instructions": "The line dropped for a moment. Briefly pick up where the conversation left off."}
+                )
+            return True
+        self.metrics.model_reconnects.labels("gave_up").inc()
+        return False
+
+    async def _on_model_event(self, event: Any) -> None:
+        kind: str = event.type
+        if kind == "response.output_audio.delta":
+            self._on_audio_delta(event)
+        elif kind == "response.output_audio_transcript.delta":
+            if event.item_id not in self.interrupted_items:
+                self.record.assistant_text(event.item_id, event.delta)
+        elif kind == "input_audio_buffer.speech_started":
+            await self._on_speech_started(event)
+        elif kind == "response.created":
+            self.response_id = event.response.id
+            self.response_active = True
+            self.record.event("response_created", response_id=self.response_id)
+        elif kind == "response.output_audio.done":
+            if event.item_id not in self.interrupted_items:
+                self.playout.finish_item(event.item_id, self.bot_audio.finish_item())
+        elif kind == "response.output_audio_transcript.done":
+            if event.item_id not in self.interrupted_items:
+                self.record.assistant_done(event.item_id, event.transcript, self.received_ms.get(event.item_id, 0.0))
+        elif kind == "response.output_item.done":
+            item = event.item
+            if item.type == "function_call" and item.status == "completed":
+                self._tool_calls.append(
+                    _ToolCall(item.call_id or "", item.name, _arguments(item.arguments), event.response_id)
+                )
+        elif kind == "response.done":
+            await self._on_response_done(event.response)
+        elif kind == "input_audio_buffer.speech_stopped":
+            self.record.caller_stopped(event.item_id)
+        elif kind == "conversation.item.input_audio_transcription.completed":
+            self.record.caller_said(event.item_id, event.transcript)
+            self.record.event("caller_transcript", item_id=event.item_id, text=event.transcript)
+        elif kind == "conversation.item.truncated":
+            self.record.event("truncated", item_id=event.item_id, audio_end_ms=event.audio_end_ms)
+        elif kind == "error":
+            await self._on_model_error(event.error)
+        elif kind in ("session.created", "session.updated"):
+            self.record.event(kind)
+
+    def _on_audio_delta(self, event: Any) -> None:
+        item_id: str = event.item_id
+        if item_id in self.interrupted_items or event.response_id in self.interrupted_responses:
+            return  # late audio of an interrupted answer: the caller must never hear it
+        audio = base64.b64decode(event.delta)
+        if item_id not in self.received_ms:
+            self.received_ms[item_id] = 0.0
+            self.response_audio_items.setdefault(event.response_id, []).append(item_id)
+            self.bot_audio.reset()
+            self.record.event("bot_audio_started", item_id=item_id)
+        self.received_ms[item_id] += len(audio) / self.format.model_bytes_per_ms
+        self.playout.enqueue(item_id, self.bot_audio.convert(audio))
+
+    async def _on_speech_started(self, event: Any) -> None:
+        self.record.caller_started(event.item_id)
+        if self.closing:
+            return
+        started = time.monotonic()
+        audible = self.playout.is_audible(started)
+        if audible:
+            # First and before anything else: the caller must stop hearing the bot.
+            await self._send_carrier(messages.clear_audio(self.stream_id))
+            self.metrics.clear_latency.observe(time.monotonic() - started)
+            self.metrics.barge_ins.inc()
+            self.barge_ins += 1
+        heard = self.playout.clear() if audible else {}
+        self.bot_audio.reset()
+        active = self.response_id if self.response_active else None
+        if active:
+            self.interrupted_responses.add(active)
+        for item_id in self.response_audio_items.get(active or "", []):
+            self.interrupted_items.add(item_id)
+        for item_id, heard_ms in heard.items():
+            await self._truncate(item_id, heard_ms)
+        if audible:
+            self.record.event("barge_in", heard={k: round(v) for k, v in heard.items()})
+        if active and not self.server_cancels:
+            await self._model_send({"type": "response.cancel", "response_id": active})
+
+    async def _truncate(self, item_id: str, heard_ms: float) -> None:
+        """Make the model's memory match what the caller heard of an item."""
+        received = self.received_ms.get(item_id, 0.0)
+        info = self.playout.item(item_id)
+        if received <= 0:
+            return
+        if heard_ms >= received - 1 and info.complete and item_id not in self.interrupted_items:
+            return  # it had finished playing: nothing to forget
+        self.interrupted_items.add(item_id)
+        self.record.assistant_interrupted(item_id, heard_ms, received)
+        if heard_ms < 1:
+            # The caller heard none of it: remove it rather than keep words nobody heard.
+            self.record.event("item_deleted", item_id=item_id)
+            await self._model_send({"type": "conversation.item.delete", "item_id": item_id})
+            return
+        audio_end_ms = int(min(heard_ms, received))
+        self.metrics.truncations.inc()
+        self.record.event("truncate", item_id=item_id, audio_end_ms=audio_end_ms, received_ms=round(received))
+        await self._model_send(
+            {
+                "type": "conversation.item.truncate",
+                "item_id": item_id,
+                "content_index": 0,
+                "audio_end_ms": audio_end_ms,
+            }
+        )
+
+    async def _on_model_error(self, error: Any) -> None:
+        code = error.code or error.type or "unknown"
+        self.metrics.model_errors.labels(code).inc()
+        self.record.event("model_error", code=code, message=error.message)
+        if code == "conversation_already_has_active_response":
+            self._create_after_response = True
+            return
+        if code in ("response_cancel_not_active",):
+            self.log.debug("model: %s", error.message)
+            return
+        match = _SHORTER_THAN.search(error.message or "")
+        if match:
+            # Our byte count ran ahead of the server's: retry once at the length the server reports.
+            await self._retry_truncate(int(match.group(1)))
+            return
+        self.log.warning("model error %s: %s", code, error.message)
+
+    async def _retry_truncate(self, server_ms: int) -> None:
+        for item_id in reversed(list(self.received_ms)):
+            if item_id in self.interrupted_items and item_id not in self._truncate_retried:
+                self._truncate_retried.add(item_id)
+                await self._model_send(
+                    {
+                        "type": "conversation.item.truncate",
+                        "item_id": item_id,
+                        "content_index": 0,
+                        "audio_end_ms": server_ms,
+                    }
+                )
+                return
+
+    async def _on_response_done(self, response: Any) -> None:
+        response_id: str = response.id
+        self.response_active = False
+        self.record.event("response_done", response_id=response_id, status=response.status)
+        tools = [t for t in self._tool_calls if t.response_id == response_id]
+        self._tool_calls = [t for t in self._tool_calls if t.response_id != response_id]
+        for waiter in self._response_waiters:
+            if not waiter.done():
+                waiter.set_result(response_id)
+        self._response_waiters.clear()
+        self.playout.forget(keep=set(self.response_audio_items.get(response_id, [])))
+        if response.status == "completed" and tools and self._tg is not None:
+            for tool in tools:
+                self._tg.create_task(self._run_tool(tool), name=f"tool-{tool.name}")
+        elif self._create_after_response:
+            self._create_after_response = False
+            await self._request_response()
+
+    # --- tools ---------------------------------------------------------------------------------------------
+
+    async def _run_tool(self, tool: _ToolCall) -> None:
+        self.record.event("tool_call", name=tool.name, arguments=tool.arguments)
+        if tool.name == "end_call":
+            await self._end_call_tool(tool)
+        elif tool.name == "transfer_call":
+            await self._transfer_tool(tool)
+        else:
+            await self._tool_result(tool, {"ok": False, "error": f"unknown tool {tool.name}"})
+
+    async def _tool_result(self, tool: _ToolCall, result: dict[str, Any], *, respond: bool = True) -> None:
+        await self._model_send(
+            {
+                "type": "conversation.item.create",
+                "item": {
+                    "type": "function_call_output",
+                    "call_id": tool.call_id,
+                    "output": json.dumps(result),
+                },
+            }
+        )
+        if respond:
+            await self._request_response()
+
+    async def _speak_then_wait(self, tool: _ToolCall, fallback_instructions: str) -> None:
+        """Let the caller hear what the model said with the tool call; ask for words if it said none."""
+        self.closing = True
+        items = self.response_audio_items.get(tool.response_id, [])
+        if not items:
+            waiter: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+            self._response_waiters.append(waiter)
+            await self._tool_result(tool, {"ok": True}, respond=False)
+            await self._request_response({"instructions": fallback_instructions, "tool_choice": "none"})
+            with contextlib.suppress(TimeoutError):
+                response_id = await asyncio.wait_for(waiter, self.settings.goodbye_timeout_s)
+                items = self.response_audio_items.get(response_id, [])
+        if items:
+            remaining = max(0.0, self.playout.idle_at() - time.monotonic())
+            played = await self.playout.wait_played(items[-1], remaining + self.settings.goodbye_timeout_s)
+            self.record.event("goodbye_played" if played else "goodbye_timeout", item_id=items[-1])
+
+    async def _end_call_tool(self, tool: _ToolCall) -> None:
+        await self._speak_then_wait(tool, "Say a short, friendly goodbye to the caller.")
+        await self._finish(EndAction.HANGUP, "agent_end_call")
+
+    async def _transfer_tool(self, tool: _ToolCall) -> None:
+        if not self.transfer_number:
+            await self._tool_result(tool, {"ok": False, "error": "No human colleague is available right now."})
+            return
+        await self._speak_then_wait(tool, "Tell the caller you are connecting them to a colleague now.")
+        self.outcome = Outcome(EndAction.TRANSFER, "agent_transfer", self.transfer_number)
+        self.deps.on_outcome(self.call_id, self.outcome)
+        if self.deps.vobiz is not None:
+            try:
+                await self.deps.vobiz.transfer_call(self.call_id, self.deps.transfer_url(self.call_id))
+                self.record.event("transfer_requested", via="rest")
+                self.end_reason = "agent_transfer"
+                # Vobiz now fetches the transfer XML and closes the stream; wait for that.
+                await asyncio.sleep(self.settings.goodbye_timeout_s)
+            except VobizApiError as exc:
+                self.log.warning("transfer through the REST API failed, ending the stream instead: %s", exc)
+        self.record.event("transfer_requested", via="stream_stop")
+        await self._finish(EndAction.TRANSFER, "agent_transfer")
+
+
+def _arguments(raw: str) -> dict[str, Any]:
+    try:
+        value = json.loads(raw or "{}")
+    except json.JSONDecodeError:
+        return {"_raw": raw}
+    return value if isinstance(value, dict) else {"_value": value}

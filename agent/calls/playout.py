@@ -1,0 +1,256 @@
+"""Paces model audio to the carrier and keeps track of what the caller has actually heard.
+
+The model streams audio faster than real time. Sending it all at once would put seconds of audio in Vobiz's
+queue, so an interruption would have to claw it back and nobody would know what the caller heard. Instead
+audio leaves in small chunks, keeping only `lead_ms` queued at the carrier; every chunk's scheduled play time
+is recorded, `checkpoint` acknowledgements (`playedStream`) correct the schedule when the carrier runs late,
+and the clock interpolates between acknowledgements.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+from agent.audio.formats import MediaFormat
+from agent.carrier import messages
+
+Clock = Callable[[], float]
+Send = Callable[[str], Awaitable[None]]
+
+
+@dataclass
+class _Chunk:
+    item_id: str
+    data: bytes
+    offset_ms: float  # position of this chunk inside its item
+    duration_ms: float
+    final: bool = False  # last chunk of the item: a checkpoint follows
+
+
+@dataclass
+class _Segment:
+    item_id: str
+    offset_ms: float
+    start: float  # when the carrier is expected to start playing it (clock seconds)
+    duration_ms: float
+
+    @property
+    def end(self) -> float:
+        return self.start + self.duration_ms / 1000
+
+
+@dataclass
+class _Checkpoint:
+    name: str
+    item_id: str
+    offset_ms: float
+    expected_at: float
+    final: bool
+
+
+@dataclass
+class ItemPlayback:
+    """What is known about one assistant item's audio on the phone line."""
+
+    item_id: str
+    queued_ms: float = 0.0  # handed to the playout
+    sent_ms: float = 0.0  # sent to the carrier
+    acked_ms: float = 0.0  # confirmed played by a checkpoint
+    complete: bool = False  # the model finished this item's audio
+    played: asyncio.Event = field(default_factory=asyncio.Event)  # final checkpoint acknowledged
+    segments: list[_Segment] = field(default_factory=list)
+
+
+class Playout:
+    def __init__(
+        self,
+        send: Send,
+        stream_id: str,
+        fmt: MediaFormat,
+        *,
+        chunk_ms: int = 20,
+        lead_ms: int = 200,
+        checkpoint_interval_ms: int = 1000,
+        clock: Clock = time.monotonic,
+    ) -> None:
+        self._send = send
+        self.stream_id = stream_id
+        self.format = fmt
+        self.chunk_ms = chunk_ms
+        self.lead_s = lead_ms / 1000
+        self.checkpoint_interval_ms = checkpoint_interval_ms
+        self.clock = clock
+        self._chunk_bytes = fmt.frame_bytes(chunk_ms)
+        self._queue: deque[_Chunk] = deque()
+        self._partial: dict[str, bytearray] = {}
+        self._items: dict[str, ItemPlayback] = {}
+        self._checkpoints: dict[str, _Checkpoint] = {}
+        self._play_end = 0.0  # when the carrier is expected to run out of audio
+        self._wakeup = asyncio.Event()
+        self._seq = 0
+        self._last_checkpoint_ms: dict[str, float] = {}
+        self.chunks_sent = 0
+        self.late_acks = 0
+
+    # --- feeding -------------------------------------------------------------------------------------------
+
+    def item(self, item_id: str) -> ItemPlayback:
+        info = self._items.get(item_id)
+        if info is None:
+            info = self._items[item_id] = ItemPlayback(item_id)
+        return info
+
+    def enqueue(self, item_id: str, data: bytes) -> None:
+        """Queue audio (already in the playback format) for an item, cut into `chunk_ms` chunks."""
+        info = self.item(item_id)
+        buf = self._partial.setdefault(item_id, bytearray())
+        buf += data
+        while len(buf) >= self._chunk_bytes:
+            self._push(info, bytes(buf[: self._chunk_bytes]), final=False)
+            del buf[: self._chunk_bytes]
+
+    def finish_item(self, item_id: str, tail: bytes = b"") -> None:
+        """The model sent the item's last audio: flush the remainder and mark the end with a checkpoint."""
+        info = self.item(item_id)
+        if info.complete:
+            return
+        buf = self._partial.pop(item_id, bytearray()) + tail
+        info.complete = True
+        while len(buf) > self._chunk_bytes:
+            self._push(info, bytes(buf[: self._chunk_bytes]), final=False)
+            del buf[: self._chunk_bytes]
+        if len(buf) % 2 and not self.format.is_mulaw:
+            buf = buf[:-1]
+        self._push(info, bytes(buf), final=True)
+
+    def _push(self, info: ItemPlayback, data: bytes, *, final: bool) -> None:
+        duration = len(data) / self.format.bytes_per_ms
+        self._queue.append(_Chunk(info.item_id, data, info.queued_ms, duration, final))
+        info.queued_ms += duration
+        self._wakeup.set()
+
+    # --- sending -------------------------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Send queued chunks on a real-time schedule, keeping about `lead_ms` queued at the carrier."""
+        while True:
+            if not self._queue:
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                continue
+            now = self.clock()
+            ahead = self._play_end - now
+            if ahead > self.lead_s:
+                await asyncio.sleep(ahead - self.lead_s)
+                continue
+            await self._send_chunk(self._queue.popleft(), now)
+
+    async def _send_chunk(self, chunk: _Chunk, now: float) -> None:
+        info = self.item(chunk.item_id)
+        if chunk.data:
+            start = max(now, self._play_end)
+            segment = _Segment(chunk.item_id, chunk.offset_ms, start, chunk.duration_ms)
+            info.segments.append(segment)
+            self._play_end = segment.end
+            info.sent_ms = chunk.offset_ms + chunk.duration_ms
+            payload = base64.b64encode(chunk.data).decode()
+            await self._send(messages.play_audio(self.stream_id, self.format, payload))
+            self.chunks_sent += 1
+        last = self._last_checkpoint_ms.get(chunk.item_id, 0.0)
+        if chunk.final or info.sent_ms - last >= self.checkpoint_interval_ms:
+            await self._checkpoint(info, final=chunk.final)
+
+    async def _checkpoint(self, info: ItemPlayback, *, final: bool) -> None:
+        self._seq += 1
+        offset = round(info.sent_ms)
+        name = f"{info.item_id}.{offset}.{self._seq}"
+        self._checkpoints[name] = _Checkpoint(name, info.item_id, info.sent_ms, self._play_end, final)
+        self._last_checkpoint_ms[info.item_id] = info.sent_ms
+        await self._send(messages.checkpoint(self.stream_id, name))
+
+    # --- feedback from the carrier -------------------------------------------------------------------------
+
+    def on_played(self, name: str) -> bool:
+        """`playedStream`: everything before this checkpoint has played. Re-anchor the schedule if late."""
+        cp = self._checkpoints.pop(name, None)
+        if cp is None:
+            return False
+        now = self.clock()
+        info = self.item(cp.item_id)
+        info.acked_ms = max(info.acked_ms, cp.offset_ms)
+        delay = now - cp.expected_at
+        if delay > 0.005:
+            # The carrier is behind our schedule (jitter, an underrun): shift what has not finished playing.
+            self.late_acks += 1
+            for item in self._items.values():
+                for seg in item.segments:
+                    if seg.start >= cp.expected_at - 1e-9:
+                        seg.start += delay
+            self._play_end += delay
+        if cp.final:
+            info.played.set()
+        return True
+
+    def clear(self) -> dict[str, float]:
+        """The carrier was told to drop its queue: forget pending audio, return what each item had reached."""
+        now = self.clock()
+        heard = {item_id: self.heard_ms(item_id, now) for item_id in self._items if self._items[item_id].segments}
+        self._queue.clear()
+        self._partial.clear()
+        self._checkpoints.clear()
+        for info in self._items.values():
+            info.segments = [s for s in info.segments if s.start < now]
+            if info.segments and info.segments[-1].end > now:
+                last = info.segments[-1]
+                last.duration_ms = (now - last.start) * 1000
+            info.complete = True
+            info.played.set()
+        self._play_end = min(self._play_end, now)
+        return heard
+
+    # --- questions -----------------------------------------------------------------------------------------
+
+    def heard_ms(self, item_id: str, now: float | None = None) -> float:
+        """How much of an item the caller has heard, interpolated by the clock, never past an acknowledgement's
+        lower bound nor past what was sent."""
+        info = self._items.get(item_id)
+        if info is None:
+            return 0.0
+        t = self.clock() if now is None else now
+        heard = info.acked_ms
+        for seg in info.segments:
+            if seg.start <= t:
+                heard = max(heard, seg.offset_ms + min(seg.duration_ms, (t - seg.start) * 1000))
+        return min(heard, info.sent_ms)
+
+    def is_audible(self, now: float | None = None) -> bool:
+        """True while the caller is hearing bot audio or has some queued to hear."""
+        t = self.clock() if now is None else now
+        return bool(self._queue) or self._play_end > t or any(self._partial.values())
+
+    def idle_at(self) -> float:
+        """Clock time at which the carrier should run dry, given what has been sent."""
+        return self._play_end
+
+    async def wait_played(self, item_id: str, timeout: float) -> bool:  # noqa: ASYNC109 - one deadline per item
+        """Wait for an item's final checkpoint acknowledgement; False when it never came (cleared, dropped)."""
+        info = self.item(item_id)
+        try:
+            await asyncio.wait_for(info.played.wait(), timeout)
+            return True
+        except TimeoutError:
+            return False
+
+    def forget(self, keep: set[str]) -> None:
+        """Drop bookkeeping for finished items so an hour-long call does not grow without bound."""
+        now = self.clock()
+        for item_id in list(self._items):
+            info = self._items[item_id]
+            if item_id not in keep and info.complete and (not info.segments or info.segments[-1].end < now - 5):
+                del self._items[item_id]
+                self._last_checkpoint_ms.pop(item_id, None)

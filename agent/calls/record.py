@@ -1,0 +1,126 @@
+"""What happened on a call, kept as turns and timestamped events, ready to be stored.
+
+Assistant turns are cut to what the caller actually heard, so the record (and any conversation rebuilt from
+it after a model reconnect) never claims the caller heard words that were interrupted away.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+Speaker = Literal["caller", "assistant", "system"]
+
+
+@dataclass
+class Turn:
+    speaker: Speaker
+    text: str
+    started_at: float
+    ended_at: float | None = None
+    item_id: str | None = None
+    interrupted: bool = False
+    heard_ms: float | None = None
+    audio_ms: float | None = None
+
+
+@dataclass
+class CallEvent:
+    t: float
+    kind: str
+    detail: dict[str, Any]
+
+
+@dataclass
+class CallRecord:
+    call_id: str
+    from_number: str = ""
+    to_number: str = ""
+    direction: str = ""
+    prompt_name: str = ""
+    prompt_hash: str = ""
+    stream_id: str = ""
+    started_at: float = field(default_factory=time.time)
+    ended_at: float | None = None
+    end_reason: str | None = None
+    turns: list[Turn] = field(default_factory=list)
+    events: list[CallEvent] = field(default_factory=list)
+    max_events: int = 5000
+
+    def event(self, kind: str, **detail: Any) -> None:
+        if len(self.events) < self.max_events:
+            self.events.append(CallEvent(time.time(), kind, detail))
+        elif len(self.events) == self.max_events:
+            self.events.append(CallEvent(time.time(), "events_truncated", {}))
+
+    def turn_for_item(self, item_id: str) -> Turn | None:
+        for turn in reversed(self.turns):
+            if turn.item_id == item_id:
+                return turn
+        return None
+
+    def caller_said(self, item_id: str, text: str) -> None:
+        """Transcriptions arrive late and out of order; place each by its item, creating the turn if needed."""
+        turn = self.turn_for_item(item_id)
+        if turn is None:
+            self.turns.append(Turn("caller", text, time.time(), time.time(), item_id))
+        else:
+            turn.text = text
+
+    def caller_started(self, item_id: str) -> None:
+        if self.turn_for_item(item_id) is None:
+            self.turns.append(Turn("caller", "", time.time(), None, item_id))
+
+    def caller_stopped(self, item_id: str) -> None:
+        turn = self.turn_for_item(item_id)
+        if turn is not None:
+            turn.ended_at = time.time()
+
+    def assistant_text(self, item_id: str, delta: str) -> Turn:
+        turn = self.turn_for_item(item_id)
+        if turn is None:
+            turn = Turn("assistant", "", time.time(), None, item_id)
+            self.turns.append(turn)
+        turn.text += delta
+        return turn
+
+    def assistant_done(self, item_id: str, transcript: str | None, audio_ms: float) -> None:
+        turn = self.turn_for_item(item_id)
+        if turn is None:
+            return
+        if transcript is not None and not turn.interrupted:
+            turn.text = transcript
+        turn.audio_ms = audio_ms
+        turn.ended_at = time.time()
+
+    def assistant_interrupted(self, item_id: str, heard_ms: float, audio_ms: float) -> None:
+        """Cut the transcript in proportion to the audio heard: the best estimate without word timings."""
+        turn = self.turn_for_item(item_id)
+        if turn is None:
+            return
+        turn.interrupted = True
+        turn.heard_ms = heard_ms
+        turn.audio_ms = audio_ms
+        turn.ended_at = time.time()
+        if audio_ms > 0 and heard_ms < audio_ms:
+            keep = int(len(turn.text) * max(heard_ms, 0) / audio_ms)
+            cut = turn.text[:keep]
+            turn.text = cut.rsplit(" ", 1)[0] if " " in cut and keep < len(turn.text) else cut
+
+    def system_note(self, text: str) -> None:
+        now = time.time()
+        self.turns.append(Turn("system", f"[{text}]", now, now))
+
+    def finish(self, reason: str) -> None:
+        if self.ended_at is None:
+            self.ended_at = time.time()
+            self.end_reason = reason
+            self.event("call_ended", reason=reason)
+
+    def history(self) -> list[Turn]:
+        """Turns worth re-telling a fresh model session: non-empty, in order."""
+        return [t for t in self.turns if t.text.strip()]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)

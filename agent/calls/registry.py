@@ -1,0 +1,170 @@
+"""Live calls, pre-warmed model sessions and recent outcomes for one agent process.
+
+The answer webhook arrives a few hundred milliseconds before Vobiz opens the stream; the registry uses that
+time to open the model session and ask for the greeting, then hands the connection to the call on `start`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+from starlette.websockets import WebSocket
+
+from agent.audio.formats import MediaFormat
+from agent.calls.call import Call, CallDeps, EndAction, Outcome
+from agent.calls.record import CallRecord
+from agent.carrier.messages import StartInfo
+from agent.model import session_config
+from agent.model.connection import ModelConnection, discard, send_event
+from agent.prompts.loader import Prompt
+
+log = logging.getLogger("agent.registry")
+
+_KEEP_ENDED = 10_000
+
+
+@dataclass
+class _Prewarm:
+    task: asyncio.Task[ModelConnection]
+    expires: asyncio.TimerHandle
+    prompt: Prompt
+    record: CallRecord
+    fmt: MediaFormat
+    created: float = field(default_factory=time.monotonic)
+
+
+class CallRegistry:
+    def __init__(self, deps: CallDeps) -> None:
+        self.deps = deps
+        self.live: dict[str, Call] = {}
+        self.records: OrderedDict[str, CallRecord] = OrderedDict()
+        self._prewarms: dict[str, _Prewarm] = {}
+        self._outcomes: OrderedDict[str, Outcome] = OrderedDict()
+        self._ended: OrderedDict[str, float] = OrderedDict()
+        deps.on_outcome = self.set_outcome
+
+    # --- answer time ---------------------------------------------------------------------------------------
+
+    def is_ended(self, call_id: str) -> bool:
+        return call_id in self._ended
+
+    def prewarm(self, record: CallRecord, prompt: Prompt, fmt: MediaFormat) -> None:
+        """Start opening the model session now; idempotent for webhook retries."""
+        call_id = record.call_id
+        if call_id in self._prewarms or call_id in self.live:
+            return
+        self._remember(record)
+        task = asyncio.create_task(self._open(prompt, fmt), name=f"prewarm-{call_id}")
+        timer = asyncio.get_running_loop().call_later(self.deps.settings.prewarm_timeout_s, self._expire, call_id)
+        self._prewarms[call_id] = _Prewarm(task, timer, prompt, record, fmt)
+        record.event("prewarm_started")
+
+    async def _open(self, prompt: Prompt, fmt: MediaFormat) -> ModelConnection:
+        model = await self.deps.connector.connect()
+        try:
+            can_transfer = bool(prompt.meta.transfer_number or self.deps.settings.transfer_number)
+            await send_event(model, session_config.session_update(prompt, fmt, can_transfer=can_transfer))
+            await send_event(model, session_config.greeting_response(prompt))
+        except BaseException:
+            await model.close()
+            raise
+        return model
+
+    def _expire(self, call_id: str) -> None:
+        prewarm = self._prewarms.pop(call_id, None)
+        if prewarm is None:
+            return
+        log.warning(
+            "no stream arrived for call %s within %.0fs; closing its model session",
+            call_id,
+            self.deps.settings.prewarm_timeout_s,
+        )
+        prewarm.record.event("prewarm_expired")
+        discard(prewarm.task)
+
+    def _claim(self, call_id: str) -> _Prewarm | None:
+        prewarm = self._prewarms.pop(call_id, None)
+        if prewarm is not None:
+            prewarm.expires.cancel()
+        return prewarm
+
+    # --- stream time ---------------------------------------------------------------------------------------
+
+    async def run_stream(self, ws: WebSocket, start: StartInfo, default_prompt: Prompt) -> None:
+        """Run the call for an accepted stream socket until it ends."""
+        call_id = start.callId
+        prewarm = self._claim(call_id)
+        # A pre-warmed session is only usable if Vobiz streams the format it was configured for.
+        prompt = prewarm.prompt if prewarm else default_prompt
+        record = prewarm.record if prewarm else self.records.get(call_id) or CallRecord(call_id)
+        record.prompt_name, record.prompt_hash = prompt.name, prompt.content_hash
+        self._remember(record)
+        model_task: asyncio.Task[ModelConnection] | None = prewarm.task if prewarm else None
+        if prewarm is not None and prewarm.fmt != start.media_format:
+            record.event("prewarm_format_mismatch")
+            discard(prewarm.task)
+            model_task = None
+        previous = self.live.get(call_id)
+        if previous is not None:
+            previous.hang_up("replaced_by_new_stream")
+        call = Call(start, prompt, record, self.deps, model_task)
+        self.live[call_id] = call
+        try:
+            await call.run(ws)
+        finally:
+            if self.live.get(call_id) is call:
+                del self.live[call_id]
+            self._mark_ended(call_id)
+
+    # --- end of call ---------------------------------------------------------------------------------------
+
+    def hangup(self, call_id: str, reason: str = "caller_hangup") -> bool:
+        """Vobiz says the call is over: end whatever is left of it. Idempotent."""
+        prewarm = self._claim(call_id)
+        if prewarm is not None:
+            discard(prewarm.task)
+        call = self.live.get(call_id)
+        self._mark_ended(call_id)
+        if call is not None:
+            call.hang_up(reason)
+            return True
+        return prewarm is not None
+
+    def set_outcome(self, call_id: str, outcome: Outcome) -> None:
+        self._outcomes[call_id] = outcome
+        while len(self._outcomes) > _KEEP_ENDED:
+            self._outcomes.popitem(last=False)
+
+    def outcome(self, call_id: str) -> Outcome | None:
+        return self._outcomes.get(call_id)
+
+    def _mark_ended(self, call_id: str) -> None:
+        self._ended[call_id] = time.time()
+        while len(self._ended) > _KEEP_ENDED:
+            self._ended.popitem(last=False)
+
+    def _remember(self, record: CallRecord) -> None:
+        self.records[record.call_id] = record
+        self.records.move_to_end(record.call_id)
+        while len(self.records) > 1000:
+            self.records.popitem(last=False)
+
+    async def shutdown(self) -> None:
+        for call_id in list(self._prewarms):
+            prewarm = self._claim(call_id)
+            if prewarm is not None:
+                discard(prewarm.task)
+        for call in list(self.live.values()):
+            call.hang_up("shutdown")
+        waits = [asyncio.create_task(call.done.wait()) for call in self.live.values()]
+        if waits:
+            _, pending = await asyncio.wait(waits, timeout=2.0)
+            for task in pending:
+                task.cancel()
+
+    def default_outcome(self) -> Outcome:
+        return Outcome(EndAction.APOLOGY, "unknown_call", self.deps.settings.transfer_number)

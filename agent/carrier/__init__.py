@@ -1,0 +1,1 @@
+"""The Vobiz carrier side: webhook signatures and the REST API client."""

@@ -1,0 +1,78 @@
+"""The stream WebSocket Vobiz opens after the answer XML: authenticate, wait for `start`, run the call."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+from fastapi import APIRouter, WebSocket
+from starlette.websockets import WebSocketDisconnect
+
+from agent.carrier import stream_token
+from agent.carrier.messages import InboundError, StartEvent, StartInfo, parse_inbound
+from agent.prompts.loader import PromptError
+from agent.state import AppState
+
+log = logging.getLogger("agent.stream")
+router = APIRouter()
+
+_START_TIMEOUT_S = 10.0
+_POLICY_VIOLATION = 1008
+
+
+@router.websocket("/vobiz/stream")
+async def stream(ws: WebSocket) -> None:
+    state: AppState = ws.app.state.agent
+    call_id = ws.query_params.get("call", "")
+    check = stream_token.verify(state.settings.stream_secret.get_secret_value(), call_id, ws.query_params.get("token"))
+    if not check.ok:
+        state.metrics.stream_rejected.labels("token").inc()
+        log.warning("refused stream socket for call %r: %s", call_id[:64], check.reason)
+        await ws.close(code=_POLICY_VIOLATION)  # before accept(): the upgrade is answered with 403
+        return
+    await ws.accept()
+    try:
+        start = await asyncio.wait_for(_wait_for_start(ws, state), _START_TIMEOUT_S)
+    except (TimeoutError, WebSocketDisconnect):
+        state.metrics.stream_rejected.labels("no_start").inc()
+        log.warning("stream for call %s never sent start", call_id)
+        await _close(ws)
+        return
+    if start.callId != call_id:
+        state.metrics.stream_rejected.labels("call_mismatch").inc()
+        log.warning("stream token for call %s presented with start.callId %s", call_id, start.callId[:64])
+        await _close(ws)
+        return
+    try:
+        prompt = state.prompts(state.settings.default_prompt)
+    except PromptError as exc:
+        log.error("no usable prompt for call %s: %s", call_id, exc)
+        await _close(ws)
+        return
+    await state.registry.run_stream(ws, start, prompt)
+
+
+async def _wait_for_start(ws: WebSocket, state: AppState) -> StartInfo:
+    """Anything before `start` (media included) is counted and dropped; the call cannot decode it yet."""
+    while True:
+        try:
+            text = await ws.receive_text()
+        except KeyError:  # a binary frame
+            state.metrics.inbound_dropped.labels("binary_frame").inc()
+            continue
+        try:
+            event = parse_inbound(text)
+        except InboundError as exc:
+            state.metrics.inbound_dropped.labels(exc.reason).inc()
+            log.warning("dropped message before start (%s): %s", exc.reason, exc.detail[:200])
+            continue
+        if isinstance(event, StartEvent):
+            return event.start
+        state.metrics.inbound_dropped.labels(f"{event.event}_before_start").inc()
+        log.warning("dropped %s before start", event.event)
+
+
+async def _close(ws: WebSocket) -> None:
+    with contextlib.suppress(RuntimeError):
+        await ws.close(code=_POLICY_VIOLATION)

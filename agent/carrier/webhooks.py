@@ -1,0 +1,158 @@
+"""Vobiz HTTP webhooks: answer, hangup, stream status, and the XML routes Vobiz fetches when a stream ends.
+
+Every route is idempotent and fast (Vobiz retries non-200s and wants an answer within a couple of seconds),
+and, when a Vobiz auth token is configured, refuses requests without a valid signature.
+"""
+
+from __future__ import annotations
+
+import logging
+from urllib.parse import quote
+
+from fastapi import APIRouter, HTTPException, Request, Response
+
+from agent.audio.formats import MediaFormat
+from agent.calls.call import EndAction
+from agent.calls.record import CallRecord
+from agent.carrier import stream_token, xml
+from agent.carrier.signature import verify_signature
+from agent.prompts.loader import PromptError
+from agent.state import AppState
+
+log = logging.getLogger("agent.webhooks")
+router = APIRouter(prefix="/vobiz")
+
+
+def _state(request: Request) -> AppState:
+    state: AppState = request.app.state.agent
+    return state
+
+
+def _xml(body: str) -> Response:
+    return Response(content=body, media_type=xml.XML_MEDIA_TYPE)
+
+
+async def _params(request: Request, route: str) -> dict[str, str]:
+    """Verified webhook fields: form body for POST, query string for GET (plus query on POST)."""
+    state = _state(request)
+    settings = state.settings
+    if settings.webhook_tokens:
+        # Vobiz signs the URL it called; rebuild it from PUBLIC_URL so a TLS proxy in front does not matter.
+        url = settings.public_url + request.url.path
+        check = verify_signature(request.headers, url, settings.webhook_tokens, settings.main_webhook_tokens)
+        if not check.ok:
+            state.metrics.webhooks.labels(route, "bad_signature").inc()
+            log.warning("refused %s webhook from %s: signature %s", route, request.client, check.reason)
+            raise HTTPException(status_code=403, detail="invalid Vobiz signature")
+    params = dict(request.query_params)
+    if request.method == "POST":
+        try:
+            form = await request.form()
+        except Exception as exc:  # malformed multipart/urlencoded bodies
+            state.metrics.webhooks.labels(route, "bad_body").inc()
+            raise HTTPException(status_code=400, detail=f"unreadable form body: {exc}") from None
+        params |= {k: v for k, v in form.items() if isinstance(v, str)}
+    state.metrics.webhooks.labels(route, "ok").inc()
+    return params
+
+
+def _call_id(params: dict[str, str]) -> str:
+    call_id = params.get("CallUUID") or params.get("call") or ""
+    if not call_id or len(call_id) > 128:
+        raise HTTPException(status_code=400, detail="missing or invalid CallUUID")
+    return call_id
+
+
+@router.api_route("/answer", methods=["GET", "POST"])
+async def answer(request: Request) -> Response:
+    state = _state(request)
+    params = await _params(request, "answer")
+    call_id = _call_id(params)
+    event = params.get("Event", "")
+    registry = state.registry
+    if event == "Hangup":
+        registry.hangup(call_id, "caller_hangup")
+        _log_event(state, call_id, "hangup_webhook", params)
+        return _xml(xml.empty())
+    if registry.is_ended(call_id):
+        # Vobiz re-posts the answer URL after a stream ends; never start a second conversation.
+        return _xml(xml.hangup())
+    settings = state.settings
+    try:
+        prompt = state.prompts(settings.default_prompt)
+    except PromptError as exc:
+        log.error("cannot serve call %s: %s", call_id, exc)
+        return _xml(xml.speak_then(settings.apology_text, dial=settings.transfer_number))
+    record = registry.records.get(call_id) or CallRecord(
+        call_id,
+        from_number=params.get("From", ""),
+        to_number=params.get("To", ""),
+        direction=params.get("Direction", ""),
+    )
+    record.event("answer_webhook", event=event, status=params.get("CallStatus", ""))
+    fmt = MediaFormat.parse(settings.stream_content_type)
+    registry.prewarm(record, prompt, fmt)
+    token = stream_token.issue(settings.stream_secret.get_secret_value(), call_id, settings.stream_token_ttl_s)
+    call_q = quote(call_id, safe="")
+    stream = xml.StreamSpec(
+        url=f"{settings.public_ws_url}/vobiz/stream?call={call_q}&token={token}",
+        content_type=settings.stream_content_type,
+        status_callback_url=f"{settings.public_url}/vobiz/stream-status",
+    )
+    return _xml(xml.stream_response(stream, after_stream_url=f"{settings.public_url}/vobiz/after-stream?call={call_q}"))
+
+
+@router.api_route("/hangup", methods=["GET", "POST"])
+async def hangup(request: Request) -> Response:
+    state = _state(request)
+    params = await _params(request, "hangup")
+    call_id = _call_id(params)
+    state.registry.hangup(call_id, "caller_hangup")
+    _log_event(state, call_id, "hangup_webhook", params)
+    return _xml(xml.empty())
+
+
+@router.api_route("/stream-status", methods=["GET", "POST"])
+async def stream_status(request: Request) -> Response:
+    state = _state(request)
+    params = await _params(request, "stream_status")
+    call_id = _call_id(params)
+    _log_event(state, call_id, "stream_status", params)
+    return _xml(xml.empty())
+
+
+@router.api_route("/after-stream", methods=["GET", "POST"])
+async def after_stream(request: Request) -> Response:
+    """Vobiz runs the `<Redirect>` after `<Stream>` once the stream ends: decide how the call ends."""
+    state = _state(request)
+    params = await _params(request, "after_stream")
+    call_id = _call_id(params)
+    outcome = state.registry.outcome(call_id) or state.registry.default_outcome()
+    _log_event(state, call_id, "after_stream", {"action": outcome.action.value, "reason": outcome.reason})
+    settings = state.settings
+    if outcome.action is EndAction.HANGUP:
+        return _xml(xml.hangup())
+    if outcome.action is EndAction.TRANSFER and outcome.transfer_number:
+        return _xml(xml.speak_then(None, dial=outcome.transfer_number))
+    return _xml(xml.speak_then(settings.apology_text, dial=outcome.transfer_number))
+
+
+@router.api_route("/transfer", methods=["GET", "POST"])
+async def transfer(request: Request) -> Response:
+    """The URL handed to Vobiz's transfer API: dial the human the call was meant for."""
+    state = _state(request)
+    params = await _params(request, "transfer")
+    call_id = _call_id(params)
+    outcome = state.registry.outcome(call_id)
+    number = outcome.transfer_number if outcome else None
+    _log_event(state, call_id, "transfer_xml", {"number_set": str(bool(number))})
+    if not number:
+        return _xml(xml.speak_then(state.settings.apology_text))
+    return _xml(xml.speak_then(None, dial=number))
+
+
+def _log_event(state: AppState, call_id: str, kind: str, params: dict[str, str]) -> None:
+    record = state.registry.records.get(call_id)
+    if record is not None:
+        safe = {k: v for k, v in params.items() if not k.lower().startswith(("x-", "auth"))}
+        record.event(kind, **safe)

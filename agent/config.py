@@ -1,0 +1,115 @@
+"""Service configuration from the environment and `.env`.
+
+OpenAI and Vobiz settings keep their vendors' own variable names so existing deployments carry over; everything
+the agent itself adds lives under the `AGENT_` prefix.
+"""
+
+from __future__ import annotations
+
+import secrets
+from pathlib import Path
+from typing import Literal
+
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ContentType = Literal["audio/x-mulaw;rate=8000", "audio/x-l16;rate=8000", "audio/x-l16;rate=16000"]
+L16ByteOrder = Literal["auto", "little", "big"]
+
+
+def _env(name: str) -> AliasChoices:
+    return AliasChoices(name, name.lower())
+
+
+class Settings(BaseSettings):
+    """Everything the service reads at start-up; invalid values stop it with one line per problem."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="AGENT_", env_file=".env", env_file_encoding="utf-8", extra="ignore", populate_by_name=True
+    )
+
+    # Vendor-named settings (no AGENT_ prefix).
+    openai_api_key: SecretStr | None = Field(default=None, validation_alias=_env("OPENAI_API_KEY"))
+    openai_base_url: str | None = Field(default=None, validation_alias=_env("OPENAI_BASE_URL"))
+    openai_realtime_model: str = Field(default="gpt-realtime", validation_alias=_env("OPENAI_REALTIME_MODEL"))
+    public_url: str = Field(default="http://127.0.0.1:8080", validation_alias=_env("PUBLIC_URL"))
+    vobiz_auth_id: str | None = Field(default=None, validation_alias=_env("VOBIZ_AUTH_ID"))
+    vobiz_auth_token: SecretStr | None = Field(default=None, validation_alias=_env("VOBIZ_AUTH_TOKEN"))
+    vobiz_api_url: str = Field(default="https://api.vobiz.ai/api/v1", validation_alias=_env("VOBIZ_API_URL"))
+    vobiz_main_auth_token: SecretStr | None = Field(
+        default=None,
+        validation_alias=_env("VOBIZ_MAIN_AUTH_TOKEN"),
+        description="parent account token (MA-V2/V3)",
+    )
+
+    # Agent settings (AGENT_ prefix).
+    stream_content_type: ContentType = "audio/x-mulaw;rate=8000"
+    stream_secret: SecretStr = Field(
+        default_factory=lambda: SecretStr(secrets.token_urlsafe(32)),
+        description="HMAC key for per-call stream tokens; set it explicitly when running several replicas",
+    )
+    stream_token_ttl_s: float = Field(default=3600.0, gt=0)
+    l16_byte_order: L16ByteOrder = "auto"
+    prompts_dir: Path = Path("prompts")
+    default_prompt: str = "default"
+    playout_lead_ms: int = Field(default=200, ge=40, le=2000)
+    playout_chunk_ms: int = Field(default=20, ge=10, le=100)
+    checkpoint_interval_ms: int = Field(default=1000, ge=100)
+    prewarm_timeout_s: float = Field(default=10.0, gt=0)
+    model_connect_timeout_s: float = Field(default=10.0, gt=0)
+    model_reconnect_attempts: int = Field(default=3, ge=0, le=10)
+    caller_queue_ms: int = Field(default=2000, ge=100)
+    goodbye_timeout_s: float = Field(default=15.0, gt=0)
+    dtmf_flush_s: float = Field(default=1.5, gt=0)
+    transfer_number: str | None = None
+    apology_text: str = "Sorry, we are having technical trouble. Please call again later. Goodbye."
+    log_level: str = "INFO"
+
+    @field_validator("public_url")
+    @classmethod
+    def _check_public_url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return value.rstrip("/")
+
+    @field_validator("openai_base_url")
+    @classmethod
+    def _check_base_url(cls, value: str | None) -> str | None:
+        if value and not value.startswith(("http://", "https://", "ws://", "wss://")):
+            raise ValueError("must be an http(s):// or ws(s):// URL")
+        return value.rstrip("/") if value else value
+
+    @property
+    def public_ws_url(self) -> str:
+        """https gives wss, http gives ws: Vobiz needs wss in production."""
+        scheme, rest = self.public_url.split("://", 1)
+        return ("wss" if scheme == "https" else "ws") + "://" + rest
+
+    @property
+    def webhook_tokens(self) -> list[str]:
+        return [self.vobiz_auth_token.get_secret_value()] if self.vobiz_auth_token else []
+
+    @property
+    def main_webhook_tokens(self) -> list[str]:
+        return [self.vobiz_main_auth_token.get_secret_value()] if self.vobiz_main_auth_token else []
+
+    @property
+    def vobiz_rest_enabled(self) -> bool:
+        return bool(self.vobiz_auth_id and self.vobiz_auth_token)
+
+
+class ConfigError(Exception):
+    """Raised with one readable line per invalid setting."""
+
+
+def load_settings(**overrides: object) -> Settings:
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors():
+            name = str(err["loc"][0]) if err["loc"] else "settings"
+            field = Settings.model_fields.get(name)
+            env_name = name.upper() if field is None or field.validation_alias else f"AGENT_{name.upper()}"
+            lines.append(f"invalid setting {env_name}: {err['msg']}")
+        raise ConfigError("\n".join(lines)) from None

@@ -1,0 +1,1 @@
+"""The model side: OpenAI Realtime (GA) sessions and their events."""

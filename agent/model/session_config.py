@@ -1,0 +1,92 @@
+"""The GA `session.update` and tool declarations built from a call's prompt and audio format."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from agent.audio.formats import MediaFormat
+from agent.prompts.loader import Prompt
+
+END_CALL_TOOL: dict[str, Any] = {
+    "type": "function",
+    "name": "end_call",
+    "description": ("End the phone call. Say a short goodbye first; the line is closed once the caller has heard it."),
+    "parameters": {
+        "type": "object",
+        "properties": {"reason": {"type": "string", "description": "Why the call is ending, for the log."}},
+        "required": [],
+    },
+}
+
+TRANSFER_CALL_TOOL: dict[str, Any] = {
+    "type": "function",
+    "name": "transfer_call",
+    "description": (
+        "Transfer the caller to a human colleague. Tell the caller you are connecting them before calling this."
+    ),
+    "parameters": {
+        "type": "object",
+        "properties": {"reason": {"type": "string", "description": "What the caller needs, for the colleague."}},
+        "required": [],
+    },
+}
+
+
+def turn_detection(prompt: Prompt) -> dict[str, Any]:
+    td = prompt.meta.model.turn_detection
+    if td.type == "semantic_vad":
+        return {
+            "type": "semantic_vad",
+            "eagerness": td.eagerness,
+            "create_response": True,
+            "interrupt_response": td.interrupt_response,
+        }
+    return {
+        "type": "server_vad",
+        "threshold": td.threshold,
+        "prefix_padding_ms": td.prefix_padding_ms,
+        "silence_duration_ms": td.silence_duration_ms,
+        "create_response": True,
+        "interrupt_response": td.interrupt_response,
+    }
+
+
+def session_update(prompt: Prompt, fmt: MediaFormat, *, can_transfer: bool) -> dict[str, Any]:
+    settings = prompt.meta.model
+    audio_input: dict[str, Any] = {
+        "format": fmt.model_format,
+        "transcription": {"model": settings.transcription_model}
+        | ({"language": settings.language} if settings.language else {}),
+        "turn_detection": turn_detection(prompt),
+        "noise_reduction": {"type": settings.noise_reduction} if settings.noise_reduction else None,
+    }
+    tools = [END_CALL_TOOL] + ([TRANSFER_CALL_TOOL] if can_transfer else [])
+    return {
+        "type": "session.update",
+        "session": {
+            "type": "realtime",
+            "output_modalities": ["audio"],
+            "instructions": prompt.instructions,
+            "audio": {
+                "input": audio_input,
+                "output": {"format": fmt.model_format, "voice": prompt.meta.voice, "speed": settings.speed},
+            },
+            "tools": tools,
+            "tool_choice": "auto",
+            "max_output_tokens": settings.max_output_tokens,
+        },
+    }
+
+
+def greeting_response(prompt: Prompt) -> dict[str, Any]:
+    """Ask for the greeting; a scripted greeting is spoken as written, otherwise the model opens the call."""
+    if prompt.meta.greeting:
+        instructions = f"Greet the caller by saying exactly this, and nothing else: {prompt.meta.greeting}"
+    else:
+        instructions = "Greet the caller briefly and ask how you can help."
+    return {"type": "response.create", "response": {"instructions": instructions}}
+
+
+def server_cancels_on_barge_in(prompt: Prompt) -> bool:
+    """With `interrupt_response` the server cancels the active response itself; a client cancel would race."""
+    return prompt.meta.model.turn_detection.interrupt_response

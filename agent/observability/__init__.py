@@ -1,0 +1,1 @@
+"""Counters and logs that let an operator see what the agent did and what it dropped."""

@@ -1,0 +1,41 @@
+"""Prometheus metrics, one registry per app so several agents (and tests) in a process never mix counts."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+
+class Metrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.active_calls = Gauge("agent_active_calls", "Calls with an open stream", registry=r)
+        self.calls = Counter("agent_calls", "Calls ended, by reason", ["reason"], registry=r)
+        self.webhooks = Counter(
+            "agent_webhooks", "Webhooks received, by route and outcome", ["route", "outcome"], registry=r
+        )
+        self.stream_rejected = Counter("agent_stream_rejected", "Stream sockets refused", ["reason"], registry=r)
+        self.inbound_dropped = Counter(
+            "agent_inbound_dropped", "Carrier messages dropped, by reason", ["reason"], registry=r
+        )
+        self.caller_audio_dropped_ms = Counter(
+            "agent_caller_audio_dropped_ms",
+            "Caller audio dropped because the model side stalled (ms)",
+            registry=r,
+        )
+        self.barge_ins = Counter("agent_barge_ins", "Barge-ins that cleared bot audio", registry=r)
+        self.truncations = Counter("agent_truncations", "conversation.item.truncate sent", registry=r)
+        self.model_errors = Counter("agent_model_errors", "Error events from the model, by code", ["code"], registry=r)
+        self.model_reconnects = Counter(
+            "agent_model_reconnects", "Model socket reconnects, by outcome", ["outcome"], registry=r
+        )
+        self.clear_latency = Histogram(
+            "agent_barge_in_clear_seconds",
+            "speech_started received -> clearAudio sent",
+            buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1),
+            registry=r,
+        )
+
+    def value(self, name: str, **labels: str) -> float:
+        """Current value of a sample, 0 when absent: for tests and the console."""
+        return self.registry.get_sample_value(name, labels) or 0.0
