@@ -287,9 +287,7 @@ async def test_transfer_both_and_bleg() -> None:
         ("wss://agent.example/a", {}, "aleg_url"),
     ],
 )
-async def test_transfer_validation_sends_nothing(
-    aleg_url: str | None, kwargs: dict[str, Any], match: str
-) -> None:
+async def test_transfer_validation_sends_nothing(aleg_url: str | None, kwargs: dict[str, Any], match: str) -> None:
     rec = replying(202, {"message": "call transferred"})
     async with make_client(rec) as vobiz:
         with pytest.raises(ValueError, match=match):
@@ -375,9 +373,7 @@ async def test_start_stream_one_way_both_tracks_allowed() -> None:
         ("wss://agent.example/ws", {"status_callback_url": "ws://x.example/cb"}, "status_callback_url"),
     ],
 )
-async def test_start_stream_validation_sends_nothing(
-    service_url: str, kwargs: dict[str, Any], match: str
-) -> None:
+async def test_start_stream_validation_sends_nothing(service_url: str, kwargs: dict[str, Any], match: str) -> None:
     rec = replying(202, {"stream_id": STREAM})
     async with make_client(rec) as vobiz:
         with pytest.raises(ValueError, match=match):
@@ -567,9 +563,7 @@ async def test_transport_errors(exc: httpx.TransportError) -> None:
     assert isinstance(err, VobizApiError) and err.status == 0
     assert err.method == "DELETE" and err.path == f"/Account/{AUTH_ID}/Call/{CALL}/"
     assert type(exc).__name__ in err.message and err.__cause__ is exc
-    assert str(err).startswith(
-        f"Vobiz API unreachable (status 0) on DELETE /Account/{AUTH_ID}/Call/{CALL}/: "
-    )
+    assert str(err).startswith(f"Vobiz API unreachable (status 0) on DELETE /Account/{AUTH_ID}/Call/{CALL}/: ")
 
 
 @pytest.mark.parametrize(("status", "text"), [(201, ""), (201, "call fired"), (200, '{"message": "ok"}')])

@@ -96,6 +96,7 @@ class Playout:
         self._last_checkpoint_ms: dict[str, float] = {}
         self.chunks_sent = 0
         self.late_acks = 0
+        self._generation = 0  # bumped by clear(): a send in flight must not checkpoint stale audio
 
     # --- feeding -------------------------------------------------------------------------------------------
 
@@ -139,16 +140,22 @@ class Playout:
     async def run(self) -> None:
         """Send queued chunks on a real-time schedule, keeping about `lead_ms` queued at the carrier."""
         while True:
-            if not self._queue:
+            wait = await self.step()
+            if wait is None:
                 self._wakeup.clear()
                 await self._wakeup.wait()
-                continue
+            elif wait > 0:
+                await asyncio.sleep(wait)
+
+    async def step(self) -> float | None:
+        """Send every chunk that is due now; return seconds until the next is due, or None when idle."""
+        while self._queue:
             now = self.clock()
             ahead = self._play_end - now
             if ahead > self.lead_s:
-                await asyncio.sleep(ahead - self.lead_s)
-                continue
+                return ahead - self.lead_s
             await self._send_chunk(self._queue.popleft(), now)
+        return None
 
     async def _send_chunk(self, chunk: _Chunk, now: float) -> None:
         info = self.item(chunk.item_id)
@@ -159,8 +166,11 @@ class Playout:
             self._play_end = segment.end
             info.sent_ms = chunk.offset_ms + chunk.duration_ms
             payload = base64.b64encode(chunk.data).decode()
+            generation = self._generation
             await self._send(messages.play_audio(self.stream_id, self.format, payload))
             self.chunks_sent += 1
+            if generation != self._generation:
+                return
         last = self._last_checkpoint_ms.get(chunk.item_id, 0.0)
         if chunk.final or info.sent_ms - last >= self.checkpoint_interval_ms:
             await self._checkpoint(info, final=chunk.final)
@@ -211,6 +221,7 @@ class Playout:
             info.complete = True
             info.played.set()
         self._play_end = min(self._play_end, now)
+        self._generation += 1
         return heard
 
     # --- questions -----------------------------------------------------------------------------------------

@@ -1,0 +1,99 @@
+"""Configuration errors are one clear line each; prompt files validate; the session.update is GA-shaped."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from agent.audio.formats import MediaFormat
+from agent.config import ConfigError, load_settings
+from agent.model import session_config
+from agent.model.events import validate_client_event
+from agent.prompts.loader import PromptError, load_prompt, parse_prompt
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_invalid_settings_fail_with_one_line_each(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PUBLIC_URL", "ftp://example.com")
+    monkeypatch.setenv("AGENT_PLAYOUT_LEAD_MS", "5")
+    monkeypatch.setenv("AGENT_STREAM_CONTENT_TYPE", "audio/ogg")
+    with pytest.raises(ConfigError) as info:
+        load_settings()
+    lines = str(info.value).splitlines()
+    assert len(lines) == 3
+    assert any(line.startswith("invalid setting PUBLIC_URL:") for line in lines)
+    assert any(line.startswith("invalid setting AGENT_PLAYOUT_LEAD_MS:") for line in lines)
+    assert any(line.startswith("invalid setting AGENT_STREAM_CONTENT_TYPE:") for line in lines)
+
+
+def test_vendor_variables_and_derived_urls(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-secret")
+    monkeypatch.setenv("OPENAI_BASE_URL", "http://127.0.0.1:9000/v1/")
+    monkeypatch.setenv("PUBLIC_URL", "https://agent.example.com/")
+    monkeypatch.setenv("VOBIZ_AUTH_ID", "MA_1")
+    monkeypatch.setenv("VOBIZ_AUTH_TOKEN", "tok")
+    s = load_settings()
+    assert s.openai_base_url == "http://127.0.0.1:9000/v1"
+    assert s.public_ws_url == "wss://agent.example.com"
+    assert s.vobiz_rest_enabled and s.webhook_tokens == ["tok"]
+    assert "sk-test-secret" not in repr(s) and "tok'" not in repr(s)
+
+
+def test_sdk_connects_to_the_openai_base_url_given(monkeypatch: pytest.MonkeyPatch) -> None:
+    from agent.model.connection import ModelConnector
+
+    monkeypatch.setenv("OPENAI_BASE_URL", "http://127.0.0.1:9000/v1")
+    connector = ModelConnector(load_settings())
+    manager = connector._client.realtime.connect(model="gpt-realtime")
+    url = str(manager._prepare_url())  # type: ignore[attr-defined]
+    assert url == "ws://127.0.0.1:9000/v1/realtime"
+
+
+def test_default_prompt_loads_and_builds_a_valid_ga_session() -> None:
+    prompt = load_prompt(ROOT / "prompts", "default")
+    assert prompt.meta.greeting and prompt.instructions.startswith("You are")
+    for content_type, fmt in [("audio/x-mulaw;rate=8000", "audio/pcmu"), ("audio/x-l16;rate=16000", "audio/pcm")]:
+        update = session_config.session_update(prompt, MediaFormat.parse(content_type), can_transfer=True)
+        event = validate_client_event(update)
+        assert event.session.audio.input.format.type == fmt
+        assert event.session.audio.output.format.type == fmt
+        td = event.session.audio.input.turn_detection
+        assert td.type == "server_vad" and td.interrupt_response is True
+        assert event.session.audio.input.transcription.model
+        assert {t.name for t in event.session.tools} == {"end_call", "transfer_call"}
+    no_transfer = session_config.session_update(
+        prompt, MediaFormat.parse("audio/x-mulaw;rate=8000"), can_transfer=False
+    )
+    assert [t["name"] for t in no_transfer["session"]["tools"]] == ["end_call"]
+    validate_client_event(session_config.greeting_response(prompt))
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("---\nvoice: robot\n---\nHi", "voice"),
+        ("---\nvoyce: marin\n---\nHi", "voyce: Extra inputs are not permitted"),
+        ("---\nvoice: marin\n", "never closed"),
+        ("---\n: [\n---\nHi", "invalid YAML"),
+        ("---\nvoice: marin\n---\n   \n", "instructions"),
+        ("---\nmodel:\n  turn_detection:\n    threshold: 3\n---\nHi", "model.turn_detection.threshold"),
+    ],
+)
+def test_bad_prompt_files_are_refused_with_file_and_field(text: str, message: str) -> None:
+    with pytest.raises(PromptError) as info:
+        parse_prompt("p", text, "prompts/p.md")
+    assert str(info.value).startswith("prompts/p.md")
+    assert message in str(info.value)
+
+
+def test_prompt_hash_changes_with_content(tmp_path: Path) -> None:
+    (tmp_path / "a.md").write_text("Be brief.")
+    first = load_prompt(tmp_path, "a").content_hash
+    (tmp_path / "a.md").write_text("Be very brief.")
+    assert load_prompt(tmp_path, "a").content_hash != first
+    with pytest.raises(PromptError):
+        load_prompt(tmp_path, "../etc/passwd")
+    with pytest.raises(PromptError, match="cannot read"):
+        load_prompt(tmp_path, "missing")

@@ -1,0 +1,130 @@
+"""Playout pacing and the 'what has the caller heard' estimate, on a manual clock."""
+
+from __future__ import annotations
+
+import base64
+import json
+
+import pytest
+
+from agent.audio.formats import MediaFormat
+from agent.calls.playout import Playout
+
+MULAW = MediaFormat("audio/x-mulaw", 8000)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = 100.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+class Sink:
+    def __init__(self) -> None:
+        self.messages: list[dict[str, object]] = []
+
+    async def __call__(self, text: str) -> None:
+        self.messages.append(json.loads(text))
+
+    def audio_ms(self) -> float:
+        total = 0
+        for m in self.messages:
+            if m["event"] == "playAudio":
+                media = m["media"]
+                assert isinstance(media, dict)
+                total += len(base64.b64decode(media["payload"]))
+        return total / 8
+
+    def checkpoints(self) -> list[str]:
+        return [str(m["name"]) for m in self.messages if m["event"] == "checkpoint"]
+
+
+def make(clock: Clock, sink: Sink, **kw: int) -> Playout:
+    return Playout(sink, "stream-1", MULAW, clock=clock, **kw)
+
+
+async def test_sends_only_lead_ahead_of_real_time() -> None:
+    clock, sink = Clock(), Sink()
+    playout = make(clock, sink, lead_ms=200)
+    playout.enqueue("item_a", b"\x11" * 8 * 1000)  # one second of audio at once, as the model streams it
+    wait = await playout.step()
+    # 200 ms lead plus the chunk that crosses it; the rest waits for the clock.
+    assert sink.audio_ms() == pytest.approx(220, abs=0.1)
+    assert wait == pytest.approx(0.02, abs=1e-6)
+    for _ in range(25):  # the pacer wakes every chunk for half a second
+        clock.t += 0.02
+        await playout.step()
+    assert sink.audio_ms() == pytest.approx(720, abs=0.1)
+    assert all(m["streamId"] == "stream-1" for m in sink.messages)
+
+
+async def test_heard_is_interpolated_by_the_clock_and_capped_by_what_was_sent() -> None:
+    clock, sink = Clock(), Sink()
+    playout = make(clock, sink, lead_ms=200)
+    playout.enqueue("item_a", b"\x11" * 8 * 1000)
+    await playout.step()
+    assert playout.heard_ms("item_a") == 0
+    clock.t += 0.150
+    assert playout.heard_ms("item_a") == pytest.approx(150, abs=0.5)
+    clock.t += 10  # nothing more sent: cannot have heard more than the 220 ms sent
+    assert playout.heard_ms("item_a") == pytest.approx(220, abs=0.5)
+
+
+async def test_checkpoints_carry_item_and_offset_and_final_ack_sets_played() -> None:
+    clock, sink = Clock(), Sink()
+    playout = make(clock, sink, lead_ms=200, checkpoint_interval_ms=100)
+    playout.enqueue("item_a", b"\x11" * 8 * 300)
+    playout.finish_item("item_a", b"\x11" * 8 * 10)
+    for _ in range(40):
+        await playout.step()
+        clock.t += 0.02
+    names = sink.checkpoints()
+    assert names[0].startswith("item_a.100.")
+    assert names[-1].startswith("item_a.310.")
+    assert not playout.item("item_a").played.is_set()
+    assert playout.on_played(names[-1])
+    assert playout.item("item_a").played.is_set()
+    assert not playout.on_played("unknown")
+
+
+async def test_late_ack_shifts_the_schedule() -> None:
+    clock, sink = Clock(), Sink()
+    playout = make(clock, sink, lead_ms=400, checkpoint_interval_ms=100)
+    playout.enqueue("item_a", b"\x11" * 8 * 400)
+    await playout.step()
+    first = sink.checkpoints()[0]  # end of the first 100 ms, expected at t0 + 0.1
+    clock.t += 0.180  # the carrier reports it 80 ms late (jitter, a slow start)
+    playout.on_played(first)
+    assert playout.heard_ms("item_a") == pytest.approx(100, abs=0.5)
+    clock.t += 0.100
+    assert playout.heard_ms("item_a") == pytest.approx(200, abs=0.5)
+
+
+async def test_clear_reports_heard_drops_queue_and_ignores_stale_acks() -> None:
+    clock, sink = Clock(), Sink()
+    playout = make(clock, sink, lead_ms=200, checkpoint_interval_ms=100)
+    playout.enqueue("item_a", b"\x11" * 8 * 2000)
+    await playout.step()
+    clock.t += 0.130
+    pending = sink.checkpoints()
+    heard = playout.clear()
+    assert heard == {"item_a": pytest.approx(130, abs=0.5)}
+    assert not playout.is_audible()
+    assert await playout.step() is None
+    for name in pending:
+        assert not playout.on_played(name)
+    assert playout.heard_ms("item_a") == pytest.approx(130, abs=0.5)
+
+
+async def test_l16_chunks_stay_sample_aligned() -> None:
+    clock, sink = Clock(), Sink()
+    fmt = MediaFormat("audio/x-l16", 16000)
+    playout = Playout(sink, "s", fmt, clock=clock, lead_ms=1000)
+    playout.enqueue("item_a", b"\x01\x00" * 333)
+    playout.finish_item("item_a", b"\x01\x00" * 7 + b"\x01")
+    await playout.step()
+    media = [m["media"] for m in sink.messages if m["event"] == "playAudio"]
+    assert [len(base64.b64decode(m["payload"])) for m in media] == [640, 40]  # type: ignore[index]
+    assert all(m["sampleRate"] == 16000 and m["contentType"] == "audio/x-l16" for m in media)  # type: ignore[index]
