@@ -22,13 +22,16 @@ log = logging.getLogger("agent.app")
 
 
 def create_app(
-    settings: Settings, *, connector: ModelConnector | None = None, embedded_engine: bool = False
+    settings: Settings,
+    *,
+    connector: ModelConnector | None = None,
+    vobiz: VobizClient | None = None,
+    embedded_engine: bool = False,
 ) -> FastAPI:
     """`embedded_engine` runs the local realtime engine in-process: no OpenAI key needed."""
     metrics = Metrics()
     connector = connector or ModelConnector(settings)
-    vobiz = None
-    if settings.vobiz_rest_enabled:
+    if vobiz is None and settings.vobiz_rest_enabled:
         assert settings.vobiz_auth_id and settings.vobiz_auth_token
         vobiz = VobizClient(
             settings.vobiz_auth_id, settings.vobiz_auth_token.get_secret_value(), settings.vobiz_api_url
