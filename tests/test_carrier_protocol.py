@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 import xml.etree.ElementTree as ET
+from typing import Any
 
 import pytest
 
 from agent.carrier import messages, stream_token, xml
 from agent.carrier.messages import InboundError, parse_inbound
 
-NESTED_START = {
+NESTED_START: dict[str, Any] = {
     "sequenceNumber": 0,
     "event": "start",
     "start": {

@@ -47,7 +47,7 @@ def test_sdk_connects_to_the_openai_base_url_given(monkeypatch: pytest.MonkeyPat
     monkeypatch.setenv("OPENAI_BASE_URL", "http://127.0.0.1:9000/v1")
     connector = ModelConnector(load_settings())
     manager = connector._client.realtime.connect(model="gpt-realtime")
-    url = str(manager._prepare_url())  # type: ignore[attr-defined]
+    url = str(manager._prepare_url())
     assert url == "ws://127.0.0.1:9000/v1/realtime"
 
 

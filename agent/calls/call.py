@@ -34,7 +34,7 @@ from agent.carrier.messages import InboundError, StartInfo, parse_inbound
 from agent.carrier.rest import VobizApiError, VobizClient
 from agent.config import Settings
 from agent.model import session_config
-from agent.model.connection import ModelConnection, ModelConnector, discard, send_event
+from agent.model.connection import ModelConnection, ModelConnector, close_connection, discard, send_event
 from agent.observability.metrics import Metrics
 from agent.prompts.loader import Prompt
 
@@ -187,8 +187,7 @@ class Call:
             # The call ended before the pre-warmed connection was claimed: close it in the background.
             discard(self._model_pending)
         if model is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(model.close(), 1.0)
+            await close_connection(model)
         ws = self._ws
         if ws is not None and ws.client_state == WebSocketState.CONNECTED:
             with contextlib.suppress(Exception):
@@ -408,8 +407,7 @@ class Call:
         self.model_ready.clear()
         old, self.model = self.model, None
         if old is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(old.close(), 0.5)
+            await close_connection(old)
         was_answering = self.response_active
         self.response_active = False
         self._create_after_response = False

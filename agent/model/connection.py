@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from typing import Any
 
@@ -47,13 +48,24 @@ class ModelConnector:
 _closing: set[asyncio.Task[None]] = set()
 
 
+async def close_connection(model: ModelConnection, grace_s: float = 0.5) -> None:
+    """Close politely, but never wait long: a socket whose unread events fill its buffer cannot finish
+    the closing handshake, so after `grace_s` the transport is aborted."""
+    with contextlib.suppress(Exception):  # whatever went wrong, the socket must end
+        await asyncio.wait_for(model.close(), grace_s)
+    ws = getattr(model, "_connection", None)
+    transport = getattr(ws, "transport", None)
+    if transport is not None and not transport.is_closing():
+        transport.abort()
+
+
 def discard(pending: asyncio.Future[ModelConnection]) -> None:
     """Give up on a connection that may still be opening: cancel it, or close it once it is open."""
 
     def close(done: asyncio.Future[ModelConnection]) -> None:
         if done.cancelled() or done.exception() is not None:
             return
-        task = asyncio.get_running_loop().create_task(done.result().close())
+        task = asyncio.get_running_loop().create_task(close_connection(done.result()))
         _closing.add(task)
         task.add_done_callback(_closing.discard)
 

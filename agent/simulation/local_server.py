@@ -12,6 +12,7 @@ import socket
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+import httpx
 import uvicorn
 
 
@@ -25,14 +26,21 @@ def listening_socket(host: str = "127.0.0.1", port: int = 0) -> socket.socket:
 
 
 @contextlib.asynccontextmanager
-async def serve_app(make_app: Callable[[str], Any], host: str = "127.0.0.1") -> AsyncIterator[str]:
-    """Serve `make_app(base_url)` and yield the base URL; stops the server (and its lifespan) on exit."""
+async def serve_app(
+    make_app: Callable[[str], Any], host: str = "127.0.0.1", ready_path: str | None = "/healthz"
+) -> AsyncIterator[str]:
+    """Serve `make_app(base_url)` and yield the base URL once `ready_path` answers (start-up is done)."""
     sock = listening_socket(host)
     base_url = f"http://{host}:{sock.getsockname()[1]}"
-    config = uvicorn.Config(make_app(base_url), lifespan="on", log_level="warning", log_config=None, ws_ping_interval=None)
+    config = uvicorn.Config(
+        make_app(base_url), lifespan="on", log_level="warning", log_config=None, ws_ping_interval=None
+    )
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve(sockets=[sock]))
     try:
+        if ready_path is not None:
+            async with httpx.AsyncClient() as http:
+                (await http.get(base_url + ready_path, timeout=30)).raise_for_status()
         yield base_url
     finally:
         server.should_exit = True
