@@ -34,7 +34,7 @@ def serve(host: str, port: int) -> None:
     from agent.prompts.loader import PromptError
 
     settings = _settings()
-    logs.configure(settings.log_level)
+    logs.configure(settings.log_level, secrets=settings.secret_values)
     try:
         app = create_app(settings, embedded_engine=settings.openai_api_key is None and not settings.openai_base_url)
     except PromptError as exc:

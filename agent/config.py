@@ -94,6 +94,12 @@ class Settings(BaseSettings):
         return [self.vobiz_main_auth_token.get_secret_value()] if self.vobiz_main_auth_token else []
 
     @property
+    def secret_values(self) -> list[str]:
+        """Every configured secret, for the log redaction filter."""
+        fields = (self.openai_api_key, self.vobiz_auth_token, self.vobiz_main_auth_token, self.stream_secret)
+        return [f.get_secret_value() for f in fields if f is not None]
+
+    @property
     def vobiz_rest_enabled(self) -> bool:
         return bool(self.vobiz_auth_id and self.vobiz_auth_token)
 

@@ -130,6 +130,8 @@ class Call:
         self.interrupted_responses: set[str] = set()
         self._tool_calls: list[_ToolCall] = []
         self._create_after_response = False
+        self._creates = 0
+        self._pending_create: str | None = None
         self._response_waiters: list[asyncio.Future[str]] = []
         self._truncate_retried: set[str] = set()
         self._dtmf: list[str] = []
@@ -354,7 +356,10 @@ class Call:
             self._create_after_response = True
             return
         self.response_active = True  # reserve: VAD or a tool could race us before response.created arrives
-        await self._model_send({"type": "response.create"} | ({"response": response} if response else {}))
+        self._creates += 1
+        self._pending_create = f"create_{self._creates}"
+        event = {"type": "response.create", "event_id": self._pending_create}
+        await self._model_send(event | ({"response": response} if response else {}))
 
     async def _model_session(self) -> None:
         """Hold one model session for the call, reconnecting with history when the socket drops."""
@@ -458,6 +463,7 @@ class Call:
         elif kind == "input_audio_buffer.speech_started":
             await self._on_speech_started(event)
         elif kind == "response.created":
+            self._pending_create = None
             self.response_id = event.response.id
             self.response_active = True
             self.record.event("response_created", response_id=self.response_id)
@@ -557,8 +563,14 @@ class Call:
         code = error.code or error.type or "unknown"
         self.metrics.model_errors.labels(code).inc()
         self.record.event("model_error", code=code, message=error.message)
-        if code == "conversation_already_has_active_response":
-            self._create_after_response = True
+        if error.event_id is not None and error.event_id == self._pending_create:
+            # Our response.create was refused: no response is coming from it.
+            self._pending_create = None
+            if code == "conversation_already_has_active_response":
+                self._create_after_response = True  # another response is running: ask again after it
+            else:
+                self.response_active = False
+                self.log.warning("model refused response.create (%s): %s", code, error.message)
             return
         if code in ("response_cancel_not_active",):
             self.log.debug("model: %s", error.message)

@@ -1,8 +1,19 @@
-"""Log setup: one line per event, the call id on every line that has one, no secrets."""
+"""Log setup: one line per event, the call id on every line that has one, no secrets.
+
+Secrets are kept out twice over: chatty libraries that log handshake headers are held at INFO, and every
+record passes a filter that masks the configured secret values and any bearer token.
+"""
 
 from __future__ import annotations
 
 import logging
+import re
+from collections.abc import Iterable
+from typing import TextIO
+
+_BEARER = re.compile(r"(Bearer\s+)[^\s'\"]+", re.IGNORECASE)
+# Libraries that print request/handshake headers (Authorization included) at DEBUG.
+_HEADER_LOGGERS = ("openai", "httpx", "httpcore", "websockets", "uvicorn.protocols")
 
 
 class _CallIdDefault(logging.Filter):
@@ -12,13 +23,28 @@ class _CallIdDefault(logging.Filter):
         return True
 
 
-def configure(level: str = "INFO") -> None:
-    handler = logging.StreamHandler()
+class RedactSecrets(logging.Filter):
+    def __init__(self, secrets: Iterable[str]) -> None:
+        super().__init__()
+        self._secrets = sorted({s for s in secrets if s and len(s) >= 6}, key=len, reverse=True)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        cleaned = _BEARER.sub(r"\1***", message)
+        for secret in self._secrets:
+            cleaned = cleaned.replace(secret, "***")
+        if cleaned != message:
+            record.msg, record.args = cleaned, None
+        return True
+
+
+def configure(level: str = "INFO", *, secrets: Iterable[str] = (), stream: TextIO | None = None) -> None:
+    handler = logging.StreamHandler(stream)
     handler.addFilter(_CallIdDefault())
+    handler.addFilter(RedactSecrets(secrets))
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s call=%(call_id)s %(message)s"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    # The openai SDK logs request headers at DEBUG; keep it at INFO so the API key never reaches a log.
-    logging.getLogger("openai").setLevel(max(logging.INFO, root.level))
-    logging.getLogger("httpx").setLevel(logging.WARNING)
+    for name in _HEADER_LOGGERS:
+        logging.getLogger(name).setLevel(max(logging.INFO, root.level))

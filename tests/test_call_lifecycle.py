@@ -1,0 +1,258 @@
+"""How calls end: goodbyes, transfers, hang-ups, model failures, and teardown without leaks."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from typing import Any
+
+import httpx
+import pytest
+
+from agent.carrier.rest import VobizClient
+from agent.simulation.carrier import CallerAudio, SimCall
+from agent.simulation.realtime_server import RealtimeSimConfig
+from tests.harness import Stack, running_stack
+
+SPEAK_THEN_LISTEN = [CallerAudio.silence(900), CallerAudio.tone(300, 600, 0.4), CallerAudio.silence(8000)]
+
+
+def verbs(call: SimCall) -> list[str]:
+    return [a.verb for a in call.after_stream]
+
+
+def record(stack: Stack, call: SimCall) -> Any:
+    return stack.state.registry.records[call.call_uuid]
+
+
+async def wait_live_calls(stack: Stack, count: int, timeout: float = 2.0) -> None:  # noqa: ASYNC109
+    """Wait on the call objects themselves (each sets `done` when fully torn down)."""
+    calls = list(stack.state.registry.live.values())
+    if count == 0 and calls:
+        await asyncio.wait_for(asyncio.gather(*[c.done.wait() for c in calls]), timeout)
+    assert len(stack.state.registry.live) == count
+
+
+async def test_end_call_lets_the_goodbye_finish_then_stops_and_hangs_up() -> None:
+    async with running_stack(RealtimeSimConfig(reply_ms=300)) as stack:
+        stack.engine.on_session = lambda s: s.queue_reply(reply_ms=300)
+        call = await stack.carrier.place_call(SPEAK_THEN_LISTEN)
+        session = await stack.engine.wait_for_session()
+        await session.wait_for_server_event("response.done", timeout=5)  # greeting
+        session.queue_tool_call("end_call", {"reason": "caller is done"})
+        session.queue_reply(reply_ms=1500, transcript="Goodbye, have a nice day.")
+        await call.wait_ended(timeout=10)
+        stop = next(e for e in call.timeline if e.kind == "stop_received")
+        goodbye_audio = [e for e in call.timeline if e.kind == "bot_audio_stopped" and e.t <= stop.t]
+        assert goodbye_audio, "the goodbye finished playing before stop"
+        assert call.played_ms == pytest.approx(300 + 1500, abs=40)  # greeting + the whole goodbye
+        assert verbs(call) == ["Redirect", "Hangup"]
+        assert record(stack, call).end_reason == "agent_end_call"
+        await stack.engine.wait_idle(timeout=2)
+        await wait_live_calls(stack, 0)
+        assert call.protocol_errors == [] and session.protocol_errors == []
+
+
+async def test_end_call_without_words_asks_for_a_goodbye_first() -> None:
+    async with running_stack(RealtimeSimConfig(reply_ms=300)) as stack:
+        call = await stack.carrier.place_call(SPEAK_THEN_LISTEN)
+        session = await stack.engine.wait_for_session()
+        await session.wait_for_server_event("response.done", timeout=5)
+        session.queue_tool_call("end_call", {})
+        session.queue_reply(reply_ms=0)  # the model calls the tool without saying anything
+        await call.wait_ended(timeout=10)
+        output = next(e for e in session.client_events if e["type"] == "conversation.item.create")
+        assert output["item"]["type"] == "function_call_output"
+        asks = [e for e in session.client_events if e["type"] == "response.create"]
+        assert "goodbye" in asks[-1]["response"]["instructions"].lower()
+        assert call.played_ms == pytest.approx(300 + 300, abs=40)  # greeting + the requested goodbye
+        assert verbs(call) == ["Redirect", "Hangup"]
+
+
+async def test_transfer_without_rest_ends_the_stream_into_a_dial() -> None:
+    async with running_stack(RealtimeSimConfig(reply_ms=300), transfer_number="+15550001111") as stack:
+        call = await stack.carrier.place_call(SPEAK_THEN_LISTEN)
+        session = await stack.engine.wait_for_session()
+        update = await session.wait_for_client_event("session.update")
+        assert "transfer_call" in [t["name"] for t in update["session"]["tools"]]
+        await session.wait_for_server_event("response.done", timeout=5)
+        session.queue_tool_call("transfer_call", {"reason": "wants a human"})
+        session.queue_reply(reply_ms=500, transcript="Connecting you now.")
+        await call.wait_ended(timeout=10)
+        assert call.played_ms == pytest.approx(800, abs=40)
+        assert verbs(call) == ["Redirect", "Dial"]
+        assert call.after_stream[-1].detail.get("number") == "+15550001111" or "+15550001111" in str(
+            call.after_stream[-1]
+        )
+        assert record(stack, call).end_reason == "agent_transfer"
+
+
+async def test_transfer_through_the_rest_api() -> None:
+    requests: list[httpx.Request] = []
+    holder: dict[str, SimCall] = {}
+    transfers: list[asyncio.Task[None]] = []
+
+    def vobiz_api(request: httpx.Request) -> httpx.Response:
+        requests.append(request)
+        body = json.loads(request.content)
+        # Vobiz ends the stream and fetches the transfer URL for the call's XML.
+        transfers.append(asyncio.get_running_loop().create_task(holder["call"].transfer_to(body["aleg_url"])))
+        return httpx.Response(202, json={"api_id": "a", "message": "call transferred", "call_uuid": "x"})
+
+    vobiz = VobizClient("MA_TEST", "tok", "https://api.vobiz.test/api/v1", transport=httpx.MockTransport(vobiz_api))
+    async with running_stack(RealtimeSimConfig(reply_ms=300), vobiz=vobiz, transfer_number="+15550002222") as stack:
+        call = holder["call"] = await stack.carrier.place_call(SPEAK_THEN_LISTEN)
+        session = await stack.engine.wait_for_session()
+        await session.wait_for_server_event("response.done", timeout=5)
+        session.queue_tool_call("transfer_call", {})
+        session.queue_reply(reply_ms=400)
+        await call.wait_ended(timeout=10)
+        assert len(requests) == 1
+        assert (
+            requests[0].method == "POST" and requests[0].url.path == f"/api/v1/Account/MA_TEST/Call/{call.call_uuid}/"
+        )
+        assert json.loads(requests[0].content)["legs"] == "aleg"
+        assert verbs(call) == ["Transfer", "Dial"]
+        assert "+15550002222" in str(call.after_stream[-1])
+        assert call.played_ms == pytest.approx(700, abs=40)
+        await asyncio.gather(*transfers)
+
+
+async def test_transfer_without_a_number_tells_the_model_no_one_is_available() -> None:
+    async with running_stack(RealtimeSimConfig(reply_ms=300)) as stack:
+        call = await stack.carrier.place_call(SPEAK_THEN_LISTEN)
+        session = await stack.engine.wait_for_session()
+        await session.wait_for_server_event("response.done", timeout=5)
+        session.queue_tool_call("transfer_call", {})
+        await session.wait_for_client_event("conversation.item.create", timeout=6)
+        output = next(e for e in session.client_events if e["type"] == "conversation.item.create")
+        assert json.loads(output["item"]["output"])["ok"] is False
+        await session.wait_for_server_event("response.done", lambda e: len(session.responses) >= 3, timeout=5)
+        assert not call.ended.is_set()
+        await call.hangup()
+
+
+async def test_model_socket_drop_reconnects_and_reseeds_the_conversation() -> None:
+    async with running_stack(RealtimeSimConfig(reply_ms=400)) as stack:
+        call = await stack.carrier.place_call(
+            [
+                CallerAudio.silence(900),
+                CallerAudio.tone(300, 600, 0.4),
+                CallerAudio.silence(1500),
+                CallerAudio.tone(300, 600, 0.4),
+                CallerAudio.silence(3000),
+            ]
+        )
+        first = await stack.engine.wait_for_session()
+        await first.wait_for_server_event("response.done", lambda e: len(first.responses) >= 2, timeout=6)
+        await first.wait_for_server_event("conversation.item.input_audio_transcription.completed", timeout=3)
+        await first.drop()  # the network drops the model socket mid-call
+        second = await stack.engine.wait_for_session(1, timeout=5)
+        update = await second.wait_for_client_event("session.update")
+        assert update["session"]["instructions"]
+        # The conversation goes on in the new session: the caller's next turn is answered and heard.
+        await second.wait_for_server_event("response.done", timeout=8)
+        await call.wait_bot_audio(400 * 3 - 20, timeout=5)
+        # Before that, the new session was told what was said and heard so far, in order.
+        seeded = [e for e in second.client_events if e["type"] == "conversation.item.create"]
+        texts = [(e["item"]["role"], e["item"]["content"][0]["text"]) for e in seeded]
+        assert len(texts) == 3
+        assert texts[0] == ("assistant", "Reply number 1.")
+        assert texts[1][0] == "user" and texts[1][1].startswith("caller audio")
+        assert texts[2] == ("assistant", "Reply number 2.")
+        assert not [e for e in second.client_events if e["type"] == "response.create"]  # nobody was waiting
+        assert stack.metric("agent_model_reconnects_total", outcome="ok") == 1
+        assert not call.ended.is_set()
+        await call.hangup()
+        assert second.protocol_errors == [] and call.protocol_errors == []
+
+
+async def test_model_gone_for_good_ends_with_a_spoken_apology() -> None:
+    async with running_stack(RealtimeSimConfig(reply_ms=300), model_reconnect_attempts=2) as stack:
+        call = await stack.carrier.place_call([CallerAudio.silence(8000)])
+        session = await stack.engine.wait_for_session()
+        await call.wait_bot_audio(280, timeout=5)
+        await stack.engine.stop()  # the model endpoint disappears: drops every socket and refuses new ones
+        await call.wait_ended(timeout=10)
+        assert verbs(call)[:2] == ["Redirect", "Speak"]
+        assert "sorry" in call.after_stream[1].text.lower()
+        assert verbs(call)[-1] == "Hangup"
+        assert record(stack, call).end_reason == "model_unavailable"
+        assert stack.metric("agent_model_reconnects_total", outcome="gave_up") == 1
+        assert session.protocol_errors == []
+
+
+async def test_hangup_webhook_and_answer_with_event_hangup_end_the_session() -> None:
+    async with running_stack(RealtimeSimConfig(reply_ms=300)) as stack, httpx.AsyncClient() as http:
+        call = await stack.carrier.place_call([CallerAudio.silence(8000)])
+        await call.wait_bot_audio(250, timeout=5)
+        started = time.monotonic()
+        reply = await http.post(f"{stack.base_url}/vobiz/answer", data={"CallUUID": call.call_uuid, "Event": "Hangup"})
+        assert reply.status_code == 200 and "<Response />" in reply.text
+        await call.wait_ended(timeout=1.5)
+        await stack.engine.wait_idle(timeout=1.5)
+        assert time.monotonic() - started < 1.5
+        # Idempotent, and a re-posted answer for a finished call never starts a second conversation.
+        for _ in range(2):
+            assert (
+                await http.post(f"{stack.base_url}/vobiz/hangup", data={"CallUUID": call.call_uuid})
+            ).status_code == 200
+        again = await http.post(
+            f"{stack.base_url}/vobiz/answer", data={"CallUUID": call.call_uuid, "Event": "StartApp"}
+        )
+        assert "<Hangup" in again.text and "<Stream" not in again.text
+        assert len(stack.engine.sessions) == 1
+        status = await http.post(
+            f"{stack.base_url}/vobiz/stream-status",
+            data={"CallUUID": call.call_uuid, "Event": "StopStream", "StreamID": call.stream_id},
+        )
+        assert status.status_code == 200
+        assert any(e.kind == "stream_status" for e in record(stack, call).events)
+
+
+async def test_prewarmed_session_is_closed_when_no_stream_arrives() -> None:
+    async with running_stack(prewarm_timeout_s=0.4) as stack, httpx.AsyncClient() as http:
+        reply = await http.post(f"{stack.base_url}/vobiz/answer", data={"CallUUID": "never-streams"})
+        assert "<Stream" in reply.text
+        session = await stack.engine.wait_for_session()
+        await session.wait_for_client_event("response.create")  # the greeting was requested ahead of time
+        await stack.engine.wait_idle(timeout=3)
+        assert any(e.kind == "prewarm_expired" for e in stack.state.registry.records["never-streams"].events)
+
+
+async def test_caller_hangup_closes_the_model_within_a_second() -> None:
+    async with running_stack(RealtimeSimConfig(reply_ms=5000, speed=1.0)) as stack:
+        call = await stack.carrier.place_call([CallerAudio.silence(8000)])
+        await call.wait_bot_audio(300, timeout=5)
+        started = time.monotonic()
+        await call.hangup()
+        await stack.engine.wait_idle(timeout=1.0)
+        await wait_live_calls(stack, 0, timeout=1.0)
+        assert time.monotonic() - started < 1.0
+        # The socket closing ends the call; Vobiz's hangup webhook right after may refine the reason.
+        assert record(stack, call).end_reason in ("carrier_closed", "caller_hangup")
+
+
+async def test_fifty_concurrent_calls_tear_down_with_nothing_left_running() -> None:
+    def tasks_now() -> set[asyncio.Task[Any]]:
+        return {t for t in asyncio.all_tasks() if not t.done()}
+
+    baseline = tasks_now()
+    async with running_stack(RealtimeSimConfig(reply_ms=600)) as stack:
+        after_start = tasks_now()
+        calls = await asyncio.gather(*[stack.carrier.place_call([CallerAudio.silence(6000)]) for _ in range(50)])
+        await asyncio.gather(*[c.wait_bot_audio(550, timeout=15) for c in calls])
+        assert len(stack.state.registry.live) == 50
+        assert stack.engine.connections_open == 50
+        started = time.monotonic()
+        half = len(calls) // 2
+        await asyncio.gather(*[c.hangup() for c in calls[:half]])  # callers hang up
+        await asyncio.gather(*[c.drop() for c in calls[half:]])  # or the network drops them
+        await stack.engine.wait_idle(timeout=3)
+        await wait_live_calls(stack, 0, timeout=3)
+        elapsed = time.monotonic() - started
+        assert elapsed < 3
+        assert tasks_now() - after_start == set()
+        assert stack.metric("agent_active_calls") == 0
+    assert tasks_now() - baseline == set()

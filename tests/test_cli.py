@@ -1,0 +1,98 @@
+"""The README's run command: `voice-agent serve` on its embedded default answers a call end to end."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import sys
+from collections.abc import AsyncIterator
+
+import pytest
+
+from agent.simulation.carrier import CallerAudio, CarrierSim
+from tests.signals import dominant_hz
+
+READY_LINE = "Application startup complete"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "VOBIZ_", "AGENT_", "PUBLIC_URL"))}
+    return env | extra
+
+
+async def read_until(stream: asyncio.StreamReader, needle: str, timeout: float) -> list[str]:  # noqa: ASYNC109
+    lines: list[str] = []
+    async with asyncio.timeout(timeout):
+        while True:
+            raw = await stream.readline()
+            if not raw:
+                raise AssertionError("process exited before: " + needle + "\n" + "".join(lines))
+            lines.append(raw.decode())
+            if needle in lines[-1]:
+                return lines
+
+
+@pytest.fixture
+async def serve_process() -> AsyncIterator[tuple[str, list[str]]]:
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "agent",
+        "serve",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        env=clean_env(PUBLIC_URL=base),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    assert proc.stdout is not None
+    try:
+        lines = await read_until(proc.stdout, READY_LINE, timeout=30)
+        yield base, lines
+    finally:
+        proc.terminate()
+        await asyncio.wait_for(proc.wait(), 10)
+
+
+async def test_serve_without_keys_runs_the_embedded_engine(serve_process: tuple[str, list[str]]) -> None:
+    base, lines = serve_process
+    assert any("embedded offline realtime engine" in line for line in lines)
+    carrier = CarrierSim(base)
+    try:
+        call = await carrier.place_call([CallerAudio.silence(3000)])
+        await call.wait_bot_audio(1000, timeout=10)
+        assert dominant_hz(call.played, 8000) == pytest.approx(600, abs=5)
+        await call.hangup()
+        assert call.protocol_errors == []
+    finally:
+        await carrier.aclose()
+
+
+async def test_invalid_configuration_stops_with_one_line_per_problem() -> None:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "agent",
+        "serve",
+        env=clean_env(PUBLIC_URL="ftp://nowhere", AGENT_PLAYOUT_LEAD_MS="1"),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    _, err = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode == 2
+    lines = err.decode().strip().splitlines()
+    assert lines == [
+        "invalid setting PUBLIC_URL: Value error, must start with http:// or https://",
+        "invalid setting AGENT_PLAYOUT_LEAD_MS: Input should be greater than or equal to 40",
+    ]
