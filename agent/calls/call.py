@@ -140,6 +140,8 @@ class Call:
         self.outcome: Outcome | None = None
         self.end_reason = "unknown"
         self.barge_ins = 0
+        self._drops: dict[str, int] = {}
+        self._audio_done: set[str] = set()
         self.done = asyncio.Event()
 
     # --- lifecycle -----------------------------------------------------------------------------------------
@@ -246,9 +248,12 @@ class Call:
             await self._on_carrier_event(event)
 
     def _drop(self, reason: str, detail: str) -> None:
+        """Count every dropped message; log the 1st, 2nd, 4th, 8th… of each kind so a flood cannot flood the log."""
         self.metrics.inbound_dropped.labels(reason).inc()
-        self.record.event("inbound_dropped", reason=reason)
-        self.log.warning("dropped carrier message (%s): %s", reason, detail[:200])
+        count = self._drops[reason] = self._drops.get(reason, 0) + 1
+        if count & (count - 1) == 0 or count % 1000 == 0:
+            self.record.event("inbound_dropped", reason=reason, count=count)
+            self.log.warning("dropped carrier message (%s, %d so far): %s", reason, count, detail[:200])
 
     async def _on_carrier_event(self, event: messages.InboundEvent) -> None:
         if isinstance(event, messages.MediaEvent):
@@ -468,6 +473,7 @@ class Call:
             self.response_active = True
             self.record.event("response_created", response_id=self.response_id)
         elif kind == "response.output_audio.done":
+            self._audio_done.add(event.item_id)
             if event.item_id not in self.interrupted_items:
                 self.playout.finish_item(event.item_id, self.bot_audio.finish_item())
         elif kind == "response.output_audio_transcript.done":
@@ -535,11 +541,10 @@ class Call:
     async def _truncate(self, item_id: str, heard_ms: float) -> None:
         """Make the model's memory match what the caller heard of an item."""
         received = self.received_ms.get(item_id, 0.0)
-        info = self.playout.item(item_id)
         if received <= 0:
-            return
-        if heard_ms >= received - 1 and info.complete and item_id not in self.interrupted_items:
-            return  # it had finished playing: nothing to forget
+            return  # no audio: nothing the server could truncate
+        if heard_ms >= received - 1 and item_id in self._audio_done:
+            return  # the whole item had played: nothing to forget
         self.interrupted_items.add(item_id)
         self.record.assistant_interrupted(item_id, heard_ms, received)
         if heard_ms < 1:
