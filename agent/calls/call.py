@@ -143,6 +143,7 @@ class Call:
         self._drops: dict[str, int] = {}
         self._audio_done: set[str] = set()
         self.done = asyncio.Event()
+        self.ended_monotonic: float | None = None
 
     # --- lifecycle -----------------------------------------------------------------------------------------
 
@@ -172,6 +173,7 @@ class Call:
             self.record.finish(self.end_reason)
             self.metrics.calls.labels(self.end_reason).inc()
             self.log.info("call ended: %s", self.end_reason)
+            self.ended_monotonic = time.monotonic()
             self.done.set()
 
     def hang_up(self, reason: str) -> None:
