@@ -259,3 +259,91 @@ async def test_fifty_concurrent_calls_tear_down_with_nothing_left_running() -> N
         assert tasks_now() - after_start == set()
         assert stack.metric("agent_active_calls") == 0
     assert tasks_now() - baseline == set()
+
+
+async def test_model_gone_with_a_human_configured_apologises_and_transfers() -> None:
+    async with running_stack(
+        RealtimeSimConfig(reply_ms=300), model_reconnect_attempts=1, transfer_number="+15550003333"
+    ) as stack:
+        call = await stack.carrier.place_call([CallerAudio.silence(8000)])
+        await call.wait_bot_audio(280, timeout=5)
+        await stack.engine.stop()
+        await call.wait_ended(timeout=10)
+        assert verbs(call) == ["Redirect", "Speak", "Dial"]
+        assert "+15550003333" in str(call.after_stream[-1])
+
+
+async def test_a_stalled_model_endpoint_bounds_the_caller_queue_then_apologises() -> None:
+    """A model endpoint that accepts TCP but never answers the upgrade: audio piles up, bounded, and counted."""
+    accepted: list[asyncio.StreamWriter] = []
+
+    async def black_hole(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        accepted.append(writer)
+
+    hole = await asyncio.start_server(black_hole, "127.0.0.1", 0)
+    port = hole.sockets[0].getsockname()[1]
+    try:
+        async with running_stack(
+            openai_base_url=f"http://127.0.0.1:{port}/v1",
+            model_connect_timeout_s=1.5,
+            model_reconnect_attempts=1,
+            caller_queue_ms=400,
+        ) as stack:
+            call = await stack.carrier.place_call([CallerAudio.tone(300, 6000, 0.3)])
+            await call.wait_ended(timeout=10)
+            dropped = stack.metric("agent_caller_audio_dropped_ms_total")
+            # About 1.5 s + 1.5 s of connect attempts, minus the 400 ms the queue may hold.
+            assert 1500 < dropped < call.frames_sent * 20
+            assert verbs(call)[:2] == ["Redirect", "Speak"]
+            assert record(stack, call).end_reason == "model_unavailable"
+    finally:
+        for writer in accepted:
+            writer.close()
+        hole.close()
+        await hole.wait_closed()
+
+
+async def test_stream_without_a_prewarm_connects_at_start() -> None:
+    from websockets.asyncio.client import connect
+
+    from agent.carrier import stream_token
+
+    async with running_stack(RealtimeSimConfig(reply_ms=300)) as stack:
+        token = stream_token.issue("test-stream-secret", "no-answer-webhook", 60)
+        url = stack.base_url.replace("http", "ws") + f"/vobiz/stream?call=no-answer-webhook&token={token}"
+        async with connect(url) as ws:
+            start = {
+                "event": "start",
+                "sequenceNumber": 0,
+                "start": {
+                    "callId": "no-answer-webhook",
+                    "streamId": "s-9",
+                    "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000},
+                },
+            }
+            await ws.send(json.dumps(start))
+            first = json.loads(await asyncio.wait_for(ws.recv(), 5))
+            assert first["event"] == "playAudio" and first["streamId"] == "s-9"
+        session = stack.engine.sessions[0]
+        assert [e["type"] for e in session.client_events[:2]] == ["session.update", "response.create"]
+        await stack.engine.wait_idle(timeout=2)
+
+
+async def test_without_server_interruption_the_agent_cancels_the_response_itself(tmp_path: Any) -> None:
+    from pathlib import Path
+
+    source = (Path(__file__).resolve().parent.parent / "prompts" / "default.md").read_text()
+    (tmp_path / "default.md").write_text(source.replace("interrupt_response: true", "interrupt_response: false"))
+    async with running_stack(RealtimeSimConfig(reply_ms=4000, speed=1.0), prompts_dir=tmp_path) as stack:
+        call = await stack.carrier.place_call(
+            [CallerAudio.after_bot_audio(800, CallerAudio.tone(300, 1500, 0.4)), CallerAudio.silence(3000)]
+        )
+        session = await stack.engine.wait_for_session()
+        update = await session.wait_for_client_event("session.update")
+        assert update["session"]["audio"]["input"]["turn_detection"]["interrupt_response"] is False
+        await call.wait_clear(timeout=6)
+        cancel = await session.wait_for_client_event("response.cancel", timeout=3)
+        done = await session.wait_for_server_event("response.done", timeout=3)
+        assert done["response"]["status"] == "cancelled" and cancel["response_id"] == done["response"]["id"]
+        await call.hangup()
+        assert session.protocol_errors == []
