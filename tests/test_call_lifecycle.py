@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -13,7 +14,7 @@ import pytest
 from agent.carrier.rest import VobizClient
 from agent.simulation.carrier import CallerAudio, SimCall
 from agent.simulation.realtime_server import RealtimeSimConfig
-from tests.harness import Stack, running_stack
+from tests.harness import ROOT, Stack, running_stack
 
 SPEAK_THEN_LISTEN = [CallerAudio.silence(900), CallerAudio.tone(300, 600, 0.4), CallerAudio.silence(8000)]
 
@@ -329,12 +330,15 @@ async def test_stream_without_a_prewarm_connects_at_start() -> None:
         await stack.engine.wait_idle(timeout=2)
 
 
-async def test_without_server_interruption_the_agent_cancels_the_response_itself(tmp_path: Any) -> None:
-    from pathlib import Path
-
-    source = (Path(__file__).resolve().parent.parent / "prompts" / "default.md").read_text()
+@pytest.fixture
+def no_interrupt_prompts(tmp_path: Path) -> Path:
+    source = (ROOT / "prompts" / "default.md").read_text()
     (tmp_path / "default.md").write_text(source.replace("interrupt_response: true", "interrupt_response: false"))
-    async with running_stack(RealtimeSimConfig(reply_ms=4000, speed=1.0), prompts_dir=tmp_path) as stack:
+    return tmp_path
+
+
+async def test_without_server_interruption_the_agent_cancels_the_response_itself(no_interrupt_prompts: Path) -> None:
+    async with running_stack(RealtimeSimConfig(reply_ms=4000, speed=1.0), prompts_dir=no_interrupt_prompts) as stack:
         call = await stack.carrier.place_call(
             [CallerAudio.after_bot_audio(800, CallerAudio.tone(300, 1500, 0.4)), CallerAudio.silence(3000)]
         )
