@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 
 
 class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
         r = self.registry
+        # process_cpu_seconds_total and process_resident_memory_bytes: load tests read the agent's cost here.
+        ProcessCollector(registry=r)
         self.active_calls = Gauge("agent_active_calls", "Calls with an open stream", registry=r)
         self.calls = Counter("agent_calls", "Calls ended, by reason", ["reason"], registry=r)
         self.webhooks = Counter(

@@ -37,12 +37,35 @@ class ModelSettings(BaseModel):
     max_output_tokens: int | Literal["inf"] = "inf"
 
 
+class ScriptedAnswer(BaseModel):
+    """One keyword-matched answer of the offline engine's scripted dialogue."""
+
+    model_config = ConfigDict(extra="forbid")
+    keywords: list[str] = Field(min_length=1)
+    reply: str = Field(min_length=1)
+    tool: Literal["end_call", "transfer_call"] | None = None
+
+
+class OfflineDialogue(BaseModel):
+    """How the embedded offline engine plays this prompt; ignored when a real model answers.
+
+    The engine greets with `greeting`, answers the first entry whose keywords occur in what it recognised,
+    and otherwise echoes it with `fallback` (`{heard}` is replaced by the recognised text).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+    answers: list[ScriptedAnswer] = Field(default_factory=list)
+    fallback: str = "I heard: {heard}. How else can I help?"
+    not_understood: str = "Sorry, I did not catch that. Could you say it again?"
+
+
 class PromptMeta(BaseModel):
     model_config = ConfigDict(extra="forbid")
     voice: Voice = "marin"
     greeting: str | None = None
     transfer_number: str | None = None
     model: ModelSettings = Field(default_factory=ModelSettings)
+    offline: OfflineDialogue = Field(default_factory=OfflineDialogue)
 
 
 class Prompt(BaseModel):
