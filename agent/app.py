@@ -16,7 +16,8 @@ from agent.carrier.rest import VobizClient
 from agent.config import Settings
 from agent.model.connection import ModelConnector
 from agent.observability.metrics import Metrics
-from agent.state import AppState, prompt_source
+from agent.prompts.library import PromptLibrary
+from agent.state import AppState
 
 log = logging.getLogger("agent.app")
 
@@ -45,9 +46,10 @@ def create_app(
         on_outcome=lambda call_id, outcome: None,
     )
     registry = CallRegistry(deps)
-    state = AppState(settings, metrics, registry, connector, vobiz, prompt_source(settings.prompts_dir))
+    prompts = PromptLibrary(settings.prompts_dir, settings.default_prompt)
+    state = AppState(settings, metrics, registry, connector, vobiz, prompts)
     # Fail at start-up, not on the first call, when the default prompt is unusable.
-    state.prompts(settings.default_prompt)
+    prompts.get(settings.default_prompt)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

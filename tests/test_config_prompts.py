@@ -74,11 +74,13 @@ def test_default_prompt_loads_and_builds_a_valid_ga_session() -> None:
     ("text", "message"),
     [
         ("---\nvoice: robot\n---\nHi", "voice"),
-        ("---\nvoyce: marin\n---\nHi", "voyce: Extra inputs are not permitted"),
+        ("---\nvoyce: marin\n---\nHi", ":2: voyce: Extra inputs are not permitted"),
         ("---\nvoice: marin\n", "never closed"),
         ("---\n: [\n---\nHi", "invalid YAML"),
         ("---\nvoice: marin\n---\n   \n", "instructions"),
-        ("---\nmodel:\n  turn_detection:\n    threshold: 3\n---\nHi", "model.turn_detection.threshold"),
+        ("---\nvoice: marin\nturn_detection:\n  threshold: 3\n---\nHi", ":4: turn_detection.threshold"),
+        ("---\ntools:\n  - name: end_call\n    description: x\n    url: http://h/\n---\nHi", ":3: tools.0.name"),
+        ("---\nvoice: marin\n---\nHello {{ caller", ":4: template error"),
     ],
 )
 def test_bad_prompt_files_are_refused_with_file_and_field(text: str, message: str) -> None:

@@ -404,7 +404,7 @@ class Call:
         return EndAction.APOLOGY
 
     async def _open_model(self, *, greet: bool) -> ModelConnection:
-        model = await self.deps.connector.connect()
+        model = await self.deps.connector.connect(self.prompt.meta.model)
         await send_event(model, self._session_update())
         if greet:
             self.response_active = True

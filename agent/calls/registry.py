@@ -64,7 +64,7 @@ class CallRegistry:
         record.event("prewarm_started")
 
     async def _open(self, prompt: Prompt, fmt: MediaFormat) -> ModelConnection:
-        model = await self.deps.connector.connect()
+        model = await self.deps.connector.connect(prompt.meta.model)
         try:
             can_transfer = bool(prompt.meta.transfer_number or self.deps.settings.transfer_number)
             await send_event(model, session_config.session_update(prompt, fmt, can_transfer=can_transfer))
@@ -94,12 +94,12 @@ class CallRegistry:
 
     # --- stream time ---------------------------------------------------------------------------------------
 
-    async def run_stream(self, ws: WebSocket, start: StartInfo, default_prompt: Prompt) -> None:
+    async def run_stream(self, ws: WebSocket, start: StartInfo, fallback_prompt: Prompt) -> None:
         """Run the call for an accepted stream socket until it ends."""
         call_id = start.callId
         prewarm = self._claim(call_id)
         # A pre-warmed session is only usable if Vobiz streams the format it was configured for.
-        prompt = prewarm.prompt if prewarm else default_prompt
+        prompt = prewarm.prompt if prewarm else fallback_prompt
         record = prewarm.record if prewarm else self.records.get(call_id) or CallRecord(call_id)
         record.prompt_name, record.prompt_hash = prompt.name, prompt.content_hash
         self._remember(record)

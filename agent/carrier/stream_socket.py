@@ -45,7 +45,8 @@ async def stream(ws: WebSocket) -> None:
         await _close(ws)
         return
     try:
-        prompt = state.prompts(state.settings.default_prompt)
+        # Used only when this replica did not answer the call (no pre-warmed session with its prompt).
+        prompt = state.prompts.select(requested=ws.query_params.get("prompt")).render()
     except PromptError as exc:
         log.error("no usable prompt for call %s: %s", call_id, exc)
         await _close(ws)

@@ -78,25 +78,26 @@ async def answer(request: Request) -> Response:
         # Vobiz re-posts the answer URL after a stream ends; never start a second conversation.
         return _xml(xml.hangup())
     settings = state.settings
+    caller, called = params.get("From", ""), params.get("To", "")
+    variables = {k[4:]: v for k, v in params.items() if k.startswith("var_")}  # outbound-call variables
     try:
-        prompt = state.prompts(settings.default_prompt)
+        prompt = state.prompts.select(called, params.get("prompt")).render(
+            {"caller": caller, "called": called} | variables
+        )
     except PromptError as exc:
         log.error("cannot serve call %s: %s", call_id, exc)
         return _xml(xml.speak_then(settings.apology_text, dial=settings.transfer_number))
     record = registry.records.get(call_id) or CallRecord(
-        call_id,
-        from_number=params.get("From", ""),
-        to_number=params.get("To", ""),
-        direction=params.get("Direction", ""),
+        call_id, from_number=caller, to_number=called, direction=params.get("Direction", "")
     )
-    record.event("answer_webhook", event=event, status=params.get("CallStatus", ""))
-    fmt = MediaFormat.parse(settings.stream_content_type)
-    registry.prewarm(record, prompt, fmt)
+    record.event("answer_webhook", event=event, status=params.get("CallStatus", ""), prompt=prompt.name)
+    content_type = prompt.meta.audio_format or settings.stream_content_type
+    registry.prewarm(record, prompt, MediaFormat.parse(content_type))
     token = stream_token.issue(settings.stream_secret.get_secret_value(), call_id, settings.stream_token_ttl_s)
     call_q = quote(call_id, safe="")
     stream = xml.StreamSpec(
-        url=f"{settings.public_ws_url}/vobiz/stream?call={call_q}&token={token}",
-        content_type=settings.stream_content_type,
+        url=f"{settings.public_ws_url}/vobiz/stream?call={call_q}&token={token}&prompt={prompt.name}",
+        content_type=content_type,
         status_callback_url=f"{settings.public_url}/vobiz/stream-status",
     )
     return _xml(xml.stream_response(stream, after_stream_url=f"{settings.public_url}/vobiz/after-stream?call={call_q}"))

@@ -36,9 +36,9 @@ class ModelConnector:
         self._client = self._client.with_options(base_url=base_url)
         self.base_url = base_url
 
-    async def connect(self) -> ModelConnection:
+    async def connect(self, model: str | None = None) -> ModelConnection:
         """GA only: the SDK's `realtime.connect` sends no beta header, so the retired beta API is never hit."""
-        manager = self._client.realtime.connect(model=self.model)
+        manager = self._client.realtime.connect(model=model or self.model)
         return await asyncio.wait_for(manager.enter(), self.timeout)
 
     async def aclose(self) -> None:

@@ -33,7 +33,7 @@ TRANSFER_CALL_TOOL: dict[str, Any] = {
 
 
 def turn_detection(prompt: Prompt) -> dict[str, Any]:
-    td = prompt.meta.model.turn_detection
+    td = prompt.meta.turn_detection
     if td.type == "semantic_vad":
         return {
             "type": "semantic_vad",
@@ -52,7 +52,7 @@ def turn_detection(prompt: Prompt) -> dict[str, Any]:
 
 
 def session_update(prompt: Prompt, fmt: MediaFormat, *, can_transfer: bool) -> dict[str, Any]:
-    settings = prompt.meta.model
+    settings = prompt.meta
     audio_input: dict[str, Any] = {
         "format": fmt.model_format,
         "transcription": {"model": settings.transcription_model}
@@ -61,6 +61,10 @@ def session_update(prompt: Prompt, fmt: MediaFormat, *, can_transfer: bool) -> d
         "noise_reduction": {"type": settings.noise_reduction} if settings.noise_reduction else None,
     }
     tools = [END_CALL_TOOL] + ([TRANSFER_CALL_TOOL] if can_transfer else [])
+    tools += [
+        {"type": "function", "name": t.name, "description": t.description, "parameters": t.parameters}
+        for t in settings.tools
+    ]
     return {
         "type": "session.update",
         "session": {
@@ -89,4 +93,4 @@ def greeting_response(prompt: Prompt) -> dict[str, Any]:
 
 def server_cancels_on_barge_in(prompt: Prompt) -> bool:
     """With `interrupt_response` the server cancels the active response itself; a client cancel would race."""
-    return prompt.meta.model.turn_detection.interrupt_response
+    return prompt.meta.turn_detection.interrupt_response

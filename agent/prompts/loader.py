@@ -1,71 +1,32 @@
-"""Load a prompt file: YAML front matter for settings, a Markdown body for the model's instructions.
+"""Parse a prompt file: YAML front matter for settings, a Markdown body (a template) for the instructions.
 
-Front matter is validated with pydantic and unknown keys are refused, so a typo is an error at load time
-rather than a silently ignored setting on a live call.
+Every problem is reported on its own line with the file and the line it is on, so an operator can fix a
+file from the error alone; a file with any problem is never served.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
+import re
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Literal
+from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from jinja2 import StrictUndefined, TemplateSyntaxError, UndefinedError
+from jinja2.sandbox import SandboxedEnvironment
+from pydantic import BaseModel, ValidationError
 
-Voice = Literal["alloy", "ash", "ballad", "coral", "echo", "sage", "shimmer", "verse", "marin", "cedar"]
+from agent.prompts.schema import PromptMeta
 
-
-class TurnDetection(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    type: Literal["server_vad", "semantic_vad"] = "server_vad"
-    threshold: float = Field(default=0.5, ge=0, le=1)
-    prefix_padding_ms: int = Field(default=300, ge=0)
-    silence_duration_ms: int = Field(default=500, ge=0)
-    interrupt_response: bool = True
-    eagerness: Literal["low", "medium", "high", "auto"] = "auto"
+_NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_-]{0,63}$")
+_TEMPLATES = SandboxedEnvironment(undefined=StrictUndefined, autoescape=False, keep_trailing_newline=False)
+STANDARD_VARIABLES = ("caller", "called", "now")
 
 
-class ModelSettings(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    model: str | None = None
-    speed: float = Field(default=1.0, ge=0.25, le=1.5)
-    transcription_model: str = "gpt-4o-mini-transcribe"
-    language: str | None = "en"
-    noise_reduction: Literal["near_field", "far_field"] | None = "near_field"
-    turn_detection: TurnDetection = Field(default_factory=TurnDetection)
-    max_output_tokens: int | Literal["inf"] = "inf"
-
-
-class ScriptedAnswer(BaseModel):
-    """One keyword-matched answer of the offline engine's scripted dialogue."""
-
-    model_config = ConfigDict(extra="forbid")
-    keywords: list[str] = Field(min_length=1)
-    reply: str = Field(min_length=1)
-    tool: Literal["end_call", "transfer_call"] | None = None
-
-
-class OfflineDialogue(BaseModel):
-    """How the embedded offline engine plays this prompt; ignored when a real model answers.
-
-    The engine greets with `greeting`, answers the first entry whose keywords occur in what it recognised,
-    and otherwise echoes it with `fallback` (`{heard}` is replaced by the recognised text).
-    """
-
-    model_config = ConfigDict(extra="forbid")
-    answers: list[ScriptedAnswer] = Field(default_factory=list)
-    fallback: str = "I heard: {heard}. How else can I help?"
-    not_understood: str = "Sorry, I did not catch that. Could you say it again?"
-
-
-class PromptMeta(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    voice: Voice = "marin"
-    greeting: str | None = None
-    transfer_number: str | None = None
-    model: ModelSettings = Field(default_factory=ModelSettings)
-    offline: OfflineDialogue = Field(default_factory=OfflineDialogue)
+class PromptError(ValueError):
+    """A prompt file that must not be served, with one line per problem."""
 
 
 class Prompt(BaseModel):
@@ -73,42 +34,92 @@ class Prompt(BaseModel):
     meta: PromptMeta
     instructions: str
     content_hash: str
+    source: str = ""
+
+    def render(self, variables: Mapping[str, str] | None = None, *, now: dt.datetime | None = None) -> Prompt:
+        """Fill `{{caller}}`, `{{called}}`, `{{now}}` and outbound-call variables into the instructions."""
+        values: dict[str, Any] = {
+            "caller": "",
+            "called": "",
+            "now": (now or dt.datetime.now().astimezone()).strftime("%A %d %B %Y, %H:%M %Z"),
+        }
+        values |= dict(variables or {})
+        try:
+            text = _TEMPLATES.from_string(self.instructions).render(values)
+        except UndefinedError as exc:
+            raise PromptError(f"{self.source}: instructions use an undefined variable: {exc.message}") from None
+        return self.model_copy(update={"instructions": text.strip()})
 
 
-class PromptError(ValueError):
-    """A prompt file that must not be served, with one line per problem."""
+def _line_of(node: yaml.Node | None, path: tuple[int | str, ...]) -> int | None:
+    """0-based line (within the front matter) of the YAML node at pydantic's error location, or its parent's."""
+    if node is None:
+        return None
+    line = node.start_mark.line
+    for key in path:
+        child: yaml.Node | None = None
+        if isinstance(node, yaml.MappingNode):
+            child = next((v for k, v in node.value if isinstance(k, yaml.ScalarNode) and k.value == str(key)), None)
+        elif isinstance(node, yaml.SequenceNode) and isinstance(key, int) and key < len(node.value):
+            child = node.value[key]
+        if child is None:
+            break
+        node, line = child, child.start_mark.line
+    return line
 
 
 def parse_prompt(name: str, text: str, source: str = "<prompt>") -> Prompt:
-    front: dict[str, object] = {}
-    body = text
+    # The front matter starts right after the opening "---", so its line N is the file's line N + 1.
+    front: dict[str, Any] = {}
+    body, body_line, front_node = text, 1, None
     if text.startswith("---"):
         head, sep, rest = text[3:].partition("\n---")
         if not sep:
-            raise PromptError(f"{source}: front matter opened with --- but never closed")
+            raise PromptError(f"{source}:1: front matter opened with --- but never closed")
         try:
+            front_node = yaml.compose(head)
             loaded = yaml.safe_load(head) or {}
         except yaml.YAMLError as exc:
-            raise PromptError(f"{source}: invalid YAML front matter: {exc}") from None
+            mark = getattr(exc, "problem_mark", None)
+            line = f":{mark.line + 1}" if mark is not None else ""
+            problem = getattr(exc, "problem", None) or str(exc)
+            raise PromptError(f"{source}{line}: invalid YAML front matter: {problem}") from None
         if not isinstance(loaded, dict):
-            raise PromptError(f"{source}: front matter must be a mapping")
+            raise PromptError(f"{source}:1: front matter must be a mapping of settings")
         front, body = loaded, rest.partition("\n")[2]
+        body_line = head.count("\n") + 3
+    problems: list[str] = []
+    meta = PromptMeta()
     try:
         meta = PromptMeta.model_validate(front)
     except ValidationError as exc:
-        lines = [f"{source}: {'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()]
-        raise PromptError("\n".join(lines)) from None
+        for err in exc.errors():
+            at = _line_of(front_node, tuple(err["loc"]))
+            problems.append(
+                f"{source}:{at + 1 if at is not None else 1}: {'.'.join(map(str, err['loc']))}: {err['msg']}"
+            )
     instructions = body.strip()
     if not instructions:
-        raise PromptError(f"{source}: the instructions (Markdown body) are empty")
+        problems.append(f"{source}:{body_line}: the instructions (Markdown body) are empty")
+    else:
+        try:
+            _TEMPLATES.parse(instructions)
+        except TemplateSyntaxError as exc:
+            problems.append(f"{source}:{body_line + (exc.lineno or 1) - 1}: template error: {exc.message}")
+    if problems:
+        raise PromptError("\n".join(problems))
     digest = hashlib.sha256(text.encode()).hexdigest()[:16]
-    return Prompt(name=name, meta=meta, instructions=instructions, content_hash=digest)
+    return Prompt(name=name, meta=meta, instructions=instructions, content_hash=digest, source=source)
+
+
+def check_name(name: str) -> str:
+    if not _NAME.match(name):
+        raise PromptError(f"invalid prompt name {name!r}: use letters, digits, - and _")
+    return name
 
 
 def load_prompt(directory: Path, name: str) -> Prompt:
-    if not name.replace("-", "").replace("_", "").isalnum():
-        raise PromptError(f"invalid prompt name {name!r}")
-    path = directory / f"{name}.md"
+    path = directory / f"{check_name(name)}.md"
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:

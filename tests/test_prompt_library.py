@@ -1,0 +1,123 @@
+"""The prompt library: selection per call, templates, hot reload under a live call, broken edits never served."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import httpx
+import pytest
+
+from agent.prompts.library import PromptLibrary
+from agent.prompts.loader import PromptError
+from agent.simulation.carrier import CallerAudio, SimCallOptions
+from agent.simulation.realtime_server import RealtimeSimConfig
+from tests.harness import ROOT, running_stack
+
+SALES = """---
+voice: cedar
+greeting: Sales here.
+---
+You sell things to {{caller}} who called {{called}}. Customer name: {{ name | default("unknown") }}.
+"""
+
+
+@pytest.fixture
+def prompt_dir(tmp_path: Path) -> Path:
+    shutil.copy(ROOT / "prompts" / "default.md", tmp_path / "default.md")
+    (tmp_path / "sales.md").write_text(SALES)
+    (tmp_path / "numbers.yaml").write_text('"+91 80000 00099": sales\n')
+    return tmp_path
+
+
+def bump(path: Path, text: str) -> None:
+    """Rewrite a file so its modification time visibly changes (coarse file-system clocks)."""
+    before = path.stat().st_mtime_ns
+    path.write_text(text)
+    os.utime(path, ns=(before + 2_000_000_000, before + 2_000_000_000))
+
+
+def test_selection_order_query_then_number_then_default(prompt_dir: Path) -> None:
+    library = PromptLibrary(prompt_dir)
+    assert library.select("+918000000099").name == "sales"  # digits compared, spaces ignored
+    assert library.select("+910000000000").name == "default"
+    assert library.select("+918000000099", requested="default").name == "default"
+    assert library.names() == ["default", "sales"]
+    with pytest.raises(PromptError, match="no such prompt"):
+        library.select(requested="nope")
+
+
+def test_render_fills_standard_and_outbound_variables(prompt_dir: Path) -> None:
+    prompt = PromptLibrary(prompt_dir).get("sales")
+    text = prompt.render({"caller": "+911", "called": "+912", "name": "Asha"}).instructions
+    assert text == "You sell things to +911 who called +912. Customer name: Asha."
+    assert "Customer name: unknown" in prompt.render({"caller": "+911", "called": "+912"}).instructions
+
+
+def test_hot_reload_and_broken_edits(prompt_dir: Path) -> None:
+    library = PromptLibrary(prompt_dir)
+    first = library.get("sales")
+    bump(prompt_dir / "sales.md", SALES.replace("Sales here.", "Sales, version two."))
+    second = library.get("sales")
+    assert second.meta.greeting == "Sales, version two." and second.content_hash != first.content_hash
+    assert first.meta.greeting == "Sales here."  # what a live call holds never changes
+    bump(prompt_dir / "sales.md", SALES.replace("voice: cedar", "voice: robot"))
+    assert library.get("sales") is second  # the broken edit is not served; the last good version is
+    problem = library.problem("sales")
+    assert problem is not None and "sales.md:2: voice" in str(problem)
+    (prompt_dir / "fresh.md").write_text("---\nvoice: robot\n---\nHi")
+    with pytest.raises(PromptError, match=r"fresh\.md:2"):
+        library.get("fresh")
+    checks = library.check_all()
+    assert isinstance(checks["fresh"], PromptError) and not isinstance(checks["default"], PromptError)
+
+
+async def test_calls_pick_prompts_by_number_and_keep_their_version_while_files_change(prompt_dir: Path) -> None:
+    async with running_stack(RealtimeSimConfig(reply_ms=300), prompts_dir=prompt_dir) as stack:
+        first = await stack.carrier.place_call([CallerAudio.silence(8000)], SimCallOptions(to="+918000000099"))
+        session = await stack.engine.wait_for_session()
+        update = await session.wait_for_client_event("session.update")
+        assert update["session"]["audio"]["output"]["voice"] == "cedar"
+        assert "You sell things to +919000000001 who called +918000000099" in update["session"]["instructions"]
+        await first.wait_bot_audio(250, timeout=5)
+        # An operator edits the prompt while the call is live.
+        bump(prompt_dir / "sales.md", SALES.replace("You sell things", "You now sell other things"))
+        second = await stack.carrier.place_call([CallerAudio.silence(3000)], SimCallOptions(to="+918000000099"))
+        new_session = await stack.engine.wait_for_session(1)
+        new_update = await new_session.wait_for_client_event("session.update")
+        assert "You now sell other things" in new_update["session"]["instructions"]
+        # The live call keeps its version, even across a model reconnect.
+        await session.drop()
+        reconnected = await stack.engine.wait_for_session(2, timeout=5)
+        again = await reconnected.wait_for_client_event("session.update")
+        assert again["session"]["instructions"] == update["session"]["instructions"]
+        records = stack.state.registry.records
+        assert records[first.call_uuid].prompt_name == records[second.call_uuid].prompt_name == "sales"
+        assert records[first.call_uuid].prompt_hash != records[second.call_uuid].prompt_hash
+        await first.hangup()
+        await second.hangup()
+
+
+async def test_prompt_query_parameter_and_outbound_variables(prompt_dir: Path) -> None:
+    async with (
+        running_stack(RealtimeSimConfig(reply_ms=200), prompts_dir=prompt_dir) as stack,
+        httpx.AsyncClient() as http,
+    ):
+        reply = await http.post(
+            f"{stack.base_url}/vobiz/answer?prompt=sales&var_name=Ravi",
+            data={"CallUUID": "outbound-1", "From": "+911", "To": "+912", "Direction": "outbound"},
+        )
+        assert "prompt=sales" in reply.text
+        session = await stack.engine.wait_for_session()
+        update = await session.wait_for_client_event("session.update")
+        assert "Customer name: Ravi." in update["session"]["instructions"]
+        await stack.state.registry.shutdown()
+
+
+async def test_a_broken_prompt_for_a_call_gets_an_apology_not_a_dead_line(prompt_dir: Path) -> None:
+    (prompt_dir / "broken.md").write_text("---\nvoice: robot\n---\nHi")
+    async with running_stack(prompts_dir=prompt_dir) as stack, httpx.AsyncClient() as http:
+        reply = await http.post(f"{stack.base_url}/vobiz/answer?prompt=broken", data={"CallUUID": "c-broken"})
+        assert "<Speak" in reply.text and "<Stream" not in reply.text
+        assert stack.engine.sessions == []
