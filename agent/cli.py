@@ -5,9 +5,12 @@ from __future__ import annotations
 import sys
 
 import click
+import yaml
 
 from agent.config import ConfigError, Settings, load_settings
 from agent.observability import logs
+from agent.prompts.library import PromptLibrary
+from agent.prompts.loader import Prompt, PromptError
 
 
 def _settings() -> Settings:
@@ -31,7 +34,6 @@ def serve(host: str, port: int) -> None:
     import uvicorn
 
     from agent.app import create_app
-    from agent.prompts.loader import PromptError
 
     settings = _settings()
     logs.configure(settings.log_level, secrets=settings.secret_values)
@@ -41,3 +43,92 @@ def serve(host: str, port: int) -> None:
         click.echo(f"cannot start: {exc}", err=True)
         sys.exit(2)
     uvicorn.run(app, host=host, port=port, log_config=None, ws_max_size=1 << 20, lifespan="on")
+
+
+@main.group()
+def prompts() -> None:
+    """Inspect the prompt library (AGENT_PROMPTS_DIR)."""
+
+
+def _library() -> PromptLibrary:
+    settings = _settings()
+    return PromptLibrary(settings.prompts_dir, settings.default_prompt)
+
+
+@prompts.command("list")
+def prompts_list() -> None:
+    """Every prompt with its status, hash and the numbers routed to it."""
+    library = _library()
+    numbers = library.numbers()
+    for name, result in library.check_all().items():
+        routed = ", ".join(sorted(f"+{n}" for n, target in numbers.items() if target == name))
+        default = " (default)" if name == library.default else ""
+        if isinstance(result, PromptError):
+            click.echo(f"{name}{default}\tINVALID\t{str(result).splitlines()[0]}")
+        else:
+            click.echo(f"{name}{default}\tok {result.content_hash}\t{result.meta.description}\t{routed}".rstrip())
+
+
+@prompts.command("check")
+@click.argument("names", nargs=-1)
+def prompts_check(names: tuple[str, ...]) -> None:
+    """Validate prompts (all by default); exits 1 with one line per problem if any is invalid."""
+    library = _library()
+    results = {n: _get_or_error(library, n) for n in names} if names else library.check_all()
+    failed = False
+    for name, result in results.items():
+        if isinstance(result, PromptError):
+            failed = True
+            click.echo(str(result), err=True)
+        else:
+            click.echo(f"{name}: ok")
+    try:
+        for number, target in library.numbers().items():
+            if isinstance(_get_or_error(library, target), PromptError):
+                failed = True
+                click.echo(f"numbers.yaml: +{number} routes to unusable prompt {target!r}", err=True)
+    except PromptError as exc:
+        failed = True
+        click.echo(str(exc), err=True)
+    sys.exit(1 if failed else 0)
+
+
+def _get_or_error(library: PromptLibrary, name: str) -> Prompt | PromptError:
+    try:
+        return library.get(name)
+    except PromptError as exc:
+        return exc
+
+
+@prompts.command("show")
+@click.argument("name")
+def prompts_show(name: str) -> None:
+    """The validated settings (with defaults filled in) and the raw instructions."""
+    prompt = _get_or_exit(_library(), name)
+    click.echo(yaml.safe_dump(prompt.meta.model_dump(mode="json"), sort_keys=False).rstrip())
+    click.echo("---")
+    click.echo(prompt.instructions)
+
+
+@prompts.command("render")
+@click.argument("name")
+@click.option("--caller", default="+910000000001", show_default=True)
+@click.option("--called", default="+910000000002", show_default=True)
+@click.option("--var", "variables", multiple=True, metavar="KEY=VALUE", help="Outbound-call variable.")
+def prompts_render(name: str, caller: str, called: str, variables: tuple[str, ...]) -> None:
+    """The instructions exactly as the model would get them for a call."""
+    values = dict(v.split("=", 1) for v in variables if "=" in v)
+    prompt = _get_or_exit(_library(), name)
+    try:
+        click.echo(prompt.render({"caller": caller, "called": called} | values).instructions)
+    except PromptError as exc:
+        click.echo(str(exc), err=True)
+        sys.exit(1)
+
+
+def _get_or_exit(library: PromptLibrary, name: str) -> Prompt:
+    result = _get_or_error(library, name)
+    if isinstance(result, PromptError):
+        click.echo(str(result), err=True)
+        sys.exit(1)
+    return result

@@ -121,3 +121,28 @@ async def test_a_broken_prompt_for_a_call_gets_an_apology_not_a_dead_line(prompt
         reply = await http.post(f"{stack.base_url}/vobiz/answer?prompt=broken", data={"CallUUID": "c-broken"})
         assert "<Speak" in reply.text and "<Stream" not in reply.text
         assert stack.engine.sessions == []
+
+
+def test_prompts_cli_list_check_show_render(prompt_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from click.testing import CliRunner
+
+    from agent.cli import main
+
+    monkeypatch.setenv("AGENT_PROMPTS_DIR", str(prompt_dir))
+    runner = CliRunner()
+    listed = runner.invoke(main, ["prompts", "list"])
+    assert listed.exit_code == 0
+    assert "default (default)\tok" in listed.output and "sales\tok" in listed.output and "+918000000099" in listed.output
+    assert runner.invoke(main, ["prompts", "check"]).exit_code == 0
+    shown = runner.invoke(main, ["prompts", "show", "sales"])
+    assert "voice: cedar" in shown.output and "{{caller}}" in shown.output
+    rendered = runner.invoke(main, ["prompts", "render", "sales", "--caller", "+9177", "--var", "name=Meera"])
+    assert rendered.output.strip() == "You sell things to +9177 who called +910000000002. Customer name: Meera."
+    (prompt_dir / "bad.md").write_text("---\nvoice: marin\nturn_detection:\n  threshold: 9\n---\nHi")
+    (prompt_dir / "numbers.yaml").write_text('"+911": bad\n')
+    checked = runner.invoke(main, ["prompts", "check"])
+    assert checked.exit_code == 1
+    assert "bad.md:4: turn_detection.threshold" in checked.output
+    assert "+911 routes to unusable prompt 'bad'" in checked.output
+    assert "bad\tINVALID" in runner.invoke(main, ["prompts", "list"]).output
+    assert runner.invoke(main, ["prompts", "show", "missing"]).exit_code == 1
