@@ -6,6 +6,7 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import httpx
 from fastapi import FastAPI, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
@@ -37,11 +38,13 @@ def create_app(
         vobiz = VobizClient(
             settings.vobiz_auth_id, settings.vobiz_auth_token.get_secret_value(), settings.vobiz_api_url
         )
+    http = httpx.AsyncClient(follow_redirects=False, headers={"User-Agent": "vobiz-voice-agent"})
     deps = CallDeps(
         settings=settings,
         connector=connector,
         metrics=metrics,
         vobiz=vobiz,
+        http=http,
         transfer_url=lambda call_id: f"{settings.public_url}/vobiz/transfer?call={call_id}",
         on_outcome=lambda call_id, outcome: None,
     )
@@ -71,6 +74,7 @@ def create_app(
             await engine.stop()
         if vobiz is not None:
             await vobiz.aclose()
+        await http.aclose()
         await connector.aclose()
 
     app = FastAPI(title="Vobiz voice agent", lifespan=lifespan, docs_url=None, redoc_url=None)

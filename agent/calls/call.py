@@ -12,7 +12,6 @@ import base64
 import binascii
 import contextlib
 import enum
-import json
 import logging
 import re
 import time
@@ -21,6 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import httpx
 from openai import OpenAIError
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 from websockets.exceptions import ConnectionClosed
@@ -29,6 +29,9 @@ from agent.audio.formats import MediaFormat
 from agent.audio.transcode import BotAudioConverter, CallerAudioConverter
 from agent.calls.playout import Playout
 from agent.calls.record import CallRecord
+from agent.calls.responses import ResponseQueue
+from agent.calls.timers import watch_duration, watch_idle
+from agent.calls.tools import ToolCall, run_tool
 from agent.carrier import messages
 from agent.carrier.messages import InboundError, StartInfo, parse_inbound
 from agent.carrier.rest import VobizApiError, VobizClient
@@ -63,14 +66,6 @@ class _CallOver(Exception):
 
 
 @dataclass
-class _ToolCall:
-    call_id: str
-    name: str
-    arguments: dict[str, Any]
-    response_id: str
-
-
-@dataclass
 class CallDeps:
     """Process-wide services a call borrows; none of them hold per-call state."""
 
@@ -78,6 +73,7 @@ class CallDeps:
     connector: ModelConnector
     metrics: Metrics
     vobiz: VobizClient | None
+    http: httpx.AsyncClient
     transfer_url: Callable[[str], str]
     on_outcome: Callable[[str, Outcome], None]
 
@@ -122,17 +118,12 @@ class Call:
         self.transfer_number = prompt.meta.transfer_number or deps.settings.transfer_number
         self.server_cancels = session_config.server_cancels_on_barge_in(prompt)
         # Model-side state.
-        self.response_id: str | None = None
-        self.response_active = False
+        self.responses = ResponseQueue(self.model_send)
         self.response_audio_items: dict[str, list[str]] = {}
         self.received_ms: dict[str, float] = {}
         self.interrupted_items: set[str] = set()
         self.interrupted_responses: set[str] = set()
-        self._tool_calls: list[_ToolCall] = []
-        self._create_after_response = False
-        self._creates = 0
-        self._pending_create: str | None = None
-        self._response_waiters: list[asyncio.Future[str]] = []
+        self._tool_calls: list[ToolCall] = []
         self._truncate_retried: set[str] = set()
         self._dtmf: list[str] = []
         self._dtmf_task: asyncio.Task[None] | None = None
@@ -144,6 +135,11 @@ class Call:
         self._audio_done: set[str] = set()
         self.done = asyncio.Event()
         self.ended_monotonic: float | None = None
+        self.started_monotonic = time.monotonic()
+        # What the idle watcher needs: who is talking, and when the caller last made a sound.
+        self.activity = asyncio.Event()
+        self.caller_speaking = False
+        self.caller_activity = self.started_monotonic
 
     # --- lifecycle -----------------------------------------------------------------------------------------
 
@@ -160,6 +156,8 @@ class Call:
                 tg.create_task(self._model_session(), name="model-session")
                 tg.create_task(self._pump_caller_audio(), name="caller-pump")
                 tg.create_task(self.playout.run(), name="playout")
+                tg.create_task(watch_idle(self), name="idle-watch")
+                tg.create_task(watch_duration(self), name="duration-watch")
         except* _CallOver:
             pass
         except* Exception as group:
@@ -199,12 +197,16 @@ class Call:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(ws.close(), 1.0)
 
-    async def _finish(self, action: EndAction, reason: str) -> None:
+    def set_outcome(self, outcome: Outcome) -> None:
+        """Remember how the call should end, for the after-stream route (any replica may be asked)."""
+        self.outcome = outcome
+        self.deps.on_outcome(self.call_id, outcome)
+
+    async def finish(self, action: EndAction, reason: str) -> None:
         """End the stream in-band: `stop` makes Vobiz run the XML after <Stream>, which asks us what to do."""
         if self.outcome is None:
             number = self.transfer_number if action in (EndAction.TRANSFER, EndAction.APOLOGY) else None
-            self.outcome = Outcome(action, reason, number)
-            self.deps.on_outcome(self.call_id, self.outcome)
+            self.set_outcome(Outcome(action, reason, number))
         self.closing = True
         self.end_reason = reason
         self.record.event("call_finishing", action=action.value, reason=reason)
@@ -317,9 +319,16 @@ class Call:
                 self._caller_queued_ms += len(audio) / self._caller_bytes_per_ms
                 self.model_ready.clear()
 
+    def _caller_active(self, *, speaking: bool | None = None) -> None:
+        if speaking is not None:
+            self.caller_speaking = speaking
+        self.caller_activity = time.monotonic()
+        self.activity.set()
+
     def _on_dtmf(self, digit: str) -> None:
         """Collect key presses and hand them to the model together, after a pause or on '#'."""
         self.record.event("dtmf", digit=digit)
+        self._caller_active()
         self._dtmf.append(digit)
         if self._dtmf_task is not None:
             self._dtmf_task.cancel()
@@ -334,7 +343,7 @@ class Call:
         if not digits:
             return
         self.record.system_note(f"keypad: {digits}")
-        await self._model_send(
+        await self.model_send(
             {
                 "type": "conversation.item.create",
                 "item": {
@@ -344,11 +353,11 @@ class Call:
                 },
             }
         )
-        await self._request_response()
+        await self.request_response()
 
     # --- model side ----------------------------------------------------------------------------------------
 
-    async def _model_send(self, event: dict[str, Any]) -> None:
+    async def model_send(self, event: dict[str, Any]) -> None:
         model = self.model
         if model is None:
             return
@@ -357,16 +366,24 @@ class Call:
         except (ConnectionClosed, OpenAIError, OSError) as exc:
             self.log.warning("model send failed (%s): %r", event.get("type"), exc)
 
-    async def _request_response(self, response: dict[str, Any] | None = None) -> None:
-        """`response.create`, deferred until the active response is done: the API refuses two at once."""
-        if self.response_active:
-            self._create_after_response = True
-            return
-        self.response_active = True  # reserve: VAD or a tool could race us before response.created arrives
-        self._creates += 1
-        self._pending_create = f"create_{self._creates}"
-        event = {"type": "response.create", "event_id": self._pending_create}
-        await self._model_send(event | ({"response": response} if response else {}))
+    async def request_response(self, response: dict[str, Any] | None = None) -> asyncio.Future[str | None]:
+        return await self.responses.request(response)
+
+    async def say(self, instructions: str) -> bool:
+        """Have the model say something (after whatever it is saying now); True once the caller heard it."""
+        done = await self.request_response({"instructions": instructions, "tool_choice": "none"})
+        try:
+            response_id = await asyncio.wait_for(done, self.settings.goodbye_timeout_s)
+        except TimeoutError:
+            return False
+        return await self.wait_heard(self.response_audio_items.get(response_id or "", []))
+
+    async def wait_heard(self, items: list[str]) -> bool:
+        """Wait until the last of these items has played on the phone (its final checkpoint acknowledged)."""
+        if not items:
+            return False
+        remaining = max(0.0, self.playout.idle_at() - time.monotonic())
+        return await self.playout.wait_played(items[-1], remaining + self.settings.goodbye_timeout_s)
 
     async def _model_session(self) -> None:
         """Hold one model session for the call, reconnecting with history when the socket drops."""
@@ -375,12 +392,13 @@ class Call:
                 pending, self._model_pending = self._model_pending, None
                 self.model = await pending
             else:
-                self.model = await self._open_model(greet=True)
+                self.model = await self._open_model()
+                await self.request_response(session_config.greeting_response(self.prompt)["response"])
         except (ConnectionClosed, OpenAIError, OSError, TimeoutError) as exc:
             self.log.error("could not open the model session: %r", exc)
             self.record.event("model_connect_failed", error=repr(exc))
             if not await self._reconnect():
-                await self._finish(self._failure_action(), "model_unavailable")
+                await self.finish(self._failure_action(), "model_unavailable")
         self.record.event("model_connected")
         self.model_ready.set()
         while True:
@@ -398,17 +416,14 @@ class Call:
                 self.log.warning("model socket dropped: %r", exc)
             self.record.event("model_dropped")
             if not await self._reconnect():
-                await self._finish(self._failure_action(), "model_unavailable")
+                await self.finish(self._failure_action(), "model_unavailable")
 
     def _failure_action(self) -> EndAction:
         return EndAction.APOLOGY
 
-    async def _open_model(self, *, greet: bool) -> ModelConnection:
+    async def _open_model(self) -> ModelConnection:
         model = await self.deps.connector.connect(self.prompt.meta.model)
         await send_event(model, self._session_update())
-        if greet:
-            self.response_active = True
-            await send_event(model, session_config.greeting_response(self.prompt))
         return model
 
     def _session_update(self) -> dict[str, Any]:
@@ -420,14 +435,12 @@ class Call:
         old, self.model = self.model, None
         if old is not None:
             await close_connection(old)
-        was_answering = self.response_active
-        self.response_active = False
-        self._create_after_response = False
+        was_answering = self.responses.reset()
         for item_id in list(self.received_ms):
             self.interrupted_items.add(item_id)  # a late delta from the old session must not play
         for attempt in range(self.settings.model_reconnect_attempts):
             try:
-                model = await self._open_model(greet=False)
+                model = await self._open_model()
                 history = self.record.history()
                 for turn in history:
                     role, kind = ("assistant", "output_text") if turn.speaker == "assistant" else ("user", "input_text")
@@ -453,9 +466,10 @@ class Call:
             self.model_ready.set()
             caller_waiting = bool(history) and history[-1].speaker != "assistant"
             if was_answering or caller_waiting:
-                await self._request_response(
+                await self.request_response(
                     {"instructions": "The line dropped for a moment. Briefly pick up where the conversation left off."}
                 )
+            await self.responses.resume()
             return True
         self.metrics.model_reconnects.labels("gave_up").inc()
         return False
@@ -470,10 +484,9 @@ class Call:
         elif kind == "input_audio_buffer.speech_started":
             await self._on_speech_started(event)
         elif kind == "response.created":
-            self._pending_create = None
-            self.response_id = event.response.id
-            self.response_active = True
-            self.record.event("response_created", response_id=self.response_id)
+            self.responses.created(event.response.id)
+            self.activity.set()
+            self.record.event("response_created", response_id=event.response.id)
         elif kind == "response.output_audio.done":
             self._audio_done.add(event.item_id)
             if event.item_id not in self.interrupted_items:
@@ -485,12 +498,13 @@ class Call:
             item = event.item
             if item.type == "function_call" and item.status == "completed":
                 self._tool_calls.append(
-                    _ToolCall(item.call_id or "", item.name, _arguments(item.arguments), event.response_id)
+                    ToolCall.parse(item.call_id or "", item.name, item.arguments, event.response_id)
                 )
         elif kind == "response.done":
             await self._on_response_done(event.response)
         elif kind == "input_audio_buffer.speech_stopped":
             self.record.caller_stopped(event.item_id)
+            self._caller_active(speaking=False)
         elif kind == "conversation.item.input_audio_transcription.completed":
             self.record.caller_said(event.item_id, event.transcript)
             self.record.event("caller_transcript", item_id=event.item_id, text=event.transcript)
@@ -516,6 +530,7 @@ class Call:
 
     async def _on_speech_started(self, event: Any) -> None:
         self.record.caller_started(event.item_id)
+        self._caller_active(speaking=True)
         if self.closing:
             return
         started = time.monotonic()
@@ -528,7 +543,7 @@ class Call:
             self.barge_ins += 1
         heard = self.playout.clear() if audible else {}
         self.bot_audio.reset()
-        active = self.response_id if self.response_active else None
+        active = self.responses.active_id
         if active:
             self.interrupted_responses.add(active)
         for item_id in self.response_audio_items.get(active or "", []):
@@ -538,7 +553,7 @@ class Call:
         if audible:
             self.record.event("barge_in", heard={k: round(v) for k, v in heard.items()})
         if active and not self.server_cancels:
-            await self._model_send({"type": "response.cancel", "response_id": active})
+            await self.model_send({"type": "response.cancel", "response_id": active})
 
     async def _truncate(self, item_id: str, heard_ms: float) -> None:
         """Make the model's memory match what the caller heard of an item."""
@@ -552,12 +567,12 @@ class Call:
         if heard_ms < 1:
             # The caller heard none of it: remove it rather than keep words nobody heard.
             self.record.event("item_deleted", item_id=item_id)
-            await self._model_send({"type": "conversation.item.delete", "item_id": item_id})
+            await self.model_send({"type": "conversation.item.delete", "item_id": item_id})
             return
         audio_end_ms = int(min(heard_ms, received))
         self.metrics.truncations.inc()
         self.record.event("truncate", item_id=item_id, audio_end_ms=audio_end_ms, received_ms=round(received))
-        await self._model_send(
+        await self.model_send(
             {
                 "type": "conversation.item.truncate",
                 "item_id": item_id,
@@ -570,13 +585,8 @@ class Call:
         code = error.code or error.type or "unknown"
         self.metrics.model_errors.labels(code).inc()
         self.record.event("model_error", code=code, message=error.message)
-        if error.event_id is not None and error.event_id == self._pending_create:
-            # Our response.create was refused: no response is coming from it.
-            self._pending_create = None
-            if code == "conversation_already_has_active_response":
-                self._create_after_response = True  # another response is running: ask again after it
-            else:
-                self.response_active = False
+        if await self.responses.refused(error.event_id, code):
+            if code != "conversation_already_has_active_response":
                 self.log.warning("model refused response.create (%s): %s", code, error.message)
             return
         if code in ("response_cancel_not_active",):
@@ -593,7 +603,7 @@ class Call:
         for item_id in reversed(list(self.received_ms)):
             if item_id in self.interrupted_items and item_id not in self._truncate_retried:
                 self._truncate_retried.add(item_id)
-                await self._model_send(
+                await self.model_send(
                     {
                         "type": "conversation.item.truncate",
                         "item_id": item_id,
@@ -605,91 +615,12 @@ class Call:
 
     async def _on_response_done(self, response: Any) -> None:
         response_id: str = response.id
-        self.response_active = False
         self.record.event("response_done", response_id=response_id, status=response.status)
         tools = [t for t in self._tool_calls if t.response_id == response_id]
         self._tool_calls = [t for t in self._tool_calls if t.response_id != response_id]
-        for waiter in self._response_waiters:
-            if not waiter.done():
-                waiter.set_result(response_id)
-        self._response_waiters.clear()
         self.playout.forget(keep=set(self.response_audio_items.get(response_id, [])))
-        if response.status == "completed" and tools and self._tg is not None:
+        if response.status == "completed" and self._tg is not None:
             for tool in tools:
-                self._tg.create_task(self._run_tool(tool), name=f"tool-{tool.name}")
-        elif self._create_after_response:
-            self._create_after_response = False
-            await self._request_response()
-
-    # --- tools ---------------------------------------------------------------------------------------------
-
-    async def _run_tool(self, tool: _ToolCall) -> None:
-        self.record.event("tool_call", name=tool.name, arguments=tool.arguments)
-        if tool.name == "end_call":
-            await self._end_call_tool(tool)
-        elif tool.name == "transfer_call":
-            await self._transfer_tool(tool)
-        else:
-            await self._tool_result(tool, {"ok": False, "error": f"unknown tool {tool.name}"})
-
-    async def _tool_result(self, tool: _ToolCall, result: dict[str, Any], *, respond: bool = True) -> None:
-        await self._model_send(
-            {
-                "type": "conversation.item.create",
-                "item": {
-                    "type": "function_call_output",
-                    "call_id": tool.call_id,
-                    "output": json.dumps(result),
-                },
-            }
-        )
-        if respond:
-            await self._request_response()
-
-    async def _speak_then_wait(self, tool: _ToolCall, fallback_instructions: str) -> None:
-        """Let the caller hear what the model said with the tool call; ask for words if it said none."""
-        self.closing = True
-        items = self.response_audio_items.get(tool.response_id, [])
-        if not items:
-            waiter: asyncio.Future[str] = asyncio.get_running_loop().create_future()
-            self._response_waiters.append(waiter)
-            await self._tool_result(tool, {"ok": True}, respond=False)
-            await self._request_response({"instructions": fallback_instructions, "tool_choice": "none"})
-            with contextlib.suppress(TimeoutError):
-                response_id = await asyncio.wait_for(waiter, self.settings.goodbye_timeout_s)
-                items = self.response_audio_items.get(response_id, [])
-        if items:
-            remaining = max(0.0, self.playout.idle_at() - time.monotonic())
-            played = await self.playout.wait_played(items[-1], remaining + self.settings.goodbye_timeout_s)
-            self.record.event("goodbye_played" if played else "goodbye_timeout", item_id=items[-1])
-
-    async def _end_call_tool(self, tool: _ToolCall) -> None:
-        await self._speak_then_wait(tool, "Say a short, friendly goodbye to the caller.")
-        await self._finish(EndAction.HANGUP, "agent_end_call")
-
-    async def _transfer_tool(self, tool: _ToolCall) -> None:
-        if not self.transfer_number:
-            await self._tool_result(tool, {"ok": False, "error": "No human colleague is available right now."})
-            return
-        await self._speak_then_wait(tool, "Tell the caller you are connecting them to a colleague now.")
-        self.outcome = Outcome(EndAction.TRANSFER, "agent_transfer", self.transfer_number)
-        self.deps.on_outcome(self.call_id, self.outcome)
-        if self.deps.vobiz is not None:
-            try:
-                await self.deps.vobiz.transfer_call(self.call_id, self.deps.transfer_url(self.call_id))
-                self.record.event("transfer_requested", via="rest")
-                self.end_reason = "agent_transfer"
-                # Vobiz now fetches the transfer XML and closes the stream; wait for that.
-                await asyncio.sleep(self.settings.goodbye_timeout_s)
-            except VobizApiError as exc:
-                self.log.warning("transfer through the REST API failed, ending the stream instead: %s", exc)
-        self.record.event("transfer_requested", via="stream_stop")
-        await self._finish(EndAction.TRANSFER, "agent_transfer")
-
-
-def _arguments(raw: str) -> dict[str, Any]:
-    try:
-        value = json.loads(raw or "{}")
-    except json.JSONDecodeError:
-        return {"_raw": raw}
-    return value if isinstance(value, dict) else {"_value": value}
+                self._tg.create_task(run_tool(self, tool), name=f"tool-{tool.name}")
+        await self.responses.finished(response_id)
+        self.activity.set()

@@ -1,0 +1,147 @@
+"""Tools the model can call during a call: ending it, handing it to a human, and the prompt's HTTP tools.
+
+Every tool keeps the caller hearing something sensible: a goodbye plays out before the line closes, the
+hand-off is announced, and a slow HTTP tool is covered by a short filler instead of dead air.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import httpx
+
+from agent.carrier.rest import VobizApiError
+from agent.prompts.schema import HttpTool
+
+if TYPE_CHECKING:
+    from agent.calls.call import Call
+
+_MAX_RESULT_CHARS = 4000
+
+
+@dataclass
+class ToolCall:
+    call_id: str
+    name: str
+    arguments: dict[str, Any]
+    response_id: str
+
+    @classmethod
+    def parse(cls, call_id: str, name: str, raw: str, response_id: str) -> ToolCall:
+        try:
+            value = json.loads(raw or "{}")
+        except json.JSONDecodeError:
+            value = {"_raw": raw}
+        return cls(call_id, name, value if isinstance(value, dict) else {"_value": value}, response_id)
+
+
+async def run_tool(call: Call, tool: ToolCall) -> None:
+    call.record.event("tool_call", name=tool.name, arguments=tool.arguments)
+    if tool.name == "end_call":
+        await _end_call(call, tool)
+    elif tool.name == "transfer_call":
+        await _transfer(call, tool)
+    else:
+        spec = next((t for t in call.prompt.meta.tools if t.name == tool.name), None)
+        result = await _http_tool(call, spec, tool) if spec else {"ok": False, "error": f"unknown tool {tool.name}"}
+        call.record.event("tool_result", name=tool.name, ok=bool(result.get("ok")))
+        await _result(call, tool, result)
+        await call.request_response()
+
+
+async def _result(call: Call, tool: ToolCall, result: dict[str, Any]) -> None:
+    output = json.dumps(result)[:_MAX_RESULT_CHARS]
+    item = {"type": "function_call_output", "call_id": tool.call_id, "output": output}
+    await call.model_send({"type": "conversation.item.create", "item": item})
+
+
+async def _announce(call: Call, tool: ToolCall, fallback: str) -> None:
+    """Let the caller hear what the model said with the tool call, or ask it for words if it said none."""
+    call.closing = True
+    items = call.response_audio_items.get(tool.response_id, [])
+    if items:
+        heard = await call.wait_heard(items)
+    else:
+        await _result(call, tool, {"ok": True})
+        heard = await call.say(fallback)
+    call.record.event("announcement_heard" if heard else "announcement_timeout", tool=tool.name)
+
+
+async def _end_call(call: Call, tool: ToolCall) -> None:
+    from agent.calls.call import EndAction
+
+    await _announce(call, tool, "Say a short, friendly goodbye to the caller.")
+    await call.finish(EndAction.HANGUP, "agent_end_call")
+
+
+async def _transfer(call: Call, tool: ToolCall) -> None:
+    from agent.calls.call import EndAction, Outcome
+
+    if not call.transfer_number:
+        await _result(call, tool, {"ok": False, "error": "No human colleague is available right now."})
+        await call.request_response()
+        return
+    await _announce(call, tool, "Tell the caller you are connecting them to a colleague now.")
+    call.set_outcome(Outcome(EndAction.TRANSFER, "agent_transfer", call.transfer_number))
+    vobiz = call.deps.vobiz
+    if vobiz is not None:
+        try:
+            await vobiz.transfer_call(call.call_id, call.deps.transfer_url(call.call_id))
+            call.record.event("transfer_requested", via="rest")
+            call.end_reason = "agent_transfer"
+            # Vobiz now fetches the transfer XML and closes the stream; ending it ourselves is the fallback.
+            await asyncio.sleep(call.settings.goodbye_timeout_s)
+        except VobizApiError as exc:
+            call.log.warning("transfer through the REST API failed, ending the stream instead: %s", exc)
+    call.record.event("transfer_requested", via="stream_stop")
+    await call.finish(EndAction.TRANSFER, "agent_transfer")
+
+
+async def _http_tool(call: Call, spec: HttpTool, tool: ToolCall) -> dict[str, Any]:
+    """Run the request; if it is slow, cover the wait with the prompt's filler line."""
+    request = asyncio.ensure_future(_request(call.deps.http, spec, tool, call.call_id))
+    filler: asyncio.Future[str | None] | None = None
+    try:
+        done, _ = await asyncio.wait({request}, timeout=spec.filler_after_s)
+        if not done and spec.filler:
+            call.record.event("tool_filler", name=tool.name)
+            filler = await call.request_response(
+                {"instructions": f"Say exactly this, and nothing else: {spec.filler}", "tool_choice": "none"}
+            )
+        return await request
+    finally:
+        if not request.done():
+            request.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await request
+        if filler is not None and not filler.done():
+            # Speak the result only after the filler: a second response would be refused meanwhile.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(filler), call.settings.goodbye_timeout_s)
+
+
+async def _request(http: httpx.AsyncClient, spec: HttpTool, tool: ToolCall, call_id: str) -> dict[str, Any]:
+    headers = {"X-Call-Id": call_id, **spec.headers}
+    as_query = spec.method in ("GET", "DELETE")
+    try:
+        reply = await http.request(
+            spec.method,
+            str(spec.url),
+            params={k: str(v) for k, v in tool.arguments.items()} if as_query else None,
+            json=None if as_query else tool.arguments,
+            headers=headers,
+            timeout=spec.timeout_s,
+        )
+    except httpx.TimeoutException:
+        return {"ok": False, "error": f"the service did not answer within {spec.timeout_s:g} s"}
+    except httpx.HTTPError as exc:
+        return {"ok": False, "error": f"the service could not be reached ({type(exc).__name__})"}
+    try:
+        body: Any = reply.json()
+    except ValueError:
+        body = reply.text[:_MAX_RESULT_CHARS]
+    return {"ok": reply.is_success, "status": reply.status_code, "result": body}
