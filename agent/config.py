@@ -64,6 +64,12 @@ class Settings(BaseSettings):
     transfer_number: str | None = None
     apology_text: str = "Sorry, we are having technical trouble. Please call again later. Goodbye."
     log_level: str = "INFO"
+    # USD per million tokens, for the per-call cost estimate (gpt-realtime list prices; override as they change).
+    price_input_text: float = 4.0
+    price_input_audio: float = 32.0
+    price_input_cached: float = 0.4
+    price_output_text: float = 16.0
+    price_output_audio: float = 64.0
 
     @field_validator("public_url")
     @classmethod
@@ -92,6 +98,16 @@ class Settings(BaseSettings):
     @property
     def main_webhook_tokens(self) -> list[str]:
         return [self.vobiz_main_auth_token.get_secret_value()] if self.vobiz_main_auth_token else []
+
+    @property
+    def prices(self) -> dict[str, float]:
+        return {
+            "input_text": self.price_input_text,
+            "input_audio": self.price_input_audio,
+            "input_cached": self.price_input_cached,
+            "output_text": self.price_output_text,
+            "output_audio": self.price_output_audio,
+        }
 
     @property
     def secret_values(self) -> list[str]:

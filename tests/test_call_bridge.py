@@ -53,6 +53,11 @@ async def test_greeting_is_paced_checkpointed_and_recorded() -> None:
         turns = assistant_turns(stack, call.call_uuid)
         assert turns and turns[0].text == "Reply number 1." and not turns[0].interrupted
         await call.hangup()
+        await call.wait_ended(timeout=2)
+        await stack.engine.wait_idle(timeout=2)
+        record = stack.state.registry.records[call.call_uuid]
+        assert record.usage.output_audio > 0 and record.cost_usd > 0
+        assert record.hung_up_by == "caller" and record.ended_at is not None
         await stack.engine.wait_idle(timeout=2)
         assert_clean(stack, call, session)
 
@@ -71,6 +76,8 @@ async def test_a_normal_turn_caller_speaks_model_answers() -> None:
         assert speakers == ["assistant", "caller", "assistant"]
         caller = next(t for t in record.turns if t.speaker == "caller")
         assert caller.text.startswith("caller audio")
+        answer = [t for t in record.turns if t.speaker == "assistant"][1]
+        assert answer.latency_ms is not None and 0 < answer.latency_ms < 1000
         assert call.clears == []  # nobody interrupted anybody
         await call.hangup()
         assert_clean(stack, call, session)
@@ -105,6 +112,9 @@ async def test_barge_in_clears_first_and_truncates_to_what_was_heard(speed: floa
         turn = assistant_turns(stack, call.call_uuid)[0]
         assert turn.interrupted and turn.heard_ms == pytest.approx(truncate["audio_end_ms"], abs=1)
         assert stack.metric("agent_barge_ins_total") == 1
+        barge = stack.state.registry.records[call.call_uuid].barge_ins
+        assert len(barge) == 1 and barge[0].item_id == truncate["item_id"]
+        assert barge[0].heard_ms == pytest.approx(truncate["audio_end_ms"], abs=1) and barge[0].clear_ms < 50
         await call.hangup()
         assert_clean(stack, call, session)
 

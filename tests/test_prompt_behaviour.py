@@ -101,6 +101,8 @@ async def test_slow_http_tool_is_covered_by_a_filler_then_answered(
         result = json.loads(output["item"]["output"])
         assert result == {"ok": True, "status": 200, "result": {"status": "shipped", "eta": "tomorrow"}}
         await session.wait_for_client_event("response.create", lambda e: e["_t"] > output["_t"], timeout=5)
+        uses = stack.state.registry.records[call.call_uuid].tools
+        assert [(u.name, u.ok) for u in uses] == [("lookup_order", True)] and "shipped" in (uses[0].result or "")
         await call.hangup()
         assert session.protocol_errors == []
 

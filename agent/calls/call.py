@@ -28,7 +28,7 @@ from websockets.exceptions import ConnectionClosed
 from agent.audio.formats import MediaFormat
 from agent.audio.transcode import BotAudioConverter, CallerAudioConverter
 from agent.calls.playout import Playout
-from agent.calls.record import CallRecord
+from agent.calls.record import BargeIn, CallRecord
 from agent.calls.responses import ResponseQueue
 from agent.calls.timers import watch_duration, watch_idle
 from agent.calls.tools import ToolCall, run_tool
@@ -140,6 +140,7 @@ class Call:
         self.activity = asyncio.Event()
         self.caller_speaking = False
         self.caller_activity = self.started_monotonic
+        self._turn_ended_at: float | None = None  # speech_stopped: the clock for the next answer's latency
 
     # --- lifecycle -----------------------------------------------------------------------------------------
 
@@ -168,6 +169,7 @@ class Call:
             self._tg = None
             self.metrics.active_calls.dec()
             await self._close_sockets()
+            self.record.cost_usd = self.record.usage.cost_usd(self.settings.prices)
             self.record.finish(self.end_reason)
             self.metrics.calls.labels(self.end_reason).inc()
             self.log.info("call ended: %s", self.end_reason)
@@ -505,6 +507,7 @@ class Call:
         elif kind == "input_audio_buffer.speech_stopped":
             self.record.caller_stopped(event.item_id)
             self._caller_active(speaking=False)
+            self._turn_ended_at = time.monotonic()
         elif kind == "conversation.item.input_audio_transcription.completed":
             self.record.caller_said(event.item_id, event.transcript)
             self.record.event("caller_transcript", item_id=event.item_id, text=event.transcript)
@@ -525,6 +528,10 @@ class Call:
             self.response_audio_items.setdefault(event.response_id, []).append(item_id)
             self.bot_audio.reset()
             self.record.event("bot_audio_started", item_id=item_id)
+            if self._turn_ended_at is not None:
+                # End of the caller's turn (as detected) -> the answer's first audio leaves for the phone.
+                self.record.assistant_latency(item_id, (time.monotonic() - self._turn_ended_at) * 1000)
+                self._turn_ended_at = None
         self.received_ms[item_id] += len(audio) / self.format.model_bytes_per_ms
         self.playout.enqueue(item_id, self.bot_audio.convert(audio))
 
@@ -538,7 +545,8 @@ class Call:
         if audible:
             # First and before anything else: the caller must stop hearing the bot.
             await self._send_carrier(messages.clear_audio(self.stream_id))
-            self.metrics.clear_latency.observe(time.monotonic() - started)
+            clear_ms = (time.monotonic() - started) * 1000
+            self.metrics.clear_latency.observe(clear_ms / 1000)
             self.metrics.barge_ins.inc()
             self.barge_ins += 1
         heard = self.playout.clear() if audible else {}
@@ -552,6 +560,10 @@ class Call:
             await self._truncate(item_id, heard_ms)
         if audible:
             self.record.event("barge_in", heard={k: round(v) for k, v in heard.items()})
+            cut = next((k for k, v in heard.items() if v < self.received_ms.get(k, 0.0) - 1), None)
+            self.record.barge_ins.append(
+                BargeIn(time.time(), cut, round(heard.get(cut, 0.0) if cut else 0.0), round(clear_ms, 2))
+            )
         if active and not self.server_cancels:
             await self.model_send({"type": "response.cancel", "response_id": active})
 
@@ -616,6 +628,7 @@ class Call:
     async def _on_response_done(self, response: Any) -> None:
         response_id: str = response.id
         self.record.event("response_done", response_id=response_id, status=response.status)
+        self.record.usage.add(getattr(response, "usage", None))
         tools = [t for t in self._tool_calls if t.response_id == response_id]
         self._tool_calls = [t for t in self._tool_calls if t.response_id != response_id]
         self.playout.forget(keep=set(self.response_audio_items.get(response_id, [])))

@@ -12,6 +12,16 @@ from typing import Any, Literal
 
 Speaker = Literal["caller", "assistant", "system"]
 
+_WHO_HUNG_UP = {
+    "caller_hangup": "caller",
+    "carrier_closed": "caller",
+    "carrier_stop": "carrier",
+    "agent_end_call": "agent",
+    "agent_transfer": "agent",
+    "idle_timeout": "agent",
+    "max_duration": "agent",
+}
+
 
 @dataclass
 class Turn:
@@ -23,6 +33,59 @@ class Turn:
     interrupted: bool = False
     heard_ms: float | None = None
     audio_ms: float | None = None
+    latency_ms: float | None = None  # assistant: caller stopped speaking -> first bot audio on the line
+
+
+@dataclass
+class BargeIn:
+    t: float
+    item_id: str | None
+    heard_ms: float
+    clear_ms: float  # speech_started received -> clearAudio sent
+
+
+@dataclass
+class ToolUse:
+    name: str
+    arguments: dict[str, Any]
+    started_at: float
+    ended_at: float | None = None
+    ok: bool | None = None
+    result: str | None = None
+
+
+@dataclass
+class Usage:
+    """Token counts summed over the call's responses (`response.done.usage`)."""
+
+    input_text: int = 0
+    input_audio: int = 0
+    input_cached: int = 0
+    output_text: int = 0
+    output_audio: int = 0
+
+    def add(self, usage: Any) -> None:
+        if usage is None:
+            return
+        details_in = getattr(usage, "input_token_details", None)
+        details_out = getattr(usage, "output_token_details", None)
+        self.input_text += getattr(details_in, "text_tokens", 0) or 0
+        self.input_audio += getattr(details_in, "audio_tokens", 0) or 0
+        self.input_cached += getattr(details_in, "cached_tokens", 0) or 0
+        self.output_text += getattr(details_out, "text_tokens", 0) or 0
+        self.output_audio += getattr(details_out, "audio_tokens", 0) or 0
+
+    def cost_usd(self, prices: dict[str, float]) -> float:
+        """Estimated cost; `prices` are USD per million tokens by the field names above."""
+        fresh_text = max(self.input_text - self.input_cached, 0)
+        total = (
+            fresh_text * prices.get("input_text", 0)
+            + self.input_audio * prices.get("input_audio", 0)
+            + self.input_cached * prices.get("input_cached", 0)
+            + self.output_text * prices.get("output_text", 0)
+            + self.output_audio * prices.get("output_audio", 0)
+        )
+        return round(total / 1_000_000, 6)
 
 
 @dataclass
@@ -44,8 +107,15 @@ class CallRecord:
     started_at: float = field(default_factory=time.time)
     ended_at: float | None = None
     end_reason: str | None = None
+    hung_up_by: str | None = None  # caller | agent | carrier | system
     turns: list[Turn] = field(default_factory=list)
     events: list[CallEvent] = field(default_factory=list)
+    barge_ins: list[BargeIn] = field(default_factory=list)
+    tools: list[ToolUse] = field(default_factory=list)
+    usage: Usage = field(default_factory=Usage)
+    cost_usd: float = 0.0
+    recording_path: str | None = None
+    tags: dict[str, str] = field(default_factory=dict)
     max_events: int = 5000
 
     def event(self, kind: str, **detail: Any) -> None:
@@ -85,6 +155,9 @@ class CallRecord:
         turn.text += delta
         return turn
 
+    def assistant_latency(self, item_id: str, latency_ms: float) -> None:
+        self.assistant_text(item_id, "").latency_ms = round(latency_ms, 1)
+
     def assistant_done(self, item_id: str, transcript: str | None, audio_ms: float) -> None:
         turn = self.turn_for_item(item_id)
         if turn is None:
@@ -116,6 +189,7 @@ class CallRecord:
         if self.ended_at is None:
             self.ended_at = time.time()
             self.end_reason = reason
+            self.hung_up_by = _WHO_HUNG_UP.get(reason, "system")
             self.event("call_ended", reason=reason)
 
     def history(self) -> list[Turn]:

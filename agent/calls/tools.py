@@ -9,11 +9,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import httpx
 
+from agent.calls.record import ToolUse
 from agent.carrier.rest import VobizApiError
 from agent.prompts.schema import HttpTool
 
@@ -41,14 +43,19 @@ class ToolCall:
 
 async def run_tool(call: Call, tool: ToolCall) -> None:
     call.record.event("tool_call", name=tool.name, arguments=tool.arguments)
+    use = ToolUse(tool.name, tool.arguments, time.time())
+    call.record.tools.append(use)
     if tool.name == "end_call":
+        use.ok = True
         await _end_call(call, tool)
     elif tool.name == "transfer_call":
+        use.ok = bool(call.transfer_number)
         await _transfer(call, tool)
     else:
         spec = next((t for t in call.prompt.meta.tools if t.name == tool.name), None)
         result = await _http_tool(call, spec, tool) if spec else {"ok": False, "error": f"unknown tool {tool.name}"}
-        call.record.event("tool_result", name=tool.name, ok=bool(result.get("ok")))
+        use.ended_at, use.ok, use.result = time.time(), bool(result.get("ok")), json.dumps(result)[:1000]
+        call.record.event("tool_result", name=tool.name, ok=use.ok)
         await _result(call, tool, result)
         await call.request_response()
 
