@@ -36,6 +36,11 @@ class Settings(BaseSettings):
     vobiz_auth_id: str | None = Field(default=None, validation_alias=_env("VOBIZ_AUTH_ID"))
     vobiz_auth_token: SecretStr | None = Field(default=None, validation_alias=_env("VOBIZ_AUTH_TOKEN"))
     vobiz_api_url: str = Field(default="https://api.vobiz.ai/api/v1", validation_alias=_env("VOBIZ_API_URL"))
+    database_url: str = Field(
+        default="sqlite+aiosqlite:///var/agent.db",
+        validation_alias=_env("DATABASE_URL"),
+        description="SQLite file by default; postgresql+asyncpg://… for several replicas",
+    )
     vobiz_main_auth_token: SecretStr | None = Field(
         default=None,
         validation_alias=_env("VOBIZ_MAIN_AUTH_TOKEN"),
@@ -64,6 +69,10 @@ class Settings(BaseSettings):
     transfer_number: str | None = None
     apology_text: str = "Sorry, we are having technical trouble. Please call again later. Goodbye."
     log_level: str = "INFO"
+    recordings_dir: Path = Path("var/recordings")
+    record_calls: bool = True
+    recording_retention_days: float = Field(default=30.0, gt=0)
+    operator_token: SecretStr | None = Field(default=None, description="protects /console; unset = console off")
     # USD per million tokens, for the per-call cost estimate (gpt-realtime list prices; override as they change).
     price_input_text: float = 4.0
     price_input_audio: float = 32.0
@@ -112,7 +121,13 @@ class Settings(BaseSettings):
     @property
     def secret_values(self) -> list[str]:
         """Every configured secret, for the log redaction filter."""
-        fields = (self.openai_api_key, self.vobiz_auth_token, self.vobiz_main_auth_token, self.stream_secret)
+        fields = (
+            self.openai_api_key,
+            self.vobiz_auth_token,
+            self.vobiz_main_auth_token,
+            self.stream_secret,
+            self.operator_token,
+        )
         return [f.get_secret_value() for f in fields if f is not None]
 
     @property
