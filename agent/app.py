@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -16,6 +17,7 @@ from agent.carrier import stream_socket, webhooks
 from agent.carrier.rest import VobizClient
 from agent.config import Settings
 from agent.model.connection import ModelConnector
+from agent.observability.health import ModelReachability
 from agent.observability.metrics import Metrics
 from agent.prompts.library import PromptLibrary
 from agent.state import AppState
@@ -50,7 +52,8 @@ def create_app(
     )
     registry = CallRegistry(deps)
     prompts = PromptLibrary(settings.prompts_dir, settings.default_prompt)
-    state = AppState(settings, metrics, registry, connector, vobiz, prompts)
+    probe = ModelReachability(connector.base_url, settings.readiness_probe_interval_s)
+    state = AppState(settings, metrics, registry, connector, vobiz, prompts, probe)
     # Fail at start-up, not on the first call, when the default prompt is unusable.
     prompts.get(settings.default_prompt)
 
@@ -63,6 +66,7 @@ def create_app(
             engine = RealtimeServer()
             await engine.start()
             connector.retarget(engine.http_base_url)
+            probe.retarget(engine.http_base_url)
             log.warning(
                 "OPENAI_API_KEY is not set: calls are answered by the embedded offline realtime engine at %s "
                 "(tone replies, no real speech model). Set OPENAI_API_KEY to use OpenAI.",
@@ -84,7 +88,22 @@ def create_app(
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:
+        """Alive: the process answers. Restart it only when this fails."""
         return {"status": "ok"}
+
+    @app.get("/readyz")
+    async def readyz() -> Response:
+        """Ready for new calls: not draining, and the model endpoint is reachable."""
+        model = await probe.check()
+        ready = model.ok and not state.draining
+        body = {
+            "ready": ready,
+            "draining": state.draining,
+            "model": model.detail,
+            "live_calls": len(registry.live),
+            "max_calls": settings.max_concurrent_calls,
+        }
+        return Response(json.dumps(body), status_code=200 if ready else 503, media_type="application/json")
 
     @app.get("/metrics")
     async def prometheus() -> Response:

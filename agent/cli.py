@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import sys
+from typing import Any
 
 import click
+import uvicorn
 import yaml
 
 from agent.config import ConfigError, Settings, load_settings
 from agent.observability import logs
 from agent.prompts.library import PromptLibrary
 from agent.prompts.loader import Prompt, PromptError
+from agent.state import AppState
 
 
 def _settings() -> Settings:
@@ -31,18 +36,47 @@ def main() -> None:
 @click.option("--port", default=8080, show_default=True, type=int, help="Port to bind.")
 def serve(host: str, port: int) -> None:
     """Answer Vobiz calls. Without OPENAI_API_KEY the embedded offline engine answers instead."""
-    import uvicorn
-
     from agent.app import create_app
 
     settings = _settings()
-    logs.configure(settings.log_level, secrets=settings.secret_values)
+    logs.configure(settings.log_level, secrets=settings.secret_values, fmt=settings.log_format)
     try:
         app = create_app(settings, embedded_engine=settings.openai_api_key is None and not settings.openai_base_url)
     except PromptError as exc:
         click.echo(f"cannot start: {exc}", err=True)
         sys.exit(2)
-    uvicorn.run(app, host=host, port=port, log_config=None, ws_max_size=1 << 20, lifespan="on")
+    config = uvicorn.Config(app, host=host, port=port, log_config=None, ws_max_size=1 << 20, lifespan="on")
+    DrainingServer(config, app.state.agent).run()
+
+
+class DrainingServer(uvicorn.Server):
+    """SIGTERM drains instead of cutting calls: readiness goes false and new calls are refused at once, calls
+    in progress get AGENT_DRAIN_TIMEOUT_S to finish, the rest are wrapped up politely, then the server exits.
+    A second signal exits immediately."""
+
+    def __init__(self, config: uvicorn.Config, state: AppState) -> None:
+        super().__init__(config)
+        self.state = state
+        self._drain: asyncio.Task[None] | None = None
+
+    def handle_exit(self, sig: int, frame: Any) -> None:
+        if self.state.draining or self.should_exit:
+            super().handle_exit(sig, frame)
+            return
+        self.state.draining = True
+        logging.getLogger("agent.drain").warning("signal %s: draining before shutdown", sig)
+        # Signal handlers run between bytecodes; hand the work to the loop the thread-safe way.
+        loop = asyncio.get_event_loop()
+        loop.call_soon_threadsafe(self._start_drain, loop)
+
+    def _start_drain(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._drain = loop.create_task(self._drain_then_exit())
+
+    async def _drain_then_exit(self) -> None:
+        try:
+            await self.state.registry.drain(self.state.settings.drain_timeout_s)
+        finally:
+            self.should_exit = True
 
 
 @main.group()

@@ -69,6 +69,12 @@ class Settings(BaseSettings):
     transfer_number: str | None = None
     apology_text: str = "Sorry, we are having technical trouble. Please call again later. Goodbye."
     log_level: str = "INFO"
+    log_format: Literal["text", "json"] = "text"
+    max_concurrent_calls: int = Field(default=200, ge=1, description="above it, new calls hear an apology")
+    busy_text: str = "Sorry, all our lines are busy right now. Please call again in a few minutes. Goodbye."
+    max_call_cost_usd: float | None = Field(default=None, gt=0, description="estimated model cost cap per call")
+    drain_timeout_s: float = Field(default=300.0, ge=0, description="on SIGTERM, how long calls may finish")
+    readiness_probe_interval_s: float = Field(default=15.0, gt=0)
     recordings_dir: Path = Path("var/recordings")
     record_calls: bool = True
     recording_retention_days: float = Field(default=30.0, gt=0)

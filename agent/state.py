@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from agent.calls.registry import CallRegistry
 from agent.carrier.rest import VobizClient
 from agent.config import Settings
 from agent.model.connection import ModelConnector
+from agent.observability.health import ModelReachability
 from agent.observability.metrics import Metrics
 from agent.prompts.library import PromptLibrary
 
@@ -20,3 +21,5 @@ class AppState:
     connector: ModelConnector
     vobiz: VobizClient | None
     prompts: PromptLibrary
+    model_probe: ModelReachability
+    draining: bool = field(default=False)

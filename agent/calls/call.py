@@ -11,6 +11,7 @@ import asyncio
 import base64
 import binascii
 import contextlib
+import dataclasses
 import enum
 import logging
 import re
@@ -30,7 +31,7 @@ from agent.audio.transcode import BotAudioConverter, CallerAudioConverter
 from agent.calls.playout import Playout
 from agent.calls.record import BargeIn, CallRecord
 from agent.calls.responses import ResponseQueue
-from agent.calls.timers import watch_duration, watch_idle
+from agent.calls.timers import watch_duration, watch_idle, wrap_up
 from agent.calls.tools import ToolCall, run_tool
 from agent.carrier import messages
 from agent.carrier.messages import InboundError, StartInfo, parse_inbound
@@ -141,6 +142,7 @@ class Call:
         self.caller_speaking = False
         self.caller_activity = self.started_monotonic
         self._turn_ended_at: float | None = None  # speech_stopped: the clock for the next answer's latency
+        self._greeted = False
 
     # --- lifecycle -----------------------------------------------------------------------------------------
 
@@ -182,6 +184,12 @@ class Call:
         self.closing = True
         if self._tg is not None:
             self._tg.create_task(self._raise_over())
+
+    def wrap_up(self, reason: str) -> None:
+        """End the call from outside, politely: a spoken wrap-up, then the stream stops."""
+        if self._tg is not None and not self.closing:
+            self.closing = True
+            self._tg.create_task(wrap_up(self, reason), name="wrap-up")
 
     @staticmethod
     async def _raise_over() -> None:
@@ -528,9 +536,14 @@ class Call:
             self.response_audio_items.setdefault(event.response_id, []).append(item_id)
             self.bot_audio.reset()
             self.record.event("bot_audio_started", item_id=item_id)
+            now = time.monotonic()
+            if not self._greeted:
+                self._greeted = True
+                self.metrics.greeting_latency.observe(now - self.started_monotonic)
             if self._turn_ended_at is not None:
                 # End of the caller's turn (as detected) -> the answer's first audio leaves for the phone.
-                self.record.assistant_latency(item_id, (time.monotonic() - self._turn_ended_at) * 1000)
+                self.record.assistant_latency(item_id, (now - self._turn_ended_at) * 1000)
+                self.metrics.response_latency.observe(now - self._turn_ended_at)
                 self._turn_ended_at = None
         self.received_ms[item_id] += len(audio) / self.format.model_bytes_per_ms
         self.playout.enqueue(item_id, self.bot_audio.convert(audio))
@@ -625,10 +638,23 @@ class Call:
                 )
                 return
 
+    def _count_usage(self, usage: Any) -> None:
+        before = dataclasses.replace(self.record.usage)
+        self.record.usage.add(usage)
+        for kind, value in dataclasses.asdict(self.record.usage).items():
+            grown = value - getattr(before, kind)
+            if grown:
+                self.metrics.tokens.labels(kind).inc(grown)
+        cap = self.settings.max_call_cost_usd
+        over = cap is not None and self.record.usage.cost_usd(self.settings.prices) >= cap
+        if over and not self.closing:
+            self.record.event("max_cost_reached", cap_usd=cap)
+            self.wrap_up("max_cost")
+
     async def _on_response_done(self, response: Any) -> None:
         response_id: str = response.id
         self.record.event("response_done", response_id=response_id, status=response.status)
-        self.record.usage.add(getattr(response, "usage", None))
+        self._count_usage(getattr(response, "usage", None))
         tools = [t for t in self._tool_calls if t.response_id == response_id]
         self._tool_calls = [t for t in self._tool_calls if t.response_id != response_id]
         self.playout.forget(keep=set(self.response_audio_items.get(response_id, [])))

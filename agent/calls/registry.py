@@ -52,6 +52,13 @@ class CallRegistry:
     def is_ended(self, call_id: str) -> bool:
         return call_id in self._ended
 
+    def knows(self, call_id: str) -> bool:
+        """A call this process is already serving (pre-warmed or live): a webhook retry, not a new call."""
+        return call_id in self._prewarms or call_id in self.live
+
+    def load(self) -> int:
+        return len(self.live) + len(self._prewarms)
+
     def prewarm(self, record: CallRecord, prompt: Prompt, fmt: MediaFormat) -> None:
         """Start opening the model session now; idempotent for webhook retries."""
         call_id = record.call_id
@@ -152,6 +159,19 @@ class CallRegistry:
         self.records.move_to_end(record.call_id)
         while len(self.records) > 1000:
             self.records.popitem(last=False)
+
+    async def drain(self, deadline_s: float, wrap_up_s: float = 20.0) -> None:
+        """Let live calls finish on their own until the deadline, then wrap the rest up politely."""
+        live = [c for c in self.live.values()]
+        if live:
+            log.info("draining: waiting up to %.0fs for %d call(s) to finish", deadline_s, len(live))
+            await asyncio.wait([asyncio.ensure_future(c.done.wait()) for c in live], timeout=deadline_s)
+        remaining = [c for c in self.live.values() if not c.done.is_set()]
+        if remaining:
+            log.warning("drain deadline reached: wrapping up %d call(s)", len(remaining))
+            for call in remaining:
+                call.wrap_up("drain")
+            await asyncio.wait([asyncio.ensure_future(c.done.wait()) for c in remaining], timeout=wrap_up_s)
 
     async def shutdown(self) -> None:
         for call_id in list(self._prewarms):

@@ -73,13 +73,18 @@ async def _wait_activity(call: Call, seconds: float) -> None:
 
 async def watch_duration(call: Call) -> None:
     """At the limit, say the wrap-up (after the current answer), then end the call."""
-    from agent.calls.call import EndAction
-
     limit = call.prompt.meta.max_call_duration_s
     if limit is None:
         return
     await asyncio.sleep(max(0.0, call.started_monotonic + limit - time.monotonic()))
-    call.closing = True
     call.record.event("max_duration_reached", limit_s=limit)
+    await wrap_up(call, "max_duration")
+
+
+async def wrap_up(call: Call, reason: str) -> None:
+    """End the call politely: the prompt's wrap-up line and a goodbye, heard in full, then the stream stops."""
+    from agent.calls.call import EndAction
+
+    call.closing = True
     await call.say(_say_exactly(call.prompt.meta.wrap_up) + " Then say goodbye.")
-    await call.finish(EndAction.HANGUP, "max_duration")
+    await call.finish(EndAction.HANGUP, reason)

@@ -66,6 +66,11 @@ def _call_id(params: dict[str, str]) -> str:
 @router.api_route("/answer", methods=["GET", "POST"])
 async def answer(request: Request) -> Response:
     state = _state(request)
+    with state.metrics.answer_latency.time():
+        return await _answer(request, state)
+
+
+async def _answer(request: Request, state: AppState) -> Response:
     params = await _params(request, "answer")
     call_id = _call_id(params)
     event = params.get("Event", "")
@@ -78,6 +83,11 @@ async def answer(request: Request) -> Response:
         # Vobiz re-posts the answer URL after a stream ends; never start a second conversation.
         return _xml(xml.hangup())
     settings = state.settings
+    refusal = _refusal(state, call_id)
+    if refusal is not None:
+        state.metrics.calls_rejected.labels(refusal).inc()
+        log.warning("refused call %s: %s", call_id, refusal)
+        return _xml(xml.speak_then(settings.busy_text, dial=settings.transfer_number))
     caller, called = params.get("From", ""), params.get("To", "")
     variables = {k[4:]: v for k, v in params.items() if k.startswith("var_")}  # outbound-call variables
     try:
@@ -101,6 +111,17 @@ async def answer(request: Request) -> Response:
         status_callback_url=f"{settings.public_url}/vobiz/stream-status",
     )
     return _xml(xml.stream_response(stream, after_stream_url=f"{settings.public_url}/vobiz/after-stream?call={call_q}"))
+
+
+def _refusal(state: AppState, call_id: str) -> str | None:
+    """Why a new call cannot be served here (draining, full), or None. Retries of a call in progress pass."""
+    if call_id in state.registry.records and state.registry.knows(call_id):
+        return None
+    if state.draining:
+        return "draining"
+    if state.registry.load() >= state.settings.max_concurrent_calls:
+        return "capacity"
+    return None
 
 
 @router.api_route("/hangup", methods=["GET", "POST"])

@@ -6,8 +6,10 @@ record passes a filter that masks the configured secret values and any bearer to
 
 from __future__ import annotations
 
+import json
 import logging
 import re
+import time
 from collections.abc import Iterable
 from typing import TextIO
 
@@ -38,11 +40,34 @@ class RedactSecrets(logging.Filter):
         return True
 
 
-def configure(level: str = "INFO", *, secrets: Iterable[str] = (), stream: TextIO | None = None) -> None:
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line, for log pipelines; the call id is a field of its own."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {
+            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S") + f".{int(record.msecs):03d}Z",
+            "level": record.levelname,
+            "logger": record.name,
+            "call_id": getattr(record, "call_id", "-"),
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry, ensure_ascii=False)
+
+
+def configure(
+    level: str = "INFO", *, secrets: Iterable[str] = (), stream: TextIO | None = None, fmt: str = "text"
+) -> None:
     handler = logging.StreamHandler(stream)
     handler.addFilter(_CallIdDefault())
     handler.addFilter(RedactSecrets(secrets))
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s call=%(call_id)s %(message)s"))
+    if fmt == "json":
+        formatter: logging.Formatter = JsonFormatter()
+        formatter.converter = time.gmtime
+    else:
+        formatter = logging.Formatter("%(asctime)s %(levelname)s %(name)s call=%(call_id)s %(message)s")
+    handler.setFormatter(formatter)
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

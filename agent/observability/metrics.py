@@ -31,6 +31,21 @@ class Metrics:
         self.model_reconnects = Counter(
             "agent_model_reconnects", "Model socket reconnects, by outcome", ["outcome"], registry=r
         )
+        latency_buckets = (0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0)
+        self.answer_latency = Histogram(
+            "agent_answer_seconds", "Answer webhook handling time", buckets=latency_buckets, registry=r
+        )
+        self.greeting_latency = Histogram(
+            "agent_greeting_seconds", "Stream start -> first greeting audio sent", buckets=latency_buckets, registry=r
+        )
+        self.response_latency = Histogram(
+            "agent_response_seconds",
+            "Caller's turn detected as ended -> first answer audio sent",
+            buckets=latency_buckets,
+            registry=r,
+        )
+        self.calls_rejected = Counter("agent_calls_rejected", "Calls refused at answer time", ["reason"], registry=r)
+        self.tokens = Counter("agent_tokens", "Model tokens used", ["kind"], registry=r)
         self.clear_latency = Histogram(
             "agent_barge_in_clear_seconds",
             "speech_started received -> clearAudio sent",

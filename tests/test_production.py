@@ -1,0 +1,120 @@
+"""Running unattended: readiness, capacity limits, cost caps, JSON logs, and a graceful drain on SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import logging
+import signal
+import sys
+
+import httpx
+import pytest
+
+from agent.observability import logs
+from agent.simulation.carrier import CallEndedWithoutStream, CallerAudio, CarrierSim
+from agent.simulation.realtime_server import RealtimeSimConfig
+from tests.harness import running_stack
+from tests.test_cli import READY_LINE, clean_env, free_port, read_until
+
+
+async def test_readyz_follows_the_model_endpoint_and_draining() -> None:
+    async with running_stack(readiness_probe_interval_s=0.01) as stack, httpx.AsyncClient() as http:
+        ready = await http.get(f"{stack.base_url}/readyz")
+        assert ready.status_code == 200 and ready.json()["ready"] is True
+        stack.state.draining = True
+        draining = await http.get(f"{stack.base_url}/readyz")
+        assert draining.status_code == 503 and draining.json()["draining"] is True
+        stack.state.draining = False
+        await stack.engine.stop()  # the model endpoint goes away
+        gone = await http.get(f"{stack.base_url}/readyz")
+        assert gone.status_code == 503 and "unreachable" in gone.json()["model"]
+        assert (await http.get(f"{stack.base_url}/healthz")).status_code == 200  # alive all the same
+
+
+async def test_over_capacity_calls_hear_an_apology_instead_of_a_stream() -> None:
+    async with running_stack(RealtimeSimConfig(reply_ms=300), max_concurrent_calls=2) as stack:
+        calls = [await stack.carrier.place_call([CallerAudio.silence(5000)]) for _ in range(2)]
+        with pytest.raises(CallEndedWithoutStream) as info:
+            await stack.carrier.place_call([CallerAudio.silence(1000)])
+        assert "busy" in info.value.xml and "<Stream" not in info.value.xml
+        assert stack.metric("agent_calls_rejected_total", reason="capacity") == 1
+        # A retried webhook for a call already being served is not a new call.
+        async with httpx.AsyncClient() as http:
+            retry = await http.post(f"{stack.base_url}/vobiz/answer", data={"CallUUID": calls[0].call_uuid})
+        assert "<Stream" in retry.text
+        for call in calls:
+            await call.hangup()
+
+
+async def test_cost_cap_ends_the_call_with_a_wrap_up() -> None:
+    async with running_stack(RealtimeSimConfig(reply_ms=300), max_call_cost_usd=0.000001) as stack:
+        call = await stack.carrier.place_call([CallerAudio.silence(8000)])
+        await call.wait_ended(timeout=8)
+        record = stack.state.registry.records[call.call_uuid]
+        assert record.end_reason == "max_cost"
+        assert call.played_ms == pytest.approx(600, abs=60)  # the greeting and the wrap-up, both heard
+        assert [a.verb for a in call.after_stream] == ["Redirect", "Hangup"]
+
+
+def test_json_logs_carry_the_call_id_and_no_secrets() -> None:
+    out = io.StringIO()
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+    try:
+        logs.configure("INFO", secrets=["s3cr3t-value"], stream=out, fmt="json")
+        log = logging.LoggerAdapter(logging.getLogger("agent.call"), {"call_id": "c-42"})
+        log.info("token is %s", "s3cr3t-value")
+        logging.getLogger("agent.app").warning("plain line")
+    finally:
+        root.handlers[:] = saved[0]
+        root.setLevel(saved[1])
+    first, second = (json.loads(line) for line in out.getvalue().splitlines())
+    assert first["call_id"] == "c-42" and first["message"] == "token is ***" and first["level"] == "INFO"
+    assert second["call_id"] == "-" and second["logger"] == "agent.app"
+
+
+async def test_sigterm_drains_live_calls_then_exits() -> None:
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "agent",
+        "serve",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        env=clean_env(PUBLIC_URL=base, AGENT_DRAIN_TIMEOUT_S="2.5"),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    assert proc.stdout is not None
+    carrier = CarrierSim(base)
+    try:
+        await read_until(proc.stdout, READY_LINE, timeout=30)
+        short = await carrier.place_call([CallerAudio.silence(1500)])
+        long = await carrier.place_call([CallerAudio.silence(30000)])
+        await short.wait_bot_audio(500, timeout=10)
+        played_before = short.played_ms
+        proc.send_signal(signal.SIGTERM)
+        await read_until(proc.stdout, "draining before shutdown", timeout=5)
+        async with httpx.AsyncClient() as http:
+            assert (await http.get(f"{base}/readyz")).status_code == 503
+            refused = await http.post(f"{base}/vobiz/answer", data={"CallUUID": "late-caller"})
+            assert "<Stream" not in refused.text and "busy" in refused.text
+        # The short call carries on undisturbed and ends on its own.
+        await short.wait_bot_audio(played_before + 200, timeout=5)
+        await short.hangup()
+        # The long call is wrapped up politely when the drain deadline passes.
+        await long.wait_ended(timeout=15)
+        assert [a.verb for a in long.after_stream][:1] == ["Redirect"]
+        assert any(e.kind == "stop_received" for e in long.timeline)
+        assert await asyncio.wait_for(proc.wait(), 15) == 0
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+        await carrier.aclose()
