@@ -1,0 +1,120 @@
+"""The database connection: one async engine per process, and schema migrations run at start-up.
+
+`DATABASE_URL` may be written the way other tools write it (`postgres://…`, `sqlite:///…`); it is mapped onto
+the async drivers this service ships with. Migrations run Alembic's `upgrade head` on a connection of the
+service's own engine (through `run_sync`), so no alembic.ini and no second driver are needed; on PostgreSQL they
+hold an advisory lock, so replicas starting together do not race to create the same tables.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Connection, event, text
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+from sqlalchemy.pool import StaticPool
+
+log = logging.getLogger("agent.storage")
+
+MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
+# Any constant will do: it only has to be the same for every replica of this service.
+_MIGRATION_LOCK_ID = 0x766F_627A_6D69_6772 & 0x7FFF_FFFF_FFFF_FFFF
+
+
+def normalise_url(url: str | URL) -> URL:
+    """Map common spellings onto the bundled async drivers: asyncpg for PostgreSQL, aiosqlite for SQLite."""
+    parsed = make_url(url)
+    backend = parsed.get_backend_name()
+    if backend in ("postgres", "postgresql"):
+        return parsed.set(drivername="postgresql+asyncpg")
+    if backend == "sqlite":
+        return parsed.set(drivername="sqlite+aiosqlite")
+    raise ValueError(f"unsupported DATABASE_URL backend {backend!r}: use sqlite+aiosqlite:// or postgresql://")
+
+
+def _is_memory(url: URL) -> bool:
+    return url.get_backend_name() == "sqlite" and url.database in (None, "", ":memory:")
+
+
+def alembic_config(url: str | URL | None = None) -> Config:
+    """The Alembic configuration, built in code so it works from an installed package as from a checkout."""
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    if url is not None:
+        # ConfigParser interpolation: a literal % in a password must be doubled.
+        rendered = normalise_url(url).render_as_string(hide_password=False)
+        config.set_main_option("sqlalchemy.url", rendered.replace("%", "%%"))
+    return config
+
+
+def head_revision() -> str | None:
+    return ScriptDirectory.from_config(alembic_config()).get_current_head()
+
+
+class Database:
+    """An async engine and session factory for the call-record database."""
+
+    def __init__(self, url: str | URL, *, engine_options: Mapping[str, Any] | None = None) -> None:
+        self.url = normalise_url(url)
+        options: dict[str, Any] = {"pool_pre_ping": True}
+        if _is_memory(self.url):
+            # One shared connection, or every session would see its own empty in-memory database.
+            options = {"poolclass": StaticPool, "connect_args": {"check_same_thread": False}}
+        options.update(engine_options or {})
+        self.engine: AsyncEngine = create_async_engine(self.url, **options)
+        if self.dialect == "sqlite":
+            event.listen(self.engine.sync_engine, "connect", _sqlite_on_connect)
+        self.sessions: async_sessionmaker[AsyncSession] = async_sessionmaker(self.engine, expire_on_commit=False)
+
+    @property
+    def dialect(self) -> str:
+        return self.url.get_backend_name()
+
+    async def migrate(self) -> None:
+        """Bring the schema to the latest revision (`alembic upgrade head`); safe to run on every start."""
+        self._ensure_sqlite_folder()
+        async with self.engine.begin() as conn:
+            if self.dialect == "postgresql":
+                await conn.execute(text("SELECT pg_advisory_xact_lock(:id)"), {"id": _MIGRATION_LOCK_ID})
+            await conn.run_sync(_upgrade, alembic_config(self.url))
+        log.info("database schema at revision %s (%s)", await self.revision(), self.dialect)
+
+    async def revision(self) -> str | None:
+        """The schema revision the database is at; None before the first migration."""
+        self._ensure_sqlite_folder()
+        async with self.engine.connect() as conn:
+            return await conn.run_sync(lambda sync: MigrationContext.configure(sync).get_current_revision())
+
+    async def aclose(self) -> None:
+        await self.engine.dispose()
+
+    def _ensure_sqlite_folder(self) -> None:
+        if self.dialect == "sqlite" and not _is_memory(self.url) and self.url.database:
+            Path(self.url.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+
+
+def _upgrade(connection: Connection, config: Config) -> None:
+    # env.py picks the connection up from here instead of opening its own.
+    config.attributes["connection"] = connection
+    command.upgrade(config, "head")
+
+
+def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
+    """Foreign keys on (cascading deletes), WAL so readers never wait for the writer, and a busy timeout so a
+    second process writing briefly is waited for rather than an error."""
+    cursor = dbapi_connection.cursor()
+    try:
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute("PRAGMA busy_timeout=5000")
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+    finally:
+        cursor.close()

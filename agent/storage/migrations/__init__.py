@@ -1,0 +1,1 @@
+"""Alembic migrations for the call-record schema (see `agent.storage.database.Database.migrate`)."""

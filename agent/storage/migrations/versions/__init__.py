@@ -1,0 +1,1 @@
+"""Migration revisions; Alembic skips this file when it scans for revisions."""

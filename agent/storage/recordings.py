@@ -1,0 +1,361 @@
+"""Call recordings: a stereo WAV per call, caller on the left, the bot on the right as the caller heard it.
+
+The recorder is fed from the call's audio path as it happens: caller frames as they arrive, and bot chunks with
+the (monotonic) time the playout scheduled them to start playing. Bot audio is sent ahead of time (the playout
+keeps ~200 ms queued at the carrier), so when the caller barges in, `cut(at)` removes whatever was scheduled
+from that moment on: it was cleared from the carrier's queue and never heard. To make that possible, bot chunks
+stay in a short in-memory window (`commit_after_s`, well beyond the playout lead) before they are committed.
+
+Committed audio goes to a per-channel buffer that moves from memory to an anonymous temporary file once it
+grows past a limit, so an hour-long call costs a bounded amount of memory. Feeding does only small numpy work
+and buffered appends; `write` interleaves the channels into the WAV in a worker thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import io
+import logging
+import os
+import re
+import tempfile
+import time
+import wave
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+import soxr
+
+from agent.audio.codecs import Int16Array
+
+log = logging.getLogger("agent.recordings")
+
+Clock = Callable[[], float]
+_SUFFIXES = (".wav", ".wav.part")
+_BLOCK = 1 << 16  # samples per channel per write/pad block
+_background_writes: set[asyncio.Task[Path | None]] = set()
+
+
+class _Channel:
+    """A growing mono int16 stream at the recording's rate: memory first, a temporary file past `spill_bytes`."""
+
+    def __init__(self, spill_bytes: int) -> None:
+        self._spill_bytes = spill_bytes
+        self._file: IO[bytes] = io.BytesIO()
+        self.spilled = False
+        self.length = 0  # samples
+
+    def append(self, samples: Int16Array) -> None:
+        if not len(samples):
+            return
+        data = samples.astype("<i2", copy=False).tobytes()
+        if not self.spilled and self._file.tell() + len(data) > self._spill_bytes:
+            spill = tempfile.TemporaryFile(prefix="call-recording-")  # noqa: SIM115 - lives as long as the channel
+            assert isinstance(self._file, io.BytesIO)
+            spill.write(self._file.getbuffer())
+            self._file, self.spilled = spill, True
+        self._file.write(data)
+        self.length += len(samples)
+
+    def pad_to(self, index: int) -> None:
+        while self.length < index:
+            self.append(np.zeros(min(index - self.length, _BLOCK), dtype=np.int16))
+
+    def read(self, start: int, count: int) -> Int16Array:
+        """Samples [start, start+count), zero-filled past the end."""
+        out = np.zeros(count, dtype=np.int16)
+        available = max(0, min(count, self.length - start))
+        if available:
+            self._file.flush()
+            self._file.seek(start * 2)
+            out[:available] = np.frombuffer(self._file.read(available * 2), dtype="<i2")
+            self._file.seek(0, os.SEEK_END)
+        return out
+
+    def close(self) -> None:
+        self._file.close()
+
+
+class _Resampler:
+    """One soxr stream per channel, rebuilt when the input rate changes or a run of audio breaks."""
+
+    def __init__(self, out_rate: int) -> None:
+        self.out_rate = out_rate
+        self._rate: int | None = None
+        self._stream: Any = None
+
+    def __call__(self, samples: Int16Array, rate: int, *, fresh: bool = False) -> Int16Array:
+        if rate == self.out_rate:
+            return samples
+        if fresh or self._stream is None or rate != self._rate:
+            self._rate = rate
+            self._stream = soxr.ResampleStream(rate, self.out_rate, 1, dtype="int16", quality="HQ")
+        out: Int16Array = self._stream.resample_chunk(samples)
+        return out
+
+    def flush(self) -> Int16Array:
+        if self._stream is None:
+            return np.zeros(0, dtype=np.int16)
+        tail: Int16Array = self._stream.resample_chunk(np.zeros(0, dtype=np.int16), last=True)
+        self._stream = None
+        return tail
+
+    def reset(self) -> None:
+        self._stream = None
+
+
+@dataclass
+class _BotChunk:
+    start: int  # sample index on the recording's timeline
+    samples: Int16Array
+
+    @property
+    def end(self) -> int:
+        return self.start + len(self.samples)
+
+
+class CallRecorder:
+    """Builds one call's stereo recording from the live audio path.
+
+    Times are `clock()` seconds (monotonic by default, the playout's clock); sample 0 of the recording is
+    `origin` (the recorder's creation unless given).
+    """
+
+    def __init__(
+        self,
+        rate: int = 8000,
+        *,
+        origin: float | None = None,
+        clock: Clock = time.monotonic,
+        max_memory_bytes: int = 4 << 20,
+        commit_after_s: float = 2.0,
+        caller_jitter_s: float = 0.25,
+    ) -> None:
+        self.rate = rate
+        self.clock = clock
+        self.origin = clock() if origin is None else origin
+        self._caller = _Channel(max_memory_bytes // 2)
+        self._bot = _Channel(max_memory_bytes // 2)
+        self._caller_resampler = _Resampler(rate)
+        self._bot_resampler = _Resampler(rate)
+        self._pending: deque[_BotChunk] = deque()
+        self._caller_started = False
+        self._bot_end: int | None = None  # where the last bot chunk ended, to keep runs of audio contiguous
+        self._commit_after = round(commit_after_s * rate)
+        self._caller_jitter = round(caller_jitter_s * rate)
+        self._contiguous = max(1, round(0.002 * rate))  # scheduling rounding, not a gap
+        self._closed = False
+        self.late_cuts = 0
+
+    @property
+    def spilled(self) -> bool:
+        """True once the recording outgrew memory and moved to a temporary file."""
+        return self._caller.spilled or self._bot.spilled
+
+    @property
+    def duration_s(self) -> float:
+        end = max(self._caller.length, self._bot.length, self._pending[-1].end if self._pending else 0)
+        return end / self.rate
+
+    def _index(self, t: float) -> int:
+        return max(0, round((t - self.origin) * self.rate))
+
+    # --- feeding (on the event loop, from the call's audio path) --------------------------------------------
+
+    def caller(self, samples: Int16Array, rate: int, at: float | None = None) -> None:
+        """A caller frame that arrived at `at` (now by default). Frames are laid end to end; only a real gap
+        (the carrier sent nothing for longer than `caller_jitter_s`) becomes silence."""
+        if self._closed or not len(samples):
+            return
+        at = self.clock() if at is None else at
+        start = self._index(at - len(samples) / rate)
+        if not self._caller_started or start > self._caller.length + self._caller_jitter:
+            self._caller_started = True
+            self._caller.append(self._caller_resampler.flush())
+            self._caller.pad_to(start)
+        self._caller.append(self._caller_resampler(samples, rate))
+
+    def bot(self, samples: Int16Array, rate: int, start: float) -> None:
+        """A bot chunk the playout scheduled to start playing at `start`."""
+        if self._closed or not len(samples):
+            return
+        index = self._index(start)
+        contiguous = self._bot_end is not None and abs(index - self._bot_end) <= self._contiguous
+        if contiguous:
+            assert self._bot_end is not None
+            index = self._bot_end
+        out = self._bot_resampler(samples, rate, fresh=not contiguous)
+        self._pending.append(_BotChunk(index, out))
+        self._bot_end = index + len(out)
+        self._commit(self._index(self.clock()) - self._commit_after)
+
+    def cut(self, at: float | None = None) -> None:
+        """The caller stopped hearing the bot at `at` (barge-in, clearAudio): drop bot audio from then on."""
+        index = self._index(self.clock() if at is None else at)
+        if index < self._bot.length:
+            self.late_cuts += 1  # already committed: cannot happen while commit_after_s exceeds the playout lead
+        kept: deque[_BotChunk] = deque()
+        for chunk in self._pending:
+            if chunk.end <= index:
+                kept.append(chunk)
+            elif chunk.start < index:
+                kept.append(_BotChunk(chunk.start, chunk.samples[: index - chunk.start]))
+        self._pending = kept
+        self._bot_end = None
+        self._bot_resampler.reset()
+
+    def shift(self, after: float, delay_s: float) -> None:
+        """The carrier is playing late (a checkpoint came back `delay_s` late): move bot audio scheduled from
+        `after` on by the same amount, as the playout does with its own schedule."""
+        index, offset = self._index(after), round(delay_s * self.rate)
+        for chunk in self._pending:
+            if chunk.start >= index:
+                chunk.start += offset
+        if self._bot_end is not None and self._bot_end >= index:
+            self._bot_end += offset
+
+    def _commit(self, horizon: int) -> None:
+        while self._pending and self._pending[0].end <= horizon:
+            self._place(self._pending.popleft())
+
+    def _place(self, chunk: _BotChunk) -> None:
+        samples = chunk.samples
+        if chunk.start < self._bot.length:  # overlaps what is committed: keep the earlier audio
+            samples = samples[self._bot.length - chunk.start :]
+        self._bot.pad_to(chunk.start)
+        self._bot.append(samples)
+
+    # --- output --------------------------------------------------------------------------------------------
+
+    def finish(self, end_at: float | None = None) -> None:
+        """Stop recording. Bot audio scheduled after `end_at` (the call's end) was never heard."""
+        if self._closed:
+            return
+        if end_at is not None:
+            self.cut(end_at)
+        self._caller.append(self._caller_resampler.flush())
+        self._commit(1 << 62)
+        self._closed = True
+
+    async def write(self, path: Path, *, end_at: float | None = None) -> Path:
+        """Write the stereo WAV (atomically: readers never see half a file) in a worker thread."""
+        self.finish(end_at)
+        await asyncio.to_thread(self._write, Path(path))
+        return Path(path)
+
+    def write_in_background(self, path: Path, *, end_at: float | None = None) -> asyncio.Task[Path | None]:
+        """For a call's teardown: stop recording now, write the file without waiting for it; a failure is
+        logged, never raised (the task resolves to None)."""
+        self.finish(end_at)
+
+        async def run() -> Path | None:
+            try:
+                return await self.write(path)
+            except Exception:
+                log.exception("could not write call recording %s", path)
+                return None
+
+        task = asyncio.get_running_loop().create_task(run(), name=f"recording-{Path(path).stem}")
+        _background_writes.add(task)  # the loop only keeps weak references to tasks
+        task.add_done_callback(_background_writes.discard)
+        return task
+
+    def _write(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(path.name + ".part")
+        total = max(self._caller.length, self._bot.length)
+        try:
+            with wave.open(str(partial), "wb") as out:
+                out.setnchannels(2)
+                out.setsampwidth(2)
+                out.setframerate(self.rate)
+                for start in range(0, total, _BLOCK):
+                    count = min(_BLOCK, total - start)
+                    frames = np.empty((count, 2), dtype="<i2")
+                    frames[:, 0] = self._caller.read(start, count)
+                    frames[:, 1] = self._bot.read(start, count)
+                    out.writeframes(frames.tobytes())
+            os.replace(partial, path)
+        except BaseException:
+            partial.unlink(missing_ok=True)
+            raise
+        finally:
+            self.discard()
+
+    def discard(self) -> None:
+        """Release the buffers (and any temporary file) without writing."""
+        self._closed = True
+        self._pending.clear()
+        self._caller.close()
+        self._bot.close()
+
+
+# --- files on disk ---------------------------------------------------------------------------------------------
+
+
+def recording_path(directory: Path, call_id: str, started_at: float) -> Path:
+    """`<dir>/<UTC date>/<call id>.wav`: one folder per day keeps listings short and sweeping cheap."""
+    day = dt.datetime.fromtimestamp(started_at, dt.UTC).strftime("%Y-%m-%d")
+    safe = re.sub(r"[^A-Za-z0-9_.-]", "_", call_id)[:128].lstrip(".") or "call"
+    return directory / day / f"{safe}.wav"
+
+
+def sweep_recordings(directory: Path, retention_days: float, *, now: float | None = None) -> int:
+    """Delete recordings (and abandoned partial writes) older than the retention period; returns how many.
+
+    Only `.wav`/`.wav.part` files are touched, symlinks are never followed, and day folders left empty go.
+    """
+    if not directory.is_dir():
+        return 0
+    cutoff = (time.time() if now is None else now) - retention_days * 86400
+    removed = 0
+    for root, dirs, files in os.walk(directory, topdown=False, followlinks=False):
+        for name in files:
+            if not name.endswith(_SUFFIXES):
+                continue
+            path = Path(root) / name
+            try:
+                info = path.lstat()
+                if path.is_symlink() or info.st_mtime >= cutoff:
+                    continue
+                path.unlink()
+                removed += 1
+            except FileNotFoundError:
+                continue
+            except OSError as exc:
+                log.warning("could not delete old recording %s: %s", path, exc)
+        for name in dirs:
+            sub = Path(root) / name
+            if not sub.is_symlink():
+                with contextlib.suppress(OSError):
+                    sub.rmdir()  # only succeeds when empty
+    if removed:
+        log.info("deleted %d recording(s) older than %g days from %s", removed, retention_days, directory)
+    return removed
+
+
+def run_periodically(interval_s: float, job: Callable[[], Awaitable[object]], *, name: str) -> asyncio.Task[None]:
+    """Run `job` now and then every `interval_s` until the task is cancelled; a failing run is logged, not fatal."""
+
+    async def loop() -> None:
+        while True:
+            try:
+                await job()
+            except Exception:
+                log.exception("periodic job %s failed", name)
+            await asyncio.sleep(interval_s)
+
+    return asyncio.get_running_loop().create_task(loop(), name=name)
+
+
+def start_recording_sweeper(directory: Path, retention_days: float, interval_s: float = 3600.0) -> asyncio.Task[None]:
+    """The retention sweeper for the lifespan: deletes expired recordings hourly, in a worker thread."""
+    return run_periodically(
+        interval_s, lambda: asyncio.to_thread(sweep_recordings, directory, retention_days), name="recording-sweeper"
+    )
