@@ -21,6 +21,7 @@ lint: $(STAMP)
 	$(BIN)/mypy
 
 test: lint
+	scripts/ensure-postgres
 	$(BIN)/pytest -q
 
 bench: $(STAMP)

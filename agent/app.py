@@ -21,6 +21,7 @@ from agent.observability.health import ModelReachability
 from agent.observability.metrics import Metrics
 from agent.prompts.library import PromptLibrary
 from agent.state import AppState
+from agent.storage import CallStore, Database, RecordWriter, start_recording_sweeper
 
 log = logging.getLogger("agent.app")
 
@@ -41,19 +42,23 @@ def create_app(
             settings.vobiz_auth_id, settings.vobiz_auth_token.get_secret_value(), settings.vobiz_api_url
         )
     http = httpx.AsyncClient(follow_redirects=False, headers={"User-Agent": "vobiz-voice-agent"})
+    database = Database(settings.database_url)
+    call_store = CallStore(database)
+    writer = RecordWriter(call_store)
     deps = CallDeps(
         settings=settings,
         connector=connector,
         metrics=metrics,
         vobiz=vobiz,
         http=http,
+        records=writer,
         transfer_url=lambda call_id: f"{settings.public_url}/vobiz/transfer?call={call_id}",
         on_outcome=lambda call_id, outcome: None,
     )
     registry = CallRegistry(deps)
     prompts = PromptLibrary(settings.prompts_dir, settings.default_prompt)
     probe = ModelReachability(connector.base_url, settings.readiness_probe_interval_s)
-    state = AppState(settings, metrics, registry, connector, vobiz, prompts, probe)
+    state = AppState(settings, metrics, registry, connector, vobiz, prompts, probe, call_store, writer)
     # Fail at start-up, not on the first call, when the default prompt is unusable.
     prompts.get(settings.default_prompt)
 
@@ -72,8 +77,17 @@ def create_app(
                 "(tone replies, no real speech model). Set OPENAI_API_KEY to use OpenAI.",
                 engine.ws_base_url,
             )
+        await database.migrate()
+        writer.start()
+        sweeper = None
+        if settings.record_calls:
+            sweeper = start_recording_sweeper(settings.recordings_dir, settings.recording_retention_days)
         yield
         await registry.shutdown()
+        if sweeper is not None:
+            sweeper.cancel()
+        await writer.aclose()
+        await database.aclose()
         if engine is not None:
             await engine.stop()
         if vobiz is not None:

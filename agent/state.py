@@ -11,6 +11,7 @@ from agent.model.connection import ModelConnector
 from agent.observability.health import ModelReachability
 from agent.observability.metrics import Metrics
 from agent.prompts.library import PromptLibrary
+from agent.storage import CallStore, RecordWriter
 
 
 @dataclass
@@ -22,4 +23,6 @@ class AppState:
     vobiz: VobizClient | None
     prompts: PromptLibrary
     model_probe: ModelReachability
+    store: CallStore
+    records: RecordWriter
     draining: bool = field(default=False)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import tempfile
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,6 +46,7 @@ async def running_stack(
     engine = RealtimeServer(engine_config or RealtimeSimConfig())
     await engine.start()
     holder: dict[str, Any] = {}
+    workdir = tempfile.TemporaryDirectory(prefix="agent-test-")
 
     def make_app(base_url: str) -> FastAPI:
         values: dict[str, Any] = {
@@ -56,6 +58,8 @@ async def running_stack(
             "vobiz_auth_token": None,
             "vobiz_auth_id": None,
             "transfer_number": None,
+            "database_url": f"sqlite+aiosqlite:///{workdir.name}/agent.db",
+            "recordings_dir": Path(workdir.name) / "recordings",
         }
         settings = Settings(**(values | overrides))
         holder["settings"] = settings
@@ -71,3 +75,4 @@ async def running_stack(
                 await carrier.aclose()
     finally:
         await engine.stop()
+        workdir.cleanup()

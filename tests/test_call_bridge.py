@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -242,3 +243,37 @@ async def test_many_calls_run_side_by_side_without_mixing_audio() -> None:
         for c in calls:
             await c.hangup()
         assert np.all([c.protocol_errors == [] for c in calls])
+
+
+async def test_finished_calls_are_stored_with_their_recording() -> None:
+    import wave
+
+    async with running_stack(RealtimeSimConfig(reply_ms=4000, speed=1.5)) as stack:
+        call = await stack.carrier.place_call(
+            # The caller interrupts, then hangs up before the model could answer (VAD waits 500 ms of silence).
+            [CallerAudio.after_bot_audio(1000, CallerAudio.tone(300, 800, 0.4)), CallerAudio.silence(300)]
+        )
+        await call.wait_clear(timeout=8)
+        await call.wait_script_done(timeout=8)
+        await call.hangup()
+        await stack.engine.wait_idle(timeout=2)
+        await stack.state.records.flush()
+        detail = await stack.state.store.get_call(call.call_uuid)
+        assert detail is not None
+        stored = detail.record
+        assert stored.end_reason in ("carrier_closed", "caller_hangup") and stored.prompt_name == "default"
+        assert [t.speaker for t in stored.turns][:2] == ["assistant", "caller"]  # the caller cut in
+        assert stored.turns[0].interrupted and stored.turns[0].heard_ms == pytest.approx(1000, abs=80)
+        assert len(stored.barge_ins) == 1 and stored.cost_usd > 0
+        assert stored.recording_path
+        path = Path(stored.recording_path)
+        await call.wait_for(lambda: path.exists(), timeout=5)
+        with wave.open(str(path)) as wav:
+            assert wav.getnchannels() == 2 and wav.getframerate() == 8000
+            frames = np.frombuffer(wav.readframes(wav.getnframes()), dtype=np.int16).reshape(-1, 2)
+        caller, bot = frames[:, 0], frames[:, 1]
+        # The bot channel holds only what was heard: about one second of its answer, nothing after the cut.
+        assert np.count_nonzero(np.abs(bot) > 500) / 8000 == pytest.approx(1.0, abs=0.15)
+        loud = np.nonzero(np.abs(caller) > 500)[0]
+        assert (loud[-1] - loud[0]) / 8000 == pytest.approx(0.8, abs=0.05)  # the caller's 800 ms tone
+        assert dominant_hz(caller[loud[0] : loud[-1]], 8000) == pytest.approx(300, abs=5)

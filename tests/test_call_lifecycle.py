@@ -233,6 +233,8 @@ async def test_caller_hangup_closes_the_model_within_a_second() -> None:
         assert time.monotonic() - started < 1.0
         # The socket closing ends the call; Vobiz's hangup webhook right after may refine the reason.
         assert record(stack, call).end_reason in ("carrier_closed", "caller_hangup")
+        await call.wait_for(lambda: any(w.event == "Hangup" for w in call.webhooks), timeout=2)
+        assert [w.status for w in call.webhooks if w.event == "Hangup"] == [200]
 
 
 async def test_fifty_concurrent_calls_tear_down_with_nothing_left_running() -> None:
@@ -248,7 +250,7 @@ async def test_fifty_concurrent_calls_tear_down_with_nothing_left_running() -> N
         assert stack.engine.connections_open == 50
         agent_calls = {c.call_uuid: stack.state.registry.live[c.call_uuid] for c in calls}
         half = len(calls) // 2
-        await asyncio.gather(*[c.hangup() for c in calls[:half]])  # callers hang up
+        await asyncio.gather(*[c.hangup() for c in calls[:half]])  # callers hang up (socket, then webhook)
         await asyncio.gather(*[c.drop() for c in calls[half:]])  # or the network drops them
         await stack.engine.wait_idle(timeout=3)
         await wait_live_calls(stack, 0, timeout=3)
@@ -257,6 +259,8 @@ async def test_fifty_concurrent_calls_tear_down_with_nothing_left_running() -> N
             gone = next(e.t for e in c.timeline if e.kind in ("ws_closed", "ws_aborted"))
             ended = agent_calls[c.call_uuid].ended_monotonic
             assert ended is not None and ended - gone < 1.0
+        hangups = [w.status for c in calls for w in c.webhooks if w.event == "Hangup"]
+        assert hangups and set(hangups) == {200}  # webhooks racing the teardown are answered, never a 500
         assert tasks_now() - after_start == set()
         assert stack.metric("agent_active_calls") == 0
     assert tasks_now() - baseline == set()

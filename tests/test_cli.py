@@ -6,6 +6,7 @@ import asyncio
 import os
 import socket
 import sys
+import tempfile
 from collections.abc import AsyncIterator
 
 import pytest
@@ -23,8 +24,12 @@ def free_port() -> int:
 
 
 def clean_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "VOBIZ_", "AGENT_", "PUBLIC_URL"))}
-    return env | extra
+    """The environment of a fresh machine: no keys, and the agent's files in a throwaway folder."""
+    skip = ("OPENAI_", "VOBIZ_", "AGENT_", "PUBLIC_URL", "DATABASE_URL")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(skip)}
+    workdir = tempfile.mkdtemp(prefix="agent-cli-")
+    defaults = {"DATABASE_URL": f"sqlite+aiosqlite:///{workdir}/agent.db", "AGENT_RECORDINGS_DIR": f"{workdir}/rec"}
+    return env | defaults | extra
 
 
 async def read_until(stream: asyncio.StreamReader, needle: str, timeout: float) -> list[str]:  # noqa: ASYNC109

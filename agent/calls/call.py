@@ -26,6 +26,7 @@ from openai import OpenAIError
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 from websockets.exceptions import ConnectionClosed
 
+from agent.audio.codecs import Int16Array, l16_to_pcm16, mulaw_to_pcm16
 from agent.audio.formats import MediaFormat
 from agent.audio.transcode import BotAudioConverter, CallerAudioConverter
 from agent.calls.playout import Playout
@@ -41,6 +42,8 @@ from agent.model import session_config
 from agent.model.connection import ModelConnection, ModelConnector, close_connection, discard, send_event
 from agent.observability.metrics import Metrics
 from agent.prompts.loader import Prompt
+from agent.storage.recordings import CallRecorder, recording_path
+from agent.storage.writer import RecordWriter
 
 log = logging.getLogger("agent.call")
 
@@ -75,6 +78,7 @@ class CallDeps:
     metrics: Metrics
     vobiz: VobizClient | None
     http: httpx.AsyncClient
+    records: RecordWriter | None
     transfer_url: Callable[[str], str]
     on_outcome: Callable[[str, Outcome], None]
 
@@ -112,6 +116,11 @@ class Call:
             lead_ms=deps.settings.playout_lead_ms,
             checkpoint_interval_ms=deps.settings.checkpoint_interval_ms,
         )
+        self.recorder = CallRecorder(self.format.rate) if deps.settings.record_calls else None
+        if self.recorder is not None:
+            recorder, fmt = self.recorder, self.format
+            self.playout.on_scheduled = lambda data, start: recorder.bot(_decode(fmt, data), fmt.rate, start)
+            self.playout.on_late = recorder.shift
         self._caller_queue: deque[bytes] = deque()
         self._caller_queued_ms = 0.0
         self._caller_data = asyncio.Event()
@@ -134,6 +143,7 @@ class Call:
         self.barge_ins = 0
         self._drops: dict[str, int] = {}
         self._audio_done: set[str] = set()
+        self._truncated: set[str] = set()
         self.done = asyncio.Event()
         self.ended_monotonic: float | None = None
         self.started_monotonic = time.monotonic()
@@ -173,23 +183,45 @@ class Call:
             await self._close_sockets()
             self.record.cost_usd = self.record.usage.cost_usd(self.settings.prices)
             self.record.finish(self.end_reason)
+            self._store()
             self.metrics.calls.labels(self.end_reason).inc()
             self.log.info("call ended: %s", self.end_reason)
             self.ended_monotonic = time.monotonic()
             self.done.set()
 
+    def _store(self) -> None:
+        """Hand the record and recording to background writers: nothing here may block the loop."""
+        if self.recorder is not None:
+            path = recording_path(self.settings.recordings_dir, self.call_id, self.record.started_at)
+            self.record.recording_path = str(path)
+            self.recorder.write_in_background(path, end_at=time.monotonic())
+        if self.deps.records is not None:
+            self.deps.records.submit(self.record, self.prompt)
+
     def hang_up(self, reason: str) -> None:
-        """End the call from outside (hangup webhook, shutdown)."""
+        """End the call from outside (hangup webhook, shutdown); harmless when it is already ending."""
+        if self.done.is_set():
+            return
         self.end_reason = reason
         self.closing = True
-        if self._tg is not None:
-            self._tg.create_task(self._raise_over())
+        if self._tg is None:
+            return
+        over = self._raise_over()
+        try:
+            self._tg.create_task(over)
+        except RuntimeError:  # the task group is already shutting down: the call is ending anyway
+            over.close()
 
     def wrap_up(self, reason: str) -> None:
         """End the call from outside, politely: a spoken wrap-up, then the stream stops."""
-        if self._tg is not None and not self.closing:
-            self.closing = True
-            self._tg.create_task(wrap_up(self, reason), name="wrap-up")
+        if self._tg is None or self.closing:
+            return
+        self.closing = True
+        job = wrap_up(self, reason)
+        try:
+            self._tg.create_task(job, name="wrap-up")
+        except RuntimeError:
+            job.close()
 
     @staticmethod
     async def _raise_over() -> None:
@@ -279,6 +311,8 @@ class Call:
             except (binascii.Error, ValueError) as exc:
                 self._drop("bad_audio", str(exc))
                 return
+            if self.recorder is not None:
+                self.recorder.caller(_decode(self.format, payload, self.caller_audio.big_endian), self.format.rate)
             self._queue_caller_audio(audio)
         elif isinstance(event, messages.PlayedStreamEvent):
             self.playout.on_played(event.name)
@@ -563,6 +597,8 @@ class Call:
             self.metrics.barge_ins.inc()
             self.barge_ins += 1
         heard = self.playout.clear() if audible else {}
+        if audible and self.recorder is not None:
+            self.recorder.cut()  # queued bot audio that was never heard stays out of the recording
         self.bot_audio.reset()
         active = self.responses.active_id
         if active:
@@ -583,11 +619,12 @@ class Call:
     async def _truncate(self, item_id: str, heard_ms: float) -> None:
         """Make the model's memory match what the caller heard of an item."""
         received = self.received_ms.get(item_id, 0.0)
-        if received <= 0:
-            return  # no audio: nothing the server could truncate
+        if received <= 0 or item_id in self._truncated:
+            return  # no audio, or already cut to what was heard: nothing more to forget
         if heard_ms >= received - 1 and item_id in self._audio_done:
             return  # the whole item had played: nothing to forget
         self.interrupted_items.add(item_id)
+        self._truncated.add(item_id)
         self.record.assistant_interrupted(item_id, heard_ms, received)
         if heard_ms < 1:
             # The caller heard none of it: remove it rather than keep words nobody heard.
@@ -663,3 +700,7 @@ class Call:
                 self._tg.create_task(run_tool(self, tool), name=f"tool-{tool.name}")
         await self.responses.finished(response_id)
         self.activity.set()
+
+
+def _decode(fmt: MediaFormat, data: bytes, big_endian: bool = False) -> Int16Array:
+    return mulaw_to_pcm16(data) if fmt.is_mulaw else l16_to_pcm16(data, big_endian=big_endian)

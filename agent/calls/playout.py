@@ -97,6 +97,9 @@ class Playout:
         self.chunks_sent = 0
         self.late_acks = 0
         self._generation = 0  # bumped by clear(): a send in flight must not checkpoint stale audio
+        # Observers (the call recorder): each chunk with its scheduled start; each late re-anchoring.
+        self.on_scheduled: Callable[[bytes, float], None] | None = None
+        self.on_late: Callable[[float, float], None] | None = None
 
     # --- feeding -------------------------------------------------------------------------------------------
 
@@ -163,6 +166,8 @@ class Playout:
             start = max(now, self._play_end)
             segment = _Segment(chunk.item_id, chunk.offset_ms, start, chunk.duration_ms)
             info.segments.append(segment)
+            if self.on_scheduled is not None:
+                self.on_scheduled(chunk.data, start)
             self._play_end = segment.end
             info.sent_ms = chunk.offset_ms + chunk.duration_ms
             payload = base64.b64encode(chunk.data).decode()
@@ -195,6 +200,8 @@ class Playout:
         info.acked_ms = max(info.acked_ms, cp.offset_ms)
         delay = now - cp.expected_at
         if delay > 0.005:
+            if self.on_late is not None:
+                self.on_late(cp.expected_at, delay)
             # The carrier is behind our schedule (jitter, an underrun): shift what has not finished playing.
             self.late_acks += 1
             for item in self._items.values():

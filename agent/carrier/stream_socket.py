@@ -34,7 +34,7 @@ async def stream(ws: WebSocket) -> None:
     await ws.accept()
     try:
         start = await asyncio.wait_for(_wait_for_start(ws, state), _START_TIMEOUT_S)
-    except (TimeoutError, WebSocketDisconnect):
+    except (TimeoutError, WebSocketDisconnect, OSError):
         state.metrics.stream_rejected.labels("no_start").inc()
         log.warning("stream for call %s never sent start", call_id)
         await _close(ws)
@@ -75,5 +75,5 @@ async def _wait_for_start(ws: WebSocket, state: AppState) -> StartInfo:
 
 
 async def _close(ws: WebSocket) -> None:
-    with contextlib.suppress(RuntimeError):
+    with contextlib.suppress(Exception):  # the peer may already be gone (ClientDisconnected)
         await ws.close(code=_POLICY_VIOLATION)

@@ -1,0 +1,531 @@
+"""`make bench`: N concurrent simulated phone calls against the real agent process, and against a bare relay.
+
+For each side (first the baseline relay, then the agent) the bench starts a fresh local Realtime engine in its
+own process, starts the server under test in its own process, places N staggered calls through the simulated
+Vobiz carrier in this process, and measures:
+
+* CPU of the server process over a steady-state window (all calls up, none ending), per concurrent call;
+* added latency per hop: caller frame → model (carrier sent `media` → engine got the matching
+  `input_audio_buffer.append`) and model → caller (engine sent a response's first audio delta → carrier got
+  that response's first `playAudio`);
+* barge-in reaction: engine sent `speech_started` while bot audio was playing → carrier got `clearAudio`;
+* for the agent: truncation error (|truncate.audio_end_ms − what the carrier had played|) and playout gaps.
+
+Results go to stdout as a table and to a JSON file (default bench/results/calls-<timestamp>.json).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import datetime as dt
+import json
+import math
+import os
+import platform
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import analysis
+import httpx
+import procs
+from wire import CONTENT_TYPES, MULAW_8K
+from workload import STAGGER_S, CallResult, LoopLag, WorkloadConfig, run_calls
+
+WARMUP_S = 1.5  # after the last call started, before the CPU window opens
+MIN_WINDOW_S = 2.0
+SIDES = ("baseline", "agent")
+SIDE_OVERHEAD_S = 150.0  # start-up, hang-ups, draining: a side taking longer than this is stuck
+
+
+@dataclass
+class SideRun:
+    name: str
+    calls: list[CallResult]
+    engine: dict[str, Any]
+    cpu: dict[str, float]
+    rss_mb: dict[str, float]
+    window_s: float
+    bench_lag_ms: list[float]
+    log_path: Path
+    metrics: dict[str, float] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    log_marks: dict[str, int] = field(default_factory=dict)  # "stopping": log size when shutdown began
+
+
+def _engine_args(args: argparse.Namespace, port: int) -> list[str]:
+    return [
+        str(procs.BENCH_DIR / "simengine.py"),
+        "--port",
+        str(port),
+        "--reply-ms",
+        str(args.reply_ms),
+        "--speed",
+        str(args.speed),
+    ]
+
+
+async def _get_json(url: str, limit_s: float = 10.0) -> dict[str, Any]:
+    async with httpx.AsyncClient() as http:
+        resp = await http.get(url, timeout=limit_s)
+        resp.raise_for_status()
+        data: dict[str, Any] = resp.json()
+        return data
+
+
+async def _drain_engine(port: int) -> dict[str, Any]:
+    """Wait (bounded) for the server under test to close its model sockets, then collect the summaries."""
+    base = f"http://127.0.0.1:{port}/bench"
+    deadline = time.monotonic() + analysis.ENGINE_IDLE_S
+    while time.monotonic() < deadline:
+        status = await _get_json(f"{base}/status")
+        if not status.get("open"):
+            break
+        await asyncio.sleep(0.2)
+    return await _get_json(f"{base}/drain", limit_s=30.0)
+
+
+async def _scrape_metrics(url: str) -> dict[str, float]:
+    """The agent's own Prometheus counters (everything agent_* that is not a histogram bucket)."""
+    out: dict[str, float] = {}
+    with contextlib.suppress(httpx.HTTPError):
+        async with httpx.AsyncClient() as http:
+            resp = await http.get(url, timeout=5.0)
+        for line in resp.text.splitlines():
+            if not line.startswith("agent_") or "_bucket{" in line or "_created" in line:
+                continue
+            name, _, value = line.rpartition(" ")
+            with contextlib.suppress(ValueError):
+                if float(value):
+                    out[name] = float(value)
+    return out
+
+
+async def run_side(name: str, args: argparse.Namespace, stem: Path) -> SideRun:
+    cfg = WorkloadConfig(calls=args.calls, seconds=args.seconds, content_type=args.content_type, seed=args.seed)
+    engine_port = procs.free_port()
+    engine = procs.start(
+        "engine", _engine_args(args, engine_port), procs.clean_env({}), Path(f"{stem}-engine-{name}.log")
+    )
+    target: procs.Child | None = None
+    workdir: Path | None = None
+    notes: list[str] = []
+    log_marks: dict[str, int] = {}
+    try:
+        await procs.wait_ready(engine, f"http://127.0.0.1:{engine_port}/bench/health")
+        port = procs.free_port()
+        log_path = Path(f"{stem}-{name}.log")
+        if name == "agent":
+            # The agent keeps a database and call recordings: point them at a scratch directory, not var/.
+            workdir = Path(tempfile.mkdtemp(prefix="bench-agent-"))
+            env = procs.clean_env(
+                {
+                    "DATABASE_URL": f"sqlite+aiosqlite:///{workdir}/agent.db",
+                    "AGENT_RECORDINGS_DIR": str(workdir / "recordings"),
+                    "OPENAI_API_KEY": "dummy",
+                    "OPENAI_BASE_URL": f"http://127.0.0.1:{engine_port}/v1",
+                    "PUBLIC_URL": f"http://127.0.0.1:{port}",
+                    "AGENT_LOG_LEVEL": "WARNING",
+                    "AGENT_STREAM_CONTENT_TYPE": args.content_type,
+                    "AGENT_PROMPTS_DIR": str(procs.ROOT / "prompts"),
+                }
+            )
+            target = procs.start(
+                "agent", ["-m", "agent", "serve", "--host", "127.0.0.1", "--port", str(port)], env, log_path
+            )
+            answer_path = "/vobiz/answer"
+        else:
+            relay_args = [
+                str(procs.BENCH_DIR / "relay.py"),
+                "--port",
+                str(port),
+                "--engine",
+                f"ws://127.0.0.1:{engine_port}/v1/realtime",
+                "--content-type",
+                args.content_type,
+            ]
+            target = procs.start("baseline relay", relay_args, procs.clean_env({}), log_path)
+            answer_path = "/answer"
+        base_url = f"http://127.0.0.1:{port}"
+        await procs.wait_ready(target, f"{base_url}/healthz")
+        meter = procs.CpuMeter({"server": target.pid, "engine": engine.pid, "bench": os.getpid()})
+        await asyncio.sleep(0.3)
+        idle_start = meter.snapshot()
+        await asyncio.sleep(1.0)
+        idle = meter.snapshot()
+        idle_cpu = procs.cpu_between(idle_start, idle)["server"]
+        window: dict[str, Any] = {}
+
+        async def measure(t0: float) -> None:
+            ramp_end = t0 + (cfg.calls - 1) * cfg.stagger_s
+            start, end = ramp_end + WARMUP_S, t0 + cfg.seconds - 0.3
+            if end - start < MIN_WINDOW_S:
+                start = ramp_end + 0.3
+                notes.append(f"short steady-state window ({end - start:.1f} s): use longer --seconds")
+            await asyncio.sleep(max(0.0, start - time.monotonic()))
+            window["a"] = meter.snapshot()
+            peak = dict(window["a"].rss)
+            while time.monotonic() < end:
+                await asyncio.sleep(min(0.5, max(0.0, end - time.monotonic())))
+                snap = meter.snapshot()
+                peak = {k: max(v, snap.rss.get(k, 0)) for k, v in peak.items()}
+            window["b"] = meter.snapshot()
+            window["peak"] = peak
+
+        tasks: list[asyncio.Task[None]] = []
+        lag = LoopLag()
+        lag_task = asyncio.create_task(lag.watch())
+        try:
+            results = await run_calls(
+                base_url, answer_path, cfg, lambda t0: tasks.append(asyncio.create_task(measure(t0)))
+            )
+        finally:
+            lag_task.cancel()
+            for task in tasks:
+                if not task.done():
+                    task.cancel()
+            await asyncio.gather(lag_task, *tasks, return_exceptions=True)
+        metrics = await _scrape_metrics(f"{base_url}/metrics") if name == "agent" else {}
+        try:
+            engine_data = await _drain_engine(engine_port)
+        except (httpx.HTTPError, ValueError) as exc:
+            engine_data = {"sessions": [], "internal_errors": [f"could not collect the engine's records: {exc!r}"]}
+        if "a" in window and "b" in window:
+            cpu = procs.cpu_between(window["a"], window["b"])
+            window_s = window["b"].t - window["a"].t
+            peak = window["peak"]
+        else:
+            cpu, window_s, peak = (
+                {"server": math.nan, "engine": math.nan, "bench": math.nan, "machine": math.nan},
+                0.0,
+                {},
+            )
+            notes.append("the CPU window was never completed")
+        cpu["server_idle"] = idle_cpu
+        mb = 1024 * 1024
+        rss = {
+            "idle": idle.rss["server"] / mb,
+            "steady": peak.get("server", 0) / mb,
+            "per_call": (peak.get("server", 0) - idle.rss["server"]) / mb / max(1, cfg.calls),
+            "engine_peak": peak.get("engine", 0) / mb,
+            "bench_peak": peak.get("bench", 0) / mb,
+        }
+        return SideRun(
+            name, results, engine_data, cpu, rss, window_s, lag.samples_ms, log_path, metrics, notes, log_marks
+        )
+    finally:
+        if target is not None:
+            with contextlib.suppress(OSError):
+                log_marks["stopping"] = target.log_path.stat().st_size
+        # `notes` is shared with the SideRun being returned, so these still reach the report.
+        if target is not None and procs.stop(target):
+            notes.append(f"the {target.name} did not exit within 5 s of SIGTERM and was killed")
+        if procs.stop(engine):
+            notes.append("the engine did not exit within 5 s of SIGTERM and was killed")
+        if workdir is not None:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Report
+# ------------------------------------------------------------------------------------------------------------
+
+
+def side_report(run: SideRun, content_type: str, calls: int) -> dict[str, Any]:
+    m = analysis.match_side(run.calls, run.engine, content_type)
+    problems, tallies = analysis.collect_problems(run.calls, run.engine, m, run.name)
+    problems = [f"note ({run.name}): {n}" for n in run.notes] + problems
+    turns: Counter[str] = Counter()
+    for call in run.calls:
+        turns.update(call.turns)
+    bot_min = m.counts["bot_audio_ms"] / 60000
+    log_bytes = run.log_path.read_bytes() if run.log_path.exists() else b""
+    stop_at = run.log_marks.get("stopping", len(log_bytes))
+    during, shutdown = (log_bytes[:stop_at].decode(errors="replace"), log_bytes[stop_at:].decode(errors="replace"))
+    return {
+        "overloaded": analysis.overload(m, run.engine),
+        "cpu": {
+            "per_call_pct": run.cpu["server"] / calls,
+            "server_pct": run.cpu["server"],
+            "engine_pct": run.cpu["engine"],
+            "bench_pct": run.cpu["bench"],
+            "machine_pct": run.cpu["machine"],
+            "others_pct": run.cpu["machine"] * (os.cpu_count() or 1)
+            - run.cpu["server"]
+            - run.cpu["engine"]
+            - run.cpu["bench"],
+            "server_idle_pct": run.cpu.get("server_idle", math.nan),
+            "window_s": round(run.window_s, 2),
+        },
+        "rss_mb": {k: round(v, 2) for k, v in run.rss_mb.items()},
+        "latency_ms": {
+            "caller_to_model": analysis.stats(m.frame_ms),
+            "model_to_caller": analysis.stats(m.delta_ms),
+            "caller_to_model_call_start": analysis.stats(m.startup_frame_ms),
+            "model_to_caller_greeting": analysis.stats(m.greeting_delta_ms),
+            "barge_in": analysis.stats(m.barge_ms),
+        },
+        "truncation_error_ms": analysis.stats(m.trunc_err_ms),
+        "truncation_signed_error_ms": analysis.stats(m.trunc_signed_ms),
+        "playout_gaps": {
+            "count": len(m.gaps_ms),
+            "total_ms": round(sum(m.gaps_ms), 1),
+            "per_min_of_bot_audio": round(len(m.gaps_ms) / bot_min, 2) if bot_min else None,
+            "duration_ms": analysis.stats(m.gaps_ms),
+        },
+        "counts": dict(m.counts),
+        "turns": dict(turns),
+        "calls_ok": sum(1 for c in run.calls if c.error is None),
+        "outliers": m.outliers,
+        "carrier_lag_ms": {
+            "caller_frames_sent_late": analysis.stats(m.send_lag_ms),
+            "playout_ticks_late": analysis.stats(m.playout_lag_ms),
+        },
+        "loop_lag_ms": {
+            "bench": analysis.stats(run.bench_lag_ms),
+            "engine": analysis.stats(run.engine.get("loop_lag_ms", [])),
+        },
+        "engine_max_rss_mb": round(run.engine.get("max_rss_kb", 0) / 1024, 1),
+        "problems": problems,
+        "tallies": tallies,
+        "server_log": {"path": str(run.log_path), **analysis.summarize_log(during)},
+        "server_log_at_shutdown": analysis.summarize_log(shutdown),
+        "server_metrics": run.metrics,
+        "call_errors": [c.error for c in run.calls if c.error][:10],
+    }
+
+
+def _fmt(value: float | int | None, digits: int = 2) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    return f"{value:.{digits}f}"
+
+
+def _ratio(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}x"
+
+
+def build_ratios(base: dict[str, Any], agent: dict[str, Any]) -> dict[str, float | None]:
+    out: dict[str, float | None] = {
+        "cpu_per_call": analysis.ratio(agent["cpu"]["per_call_pct"], base["cpu"]["per_call_pct"])
+    }
+    for hop in ("caller_to_model", "model_to_caller", "barge_in"):
+        for p in ("p50", "p95", "p99"):
+            out[f"{hop}_{p}"] = analysis.ratio(agent["latency_ms"][hop][p], base["latency_ms"][hop][p])
+    return out
+
+
+def render(report: dict[str, Any]) -> str:
+    """The human-readable table: one column per side, then agent/baseline."""
+    cfg = report["config"]
+    sides: dict[str, dict[str, Any]] = report["sides"]
+    names = [s for s in SIDES if s in sides]
+    both = len(names) == 2
+    ratios: dict[str, float | None] = report.get("ratios", {})
+    lines = [
+        f"Vobiz agent bench: {cfg['calls']} concurrent calls x {cfg['seconds']:g} s, {cfg['content_type']}, "
+        f"{report['machine']['cpus']} CPUs; engine replies {cfg['reply_ms']} ms at {cfg['speed']:g}x real time",
+        "",
+    ]
+    warnings = [f"WARNING: the {n} run fell behind real time: {r}" for n in names for r in sides[n]["overloaded"]]
+    if warnings:
+        lines += [*warnings, "  -> its latencies measure the backlog, not per-hop cost; try fewer --calls", ""]
+    lines.append(f"{'':40}" + "".join(f"{n:>12}" for n in names) + (f"{'agent/base':>12}" if both else ""))
+
+    def row(label: str, values: list[str], ratio_key: str | None = None) -> None:
+        text = f"{label:40}" + "".join(f" {v:>11}" for v in values)
+        if both and ratio_key is not None:
+            text += f"{_ratio(ratios.get(ratio_key)):>12}"
+        lines.append(text)
+
+    def col(path: str, digits: int = 2) -> list[str]:
+        out = []
+        for n in names:
+            value: Any = sides[n]
+            for key in path.split("."):
+                value = value[key]
+            out.append(_fmt(value, digits))
+        return out
+
+    row("CPU per concurrent call (% of a core)", col("cpu.per_call_pct", 3), "cpu_per_call")
+    row(
+        "  -> calls per core at that cost",
+        [
+            _fmt(100 / s["cpu"]["per_call_pct"] if s["cpu"]["per_call_pct"] > 0 and not s["overloaded"] else None, 0)
+            for s in (sides[n] for n in names)
+        ],
+    )
+    row("server CPU, all calls (% of a core)", col("cpu.server_pct", 1))
+    row("server CPU before calls (% of a core)", col("cpu.server_idle_pct", 1))
+    row(
+        "server RSS idle -> steady (MB)",
+        [f"{sides[n]['rss_mb']['idle']:.0f} -> {sides[n]['rss_mb']['steady']:.0f}" for n in names],
+    )
+    hops = {
+        "caller_to_model": "caller frame -> model (after the first 1 s)",
+        "model_to_caller": "model delta -> caller (all but greetings)",
+        "barge_in": "barge-in: speech_started -> clearAudio",
+    }
+    for hop, label in hops.items():
+        lines.append(label + ", ms")
+        for p in ("p50", "p95", "p99", "max"):
+            row(f"  {p}", col(f"latency_ms.{hop}.{p}"), f"{hop}_{p}" if p != "max" else None)
+        row("  samples", col(f"latency_ms.{hop}.n", 0))
+    lines.append("call start, ms (p50 / max)")
+    for hop, label in (
+        ("caller_to_model_call_start", "  caller frames in the first 1 s"),
+        ("model_to_caller_greeting", "  greeting: first delta -> caller"),
+    ):
+        row(
+            label,
+            [
+                f"{_fmt(sides[n]['latency_ms'][hop]['p50'], 0)}/{_fmt(sides[n]['latency_ms'][hop]['max'], 0)}"
+                for n in names
+            ],
+        )
+    if "agent" in sides:
+        a = sides["agent"]
+        te, gaps, c = a["truncation_error_ms"], a["playout_gaps"], a["counts"]
+        lines += [
+            "",
+            "agent only",
+            f"  truncation error |audio_end_ms - carrier played ms|: p50 {_fmt(te['p50'], 1)}, "
+            f"p95 {_fmt(te['p95'], 1)}, max {_fmt(te['max'], 1)} ms (n={te['n']})",
+            f"  truncates sent {c.get('truncates', 0)}: {c.get('truncates_repeated', 0)} repeated an earlier truncate "
+            f"of the same item, {c.get('truncates_of_other_items', 0)} for other items",
+            f"  playout gaps mid-response: {gaps['count']} ({_fmt(gaps['per_min_of_bot_audio'])} per minute of bot "
+            f"audio), total {gaps['total_ms']:.0f} ms, max {_fmt(gaps['duration_ms']['max'], 0)} ms",
+            f"  appends {c.get('appends', 0)} ({c.get('appends_batched', 0)} carried >1 frame); responses "
+            f"{c.get('responses', 0)} ({c.get('responses_cancelled', 0)} cancelled); barge-ins {c.get('barge_ins', 0)}",
+        ]
+    lines += ["", "context (same CPU window)"]
+    for n in names:
+        s = sides[n]
+        cpu, lag, sent = s["cpu"], s["loop_lag_ms"], s["carrier_lag_ms"]["caller_frames_sent_late"]
+        lines += [
+            f"  {n:9} % of a core: engine {_fmt(cpu['engine_pct'], 0)}, bench {_fmt(cpu['bench_pct'], 0)}, other "
+            f"processes {_fmt(cpu['others_pct'], 0)}; machine {_fmt(cpu['machine_pct'], 0)}% busy over "
+            f"{cpu['window_s']} s",
+            f"  {'':9} loop lag p99: bench {_fmt(lag['bench']['p99'], 1)} ms, engine {_fmt(lag['engine']['p99'], 1)}"
+            f" ms; caller frames sent late p99 {_fmt(sent['p99'], 1)} ms (max {_fmt(sent['max'], 0)}); calls ok "
+            f"{s['calls_ok']}/{cfg['calls']}",
+        ]
+    problems = [(n, p) for n in names for p in sides[n]["problems"]]
+    logs = [(n, sides[n]["server_log"]) for n in names if sides[n]["server_log"]["top"]]
+    for n in names:  # warnings while shutting down are expected (draining); errors are not
+        late = sides[n]["server_log_at_shutdown"]
+        if late["tracebacks"] or {"ERROR", "CRITICAL"} & set(late["levels"]):
+            problems.append((n, f"errors in the server log while it shut down: {late['top'][:3]}"))
+    if problems or logs:
+        lines += ["", "problems seen"]
+        lines += [f"  [{n}] {p}" for n, p in problems]
+        for n, log in logs:
+            lines.append(f"  [{n}] server log: {log['levels']}, {log['tracebacks']} tracebacks ({log['path']}):")
+            lines += [f"    {count:6d}  {shape}" for shape, count in log["top"]]
+    lines += ["", f"results: {report['out']}"]
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Entry point
+# ------------------------------------------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="bench/calls.py", description="Concurrent simulated calls: agent vs a bare relay baseline."
+    )
+    parser.add_argument("--calls", type=int, default=50, help="concurrent calls (default 50)")
+    parser.add_argument("--seconds", type=float, default=20.0, help="length of each call in seconds (default 20)")
+    parser.add_argument("--content-type", default=MULAW_8K, choices=CONTENT_TYPES, help="stream audio format")
+    parser.add_argument("--out", type=Path, default=None, help="JSON results (default bench/results/calls-<time>.json)")
+    parser.add_argument("--only", choices=("both", *SIDES), default="both", help="run one side only")
+    parser.add_argument("--reply-ms", type=int, default=2500, help="length of every engine reply (default 2500)")
+    parser.add_argument("--speed", type=float, default=2.0, help="engine audio speed vs real time (default 2)")
+    parser.add_argument("--seed", type=int, default=20240607, help="caller audio seed")
+    args = parser.parse_args(argv)
+    if args.calls < 1 or args.seconds < 3:
+        parser.error("need --calls >= 1 and --seconds >= 3")
+    return args
+
+
+def _git_commit() -> str | None:
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        out = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=procs.ROOT, capture_output=True, text=True, timeout=5
+        )
+        return out.stdout.strip() or None
+    return None
+
+
+async def run(args: argparse.Namespace) -> dict[str, Any]:
+    main_task = asyncio.current_task()
+    if main_task is not None:  # SIGTERM/SIGHUP unwind like Ctrl-C, so the child processes are stopped
+        for sig in (signal.SIGTERM, signal.SIGHUP):
+            asyncio.get_running_loop().add_signal_handler(sig, main_task.cancel)
+    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    out: Path = args.out or procs.BENCH_DIR / "results" / f"calls-{stamp}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    stem = out.with_suffix("")
+    sides = SIDES if args.only == "both" else (args.only,)
+    report: dict[str, Any] = {
+        "config": {
+            "calls": args.calls,
+            "seconds": args.seconds,
+            "content_type": args.content_type,
+            "reply_ms": args.reply_ms,
+            "speed": args.speed,
+            "seed": args.seed,
+            "workload": asdict(WorkloadConfig(args.calls, args.seconds, args.content_type, seed=args.seed)),
+        },
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": sys.version.split()[0],
+            "platform": platform.platform(),
+            "commit": _git_commit(),
+            "loop": type(asyncio.get_running_loop()).__module__,
+        },
+        "started_at": dt.datetime.now().isoformat(timespec="seconds"),
+        "out": str(out),
+        "sides": {},
+    }
+    for name in sides:
+        print(f"[bench] {name}: {args.calls} calls x {args.seconds:g} s ...", file=sys.stderr, flush=True)
+        t = time.monotonic()
+        async with asyncio.timeout(args.calls * STAGGER_S + args.seconds + SIDE_OVERHEAD_S):
+            side = await run_side(name, args, stem)
+        report["sides"][name] = side_report(side, args.content_type, args.calls)
+        del side  # the per-call records can go once summarized
+        print(f"[bench] {name}: done in {time.monotonic() - t:.0f} s", file=sys.stderr, flush=True)
+    if len(sides) == 2:
+        report["ratios"] = build_ratios(report["sides"]["baseline"], report["sides"]["agent"])
+    return report
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    try:
+        try:
+            import uvloop
+        except ImportError:
+            report = asyncio.run(run(args))
+        else:
+            report = uvloop.run(run(args))
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        print("[bench] interrupted; child processes stopped", file=sys.stderr)
+        sys.exit(130)
+    Path(report["out"]).write_text(json.dumps(report, indent=1, default=str))
+    print(render(report))
+
+
+if __name__ == "__main__":
+    main()
