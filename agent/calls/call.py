@@ -39,7 +39,7 @@ from agent.carrier.messages import InboundError, StartInfo, parse_inbound
 from agent.carrier.rest import VobizApiError, VobizClient
 from agent.config import Settings
 from agent.model import session_config
-from agent.model.connection import ModelConnection, ModelConnector, close_connection, discard, send_event
+from agent.model.connection import ModelConnector, ModelSocket, discard
 from agent.observability.metrics import Metrics
 from agent.prompts.loader import Prompt
 from agent.storage.recordings import CallRecorder, recording_path
@@ -90,7 +90,7 @@ class Call:
         prompt: Prompt,
         record: CallRecord,
         deps: CallDeps,
-        model: asyncio.Future[ModelConnection] | None = None,
+        model: asyncio.Future[ModelSocket] | None = None,
     ) -> None:
         self.call_id = start.callId
         self.stream_id = start.streamId
@@ -101,7 +101,7 @@ class Call:
         self.settings = deps.settings
         self.metrics = deps.metrics
         self._model_pending = model
-        self.model: ModelConnection | None = None
+        self.model: ModelSocket | None = None
         self.model_ready = asyncio.Event()
         self.log = logging.LoggerAdapter(log, {"call_id": self.call_id})
         self._ws: WebSocket | None = None
@@ -233,7 +233,7 @@ class Call:
             # The call ended before the pre-warmed connection was claimed: close it in the background.
             discard(self._model_pending)
         if model is not None:
-            await close_connection(model)
+            await model.close()
         ws = self._ws
         if ws is not None and ws.client_state == WebSocketState.CONNECTED:
             with contextlib.suppress(Exception):
@@ -356,7 +356,7 @@ class Call:
             self._caller_data.clear()
             message = '{"type":"input_audio_buffer.append","audio":"' + base64.b64encode(audio).decode() + '"}'
             try:
-                await model.send_raw(message)
+                await model.send_text(message)
             except (ConnectionClosed, OpenAIError, OSError):
                 # The model reader notices the drop and reconnects; keep this audio for the new session.
                 self._caller_queue.appendleft(audio)
@@ -406,7 +406,7 @@ class Call:
         if model is None:
             return
         try:
-            await send_event(model, event)
+            await model.send(event)
         except (ConnectionClosed, OpenAIError, OSError) as exc:
             self.log.warning("model send failed (%s): %r", event.get("type"), exc)
 
@@ -449,7 +449,7 @@ class Call:
             model = self.model
             assert model is not None
             try:
-                async for event in model:
+                async for event in model.events():
                     await self._on_model_event(event)
                 if self.closing:
                     return
@@ -465,9 +465,9 @@ class Call:
     def _failure_action(self) -> EndAction:
         return EndAction.APOLOGY
 
-    async def _open_model(self) -> ModelConnection:
+    async def _open_model(self) -> ModelSocket:
         model = await self.deps.connector.connect(self.prompt.meta.model)
-        await send_event(model, self._session_update())
+        await model.send(self._session_update())
         return model
 
     def _session_update(self) -> dict[str, Any]:
@@ -478,7 +478,7 @@ class Call:
         self.model_ready.clear()
         old, self.model = self.model, None
         if old is not None:
-            await close_connection(old)
+            await old.close()
         was_answering = self.responses.reset()
         for item_id in list(self.received_ms):
             self.interrupted_items.add(item_id)  # a late delta from the old session must not play
@@ -488,8 +488,7 @@ class Call:
                 history = self.record.history()
                 for turn in history:
                     role, kind = ("assistant", "output_text") if turn.speaker == "assistant" else ("user", "input_text")
-                    await send_event(
-                        model,
+                    await model.send(
                         {
                             "type": "conversation.item.create",
                             "item": {

@@ -19,7 +19,7 @@ from agent.calls.call import Call, CallDeps, EndAction, Outcome
 from agent.calls.record import CallRecord
 from agent.carrier.messages import StartInfo
 from agent.model import session_config
-from agent.model.connection import ModelConnection, discard, send_event
+from agent.model.connection import ModelSocket, discard
 from agent.prompts.loader import Prompt
 
 log = logging.getLogger("agent.registry")
@@ -29,7 +29,7 @@ _KEEP_ENDED = 10_000
 
 @dataclass
 class _Prewarm:
-    task: asyncio.Task[ModelConnection]
+    task: asyncio.Task[ModelSocket]
     expires: asyncio.TimerHandle
     prompt: Prompt
     record: CallRecord
@@ -70,12 +70,12 @@ class CallRegistry:
         self._prewarms[call_id] = _Prewarm(task, timer, prompt, record, fmt)
         record.event("prewarm_started")
 
-    async def _open(self, prompt: Prompt, fmt: MediaFormat) -> ModelConnection:
+    async def _open(self, prompt: Prompt, fmt: MediaFormat) -> ModelSocket:
         model = await self.deps.connector.connect(prompt.meta.model)
         try:
             can_transfer = bool(prompt.meta.transfer_number or self.deps.settings.transfer_number)
-            await send_event(model, session_config.session_update(prompt, fmt, can_transfer=can_transfer))
-            await send_event(model, session_config.greeting_response(prompt))
+            await model.send(session_config.session_update(prompt, fmt, can_transfer=can_transfer))
+            await model.send(session_config.greeting_response(prompt))
         except BaseException:
             await model.close()
             raise
@@ -110,7 +110,7 @@ class CallRegistry:
         record = prewarm.record if prewarm else self.records.get(call_id) or CallRecord(call_id)
         record.prompt_name, record.prompt_hash = prompt.name, prompt.content_hash
         self._remember(record)
-        model_task: asyncio.Task[ModelConnection] | None = prewarm.task if prewarm else None
+        model_task: asyncio.Task[ModelSocket] | None = prewarm.task if prewarm else None
         if prewarm is not None and prewarm.fmt != start.media_format:
             record.event("prewarm_format_mismatch")
             discard(prewarm.task)
