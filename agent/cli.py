@@ -12,9 +12,12 @@ import uvicorn
 import yaml
 
 from agent.config import ConfigError, Settings, load_settings
+from agent.loadtest.cli import loadtest
 from agent.observability import logs
 from agent.prompts.library import PromptLibrary
 from agent.prompts.loader import Prompt, PromptError
+from agent.simulation.demo import demo_command
+from agent.simulation.synthetic_call import call_command
 from agent.state import AppState
 
 
@@ -47,6 +50,11 @@ def serve(host: str, port: int) -> None:
         sys.exit(2)
     config = uvicorn.Config(app, host=host, port=port, log_config=None, ws_max_size=1 << 20, lifespan="on")
     DrainingServer(config, app.state.agent).run()
+
+
+main.add_command(call_command)
+main.add_command(demo_command)
+main.add_command(loadtest)
 
 
 class DrainingServer(uvicorn.Server):

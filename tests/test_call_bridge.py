@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from agent.simulation.call_metrics import analyze_call
 from agent.simulation.carrier import CallerAudio, SimCall, SimCallOptions
 from agent.simulation.realtime_server import RealtimeSimConfig, SimSession
 from tests.harness import Stack, running_stack
@@ -46,8 +47,8 @@ async def test_greeting_is_paced_checkpointed_and_recorded() -> None:
         # Named item.offset_ms.seq: one inside the long answer (1 s), one at its end.
         assert [name.split(".")[1] for name in call.acked_checkpoints] == ["1000", "1500"]
         # Paced: never much more than the lead (200 ms) plus a chunk waiting at the carrier.
-        depths = [e.detail.get("queued_ms", 0) for e in call.timeline if e.kind == "play_audio_received"]
-        assert depths and max(depths) <= 260
+        metrics = analyze_call(call)
+        assert metrics.queue_max_ms is not None and 180 <= metrics.queue_max_ms <= 260
         sizes = {e.detail.get("bytes") for e in call.timeline if e.kind == "play_audio_received"}
         assert sizes == {160}
         assert dominant_hz(call.played, 8000) == pytest.approx(600, abs=5)

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import json
 import logging
 import signal
 import sys
+from collections.abc import AsyncIterator
 
 import httpx
+import numpy as np
 import pytest
 
 from agent.observability import logs
@@ -118,3 +121,62 @@ async def test_sigterm_drains_live_calls_then_exits() -> None:
             proc.kill()
             await proc.wait()
         await carrier.aclose()
+
+
+def longest_silence_ms(track: np.ndarray, rate: int = 8000) -> float:
+    """Longest run of silence between the first and the last bot sound on the call clock."""
+    loud = np.nonzero(np.abs(track) > 100)[0]
+    if len(loud) < 2:
+        return 0.0
+    return float(np.max(np.diff(loud)) / rate * 1000)
+
+
+@contextlib.asynccontextmanager
+async def agent_process(**env: str) -> AsyncIterator[str]:
+    """The agent as its own process (embedded engine), so test-side load cannot starve its event loop."""
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "agent",
+        "serve",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        env=clean_env(**({"PUBLIC_URL": base} | env)),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    assert proc.stdout is not None
+    try:
+        await read_until(proc.stdout, "Uvicorn running on", timeout=30)
+        yield base
+    finally:
+        proc.kill()
+        await proc.wait()
+
+
+async def test_a_flood_of_malformed_frames_on_one_call_leaves_the_others_alone() -> None:
+    async with agent_process() as base, CarrierSim(base) as carrier:
+        victim = await carrier.place_call([CallerAudio.silence(6000)])
+        flooder = await carrier.place_call([CallerAudio.silence(6000)])
+        await victim.wait_bot_audio(200, timeout=5)
+        garbage = ["{broken", '{"event":"media","media":{"payload":"!!"}}', '{"event":"nope"}', "[1,2,3]"]
+        for i in range(2000):
+            await flooder.send_raw(garbage[i % len(garbage)])
+        await victim.wait_bot_audio(1500, timeout=6)
+        assert longest_silence_ms(victim.bot_track(8000)) < 20  # the victim's greeting played without a hole
+        assert not victim.ended.is_set() and not flooder.ended.is_set()
+        await flooder.wait_bot_audio(1500, timeout=6)  # and the flooded call itself still works
+        async with httpx.AsyncClient() as http:
+            metrics = (await http.get(f"{base}/metrics")).text
+        dropped = sum(
+            float(line.rsplit(" ", 1)[1])
+            for line in metrics.splitlines()
+            if line.startswith("agent_inbound_dropped_total{")
+        )
+        assert dropped == 2000
+        await victim.hangup()
+        await flooder.hangup()
