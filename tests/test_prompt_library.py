@@ -105,13 +105,14 @@ async def test_prompt_query_parameter_and_outbound_variables(prompt_dir: Path) -
         httpx.AsyncClient() as http,
     ):
         reply = await http.post(
-            f"{stack.base_url}/vobiz/answer?prompt=sales&var_name=Ravi",
+            f"{stack.base_url}/vobiz/answer?prompt=sales&var_name=Ravi&tag_campaign=spring",
             data={"CallUUID": "outbound-1", "From": "+911", "To": "+912", "Direction": "outbound"},
         )
         assert "prompt=sales" in reply.text
         session = await stack.engine.wait_for_session()
         update = await session.wait_for_client_event("session.update")
         assert "Customer name: Ravi." in update["session"]["instructions"]
+        assert stack.state.registry.records["outbound-1"].tags == {"campaign": "spring"}
         await stack.state.registry.shutdown()
 
 

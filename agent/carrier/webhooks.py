@@ -100,6 +100,8 @@ async def _answer(request: Request, state: AppState) -> Response:
     record = registry.records.get(call_id) or CallRecord(
         call_id, from_number=caller, to_number=called, direction=params.get("Direction", "")
     )
+    # `tag_KEY=VALUE` on the answer URL labels the call (an eval run, a campaign) for the console and queries.
+    record.tags |= {k[4:]: v[:200] for k, v in params.items() if k.startswith("tag_") and len(k) <= 64}
     record.event("answer_webhook", event=event, status=params.get("CallStatus", ""), prompt=prompt.name)
     content_type = prompt.meta.audio_format or settings.stream_content_type
     registry.prewarm(record, prompt, MediaFormat.parse(content_type))
