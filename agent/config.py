@@ -55,6 +55,10 @@ class Settings(BaseSettings):
     )
     stream_token_ttl_s: float = Field(default=3600.0, gt=0)
     l16_byte_order: L16ByteOrder = "auto"
+    stream_max_retries: int = Field(default=3, ge=0, le=10, description="<Stream maxRetries>: Vobiz reconnects")
+    stream_resume_s: float = Field(
+        default=5.0, ge=0, description="how long a call waits for Vobiz to reconnect a dropped stream (0: never)"
+    )
     prompts_dir: Path = Path("prompts")
     default_prompt: str = "default"
     playout_lead_ms: int = Field(default=200, ge=40, le=2000)

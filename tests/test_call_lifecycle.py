@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from agent.carrier.rest import VobizClient
-from agent.simulation.carrier import CallerAudio, SimCall
+from agent.simulation.carrier import CallerAudio, SimCall, SimCallOptions
 from agent.simulation.realtime_server import RealtimeSimConfig
 from tests.harness import ROOT, Stack, running_stack
 
@@ -242,7 +242,7 @@ async def test_fifty_concurrent_calls_tear_down_with_nothing_left_running() -> N
         return {t for t in asyncio.all_tasks() if not t.done()}
 
     baseline = tasks_now()
-    async with running_stack(RealtimeSimConfig(reply_ms=600)) as stack:
+    async with running_stack(RealtimeSimConfig(reply_ms=600), stream_resume_s=1.0) as stack:
         after_start = tasks_now()
         calls = await asyncio.gather(*[stack.carrier.place_call([CallerAudio.silence(6000)]) for _ in range(50)])
         await asyncio.gather(*[c.wait_bot_audio(550, timeout=15) for c in calls])
@@ -252,13 +252,16 @@ async def test_fifty_concurrent_calls_tear_down_with_nothing_left_running() -> N
         half = len(calls) // 2
         await asyncio.gather(*[c.hangup() for c in calls[:half]])  # callers hang up (socket, then webhook)
         await asyncio.gather(*[c.drop() for c in calls[half:]])  # or the network drops them
-        await stack.engine.wait_idle(timeout=3)
-        await wait_live_calls(stack, 0, timeout=3)
-        # Each call's model side was closed within a second of its carrier socket going away.
-        for c in calls:
+        await stack.engine.wait_idle(timeout=5)
+        await wait_live_calls(stack, 0, timeout=5)
+        # Each call's model side was closed within a second of its carrier socket going away; a dropped socket
+        # (no close handshake) is first given AGENT_STREAM_RESUME_S for Vobiz to reconnect it.
+        resume_s = stack.settings.stream_resume_s
+        for i, c in enumerate(calls):
             gone = next(e.t for e in c.timeline if e.kind in ("ws_closed", "ws_aborted"))
             ended = agent_calls[c.call_uuid].ended_monotonic
-            assert ended is not None and ended - gone < 1.0
+            allowed = 1.0 if i < half else resume_s + 1.0
+            assert ended is not None and ended - gone < allowed
         hangups = [w.status for c in calls for w in c.webhooks if w.event == "Hangup"]
         assert hangups and set(hangups) == {200}  # webhooks racing the teardown are answered, never a 500
         assert tasks_now() - after_start == set()
@@ -355,3 +358,48 @@ async def test_without_server_interruption_the_agent_cancels_the_response_itself
         assert done["response"]["status"] == "cancelled" and cancel["response_id"] == done["response"]["id"]
         await call.hangup()
         assert session.protocol_errors == []
+
+
+async def test_a_dropped_stream_that_vobiz_reconnects_continues_the_same_conversation() -> None:
+    from websockets.asyncio.client import connect
+
+    async with running_stack(RealtimeSimConfig(reply_ms=3000, speed=1.0), stream_resume_s=3.0) as stack:
+        # A retried stream is not a finished call: Vobiz sends no hangup webhook for it.
+        call = await stack.carrier.place_call([CallerAudio.silence(10000)], SimCallOptions(hangup_webhook=False))
+        assert call.stream_attrs.get("maxRetries") == "3"
+        session = await stack.engine.wait_for_session()
+        await call.wait_bot_audio(800, timeout=5)
+        await call.drop()  # the network drops the stream mid-answer
+        truncate = await session.wait_for_client_event("conversation.item.truncate", timeout=3)
+        assert 700 < truncate["audio_end_ms"] < 1300
+        # Vobiz retries: same call, same URL, a new streamId.
+        async with connect(call.stream_url) as ws:
+            start = {
+                "event": "start",
+                "sequenceNumber": 0,
+                "start": {
+                    "callId": call.call_uuid,
+                    "streamId": "stream-2",
+                    "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000},
+                },
+            }
+            await ws.send(json.dumps(start))
+            resumed = json.loads(await asyncio.wait_for(ws.recv(), 5))
+            assert resumed["event"] == "playAudio" and resumed["streamId"] == "stream-2"
+            await session.wait_for_client_event("response.create", lambda e: "left off" in json.dumps(e), timeout=3)
+            assert len(stack.engine.sessions) == 1  # the same model session, not a new conversation
+            assert stack.metric("agent_stream_resumes_total") == 1
+        live = stack.state.registry.live.get(call.call_uuid)
+        if live is not None:
+            await asyncio.wait_for(live.done.wait(), 2)  # a clean close after the resume ends the call
+
+
+async def test_a_dropped_stream_that_never_comes_back_ends_the_call() -> None:
+    async with running_stack(RealtimeSimConfig(reply_ms=300), stream_resume_s=0.5) as stack:
+        # No hangup webhook either: only the agent's own wait can end this call.
+        call = await stack.carrier.place_call([CallerAudio.silence(5000)], SimCallOptions(hangup_webhook=False))
+        await call.wait_bot_audio(250, timeout=5)
+        await call.drop()
+        await stack.engine.wait_idle(timeout=3)
+        events = [e.kind for e in record(stack, call).events]
+        assert "carrier_lost" in events and "carrier_not_back" in events

@@ -47,6 +47,7 @@ from agent.storage.writer import RecordWriter
 
 log = logging.getLogger("agent.call")
 
+_NORMAL_CLOSE = 1000  # Vobiz's end of a call; anything else (1005/1006: no close frame) may be a network drop
 _SHORTER_THAN = re.compile(r"Audio content of (\d+)ms is already shorter than (\d+)ms")
 
 
@@ -144,6 +145,7 @@ class Call:
         self._drops: dict[str, int] = {}
         self._audio_done: set[str] = set()
         self._truncated: set[str] = set()
+        self._carrier_lost: asyncio.Future[tuple[WebSocket, str]] | None = None
         self.done = asyncio.Event()
         self.ended_monotonic: float | None = None
         self.started_monotonic = time.monotonic()
@@ -263,6 +265,8 @@ class Call:
     # --- carrier side --------------------------------------------------------------------------------------
 
     async def _send_carrier(self, text: str) -> None:
+        if self._carrier_lost is not None:
+            return  # nothing to send to while Vobiz reconnects; playout keeps its audio queued
         ws = self._ws
         if ws is None or ws.client_state != WebSocketState.CONNECTED:
             raise _CallOver
@@ -274,14 +278,17 @@ class Call:
             raise _CallOver from None
 
     async def _read_carrier(self) -> None:
-        assert self._ws is not None
         while True:
+            assert self._ws is not None
             try:
                 text = await self._ws.receive_text()
-            except (WebSocketDisconnect, RuntimeError, ConnectionClosed):
+            except (WebSocketDisconnect, RuntimeError, ConnectionClosed) as exc:
+                code = getattr(exc, "code", None)
+                if not self.closing and code != _NORMAL_CLOSE and await self._await_new_stream():
+                    continue
                 if not self.closing:
                     self.end_reason = "carrier_closed"
-                    self.record.event("carrier_closed")
+                    self.record.event("carrier_closed", code=code)
                 raise _CallOver from None
             except KeyError:  # a binary frame: Vobiz only sends text
                 self._drop("binary_frame", "binary WebSocket frame")
@@ -292,6 +299,58 @@ class Call:
                 self._drop(exc.reason, exc.detail)
                 continue
             await self._on_carrier_event(event)
+
+    async def _await_new_stream(self) -> bool:
+        """The stream dropped without a close (network): with <Stream maxRetries> Vobiz reconnects with a new
+        streamId. Keep the model session and wait a little; whatever the carrier had queued is lost, so the
+        model is told only what was heard."""
+        wait_s = self.settings.stream_resume_s
+        if wait_s <= 0:
+            return False
+        self._carrier_lost = asyncio.get_running_loop().create_future()
+        self.playout.paused = True
+        heard = self.playout.clear()
+        cut = [item for item, ms in heard.items() if ms < self.received_ms.get(item, 0.0) - 1]
+        for item_id, heard_ms in heard.items():
+            await self._truncate(item_id, heard_ms)
+        for item_id in self.response_audio_items.get(self.responses.active_id or "", []):
+            self.interrupted_items.add(item_id)
+        self.bot_audio.reset()
+        self.record.event("carrier_lost", waiting_s=wait_s)
+        self.log.warning("stream dropped; waiting %.1fs for Vobiz to reconnect", wait_s)
+        try:
+            ws, stream_id = await asyncio.wait_for(self._carrier_lost, wait_s)
+        except TimeoutError:
+            self.record.event("carrier_not_back")
+            return False
+        finally:
+            self._carrier_lost = None
+        self._ws, self.stream_id = ws, stream_id
+        self.record.stream_id = stream_id
+        self.playout.resume(stream_id)
+        self.metrics.stream_resumes.inc()
+        self.record.event("stream_resumed", stream_id=stream_id)
+        if cut or self.responses.busy:
+            # The caller lost the end of an answer: have the model pick it up rather than leave silence.
+            await self.request_response(
+                {
+                    "instructions": "The caller's line dropped for a moment while you were speaking. "
+                    "Briefly continue where you left off."
+                }
+            )
+        return True
+
+    @property
+    def awaiting_stream(self) -> bool:
+        return self._carrier_lost is not None and not self._carrier_lost.done()
+
+    async def resume(self, ws: WebSocket, start: StartInfo) -> bool:
+        """Hand a reconnected stream to this call; returns once the call is over (the socket's lifetime)."""
+        if not self.awaiting_stream or start.media_format != self.format or self._carrier_lost is None:
+            return False
+        self._carrier_lost.set_result((ws, start.streamId))
+        await self.done.wait()
+        return True
 
     def _drop(self, reason: str, detail: str) -> None:
         """Count every dropped message; log the 1st, 2nd, 4th, 8th… of each kind so a flood cannot flood the log."""

@@ -97,6 +97,7 @@ class Playout:
         self.chunks_sent = 0
         self.late_acks = 0
         self._generation = 0  # bumped by clear(): a send in flight must not checkpoint stale audio
+        self.paused = False  # no carrier socket (waiting for Vobiz to reconnect): keep audio queued
         # Observers (the call recorder): each chunk with its scheduled start; each late re-anchoring.
         self.on_scheduled: Callable[[bytes, float], None] | None = None
         self.on_late: Callable[[float, float], None] | None = None
@@ -152,7 +153,7 @@ class Playout:
 
     async def step(self) -> float | None:
         """Send every chunk that is due now; return seconds until the next is due, or None when idle."""
-        while self._queue:
+        while self._queue and not self.paused:
             now = self.clock()
             ahead = self._play_end - now
             if ahead > self.lead_s:
@@ -232,6 +233,12 @@ class Playout:
         return heard
 
     # --- questions -----------------------------------------------------------------------------------------
+
+    def resume(self, stream_id: str) -> None:
+        """A new carrier socket for the same call: send on its stream id from an empty carrier queue."""
+        self.stream_id = stream_id
+        self.paused = False
+        self._wakeup.set()
 
     def heard_ms(self, item_id: str, now: float | None = None) -> float:
         """How much of an item the caller has heard, interpolated by the clock, never past an acknowledgement's

@@ -104,6 +104,9 @@ class CallRegistry:
     async def run_stream(self, ws: WebSocket, start: StartInfo, fallback_prompt: Prompt) -> None:
         """Run the call for an accepted stream socket until it ends."""
         call_id = start.callId
+        previous = self.live.get(call_id)
+        if previous is not None and previous.awaiting_stream and await previous.resume(ws, start):
+            return  # Vobiz reconnected a dropped stream: the same conversation carries on
         prewarm = self._claim(call_id)
         # A pre-warmed session is only usable if Vobiz streams the format it was configured for.
         prompt = prewarm.prompt if prewarm else fallback_prompt
@@ -115,7 +118,6 @@ class CallRegistry:
             record.event("prewarm_format_mismatch")
             discard(prewarm.task)
             model_task = None
-        previous = self.live.get(call_id)
         if previous is not None:
             previous.hang_up("replaced_by_new_stream")
         call = Call(start, prompt, record, self.deps, model_task)

@@ -111,6 +111,7 @@ async def _answer(request: Request, state: AppState) -> Response:
         url=f"{settings.public_ws_url}/vobiz/stream?call={call_q}&token={token}&prompt={prompt.name}",
         content_type=content_type,
         status_callback_url=f"{settings.public_url}/vobiz/stream-status",
+        max_retries=settings.stream_max_retries,
     )
     return _xml(xml.stream_response(stream, after_stream_url=f"{settings.public_url}/vobiz/after-stream?call={call_q}"))
 

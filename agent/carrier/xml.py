@@ -17,6 +17,7 @@ class StreamSpec:
     url: str
     content_type: str
     status_callback_url: str | None = None
+    max_retries: int = 0
 
 
 def _document(root: ET.Element) -> str:
@@ -34,6 +35,8 @@ def stream_response(stream: StreamSpec, after_stream_url: str | None = None) -> 
     }
     if stream.status_callback_url:
         attrs |= {"statusCallbackUrl": stream.status_callback_url, "statusCallbackMethod": "POST"}
+    if stream.max_retries:
+        attrs["maxRetries"] = str(stream.max_retries)  # a dropped socket comes back with a new streamId
     ET.SubElement(root, "Stream", attrs).text = stream.url
     if after_stream_url:
         ET.SubElement(root, "Redirect", {"method": "POST"}).text = after_stream_url

@@ -44,6 +44,9 @@ class Metrics:
             buckets=latency_buckets,
             registry=r,
         )
+        self.stream_resumes = Counter(
+            "agent_stream_resumes", "Dropped streams that Vobiz reconnected into the same call", registry=r
+        )
         self.calls_rejected = Counter("agent_calls_rejected", "Calls refused at answer time", ["reason"], registry=r)
         self.tokens = Counter("agent_tokens", "Model tokens used", ["kind"], registry=r)
         self.clear_latency = Histogram(
