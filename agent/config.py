@@ -66,6 +66,10 @@ class Settings(BaseSettings):
     checkpoint_interval_ms: int = Field(default=1000, ge=100)
     prewarm_timeout_s: float = Field(default=10.0, gt=0)
     model_connect_timeout_s: float = Field(default=10.0, gt=0)
+    model_session_max_s: float = Field(
+        default=3300.0, gt=0, description="move to a fresh model session before OpenAI's 60-minute cap"
+    )
+    rollover_quiet_wait_s: float = Field(default=240.0, ge=0, description="longest wait for a quiet moment")
     model_reconnect_attempts: int = Field(default=3, ge=0, le=10)
     caller_queue_ms: int = Field(default=2000, ge=100)
     goodbye_timeout_s: float = Field(default=15.0, gt=0)

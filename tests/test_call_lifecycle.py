@@ -403,3 +403,27 @@ async def test_a_dropped_stream_that_never_comes_back_ends_the_call() -> None:
         await stack.engine.wait_idle(timeout=3)
         events = [e.kind for e in record(stack, call).events]
         assert "carrier_lost" in events and "carrier_not_back" in events
+
+
+async def test_model_session_rolls_over_before_its_cap_at_a_quiet_moment() -> None:
+    async with running_stack(RealtimeSimConfig(reply_ms=1200), model_session_max_s=2.0) as stack:
+        call = await stack.carrier.place_call(
+            [CallerAudio.silence(3500), CallerAudio.tone(300, 600, 0.4), CallerAudio.silence(3500)]
+        )
+        first = await stack.engine.wait_for_session()
+        second = await stack.engine.wait_for_session(1, timeout=6)
+        update = await second.wait_for_client_event("session.update")
+        assert update["session"]["instructions"]
+        seeded = await second.wait_for_client_event("conversation.item.create")
+        assert seeded["item"]["role"] == "assistant" and seeded["item"]["content"][0]["text"] == "Reply number 1."
+        # The switch waited for the greeting to finish playing: the first session was closed after that.
+        greeting_done = next(e for e in call.timeline if e.kind == "bot_audio_stopped")
+        assert seeded["_t"] >= greeting_done.t - 0.05
+        # The caller's next turn is answered by the fresh session, and heard without a hole.
+        await second.wait_for_server_event("response.done", timeout=8)
+        await call.wait_bot_audio(2350, timeout=5)
+        assert not [e for e in first.server_events if e["type"] == "response.created" and e["_t"] > seeded["_t"]]
+        assert stack.metric("agent_model_reconnects_total", outcome="rollover") >= 1
+        assert stack.metric("agent_model_reconnects_total", outcome="ok") == 0
+        assert call.protocol_errors == [] and second.protocol_errors == []
+        await call.hangup()

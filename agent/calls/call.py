@@ -32,7 +32,7 @@ from agent.audio.transcode import BotAudioConverter, CallerAudioConverter
 from agent.calls.playout import Playout
 from agent.calls.record import BargeIn, CallRecord
 from agent.calls.responses import ResponseQueue
-from agent.calls.timers import watch_duration, watch_idle, wrap_up
+from agent.calls.timers import watch_duration, watch_idle, watch_session_age, wrap_up
 from agent.calls.tools import ToolCall, run_tool
 from agent.carrier import messages
 from agent.carrier.messages import InboundError, StartInfo, parse_inbound
@@ -149,6 +149,7 @@ class Call:
         self.done = asyncio.Event()
         self.ended_monotonic: float | None = None
         self.started_monotonic = time.monotonic()
+        self.model_started = self.started_monotonic
         # What the idle watcher needs: who is talking, and when the caller last made a sound.
         self.activity = asyncio.Event()
         self.caller_speaking = False
@@ -173,6 +174,7 @@ class Call:
                 tg.create_task(self.playout.run(), name="playout")
                 tg.create_task(watch_idle(self), name="idle-watch")
                 tg.create_task(watch_duration(self), name="duration-watch")
+                tg.create_task(watch_session_age(self), name="session-age-watch")
         except* _CallOver:
             pass
         except* Exception as group:
@@ -503,6 +505,7 @@ class Call:
             if not await self._reconnect():
                 await self.finish(self._failure_action(), "model_unavailable")
         self.record.event("model_connected")
+        self.model_started = time.monotonic()
         self.model_ready.set()
         while True:
             model = self.model
@@ -510,16 +513,65 @@ class Call:
             try:
                 async for event in model.events():
                     await self._on_model_event(event)
+                if self.model is not model:
+                    continue  # rolled over to a fresh session
                 if self.closing:
                     return
                 self.log.warning("model closed the session")
             except (ConnectionClosed, OpenAIError, OSError) as exc:
+                if self.model is not model:
+                    continue
                 if self.closing:
                     return
                 self.log.warning("model socket dropped: %r", exc)
             self.record.event("model_dropped")
             if not await self._reconnect():
                 await self.finish(self._failure_action(), "model_unavailable")
+
+    async def _seed(self, model: ModelSocket) -> list[Any]:
+        """Tell a fresh session what was said and heard so far, in order."""
+        history = self.record.history()
+        for turn in history:
+            role, kind = ("assistant", "output_text") if turn.speaker == "assistant" else ("user", "input_text")
+            item = {"type": "message", "role": role, "content": [{"type": kind, "text": turn.text}]}
+            await model.send({"type": "conversation.item.create", "item": item})
+        return history
+
+    def quiet(self) -> bool:
+        """Nobody is talking and nothing is being said or about to be: a seamless moment to switch sessions."""
+        return not (self.caller_speaking or self.responses.busy or self.playout.is_audible() or self._caller_queue)
+
+    async def rollover(self) -> bool:
+        """Move the conversation to a fresh model session before the current one hits its time cap.
+
+        The new session is opened (the slow part) while the call goes on, then seeded and switched to at a
+        quiet moment, so the caller hears no gap and the model forgets nothing that was heard.
+        """
+        try:
+            fresh = await self._open_model()
+        except (ConnectionClosed, OpenAIError, OSError, TimeoutError) as exc:
+            self.log.warning("could not open a session to roll over to: %r", exc)
+            return False
+        deadline = time.monotonic() + self.settings.rollover_quiet_wait_s
+        while not self.quiet() and time.monotonic() < deadline:
+            self.activity.clear()
+            wait = max(self.playout.idle_at() - time.monotonic(), 0.05) if self.playout.is_audible() else 1.0
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.activity.wait(), min(wait, max(deadline - time.monotonic(), 0.0)))
+        try:
+            history = await self._seed(fresh)
+        except (ConnectionClosed, OpenAIError, OSError) as exc:
+            self.log.warning("could not seed the new session: %r", exc)
+            await fresh.close()
+            return False
+        old, self.model = self.model, fresh
+        self.model_started = time.monotonic()
+        self.responses.reset()
+        self.metrics.model_reconnects.labels("rollover").inc()
+        self.record.event("model_rollover", seeded_turns=len(history), quiet=self.quiet())
+        if old is not None:
+            await old.close()  # its reader notices the switch and moves to the fresh session
+        return True
 
     def _failure_action(self) -> EndAction:
         return EndAction.APOLOGY
@@ -544,25 +596,14 @@ class Call:
         for attempt in range(self.settings.model_reconnect_attempts):
             try:
                 model = await self._open_model()
-                history = self.record.history()
-                for turn in history:
-                    role, kind = ("assistant", "output_text") if turn.speaker == "assistant" else ("user", "input_text")
-                    await model.send(
-                        {
-                            "type": "conversation.item.create",
-                            "item": {
-                                "type": "message",
-                                "role": role,
-                                "content": [{"type": kind, "text": turn.text}],
-                            },
-                        },
-                    )
+                history = await self._seed(model)
             except (ConnectionClosed, OpenAIError, OSError, TimeoutError) as exc:
                 self.log.warning("model reconnect attempt %d failed: %r", attempt + 1, exc)
                 self.metrics.model_reconnects.labels("failed_attempt").inc()
                 await asyncio.sleep(min(0.25 * 2**attempt, 2.0))
                 continue
             self.model = model
+            self.model_started = time.monotonic()
             self.metrics.model_reconnects.labels("ok").inc()
             self.record.event("model_reconnected", attempt=attempt + 1, seeded_turns=len(history))
             self.model_ready.set()

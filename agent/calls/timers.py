@@ -81,6 +81,18 @@ async def watch_duration(call: Call) -> None:
     await wrap_up(call, "max_duration")
 
 
+async def watch_session_age(call: Call) -> None:
+    """Roll the model session over before OpenAI's 60-minute cap; retry a failed attempt shortly after."""
+    limit = call.settings.model_session_max_s
+    while True:
+        due = call.model_started + limit
+        await asyncio.sleep(max(0.0, due - time.monotonic()))
+        if time.monotonic() < call.model_started + limit:
+            continue  # a reconnect gave the call a fresh session meanwhile
+        if not await call.rollover():
+            await asyncio.sleep(10.0)
+
+
 async def wrap_up(call: Call, reason: str) -> None:
     """End the call politely: the prompt's wrap-up line and a goodbye, heard in full, then the stream stops."""
     from agent.calls.call import EndAction
