@@ -180,3 +180,39 @@ async def test_a_flood_of_malformed_frames_on_one_call_leaves_the_others_alone()
         assert dropped == 2000
         await victim.hangup()
         await flooder.hangup()
+
+
+async def test_webhook_retries_are_idempotent() -> None:
+    async with running_stack(RealtimeSimConfig(reply_ms=300)) as stack, httpx.AsyncClient() as http:
+        form = {"CallUUID": "retried-1", "From": "+911", "To": "+912", "Event": "StartApp"}
+        first = await http.post(f"{stack.base_url}/vobiz/answer", data=form)
+        again = await http.post(f"{stack.base_url}/vobiz/answer", data=form)  # Vobiz retried: slow 200 or a 5xx
+        assert first.status_code == again.status_code == 200
+        assert "<Stream" in first.text and "<Stream" in again.text
+        session = await stack.engine.wait_for_session()
+        await session.wait_for_client_event("response.create")
+        assert len(stack.engine.sessions) == 1  # one pre-warmed model session, not two
+        status = {"CallUUID": "retried-1", "Event": "StartStream", "StreamID": "s"}
+        for _ in range(3):
+            assert (await http.post(f"{stack.base_url}/vobiz/stream-status", data=status)).status_code == 200
+        for _ in range(2):
+            assert (
+                await http.post(f"{stack.base_url}/vobiz/hangup", data={"CallUUID": "retried-1"})
+            ).status_code == 200
+        await stack.engine.wait_idle(timeout=3)
+        events = [e.kind for e in stack.state.registry.records["retried-1"].events]
+        assert events.count("stream_status") == 3 and events.count("hangup_webhook") == 2
+
+
+async def test_a_slow_model_delays_answers_but_breaks_nothing() -> None:
+    config = RealtimeSimConfig(reply_ms=600, first_audio_delay_ms=1500, speed=1.0)
+    async with running_stack(config) as stack:
+        call = await stack.carrier.place_call(
+            [CallerAudio.silence(2800), CallerAudio.tone(300, 600, 0.4), CallerAudio.silence(4500)]
+        )
+        session = await stack.engine.wait_for_session()
+        await call.wait_bot_audio(1150, timeout=12)
+        turns = [t for t in stack.state.registry.records[call.call_uuid].turns if t.speaker == "assistant"]
+        assert turns[-1].latency_ms is not None and turns[-1].latency_ms >= 1400
+        assert call.clears == [] and call.protocol_errors == [] and session.protocol_errors == []
+        await call.hangup()
