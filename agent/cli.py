@@ -17,6 +17,7 @@ from agent.observability import logs
 from agent.prompts.library import PromptLibrary
 from agent.prompts.loader import Prompt, PromptError
 from agent.simulation.demo import demo_command
+from agent.simulation.evaluate import eval_command
 from agent.simulation.synthetic_call import call_command
 from agent.state import AppState
 
@@ -54,6 +55,7 @@ def serve(host: str, port: int) -> None:
 
 main.add_command(call_command)
 main.add_command(demo_command)
+main.add_command(eval_command)
 main.add_command(loadtest)
 
 

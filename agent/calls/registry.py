@@ -162,6 +162,16 @@ class CallRegistry:
         while len(self.records) > 1000:
             self.records.popitem(last=False)
 
+    async def wait_idle(self, timeout_s: float) -> bool:
+        """Wait until no call is live (each has torn down and handed over its record)."""
+        calls = list(self.live.values())
+        if not calls:
+            return True
+        _, pending = await asyncio.wait([asyncio.ensure_future(c.done.wait()) for c in calls], timeout=timeout_s)
+        for task in pending:
+            task.cancel()
+        return not pending
+
     async def drain(self, deadline_s: float, wrap_up_s: float = 20.0) -> None:
         """Let live calls finish on their own until the deadline, then wrap the rest up politely."""
         live = [c for c in self.live.values()]
