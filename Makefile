@@ -22,6 +22,7 @@ lint: $(STAMP)
 
 test: lint
 	scripts/ensure-postgres
+	scripts/ensure-chromium
 	$(BIN)/pytest -q
 
 bench: $(STAMP)

@@ -16,6 +16,7 @@ from agent.calls.registry import CallRegistry
 from agent.carrier import stream_socket, webhooks
 from agent.carrier.rest import VobizClient
 from agent.config import Settings
+from agent.console import console_router
 from agent.model.connection import ModelConnector
 from agent.observability.health import ModelReachability
 from agent.observability.metrics import Metrics
@@ -99,6 +100,7 @@ def create_app(
     app.state.agent = state
     app.include_router(webhooks.router)
     app.include_router(stream_socket.router)
+    app.include_router(console_router())
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:
