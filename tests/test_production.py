@@ -9,6 +9,7 @@ import json
 import logging
 import signal
 import sys
+import time
 from collections.abc import AsyncIterator
 
 import httpx
@@ -215,4 +216,21 @@ async def test_a_slow_model_delays_answers_but_breaks_nothing() -> None:
         turns = [t for t in stack.state.registry.records[call.call_uuid].turns if t.speaker == "assistant"]
         assert turns[-1].latency_ms is not None and turns[-1].latency_ms >= 1400
         assert call.clears == [] and call.protocol_errors == [] and session.protocol_errors == []
+        await call.hangup()
+
+
+async def test_an_event_loop_stall_is_survived_and_what_was_heard_stays_right() -> None:
+    """A 300 ms stall of the whole process (GC pause, a blocking call): pacing resumes and the next barge-in
+    still truncates to what the carrier actually played."""
+    async with running_stack(RealtimeSimConfig(reply_ms=5000, speed=1.0)) as stack:
+        call = await stack.carrier.place_call(
+            [CallerAudio.after_bot_audio(2500, CallerAudio.tone(300, 700, 0.4)), CallerAudio.silence(2000)]
+        )
+        session = await stack.engine.wait_for_session()
+        await call.wait_bot_audio(1000, timeout=6)
+        time.sleep(0.3)  # noqa: ASYNC251 - the point: block the event loop like a stall would
+        clear = await call.wait_clear(timeout=8)
+        truncate = await session.wait_for_client_event("conversation.item.truncate", timeout=3)
+        assert truncate["audio_end_ms"] == pytest.approx(clear.played_ms_at_clear, abs=60)
+        assert not call.ended.is_set() and call.protocol_errors == []
         await call.hangup()
