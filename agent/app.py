@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections.abc import AsyncIterator
@@ -20,6 +21,7 @@ from agent.console import console_router
 from agent.model.connection import ModelConnector
 from agent.observability.health import ModelReachability
 from agent.observability.metrics import Metrics
+from agent.observability.tracing import CallTracer
 from agent.prompts.library import PromptLibrary
 from agent.state import AppState
 from agent.storage import CallStore, Database, RecordWriter, start_recording_sweeper
@@ -32,6 +34,7 @@ def create_app(
     *,
     connector: ModelConnector | None = None,
     vobiz: VobizClient | None = None,
+    tracer: CallTracer | None = None,
     embedded_engine: bool = False,
 ) -> FastAPI:
     """`embedded_engine` runs the local realtime engine in-process: no OpenAI key needed."""
@@ -53,6 +56,7 @@ def create_app(
         vobiz=vobiz,
         http=http,
         records=writer,
+        tracer=tracer or (CallTracer.otlp(settings.otel_endpoint) if settings.otel_endpoint else None),
         transfer_url=lambda call_id: f"{settings.public_url}/vobiz/transfer?call={call_id}",
         on_outcome=lambda call_id, outcome: None,
     )
@@ -89,6 +93,8 @@ def create_app(
             sweeper.cancel()
         await writer.aclose()
         await database.aclose()
+        if deps.tracer is not None:
+            await asyncio.to_thread(deps.tracer.shutdown)  # flushes the last spans
         if engine is not None:
             await engine.stop()
         if vobiz is not None:

@@ -36,6 +36,11 @@ class Settings(BaseSettings):
     vobiz_auth_id: str | None = Field(default=None, validation_alias=_env("VOBIZ_AUTH_ID"))
     vobiz_auth_token: SecretStr | None = Field(default=None, validation_alias=_env("VOBIZ_AUTH_TOKEN"))
     vobiz_api_url: str = Field(default="https://api.vobiz.ai/api/v1", validation_alias=_env("VOBIZ_API_URL"))
+    otel_endpoint: str | None = Field(
+        default=None,
+        validation_alias=_env("OTEL_EXPORTER_OTLP_ENDPOINT"),
+        description="OTLP/HTTP collector; set it to get one trace per call",
+    )
     database_url: str = Field(
         default="sqlite+aiosqlite:///var/agent.db",
         validation_alias=_env("DATABASE_URL"),

@@ -15,9 +15,12 @@ from collections.abc import AsyncIterator
 import httpx
 import numpy as np
 import pytest
+from fastapi import FastAPI, Request, Response
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from agent.observability import logs
 from agent.simulation.carrier import CallEndedWithoutStream, CallerAudio, CarrierSim
+from agent.simulation.local_server import serve_app
 from agent.simulation.realtime_server import RealtimeSimConfig
 from tests.harness import running_stack
 from tests.test_cli import READY_LINE, clean_env, free_port, read_until
@@ -234,3 +237,42 @@ async def test_an_event_loop_stall_is_survived_and_what_was_heard_stays_right() 
         assert truncate["audio_end_ms"] == pytest.approx(clear.played_ms_at_clear, abs=60)
         assert not call.ended.is_set() and call.protocol_errors == []
         await call.hangup()
+
+
+async def test_each_call_is_exported_as_an_otlp_trace_when_an_endpoint_is_configured() -> None:
+    received: list[ExportTraceServiceRequest] = []
+    arrived = asyncio.Event()
+    collector = FastAPI()
+
+    @collector.post("/v1/traces")
+    async def traces(request: Request) -> Response:
+        message = ExportTraceServiceRequest()
+        message.ParseFromString(await request.body())
+        received.append(message)
+        arrived.set()
+        return Response(status_code=200)
+
+    @collector.get("/healthz")
+    async def healthz() -> dict[str, str]:
+        return {}
+
+    async with serve_app(lambda _: collector) as otlp_url:
+        async with running_stack(RealtimeSimConfig(reply_ms=1500, speed=1.0), otel_endpoint=otlp_url) as stack:
+            call = await stack.carrier.place_call(
+                [CallerAudio.after_bot_audio(700, CallerAudio.tone(300, 600, 0.4)), CallerAudio.silence(300)]
+            )
+            await call.wait_clear(timeout=6)
+            await call.hangup()
+            assert await stack.state.registry.wait_idle(timeout_s=3)
+        # Leaving the stack shut the tracer down, which flushed the batch to the collector.
+        await asyncio.wait_for(arrived.wait(), 5)
+    spans = [s for r in received for rs in r.resource_spans for ss in rs.scope_spans for s in ss.spans]
+    by_name = {s.name: s for s in spans}
+    root = by_name["call"]
+    attributes = {a.key: a.value for a in root.attributes}
+    assert attributes["call.id"].string_value == call.call_uuid
+    assert attributes["call.barge_ins"].int_value == 1
+    assert [e.name for e in root.events] == ["barge_in"]
+    assistant = by_name["assistant turn"]
+    assert assistant.parent_span_id == root.span_id and assistant.trace_id == root.trace_id
+    assert {a.key: a.value.bool_value for a in assistant.attributes}["turn.interrupted"] is True

@@ -41,6 +41,7 @@ from agent.config import Settings
 from agent.model import session_config
 from agent.model.connection import ModelConnector, ModelSocket, discard
 from agent.observability.metrics import Metrics
+from agent.observability.tracing import CallTracer
 from agent.prompts.loader import Prompt
 from agent.storage.recordings import CallRecorder, recording_path
 from agent.storage.writer import RecordWriter
@@ -80,6 +81,7 @@ class CallDeps:
     vobiz: VobizClient | None
     http: httpx.AsyncClient
     records: RecordWriter | None
+    tracer: CallTracer | None
     transfer_url: Callable[[str], str]
     on_outcome: Callable[[str, Outcome], None]
 
@@ -201,6 +203,8 @@ class Call:
             self.recorder.write_in_background(path, end_at=time.monotonic())
         if self.deps.records is not None:
             self.deps.records.submit(self.record, self.prompt)
+        if self.deps.tracer is not None:
+            self.deps.tracer.record_call(self.record)  # spans are queued; a background thread exports them
 
     def hang_up(self, reason: str) -> None:
         """End the call from outside (hangup webhook, shutdown); harmless when it is already ending."""
