@@ -71,15 +71,18 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         engine = None
         if embedded_engine:
-            from agent.simulation.realtime_server import RealtimeServer
+            from agent.simulation.engine import EngineOptions, build_engine
 
-            engine = RealtimeServer()
+            engine = build_engine(
+                EngineOptions(prompts_dir=settings.prompts_dir, default_prompt=settings.default_prompt)
+            )
             await engine.start()
             connector.retarget(engine.http_base_url)
             probe.retarget(engine.http_base_url)
             log.warning(
                 "OPENAI_API_KEY is not set: calls are answered by the embedded offline realtime engine at %s "
-                "(tone replies, no real speech model). Set OPENAI_API_KEY to use OpenAI.",
+                "(eSpeak NG voice, PocketSphinx recognition, the prompt's scripted dialogue). "
+                "Set OPENAI_API_KEY to use OpenAI.",
                 engine.ws_base_url,
             )
         await database.migrate()

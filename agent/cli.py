@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import sys
+from pathlib import Path
 from typing import Any
 
 import click
@@ -57,6 +59,38 @@ main.add_command(call_command)
 main.add_command(demo_command)
 main.add_command(eval_command)
 main.add_command(loadtest)
+
+
+@main.command("realtime-sim")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=9000, show_default=True, type=int)
+@click.option("--tone", is_flag=True, help="Reply with tones instead of speech (cheapest, for benchmarks).")
+@click.option("--no-asr", is_flag=True, help="Skip speech recognition of callers (saves CPU in load tests).")
+@click.option("--prompts-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("prompts"))
+@click.option("--first-audio-ms", type=int, default=300, show_default=True, help="response.created -> audio.")
+@click.option("--speed", type=float, default=2.0, show_default=True, help="Streaming speed (x real time).")
+def realtime_sim(
+    host: str, port: int, tone: bool, no_asr: bool, prompts_dir: Path, first_audio_ms: int, speed: float
+) -> None:
+    """Serve the offline engine: OpenAI's Realtime GA protocol on ws://HOST:PORT/v1/realtime.
+
+    Point an agent at it with OPENAI_BASE_URL=http://HOST:PORT/v1. Replies follow each prompt's scripted
+    dialogue in synthesised speech (eSpeak NG); callers are recognised with PocketSphinx.
+    """
+    from agent.simulation.engine import EngineOptions, run_engine
+
+    logs.configure("INFO")
+    options = EngineOptions(
+        mode="tone" if tone else "speech",
+        asr=not no_asr,
+        prompts_dir=prompts_dir,
+        first_audio_delay_ms=first_audio_ms,
+        speed=speed,
+        host=host,
+        port=port,
+    )
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(run_engine(options))
 
 
 class DrainingServer(uvicorn.Server):

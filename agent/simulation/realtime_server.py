@@ -36,7 +36,7 @@ from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from types import TracebackType
-from typing import Any, Literal, Protocol, Self
+from typing import Any, Literal, Protocol, Self, TypeVar
 from urllib.parse import parse_qs, urlsplit
 
 import numpy as np
@@ -70,6 +70,7 @@ log = logging.getLogger(__name__)
 
 Event = dict[str, Any]
 EventPredicate = Callable[[Event], bool]
+_T = TypeVar("_T")
 
 REALTIME_PATH = "/v1/realtime"
 VAD_WINDOW_MS = 20
@@ -260,7 +261,17 @@ class ReplyRequest:
     transcript: str | None
     """Scripted transcript for this response, if any."""
     instructions: str
+    """The response's instructions: ``response.create``'s own, else the session's."""
     trigger: Literal["client", "vad"]
+    session_instructions: str = ""
+    """The session's instructions, to tell a response-level override (e.g. "greet the caller") from the default."""
+    caller_text: str | None = None
+    """What the caller last said: the recognised text of their latest audio turn (via ``ReplySource.transcribe``,
+    shared with the transcription events) or the text of a user text item; None before the caller said anything."""
+    caller_waiting: bool = False
+    """The conversation's latest item is that caller turn, i.e. this response answers it."""
+    tools: tuple[str, ...] = ()
+    """Names of the function tools the model may call in this response (none under ``tool_choice: "none"``)."""
 
 
 @dataclass
@@ -569,7 +580,8 @@ class SimSession:
         self._client_log = _EventLog("client")
         self._server_log = _EventLog("server")
         self._send_lock = asyncio.Lock()
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._transcripts: dict[str, asyncio.Task[str]] = {}
         self._active: _Response | None = None
         self._queued_tool_calls: list[ToolCall] = []
         self._scripted_replies: deque[_ScriptedReply] = deque()
@@ -738,13 +750,13 @@ class SimSession:
         self._client_log.close(reason)
         self._server_log.close(reason)
 
-    def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
+    def _spawn(self, coro: Coroutine[Any, Any, _T], name: str) -> asyncio.Task[_T]:
         task = asyncio.create_task(coro, name=f"{self.id}:{name}")
         self._tasks.add(task)
         task.add_done_callback(self._task_done)
         return task
 
-    def _task_done(self, task: asyncio.Task[None]) -> None:
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
         self._tasks.discard(task)
         if task.cancelled():
             return
@@ -995,10 +1007,19 @@ class SimSession:
         if isinstance(transcription, dict):
             self._spawn(self._transcribe(item, audio, self._input_rate, transcription), "transcription")
 
+    def _recognition(self, item_id: str, audio: Int16Array, rate: int) -> asyncio.Task[str]:
+        """One recognition per caller item, shared by the transcription events and the reply (ASR may be costly)."""
+        task = self._transcripts.get(item_id)
+        if task is None:
+            task = self._spawn(self._transcriber(audio, rate), f"recognise {item_id}")
+            self._transcripts[item_id] = task
+        return task
+
     async def _transcribe(self, item: Event, audio: Int16Array, rate: int, settings: dict[str, Any]) -> None:
         """Asynchronous like the real ASR pass: it may land after ``response.created``."""
+        recognition = self._recognition(item["id"], audio, rate)
         await asyncio.sleep(self.sim_config.transcription_delay_ms / 1000)
-        text = await self._transcriber(audio, rate)
+        text = await asyncio.shield(recognition)
         item["content"][0]["transcript"] = text
         seconds = len(audio) / rate
         usage: dict[str, Any]
@@ -1284,6 +1305,7 @@ class SimSession:
         )
         scripted = self._scripted_replies.popleft() if self._scripted_replies else None
         audio_out = "audio" in response.modalities
+        caller_text, caller_waiting = await self._caller_turn()
         request = ReplyRequest(
             session=self,
             response_id=response.id,
@@ -1293,6 +1315,10 @@ class SimSession:
             transcript=scripted.transcript if scripted else None,
             instructions=response.instructions,
             trigger=response.trigger,
+            session_instructions=str(self.session_config.get("instructions") or ""),
+            caller_text=caller_text,
+            caller_waiting=caller_waiting,
+            tools=self._tool_names(response.params),
         )
         reply = await self.reply_source.reply(request)
         first_delta_at = created_at + self.sim_config.first_audio_delay_ms / 1000
@@ -1309,6 +1335,38 @@ class SimSession:
             for call in calls:
                 await self._emit_tool_call(response, call)
         await self._finish_response(response)
+
+    async def _caller_turn(self) -> tuple[str | None, bool]:
+        """The caller's latest message as text, and whether it is the latest item (so it awaits an answer)."""
+        for index in range(len(self.items) - 1, -1, -1):
+            item = self.items[index]
+            if item.get("type") != "message" or item.get("role") != "user":
+                continue
+            parts: list[str] = []
+            for part in item.get("content", []):
+                if part.get("type") == "input_text":
+                    parts.append(str(part.get("text") or ""))
+                elif part.get("type") == "input_audio":
+                    recorded = self.user_audio.get(item["id"])
+                    if recorded is not None:
+                        parts.append(await asyncio.shield(self._recognition(item["id"], *recorded)))
+                    else:
+                        parts.append(str(part.get("transcript") or ""))
+            return " ".join(p for p in parts if p), index == len(self.items) - 1
+        return None, False
+
+    def _tool_names(self, params: dict[str, Any]) -> tuple[str, ...]:
+        """The function tools a response may call: its own or the session's, filtered by ``tool_choice``."""
+        choice = params.get("tool_choice", self.session_config.get("tool_choice", "auto"))
+        if choice == "none":
+            return ()
+        tools = params.get("tools", self.session_config.get("tools")) or []
+        names = tuple(
+            str(t["name"]) for t in tools if isinstance(t, dict) and t.get("type") == "function" and t.get("name")
+        )
+        if isinstance(choice, dict) and choice.get("name"):
+            return tuple(n for n in names if n == choice["name"])
+        return names
 
     async def _emit_item_added(self, response: _Response, item: Event, output_index: int) -> str | None:
         await self._send(

@@ -1,0 +1,80 @@
+"""The offline Realtime engine: the local GA protocol server with a voice, for calls without an OpenAI key.
+
+``speech`` mode answers from the prompt file's scripted dialogue in synthesised speech and recognises callers with
+PocketSphinx (``asr=False`` skips recognition, the costly part, for load tests); ``tone`` mode replies with sine
+tones, the cheapest option for benchmarks. First-audio latency and streaming speed mimic the real service.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from agent.simulation.realtime_server import RealtimeServer, RealtimeSimConfig, ReplySource
+from agent.simulation.speech.asr import shared_recognizer
+from agent.simulation.speech.dialogue import DialogueIndex, SpeechReplySource
+from agent.simulation.speech.tts import CLEAR_VOICE
+
+__all__ = ["EngineOptions", "build_engine", "build_reply_source", "run_engine"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class EngineOptions:
+    """How the engine behaves; the defaults are what ``voice-agent realtime-sim`` and the embedded engine use."""
+
+    mode: Literal["speech", "tone"] = "speech"
+    asr: bool = True
+    """Recognise caller speech (speech mode only); off, transcripts are "caller audio N ms"."""
+    prompts_dir: Path = Path("prompts")
+    default_prompt: str = "default"
+    """Whose dialogue answers sessions whose instructions match no prompt file."""
+    first_audio_delay_ms: int = 300
+    """``response.created`` -> first audio delta; the real service takes about 0.3-1 s."""
+    speed: float = 2.0
+    """Audio is streamed this many times faster than real time (0 = as fast as possible)."""
+    voice: str = CLEAR_VOICE
+    """eSpeak NG voice of the replies."""
+    host: str = "127.0.0.1"
+    port: int = 0
+
+
+def build_reply_source(options: EngineOptions) -> ReplySource | None:
+    """The reply source for ``options``; None means the server's default tone replies."""
+    if options.mode == "tone":
+        return None
+    recognizer = None
+    if options.asr:
+        recognizer = shared_recognizer()
+        recognizer.warm_in_background()  # the first caller turn should not wait a second for the model to load
+    return SpeechReplySource(
+        DialogueIndex(options.prompts_dir, options.default_prompt), recognizer=recognizer, voice=options.voice
+    )
+
+
+def build_engine(options: EngineOptions | None = None) -> RealtimeServer:
+    """An unstarted server (``await server.start()`` or ``async with``) that answers as ``options`` say."""
+    options = options or EngineOptions()
+    config = RealtimeSimConfig(
+        speed=options.speed,
+        first_audio_delay_ms=options.first_audio_delay_ms,
+        reply_source=build_reply_source(options),
+    )
+    return RealtimeServer(config, host=options.host, port=options.port)
+
+
+async def run_engine(options: EngineOptions) -> None:
+    """Serve until cancelled (Ctrl-C), logging where the agent should point ``OPENAI_BASE_URL``."""
+    async with build_engine(options) as server:
+        detail = "tone replies" if options.mode == "tone" else f"speech replies, ASR {'on' if options.asr else 'off'}"
+        log.info(
+            "offline realtime engine (%s) listening on %s; use OPENAI_BASE_URL=%s",
+            detail,
+            server.ws_base_url + "/realtime",
+            server.http_base_url,
+        )
+        await asyncio.Event().wait()
