@@ -406,7 +406,9 @@ async def test_a_dropped_stream_that_never_comes_back_ends_the_call() -> None:
 
 
 async def test_model_session_rolls_over_before_its_cap_at_a_quiet_moment() -> None:
-    async with running_stack(RealtimeSimConfig(reply_ms=1200), model_session_max_s=2.0) as stack:
+    # The engine enforces a 4 s cap, like OpenAI's 60 minutes; the agent rolls over at 2 s and never hits it.
+    config = RealtimeSimConfig(reply_ms=1200, session_max_s=4.0)
+    async with running_stack(config, model_session_max_s=2.0) as stack:
         call = await stack.carrier.place_call(
             [CallerAudio.silence(3500), CallerAudio.tone(300, 600, 0.4), CallerAudio.silence(3500)]
         )
@@ -425,5 +427,19 @@ async def test_model_session_rolls_over_before_its_cap_at_a_quiet_moment() -> No
         assert not [e for e in first.server_events if e["type"] == "response.created" and e["_t"] > seeded["_t"]]
         assert stack.metric("agent_model_reconnects_total", outcome="rollover") >= 1
         assert stack.metric("agent_model_reconnects_total", outcome="ok") == 0
+        assert stack.metric("agent_model_errors_total", code="session_expired") == 0
         assert call.protocol_errors == [] and second.protocol_errors == []
+        await call.hangup()
+
+
+async def test_a_session_that_expires_anyway_is_reconnected_with_its_history() -> None:
+    config = RealtimeSimConfig(reply_ms=800, session_max_s=2.0)
+    async with running_stack(config) as stack:  # no rollover configured short enough: the cap is hit
+        call = await stack.carrier.place_call([CallerAudio.silence(6000)])
+        second = await stack.engine.wait_for_session(1, timeout=6)
+        seeded = await second.wait_for_client_event("conversation.item.create")
+        assert seeded["item"]["content"][0]["text"] == "Reply number 1."
+        assert stack.metric("agent_model_errors_total", code="session_expired") == 1
+        assert stack.metric("agent_model_reconnects_total", outcome="ok") == 1
+        assert not call.ended.is_set()
         await call.hangup()

@@ -231,6 +231,8 @@ class RealtimeSimConfig:
     api_key: str | None = None
     """When set, the upgrade must carry ``Authorization: Bearer <api_key>`` (else HTTP 401)."""
     send_conversation_created: bool = False
+    session_max_s: float | None = None
+    """Like the real service's 60-minute cap: after this long, ``session_expired`` and the socket closes."""
     """Send ``conversation.created`` after ``session.created``; off because GA wire logs do not show it."""
 
 
@@ -734,8 +736,16 @@ class SimSession:
                     "conversation": {"id": self.conversation_id, "object": "realtime.conversation"},
                 }
             )
+        if self.sim_config.session_max_s is not None:
+            self._spawn(self._expire(self.sim_config.session_max_s), "session-cap")
         async for message in self._ws:
             await self._on_message(message)
+
+    async def _expire(self, after_s: float) -> None:
+        await asyncio.sleep(after_s)
+        minutes = round(after_s / 60) or 1
+        await self.send_error(f"Your session hit the maximum duration of {minutes} minutes.", code="session_expired")
+        await self._ws.close(1000, "session_expired")
 
     async def _shutdown(self) -> None:
         """Cancel everything this session started, so a closed socket leaves no task behind."""
