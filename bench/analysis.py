@@ -61,6 +61,7 @@ class Matched:
     trunc_err_ms: list[float] = field(default_factory=list)
     trunc_signed_ms: list[float] = field(default_factory=list)  # < 0: the model was told less than was heard
     gaps_ms: list[float] = field(default_factory=list)
+    gap_spans: list[tuple[float, float]] = field(default_factory=list)  # (carrier ran dry, audio resumed)
     send_lag_ms: list[float] = field(default_factory=list)  # caller frame sent vs its schedule (back-pressure)
     playout_lag_ms: list[float] = field(default_factory=list)  # the sim's playout ticks vs their schedule
     response_starts: dict[int, list[float]] = field(default_factory=dict)  # call -> first playAudio times
@@ -351,6 +352,7 @@ def _playout_gaps(calls: Sequence[CallResult], m: Matched) -> None:
             if new_response or (lenient and b[0] - a[0] >= 1.0):
                 continue
             m.gaps_ms.append((b[0] - a[0]) * 1000)
+            m.gap_spans.append((a[0], b[0]))
 
 
 _UUIDISH = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}|\b(sess|item|resp|event)_\w+")
@@ -475,3 +477,25 @@ def collect_problems(
     for note in m.notes:
         problems.append(f"note ({side}): {note}")
     return problems, tallies
+
+
+STALL_SLACK_S = (0.05, 0.02)  # a stall explains a gap that began up to 50 ms after it ended (20 ms before it began)
+
+
+def gaps_during_stalls(gap_spans: Sequence[tuple[float, float]], spikes: Iterable[tuple[float, float]]) -> int:
+    """How many gaps began while an event loop of the generator was stalled.
+
+    A spike (woke at, lag ms) means the loop slept through [woke - lag, woke]. A stalled bench reads late what the
+    server sent in time (its playout clock catches up first and finds the queue empty), and a stalled engine sends
+    a response's audio late: either can empty the carrier's queue with no fault of the server's.
+    """
+    stalls = sorted((t - lag / 1000, t) for t, lag in spikes)
+    starts = [a for a, _ in stalls]
+    latest_end = list(itertools.accumulate((b for _, b in stalls), max))
+    after, before = STALL_SLACK_S
+    count = 0
+    for g0, _g1 in gap_spans:
+        i = bisect.bisect_right(starts, g0 + before)
+        if i and latest_end[i - 1] >= g0 - after:
+            count += 1
+    return count

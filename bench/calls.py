@@ -31,9 +31,10 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import analysis
 import httpx
@@ -45,6 +46,8 @@ WARMUP_S = 1.5  # after the last call started, before the CPU window opens
 MIN_WINDOW_S = 2.0
 SIDES = ("baseline", "agent")
 SIDE_OVERHEAD_S = 150.0  # start-up, hang-ups, draining: a side taking longer than this is stuck
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -60,18 +63,75 @@ class SideRun:
     metrics: dict[str, float] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     log_marks: dict[str, int] = field(default_factory=dict)  # "stopping": log size when shutdown began
+    bench_lag_spikes: list[tuple[float, float]] = field(default_factory=list)  # (woke at, lag ms)
 
 
-def _engine_args(args: argparse.Namespace, port: int) -> list[str]:
+@dataclass(frozen=True)
+class ServerOptions:
+    """How the engine and the server under test are configured: the same for every bench tool."""
+
+    content_type: str = MULAW_8K
+    reply_ms: int = 2500
+    speed: float = 2.0
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> ServerOptions:
+        return cls(content_type=args.content_type, reply_ms=args.reply_ms, speed=args.speed)
+
+
+@dataclass
+class Target:
+    """One side up and running: a fresh engine and the server under test (agent or baseline relay)."""
+
+    name: str
+    engine: procs.Child
+    engine_port: int
+    server: procs.Child
+    base_url: str
+    answer_path: str
+    notes: list[str] = field(default_factory=list)
+    log_marks: dict[str, int] = field(default_factory=dict)  # "stopping": log size when shutdown began
+
+    @property
+    def log_path(self) -> Path:
+        return self.server.log_path
+
+    def log_size(self) -> int:
+        try:
+            return self.log_path.stat().st_size
+        except OSError:
+            return 0
+
+    def meter(self) -> procs.CpuMeter:
+        return procs.CpuMeter({"server": self.server.pid, "engine": self.engine.pid, "bench": os.getpid()})
+
+
+def _engine_args(opts: ServerOptions, port: int) -> list[str]:
     return [
         str(procs.BENCH_DIR / "simengine.py"),
         "--port",
         str(port),
         "--reply-ms",
-        str(args.reply_ms),
+        str(opts.reply_ms),
         "--speed",
-        str(args.speed),
+        str(opts.speed),
     ]
+
+
+def agent_env(engine_port: int, port: int, workdir: Path, content_type: str) -> dict[str, str]:
+    """The agent's settings for a bench run: its database and call recordings go to a scratch directory."""
+    return procs.clean_env(
+        {
+            "DATABASE_URL": f"sqlite+aiosqlite:///{workdir}/agent.db",
+            "AGENT_RECORDINGS_DIR": str(workdir / "recordings"),
+            "OPENAI_API_KEY": "dummy",
+            "OPENAI_BASE_URL": f"http://127.0.0.1:{engine_port}/v1",
+            "PUBLIC_URL": f"http://127.0.0.1:{port}",
+            "AGENT_LOG_LEVEL": "WARNING",
+            "AGENT_STREAM_CONTENT_TYPE": content_type,
+            "AGENT_PROMPTS_DIR": str(procs.ROOT / "prompts"),
+        }
+    )
 
 
 async def _get_json(url: str, limit_s: float = 10.0) -> dict[str, Any]:
@@ -82,10 +142,11 @@ async def _get_json(url: str, limit_s: float = 10.0) -> dict[str, Any]:
         return data
 
 
-async def _drain_engine(port: int) -> dict[str, Any]:
-    """Wait (bounded) for the server under test to close its model sockets, then collect the summaries."""
+async def drain_engine(port: int, wait_idle_s: float = analysis.ENGINE_IDLE_S) -> dict[str, Any]:
+    """Wait (at most `wait_idle_s`) for the server under test to close its model sockets, then collect the
+    summaries: every closed session's (forgotten by the engine from then on) and every open one's so far."""
     base = f"http://127.0.0.1:{port}/bench"
-    deadline = time.monotonic() + analysis.ENGINE_IDLE_S
+    deadline = time.monotonic() + wait_idle_s
     while time.monotonic() < deadline:
         status = await _get_json(f"{base}/status")
         if not status.get("open"):
@@ -94,8 +155,8 @@ async def _drain_engine(port: int) -> dict[str, Any]:
     return await _get_json(f"{base}/drain", limit_s=30.0)
 
 
-async def _scrape_metrics(url: str) -> dict[str, float]:
-    """The agent's own Prometheus counters (everything agent_* that is not a histogram bucket)."""
+async def scrape_metrics(url: str, nonzero_only: bool = True) -> dict[str, float]:
+    """The agent's own Prometheus metrics (everything agent_* that is not a histogram bucket); {} when unreachable."""
     out: dict[str, float] = {}
     with contextlib.suppress(httpx.HTTPError):
         async with httpx.AsyncClient() as http:
@@ -105,41 +166,33 @@ async def _scrape_metrics(url: str) -> dict[str, float]:
                 continue
             name, _, value = line.rpartition(" ")
             with contextlib.suppress(ValueError):
-                if float(value):
+                if float(value) or not nonzero_only:
                     out[name] = float(value)
     return out
 
 
-async def run_side(name: str, args: argparse.Namespace, stem: Path) -> SideRun:
-    cfg = WorkloadConfig(calls=args.calls, seconds=args.seconds, content_type=args.content_type, seed=args.seed)
+@contextlib.asynccontextmanager
+async def start_side(name: str, opts: ServerOptions, stem: Path) -> AsyncIterator[Target]:
+    """Start a fresh engine and the server under test, wait until both answer; always stop both on exit.
+
+    Logs go to `<stem>-<name>.log` and `<stem>-engine-<name>.log`. Whatever goes wrong while stopping (a child
+    that had to be killed) is appended to `Target.notes`, which callers may have shared with their results.
+    """
     engine_port = procs.free_port()
     engine = procs.start(
-        "engine", _engine_args(args, engine_port), procs.clean_env({}), Path(f"{stem}-engine-{name}.log")
+        "engine", _engine_args(opts, engine_port), procs.clean_env({}), Path(f"{stem}-engine-{name}.log")
     )
-    target: procs.Child | None = None
+    target: Target | None = None
+    server: procs.Child | None = None
     workdir: Path | None = None
-    notes: list[str] = []
-    log_marks: dict[str, int] = {}
     try:
         await procs.wait_ready(engine, f"http://127.0.0.1:{engine_port}/bench/health")
         port = procs.free_port()
         log_path = Path(f"{stem}-{name}.log")
         if name == "agent":
-            # The agent keeps a database and call recordings: point them at a scratch directory, not var/.
             workdir = Path(tempfile.mkdtemp(prefix="bench-agent-"))
-            env = procs.clean_env(
-                {
-                    "DATABASE_URL": f"sqlite+aiosqlite:///{workdir}/agent.db",
-                    "AGENT_RECORDINGS_DIR": str(workdir / "recordings"),
-                    "OPENAI_API_KEY": "dummy",
-                    "OPENAI_BASE_URL": f"http://127.0.0.1:{engine_port}/v1",
-                    "PUBLIC_URL": f"http://127.0.0.1:{port}",
-                    "AGENT_LOG_LEVEL": "WARNING",
-                    "AGENT_STREAM_CONTENT_TYPE": args.content_type,
-                    "AGENT_PROMPTS_DIR": str(procs.ROOT / "prompts"),
-                }
-            )
-            target = procs.start(
+            env = agent_env(engine_port, port, workdir, opts.content_type)
+            server = procs.start(
                 "agent", ["-m", "agent", "serve", "--host", "127.0.0.1", "--port", str(port)], env, log_path
             )
             answer_path = "/vobiz/answer"
@@ -151,88 +204,128 @@ async def run_side(name: str, args: argparse.Namespace, stem: Path) -> SideRun:
                 "--engine",
                 f"ws://127.0.0.1:{engine_port}/v1/realtime",
                 "--content-type",
-                args.content_type,
+                opts.content_type,
             ]
-            target = procs.start("baseline relay", relay_args, procs.clean_env({}), log_path)
+            server = procs.start("baseline relay", relay_args, procs.clean_env({}), log_path)
             answer_path = "/answer"
         base_url = f"http://127.0.0.1:{port}"
-        await procs.wait_ready(target, f"{base_url}/healthz")
-        meter = procs.CpuMeter({"server": target.pid, "engine": engine.pid, "bench": os.getpid()})
-        await asyncio.sleep(0.3)
-        idle_start = meter.snapshot()
-        await asyncio.sleep(1.0)
-        idle = meter.snapshot()
-        idle_cpu = procs.cpu_between(idle_start, idle)["server"]
-        window: dict[str, Any] = {}
-
-        async def measure(t0: float) -> None:
-            ramp_end = t0 + (cfg.calls - 1) * cfg.stagger_s
-            start, end = ramp_end + WARMUP_S, t0 + cfg.seconds - 0.3
-            if end - start < MIN_WINDOW_S:
-                start = ramp_end + 0.3
-                notes.append(f"short steady-state window ({end - start:.1f} s): use longer --seconds")
-            await asyncio.sleep(max(0.0, start - time.monotonic()))
-            window["a"] = meter.snapshot()
-            peak = dict(window["a"].rss)
-            while time.monotonic() < end:
-                await asyncio.sleep(min(0.5, max(0.0, end - time.monotonic())))
-                snap = meter.snapshot()
-                peak = {k: max(v, snap.rss.get(k, 0)) for k, v in peak.items()}
-            window["b"] = meter.snapshot()
-            window["peak"] = peak
-
-        tasks: list[asyncio.Task[None]] = []
-        lag = LoopLag()
-        lag_task = asyncio.create_task(lag.watch())
+        await procs.wait_ready(server, f"{base_url}/healthz")
+        target = Target(name, engine, engine_port, server, base_url, answer_path)
+        yield target
+    finally:
+        notes = target.notes if target is not None else []
+        if target is not None:
+            target.log_marks["stopping"] = target.log_size()
         try:
-            results = await run_calls(
-                base_url, answer_path, cfg, lambda t0: tasks.append(asyncio.create_task(measure(t0)))
-            )
+            if server is not None and procs.stop(server):
+                notes.append(f"the {server.name} did not exit within 5 s of SIGTERM and was killed")
         finally:
-            lag_task.cancel()
-            for task in tasks:
-                if not task.done():
-                    task.cancel()
-            await asyncio.gather(lag_task, *tasks, return_exceptions=True)
-        metrics = await _scrape_metrics(f"{base_url}/metrics") if name == "agent" else {}
-        try:
-            engine_data = await _drain_engine(engine_port)
-        except (httpx.HTTPError, ValueError) as exc:
-            engine_data = {"sessions": [], "internal_errors": [f"could not collect the engine's records: {exc!r}"]}
-        if "a" in window and "b" in window:
-            cpu = procs.cpu_between(window["a"], window["b"])
-            window_s = window["b"].t - window["a"].t
-            peak = window["peak"]
-        else:
-            cpu, window_s, peak = (
-                {"server": math.nan, "engine": math.nan, "bench": math.nan, "machine": math.nan},
-                0.0,
-                {},
-            )
-            notes.append("the CPU window was never completed")
-        cpu["server_idle"] = idle_cpu
-        mb = 1024 * 1024
-        rss = {
-            "idle": idle.rss["server"] / mb,
-            "steady": peak.get("server", 0) / mb,
-            "per_call": (peak.get("server", 0) - idle.rss["server"]) / mb / max(1, cfg.calls),
-            "engine_peak": peak.get("engine", 0) / mb,
-            "bench_peak": peak.get("bench", 0) / mb,
-        }
-        return SideRun(
-            name, results, engine_data, cpu, rss, window_s, lag.samples_ms, log_path, metrics, notes, log_marks
+            if procs.stop(engine):
+                notes.append("the engine did not exit within 5 s of SIGTERM and was killed")
+            if workdir is not None:
+                shutil.rmtree(workdir, ignore_errors=True)
+
+
+async def measure_idle(meter: procs.CpuMeter, seconds: float = 1.0) -> tuple[procs.CpuSnapshot, float]:
+    """(snapshot at the end, server CPU % over `seconds` with no calls)."""
+    start = meter.snapshot()
+    await asyncio.sleep(seconds)
+    end = meter.snapshot()
+    return end, procs.cpu_between(start, end)["server"]
+
+
+async def run_workload(
+    target: Target,
+    cfg: WorkloadConfig,
+    meter: procs.CpuMeter,
+    idle: procs.CpuSnapshot,
+    idle_cpu: float,
+    log_marks: dict[str, int] | None = None,
+) -> SideRun:
+    """Place `cfg.calls` calls against a running side; measure CPU over the steady state; collect the engine's
+    records (which also clears them, so a side can run several workloads one after the other)."""
+    notes = target.notes
+    window: dict[str, Any] = {}
+
+    async def measure(t0: float) -> None:
+        ramp_end = t0 + (cfg.calls - 1) * cfg.stagger_s
+        start, end = ramp_end + WARMUP_S, t0 + cfg.seconds - 0.3
+        if end - start < MIN_WINDOW_S:
+            start = ramp_end + 0.3
+            notes.append(f"short steady-state window ({end - start:.1f} s): use longer --seconds")
+        await asyncio.sleep(max(0.0, start - time.monotonic()))
+        window["a"] = meter.snapshot()
+        peak = dict(window["a"].rss)
+        while time.monotonic() < end:
+            await asyncio.sleep(min(0.5, max(0.0, end - time.monotonic())))
+            snap = meter.snapshot()
+            peak = {k: max(v, snap.rss.get(k, 0)) for k, v in peak.items()}
+        window["b"] = meter.snapshot()
+        window["peak"] = peak
+
+    tasks: list[asyncio.Task[None]] = []
+    lag = LoopLag()
+    lag_task = asyncio.create_task(lag.watch())
+    try:
+        results = await run_calls(
+            target.base_url, target.answer_path, cfg, lambda t0: tasks.append(asyncio.create_task(measure(t0)))
         )
     finally:
-        if target is not None:
-            with contextlib.suppress(OSError):
-                log_marks["stopping"] = target.log_path.stat().st_size
-        # `notes` is shared with the SideRun being returned, so these still reach the report.
-        if target is not None and procs.stop(target):
-            notes.append(f"the {target.name} did not exit within 5 s of SIGTERM and was killed")
-        if procs.stop(engine):
-            notes.append("the engine did not exit within 5 s of SIGTERM and was killed")
-        if workdir is not None:
-            shutil.rmtree(workdir, ignore_errors=True)
+        lag_task.cancel()
+        for task in tasks:
+            if not task.done():
+                task.cancel()
+        await asyncio.gather(lag_task, *tasks, return_exceptions=True)
+    metrics = await scrape_metrics(f"{target.base_url}/metrics") if target.name == "agent" else {}
+    try:
+        engine_data = await drain_engine(target.engine_port)
+    except (httpx.HTTPError, ValueError) as exc:
+        engine_data = {"sessions": [], "internal_errors": [f"could not collect the engine's records: {exc!r}"]}
+    if "a" in window and "b" in window:
+        cpu = procs.cpu_between(window["a"], window["b"])
+        window_s = window["b"].t - window["a"].t
+        peak = window["peak"]
+    else:
+        cpu, window_s, peak = (
+            {"server": math.nan, "engine": math.nan, "bench": math.nan, "machine": math.nan},
+            0.0,
+            {},
+        )
+        notes.append("the CPU window was never completed")
+    cpu["server_idle"] = idle_cpu
+    mb = 1024 * 1024
+    rss = {
+        "idle": idle.rss["server"] / mb,
+        "steady": peak.get("server", 0) / mb,
+        "per_call": (peak.get("server", 0) - idle.rss["server"]) / mb / max(1, cfg.calls),
+        "engine_peak": peak.get("engine", 0) / mb,
+        "bench_peak": peak.get("bench", 0) / mb,
+    }
+    marks = target.log_marks if log_marks is None else log_marks
+    return SideRun(
+        target.name,
+        results,
+        engine_data,
+        cpu,
+        rss,
+        window_s,
+        lag.samples_ms,
+        target.log_path,
+        metrics,
+        notes,
+        marks,
+        lag.spikes,
+    )
+
+
+async def run_side(name: str, args: argparse.Namespace, stem: Path) -> SideRun:
+    cfg = WorkloadConfig(calls=args.calls, seconds=args.seconds, content_type=args.content_type, seed=args.seed)
+    async with start_side(name, ServerOptions.from_args(args), stem) as target:
+        meter = target.meter()
+        await asyncio.sleep(0.3)
+        idle, idle_cpu = await measure_idle(meter)
+        # The run's notes and log marks are the target's: what happens while stopping still reaches the report.
+        return await run_workload(target, cfg, meter, idle, idle_cpu)
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -249,8 +342,11 @@ def side_report(run: SideRun, content_type: str, calls: int) -> dict[str, Any]:
         turns.update(call.turns)
     bot_min = m.counts["bot_audio_ms"] / 60000
     log_bytes = run.log_path.read_bytes() if run.log_path.exists() else b""
-    stop_at = run.log_marks.get("stopping", len(log_bytes))
-    during, shutdown = (log_bytes[:stop_at].decode(errors="replace"), log_bytes[stop_at:].decode(errors="replace"))
+    # A side that runs several workloads marks where this one's part of the log starts and ends.
+    begin, end = run.log_marks.get("start", 0), run.log_marks.get("end", len(log_bytes))
+    stop_at = run.log_marks.get("stopping", end)
+    during = log_bytes[begin:stop_at].decode(errors="replace")
+    shutdown = log_bytes[stop_at:end].decode(errors="replace")
     return {
         "overloaded": analysis.overload(m, run.engine),
         "cpu": {
@@ -264,6 +360,13 @@ def side_report(run: SideRun, content_type: str, calls: int) -> dict[str, Any]:
             - run.cpu["engine"]
             - run.cpu["bench"],
             "server_idle_pct": run.cpu.get("server_idle", math.nan),
+            # Ready to run but waiting for a CPU (main thread, % of the window): CPU contention on the machine.
+            "server_wait_pct": run.cpu.get("server_wait", math.nan),
+            "engine_wait_pct": run.cpu.get("engine_wait", math.nan),
+            "bench_wait_pct": run.cpu.get("bench_wait", math.nan),
+            "server_wait_per_run_ms": run.cpu.get("server_wait_per_run_ms", math.nan),
+            "engine_wait_per_run_ms": run.cpu.get("engine_wait_per_run_ms", math.nan),
+            "bench_wait_per_run_ms": run.cpu.get("bench_wait_per_run_ms", math.nan),
             "window_s": round(run.window_s, 2),
         },
         "rss_mb": {k: round(v, 2) for k, v in run.rss_mb.items()},
@@ -278,6 +381,10 @@ def side_report(run: SideRun, content_type: str, calls: int) -> dict[str, Any]:
         "truncation_signed_error_ms": analysis.stats(m.trunc_signed_ms),
         "playout_gaps": {
             "count": len(m.gaps_ms),
+            "during_generator_stalls": analysis.gaps_during_stalls(
+                m.gap_spans,
+                [*run.bench_lag_spikes, *((float(t), float(lag)) for t, lag in run.engine.get("loop_lag_spikes", []))],
+            ),
             "total_ms": round(sum(m.gaps_ms), 1),
             "per_min_of_bot_audio": round(len(m.gaps_ms) / bot_min, 2) if bot_min else None,
             "duration_ms": analysis.stats(m.gaps_ms),
@@ -403,7 +510,8 @@ def render(report: dict[str, Any]) -> str:
             f"  truncates sent {c.get('truncates', 0)}: {c.get('truncates_repeated', 0)} repeated an earlier truncate "
             f"of the same item, {c.get('truncates_of_other_items', 0)} for other items",
             f"  playout gaps mid-response: {gaps['count']} ({_fmt(gaps['per_min_of_bot_audio'])} per minute of bot "
-            f"audio), total {gaps['total_ms']:.0f} ms, max {_fmt(gaps['duration_ms']['max'], 0)} ms",
+            f"audio), total {gaps['total_ms']:.0f} ms, max {_fmt(gaps['duration_ms']['max'], 0)} ms; "
+            f"{gaps['during_generator_stalls']} began while the bench or the engine was stalled",
             f"  appends {c.get('appends', 0)} ({c.get('appends_batched', 0)} carried >1 frame); responses "
             f"{c.get('responses', 0)} ({c.get('responses_cancelled', 0)} cancelled); barge-ins {c.get('barge_ins', 0)}",
         ]
@@ -415,6 +523,10 @@ def render(report: dict[str, Any]) -> str:
             f"  {n:9} % of a core: engine {_fmt(cpu['engine_pct'], 0)}, bench {_fmt(cpu['bench_pct'], 0)}, other "
             f"processes {_fmt(cpu['others_pct'], 0)}; machine {_fmt(cpu['machine_pct'], 0)}% busy over "
             f"{cpu['window_s']} s",
+            f"  {'':9} waited for a CPU (% of the time, ms per wake-up): server {_fmt(cpu['server_wait_pct'], 0)}%, "
+            f"{_fmt(cpu['server_wait_per_run_ms'], 2)}; engine {_fmt(cpu['engine_wait_pct'], 0)}%, "
+            f"{_fmt(cpu['engine_wait_per_run_ms'], 2)}; bench {_fmt(cpu['bench_wait_pct'], 0)}%, "
+            f"{_fmt(cpu['bench_wait_per_run_ms'], 2)}",
             f"  {'':9} loop lag p99: bench {_fmt(lag['bench']['p99'], 1)} ms, engine {_fmt(lag['engine']['p99'], 1)}"
             f" ms; caller frames sent late p99 {_fmt(sent['p99'], 1)} ms (max {_fmt(sent['max'], 0)}); calls ok "
             f"{s['calls_ok']}/{cfg['calls']}",
@@ -467,11 +579,40 @@ def _git_commit() -> str | None:
     return None
 
 
-async def run(args: argparse.Namespace) -> dict[str, Any]:
+def machine_info() -> dict[str, Any]:
+    """What a result depends on besides the code: recorded in every bench tool's JSON."""
+    return {
+        "cpus": os.cpu_count(),
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "commit": _git_commit(),
+        "loop": type(asyncio.get_running_loop()).__module__,
+    }
+
+
+def cancel_on_signals() -> None:
+    """SIGTERM/SIGHUP unwind the current task like Ctrl-C, so every `finally` runs and child processes stop."""
     main_task = asyncio.current_task()
-    if main_task is not None:  # SIGTERM/SIGHUP unwind like Ctrl-C, so the child processes are stopped
+    if main_task is not None:
         for sig in (signal.SIGTERM, signal.SIGHUP):
             asyncio.get_running_loop().add_signal_handler(sig, main_task.cancel)
+
+
+def run_async(main: Callable[[], Coroutine[Any, Any, T]], prog: str = "bench") -> T:
+    """Run `main` on uvloop when installed (as the agent does); exit 130 when interrupted."""
+    try:
+        try:
+            import uvloop
+        except ImportError:
+            return asyncio.run(main())
+        return uvloop.run(main())
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        print(f"[{prog}] interrupted; child processes stopped", file=sys.stderr)
+        sys.exit(130)
+
+
+async def run(args: argparse.Namespace) -> dict[str, Any]:
+    cancel_on_signals()
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     out: Path = args.out or procs.BENCH_DIR / "results" / f"calls-{stamp}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -487,13 +628,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             "seed": args.seed,
             "workload": asdict(WorkloadConfig(args.calls, args.seconds, args.content_type, seed=args.seed)),
         },
-        "machine": {
-            "cpus": os.cpu_count(),
-            "python": sys.version.split()[0],
-            "platform": platform.platform(),
-            "commit": _git_commit(),
-            "loop": type(asyncio.get_running_loop()).__module__,
-        },
+        "machine": machine_info(),
         "started_at": dt.datetime.now().isoformat(timespec="seconds"),
         "out": str(out),
         "sides": {},
@@ -513,16 +648,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    try:
-        try:
-            import uvloop
-        except ImportError:
-            report = asyncio.run(run(args))
-        else:
-            report = uvloop.run(run(args))
-    except (KeyboardInterrupt, asyncio.CancelledError):
-        print("[bench] interrupted; child processes stopped", file=sys.stderr)
-        sys.exit(130)
+    report = run_async(lambda: run(args))
     Path(report["out"]).write_text(json.dumps(report, indent=1, default=str))
     print(render(report))
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import os
 import socket
 import subprocess
@@ -116,6 +117,20 @@ class CpuSnapshot:
     cpu_s: dict[str, float]
     rss: dict[str, int]
     system_busy_s: float  # all cores, user + system + irq + steal time
+    wait_s: dict[str, float] = field(default_factory=dict)  # main thread runnable but not running (run queue)
+    runs: dict[str, float] = field(default_factory=dict)  # main thread: times it was put on a CPU
+
+
+def run_queue_wait(pid: int) -> tuple[float, float]:
+    """(seconds the process's main thread, its event loop, spent ready to run but waiting for a CPU, times it
+    got one) from /proc/<pid>/schedstat (Linux with scheduler statistics; NaN elsewhere). Every wake-up waits a
+    little; CPU contention shows up as a longer wait per run."""
+    try:
+        with open(f"/proc/{pid}/schedstat") as f:
+            fields = f.read().split()
+        return int(fields[1]) / 1e9, float(fields[2])
+    except (OSError, IndexError, ValueError):
+        return math.nan, math.nan
 
 
 class CpuMeter:
@@ -127,7 +142,10 @@ class CpuMeter:
     def snapshot(self) -> CpuSnapshot:
         cpu: dict[str, float] = {}
         rss: dict[str, int] = {}
+        wait: dict[str, float] = {}
+        runs: dict[str, float] = {}
         for name, proc in self._procs.items():
+            wait[name], runs[name] = run_queue_wait(proc.pid)
             try:
                 with proc.oneshot():
                     times = proc.cpu_times()
@@ -135,16 +153,64 @@ class CpuMeter:
                     rss[name] = int(proc.memory_info().rss)
             except psutil.Error:
                 cpu[name], rss[name] = float("nan"), 0
-        sys_times = psutil.cpu_times()
-        busy = float(sys_times.user + sys_times.system + getattr(sys_times, "irq", 0.0))
-        busy += float(getattr(sys_times, "softirq", 0.0) + getattr(sys_times, "steal", 0.0))
-        busy += float(getattr(sys_times, "nice", 0.0))
-        return CpuSnapshot(time.monotonic(), cpu, rss, busy)
+        return CpuSnapshot(time.monotonic(), cpu, rss, machine_busy_s(), wait, runs)
+
+
+def machine_busy_s() -> float:
+    """CPU seconds the whole machine has been busy, all cores: user + system + nice + irq + softirq + steal."""
+    sys_times = psutil.cpu_times()
+    busy = float(sys_times.user + sys_times.system + getattr(sys_times, "irq", 0.0))
+    busy += float(getattr(sys_times, "softirq", 0.0) + getattr(sys_times, "steal", 0.0))
+    busy += float(getattr(sys_times, "nice", 0.0))
+    return busy
 
 
 def cpu_between(a: CpuSnapshot, b: CpuSnapshot) -> dict[str, float]:
-    """Percent of one core per process over [a, b], and `machine` as percent of all cores together."""
+    """Percent of one core per process over [a, b], `machine` as percent of all cores together, and for each
+    process `<name>_wait`: percent of the wall time its event loop was ready to run but waited for a CPU, and
+    `<name>_wait_per_run_ms`: how long it waited on average each time it woke up."""
     wall = max(b.t - a.t, 1e-9)
     out = {name: (b.cpu_s[name] - a.cpu_s[name]) / wall * 100 for name in a.cpu_s}
+    for name in a.wait_s:
+        waited = b.wait_s.get(name, math.nan) - a.wait_s[name]
+        runs = b.runs.get(name, math.nan) - a.runs.get(name, math.nan)
+        out[f"{name}_wait"] = waited / wall * 100
+        out[f"{name}_wait_per_run_ms"] = waited / runs * 1000 if runs > 0 else math.nan
     out["machine"] = (b.system_busy_s - a.system_busy_s) / wall / (psutil.cpu_count() or 1) * 100
     return out
+
+
+class OtherProcesses:
+    """Which processes outside the bench used the CPU over an interval (the machine may be shared)."""
+
+    def __init__(self, exclude: set[int]) -> None:
+        self._exclude = exclude | {os.getpid()}
+        self._start: dict[int, tuple[float, str]] = {}
+        self._t = time.monotonic()
+
+    @staticmethod
+    def _snapshot() -> dict[int, tuple[float, str]]:
+        out: dict[int, tuple[float, str]] = {}
+        for proc in psutil.process_iter(["name", "cmdline", "cpu_times"]):
+            times = proc.info.get("cpu_times")
+            if times is None:
+                continue
+            cmd = " ".join(proc.info.get("cmdline") or []) or str(proc.info.get("name") or "?")
+            out[proc.pid] = (float(times.user + times.system), cmd[:80])
+        return out
+
+    def start(self) -> None:
+        self._start, self._t = self._snapshot(), time.monotonic()
+
+    def top(self, limit: int = 3, min_pct: float = 10.0) -> list[tuple[float, str]]:
+        """(% of a core, command line) of the busiest other processes since `start` (processes that started
+        meanwhile count from 0; processes that ended meanwhile are missed)."""
+        wall = max(time.monotonic() - self._t, 1e-9)
+        used = []
+        for pid, (cpu, cmd) in self._snapshot().items():
+            if pid in self._exclude:
+                continue
+            pct = (cpu - self._start.get(pid, (0.0, ""))[0]) / wall * 100
+            if pct >= min_pct:
+                used.append((round(pct, 1), cmd))
+        return sorted(used, reverse=True)[:limit]

@@ -33,7 +33,7 @@ from urllib.parse import urlsplit
 import numpy as np
 from websockets.asyncio.server import ServerConnection
 from websockets.http11 import Request, Response
-from wire import MULAW_FRAME_BYTES, PREFIX_CHARS, frame_key
+from wire import LAG_SPIKE_MS, MULAW_FRAME_BYTES, PREFIX_CHARS, frame_key
 
 from agent.audio.codecs import Int16Array, float_to_pcm16
 from agent.simulation.realtime_server import (
@@ -157,6 +157,7 @@ class BenchEngine(RealtimeServer):
         self._by_task: dict[asyncio.Task[Any], SimSession] = {}
         self._summaries: list[dict[str, Any]] = []
         self.loop_lag_ms: list[float] = []
+        self.loop_lag_spikes: list[tuple[float, float]] = []  # (woke at, lag ms) beyond LAG_SPIKE_MS
         self.on_session = self._register
 
     def _register(self, session: SimSession) -> None:
@@ -196,12 +197,13 @@ class BenchEngine(RealtimeServer):
             summaries, self._summaries = self._summaries, []
             live = [summarize(s) | {"open_at_drain": True} for s in list(self._by_task.values())]
             lag = sorted(self.loop_lag_ms)
-            self.loop_lag_ms = []
+            spikes, self.loop_lag_ms, self.loop_lag_spikes = self.loop_lag_spikes, [], []
             body = {
                 "sessions": summaries + live,
                 "still_open": len(live),
                 "internal_errors": list(self.internal_errors),
                 "loop_lag_ms": lag,
+                "loop_lag_spikes": spikes,
                 "max_rss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
             }
             return connection.respond(HTTPStatus.OK, json.dumps(body, separators=(",", ":")))
@@ -213,7 +215,11 @@ async def _watch_loop_lag(engine: BenchEngine, period: float = 0.01) -> None:
     while True:
         t = time.monotonic()
         await asyncio.sleep(period)
-        engine.loop_lag_ms.append((time.monotonic() - t - period) * 1000)
+        now = time.monotonic()
+        lag = (now - t - period) * 1000
+        engine.loop_lag_ms.append(lag)
+        if lag > LAG_SPIKE_MS:
+            engine.loop_lag_spikes.append((now, lag))
 
 
 async def _main(args: argparse.Namespace) -> None:

@@ -19,11 +19,11 @@ import itertools
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
-from wire import FRAME_MS, PREFIX_CHARS, content_rate, frame_key, is_mulaw
+from wire import FRAME_MS, LAG_SPIKE_MS, PREFIX_CHARS, content_rate, frame_key, is_mulaw
 
 from agent.audio.codecs import float_to_pcm16, pcm16_to_mulaw
 from agent.simulation.carrier import CallerAudio, CarrierSim, Segment, SimCall, SimCallOptions
@@ -259,12 +259,17 @@ class LoopLag:
     """How late the bench's own event loop wakes up; when it lags, the carrier's timestamps do too."""
 
     samples_ms: list[float] = field(default_factory=list)
+    spikes: list[tuple[float, float]] = field(default_factory=list)  # (woke at, lag ms) beyond LAG_SPIKE_MS
 
     async def watch(self, period: float = 0.01) -> None:
         while True:
             t = time.monotonic()
             await asyncio.sleep(period)
-            self.samples_ms.append((time.monotonic() - t - period) * 1000)
+            now = time.monotonic()
+            lag = (now - t - period) * 1000
+            self.samples_ms.append(lag)
+            if lag > LAG_SPIKE_MS:
+                self.spikes.append((now, lag))
 
 
 async def run_calls(
@@ -291,3 +296,45 @@ async def run_calls(
                 exc = None if task.cancelled() else task.exception()
                 results.append(CallResult(i, error=f"call task failed: {exc!r}" if exc else "call task timed out"))
         return results
+
+
+async def run_back_to_back(
+    base_url: str,
+    answer_path: str,
+    cfg: WorkloadConfig,
+    until: float,
+    on_result: Callable[[CallResult], None],
+    seconds_range: tuple[float, float] = (8.0, 12.0),
+) -> int:
+    """Keep `cfg.calls` calls up until `until` (monotonic): each slot places its next call as soon as the previous
+    one ended, each call `seconds_range` long (uniform). Every result goes to `on_result` as soon as the call
+    ends. Calls may start until `until`, so the load holds up to then and the last calls end up to one call
+    length later. Returns the number of calls placed."""
+    rng = np.random.default_rng([cfg.seed, 0xB2B])
+    counter = itertools.count()
+    lo, hi = seconds_range
+
+    async def slot(carrier: CarrierSim, k: int) -> None:
+        await asyncio.sleep(k * cfg.stagger_s)
+        while time.monotonic() < until:
+            index = next(counter)
+            seconds = float(rng.uniform(lo, hi))
+            try:
+                # one_call bounds itself (place 15 s, talk seconds + 10, hang up 10); this is a backstop.
+                async with asyncio.timeout(seconds + 60):
+                    result = await one_call(carrier, index, replace(cfg, seconds=seconds), time.monotonic())
+            except TimeoutError:
+                result = CallResult(index, error="call task timed out")
+            on_result(result)
+            if result.error is not None and not result.frames:
+                await asyncio.sleep(1.0)  # the call never got going: do not hammer a server that refuses calls
+
+    async with CarrierSim(base_url, answer_path=answer_path) as carrier:
+        tasks = [asyncio.create_task(slot(carrier, k)) for k in range(cfg.calls)]
+        try:
+            await asyncio.gather(*tasks)
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+    return next(counter)

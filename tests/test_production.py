@@ -13,12 +13,12 @@ import time
 from collections.abc import AsyncIterator
 
 import httpx
-import numpy as np
 import pytest
 from fastapi import FastAPI, Request, Response
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from agent.observability import logs
+from agent.simulation.call_metrics import analyze_call
 from agent.simulation.carrier import CallEndedWithoutStream, CallerAudio, CarrierSim
 from agent.simulation.local_server import serve_app
 from agent.simulation.realtime_server import RealtimeSimConfig
@@ -127,14 +127,6 @@ async def test_sigterm_drains_live_calls_then_exits() -> None:
         await carrier.aclose()
 
 
-def longest_silence_ms(track: np.ndarray, rate: int = 8000) -> float:
-    """Longest run of silence between the first and the last bot sound on the call clock."""
-    loud = np.nonzero(np.abs(track) > 100)[0]
-    if len(loud) < 2:
-        return 0.0
-    return float(np.max(np.diff(loud)) / rate * 1000)
-
-
 @contextlib.asynccontextmanager
 async def agent_process(**env: str) -> AsyncIterator[str]:
     """The agent as its own process (embedded engine), so test-side load cannot starve its event loop."""
@@ -171,7 +163,8 @@ async def test_a_flood_of_malformed_frames_on_one_call_leaves_the_others_alone()
         for i in range(2000):
             await flooder.send_raw(garbage[i % len(garbage)])
         await victim.wait_bot_audio(1500, timeout=6)
-        assert longest_silence_ms(victim.bot_track(8000)) < 20  # the victim's greeting played without a hole
+        # The victim's greeting played without a hole: the carrier never ran dry in the middle of an answer.
+        assert analyze_call(victim).playout_gaps_ms == []
         assert not victim.ended.is_set() and not flooder.ended.is_set()
         await flooder.wait_bot_audio(1500, timeout=6)  # and the flooded call itself still works
         async with httpx.AsyncClient() as http:
