@@ -24,7 +24,10 @@ from agent.prompts.loader import Prompt
 
 log = logging.getLogger("agent.registry")
 
-_KEEP_ENDED = 10_000
+_KEEP_ENDED = 10_000  # call ids only: answer-loop protection and after-stream outcomes
+# Full records of ended calls stay in memory only for late webhooks (a hangup refining the stored record);
+# the database has them. The soak bench showed ~90 KB per record, so this bound is what keeps RSS flat.
+_KEEP_RECORDS = 200
 
 
 @dataclass
@@ -159,7 +162,7 @@ class CallRegistry:
     def _remember(self, record: CallRecord) -> None:
         self.records[record.call_id] = record
         self.records.move_to_end(record.call_id)
-        while len(self.records) > 1000:
+        while len(self.records) > _KEEP_RECORDS:
             self.records.popitem(last=False)
 
     async def wait_idle(self, timeout_s: float) -> bool:
