@@ -62,6 +62,7 @@ class Matched:
     trunc_signed_ms: list[float] = field(default_factory=list)  # < 0: the model was told less than was heard
     gaps_ms: list[float] = field(default_factory=list)
     gap_spans: list[tuple[float, float]] = field(default_factory=list)  # (carrier ran dry, audio resumed)
+    gap_where: list[tuple[int, float, float]] = field(default_factory=list)  # (call, s into the call, gap ms)
     send_lag_ms: list[float] = field(default_factory=list)  # caller frame sent vs its schedule (back-pressure)
     playout_lag_ms: list[float] = field(default_factory=list)  # the sim's playout ticks vs their schedule
     response_starts: dict[int, list[float]] = field(default_factory=dict)  # call -> first playAudio times
@@ -353,6 +354,7 @@ def _playout_gaps(calls: Sequence[CallResult], m: Matched) -> None:
                 continue
             m.gaps_ms.append((b[0] - a[0]) * 1000)
             m.gap_spans.append((a[0], b[0]))
+            m.gap_where.append((call.index, round(a[0] - (call.start_t or a[0]), 2), round((b[0] - a[0]) * 1000, 1)))
 
 
 _UUIDISH = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}|\b(sess|item|resp|event)_\w+")

@@ -388,6 +388,7 @@ def side_report(run: SideRun, content_type: str, calls: int) -> dict[str, Any]:
             "total_ms": round(sum(m.gaps_ms), 1),
             "per_min_of_bot_audio": round(len(m.gaps_ms) / bot_min, 2) if bot_min else None,
             "duration_ms": analysis.stats(m.gaps_ms),
+            "first": m.gap_where[:20],  # (call, seconds into the call, ms)
         },
         "counts": dict(m.counts),
         "turns": dict(turns),

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import socket
 import sys
 import tempfile
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 
 import pytest
 
@@ -43,8 +45,16 @@ async def read_until(stream: asyncio.StreamReader, needle: str, timeout: float) 
                 return lines
 
 
-@pytest.fixture
-async def serve_process() -> AsyncIterator[tuple[str, list[str]]]:
+@dataclass
+class AgentProcess:
+    base_url: str
+    proc: asyncio.subprocess.Process
+    startup_lines: list[str]
+
+
+@contextlib.asynccontextmanager
+async def agent_process(**env: str) -> AsyncIterator[AgentProcess]:
+    """`voice-agent serve` as its own process on the embedded default, ready once it listens; killed after."""
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     proc = await asyncio.create_subprocess_exec(
@@ -56,17 +66,24 @@ async def serve_process() -> AsyncIterator[tuple[str, list[str]]]:
         "127.0.0.1",
         "--port",
         str(port),
-        env=clean_env(PUBLIC_URL=base),
+        env=clean_env(**({"PUBLIC_URL": base} | env)),
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
     )
     assert proc.stdout is not None
     try:
         lines = await read_until(proc.stdout, READY_LINE, timeout=30)
-        yield base, lines
+        yield AgentProcess(base, proc, lines)
     finally:
-        proc.terminate()
-        await asyncio.wait_for(proc.wait(), 10)
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+
+
+@pytest.fixture
+async def serve_process() -> AsyncIterator[tuple[str, list[str]]]:
+    async with agent_process() as agent:
+        yield agent.base_url, agent.startup_lines
 
 
 async def test_serve_without_keys_runs_the_embedded_engine(serve_process: tuple[str, list[str]]) -> None:

@@ -13,7 +13,6 @@ import re
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any, Literal, cast
 
 import numpy as np
@@ -188,6 +187,13 @@ def test_sessions_are_matched_to_prompt_files_by_their_rendered_instructions(tmp
     assert index.dialogue_for("You are a pirate.").greeting == "Hello! How can I help you today?"
 
 
+class FakeSession:
+    """What a reply source reads of a session when it chooses words."""
+
+    def __init__(self, items: list[Ev] | None = None) -> None:
+        self.items = items or []
+
+
 def request(
     instructions: str = "",
     *,
@@ -195,10 +201,10 @@ def request(
     caller_waiting: bool = False,
     trigger: Literal["client", "vad"] = "client",
     items: list[Ev] | None = None,
+    session: FakeSession | None = None,
 ) -> ReplyRequest:
-    session = cast(SimSession, SimpleNamespace(items=items or []))
     return ReplyRequest(
-        session=session,
+        session=cast(SimSession, session or FakeSession(items)),
         response_id="resp_1",
         number=1,
         audio_format=None,
@@ -214,7 +220,7 @@ def request(
 
 
 def test_responses_follow_their_instructions_then_the_caller() -> None:
-    dialogue, choose = default_dialogue(), SpeechReplySource.choose
+    dialogue, choose = default_dialogue(), SpeechReplySource(DialogueIndex(PROMPTS)).choose
     prompt = load_prompt(PROMPTS, "default")
     greeting = cast(str, greeting_response(prompt)["response"]["instructions"])
     assert choose(dialogue, request(greeting)) == (prompt.meta.greeting, None)
@@ -229,6 +235,15 @@ def test_responses_follow_their_instructions_then_the_caller() -> None:
     after_tool = request(caller_text="a person please", items=[failed])
     assert choose(dialogue, after_tool) == ("Sorry. Nobody is free. How else can I help?", None)
     assert choose(dialogue, request(caller_text="blue")) == ("I heard: blue. How else can I help?", None)
+
+
+async def test_a_dropped_line_hears_the_last_answer_again() -> None:
+    source = SpeechReplySource(DialogueIndex(PROMPTS))
+    session = FakeSession()
+    said = await source.reply(request(caller_text="how much is it", caller_waiting=True, session=session))
+    resume = "The caller's line dropped for a moment while you were speaking. Briefly continue where you left off."
+    again = await source.reply(request(resume, caller_text="how much is it", session=session))
+    assert said.transcript == again.transcript == "Our basic plan costs ten dollars a month."
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -7,7 +7,8 @@ failure is a bug in the fake and is raised loudly), and every client event is ch
 ``validate_client_event``, so an agent that drifts from the protocol shows up in ``SimSession.protocol_errors``.
 
 What the model "says" comes from a pluggable :class:`ReplySource`; the default, :class:`ToneReplySource`, speaks
-sine tones and describes caller audio instead of recognising it.
+sine tones and describes caller audio instead of recognising it. ``agent.simulation.engine`` plugs in speech
+(eSpeak NG replies from the prompt's scripted dialogue, PocketSphinx recognition).
 
 Usage::
 
@@ -287,7 +288,11 @@ class Reply:
 
 
 class ReplySource(Protocol):
-    """Pluggable brain/voice of the fake: ASR for caller turns and the content of each response."""
+    """Pluggable brain/voice of the fake: ASR for caller turns and the content of each response.
+
+    ``transcribe`` runs once per caller audio item; its text feeds both the transcription events and
+    ``ReplyRequest.caller_text``.
+    """
 
     async def transcribe(self, audio: Int16Array, sample_rate: int) -> str: ...
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import weakref
 from collections import OrderedDict
 from collections.abc import Collection
 from pathlib import Path
@@ -21,8 +22,8 @@ from agent.audio.codecs import Int16Array
 from agent.prompts.library import PromptLibrary
 from agent.prompts.loader import Prompt
 from agent.prompts.schema import OfflineDialogue, ScriptedAnswer
-from agent.simulation.realtime_server import Reply, ReplyRequest, ToolCall, describe_audio
-from agent.simulation.speech.asr import Recognizer
+from agent.simulation.realtime_server import Reply, ReplyRequest, SimSession, ToolCall, describe_audio
+from agent.simulation.speech.asr import Recognizer, RecognizerError
 from agent.simulation.speech.tts import CLEAR_VOICE, Speaker
 
 __all__ = ["DialogueIndex", "ScriptedDialogue", "SpeechReplySource"]
@@ -43,6 +44,7 @@ _SAY_EXACTLY: Final = re.compile(r"\bsay(?:ing)?\s+exactly\s+this\b[^:]*:\s*(.+)
 _GREET: Final = re.compile(r"\bgreet", re.IGNORECASE)
 _GOODBYE: Final = re.compile(r"\bgood-?\s?bye\b|\bbye\b|\bfarewell\b", re.IGNORECASE)
 _HANDOVER: Final = re.compile(r"\btransfer|\bconnecting\b|\bcolleague", re.IGNORECASE)
+_RESUME: Final = re.compile(r"\b(?:continue|pick\s+up)\b.*\bleft\s+off\b", re.IGNORECASE | re.DOTALL)
 _THEN_GOODBYE: Final = re.compile(r"\s*\bthen\s+say\s+(?:a\s+)?(?:short\s+)?(?:friendly\s+)?good-?\s?bye\b\W*$", re.I)
 _LEXER: Final = Environment()  # only to split prompt templates into literal text and tags
 
@@ -207,15 +209,21 @@ class SpeechReplySource:
         self.words_per_minute = words_per_minute
         self._cache: OrderedDict[tuple[str, int, int], Int16Array] = OrderedDict()
         self._cache_size = cache_size
+        self._last_said: weakref.WeakKeyDictionary[SimSession, str] = weakref.WeakKeyDictionary()
 
     async def transcribe(self, audio: Int16Array, sample_rate: int) -> str:
         if self.recognizer is None:
             return describe_audio(audio, sample_rate)
-        return await self.recognizer.recognize_async(audio, sample_rate)
+        try:
+            return await self.recognizer.recognize_async(audio, sample_rate)
+        except RecognizerError as exc:  # the call goes on, as with a real model that misheard
+            log.warning("offline engine: speech recognition failed: %s", exc)
+            return ""
 
     async def reply(self, request: ReplyRequest) -> Reply:
         dialogue = self.prompts.dialogue_for(request.session_instructions)
         text, tool = self.choose(dialogue, request)
+        self._last_said[request.session] = text
         audio = None
         if request.audio_format is not None and request.reply_ms > 0 and text:
             speed = request.session.session_config["audio"]["output"].get("speed") or 1.0
@@ -223,8 +231,7 @@ class SpeechReplySource:
         calls = [ToolCall(tool, {"reason": f"the caller said: {request.caller_text or ''}"})] if tool else []
         return Reply(transcript=text, audio=audio, tool_calls=calls)
 
-    @staticmethod
-    def choose(dialogue: ScriptedDialogue, request: ReplyRequest) -> tuple[str, str | None]:
+    def choose(self, dialogue: ScriptedDialogue, request: ReplyRequest) -> tuple[str, str | None]:
         """The reply text and its tool: scripted, then what the response's instructions ask, then the caller's turn."""
         if request.transcript is not None:
             return request.transcript, None
@@ -243,6 +250,9 @@ class SpeechReplySource:
                 return dialogue.goodbye, None
             if _HANDOVER.search(own):
                 return dialogue.handover, None
+            last = self._last_said.get(request.session)
+            if last and _RESUME.search(own):  # the line dropped mid-answer: say it again
+                return last, None
         if request.caller_waiting and request.caller_text is not None:
             return dialogue.answer(request.caller_text, request.tools)
         if request.trigger == "client" and request.caller_text is None:

@@ -22,7 +22,8 @@ __all__ = ["CLEAR_VOICE", "DEFAULT_VOICE", "Speaker", "synthesize"]
 
 DEFAULT_VOICE: Final = "en-us"
 CLEAR_VOICE: Final = "en-us+klatt3"
-"""A Klatt variant that PocketSphinx recognises markedly better than the default voice, notably at 8 kHz."""
+"""A Klatt variant that PocketSphinx recognises better through 8 kHz μ-law on most sentences (the default greeting:
+0.70 word recall against 0.52), though not on all ("goodbye" fares worse); the offline engine replies with it."""
 
 MIN_WPM: Final = 80
 MAX_WPM: Final = 450
