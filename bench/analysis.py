@@ -362,6 +362,14 @@ _NUMBER = re.compile(r"\b\d+(\.\d+)?\b")
 _LOG_LINE = re.compile(r"^\S+ \S+ (DEBUG|INFO|WARNING|ERROR|CRITICAL) (\S+) call=\S+ (.*)$")
 
 
+_GC_PAUSE = re.compile(r"^GCPAUSE t=(\d+\.\d+) gen=(\d+) ms=(\d+\.\d+)", re.MULTILINE)
+
+
+def gc_pauses(log_text: str) -> list[tuple[float, float, int]]:
+    """(ended at, ms, generation) of every long collection the `--gc-probe` logged (bench/gcprobe)."""
+    return [(float(t), float(ms), int(gen)) for t, gen, ms in _GC_PAUSE.findall(log_text)]
+
+
 def summarize_log(text: str, top: int = 12) -> dict[str, Any]:
     """Count warnings and errors by message shape (ids and numbers blanked) in the agent's log."""
     levels: Counter[str] = Counter()

@@ -48,6 +48,7 @@ SIDES = ("baseline", "agent")
 SIDE_OVERHEAD_S = 150.0  # start-up, hang-ups, draining: a side taking longer than this is stuck
 
 T = TypeVar("T")
+GC_PROBE_DIR = procs.BENCH_DIR / "gcprobe"
 
 
 @dataclass
@@ -73,10 +74,28 @@ class ServerOptions:
     content_type: str = MULAW_8K
     reply_ms: int = 2500
     speed: float = 2.0
+    gc_probe: bool = False  # the server logs its long GC pauses (bench/gcprobe)
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> ServerOptions:
-        return cls(content_type=args.content_type, reply_ms=args.reply_ms, speed=args.speed)
+        return cls(
+            content_type=args.content_type,
+            reply_ms=args.reply_ms,
+            speed=args.speed,
+            gc_probe=bool(getattr(args, "gc_probe", False)),
+        )
+
+
+def add_server_args(parser: argparse.ArgumentParser) -> None:
+    """The options every bench tool shares for the engine and the server under test."""
+    parser.add_argument("--reply-ms", type=int, default=2500, help="length of every engine reply (default 2500)")
+    parser.add_argument("--speed", type=float, default=2.0, help="engine audio speed vs real time (default 2)")
+    parser.add_argument("--seed", type=int, default=20240607, help="caller audio seed")
+    parser.add_argument(
+        "--gc-probe",
+        action="store_true",
+        help="the server logs garbage-collector pauses > 20 ms (bench/gcprobe), lined up with playout gaps",
+    )
 
 
 @dataclass
@@ -171,6 +190,12 @@ async def scrape_metrics(url: str, nonzero_only: bool = True) -> dict[str, float
     return out
 
 
+def _with_gc_probe(env: dict[str, str], opts: ServerOptions) -> dict[str, str]:
+    if opts.gc_probe:
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(GC_PROBE_DIR), env.get("PYTHONPATH")]))
+    return env
+
+
 @contextlib.asynccontextmanager
 async def start_side(name: str, opts: ServerOptions, stem: Path) -> AsyncIterator[Target]:
     """Start a fresh engine and the server under test, wait until both answer; always stop both on exit.
@@ -191,7 +216,7 @@ async def start_side(name: str, opts: ServerOptions, stem: Path) -> AsyncIterato
         log_path = Path(f"{stem}-{name}.log")
         if name == "agent":
             workdir = Path(tempfile.mkdtemp(prefix="bench-agent-"))
-            env = agent_env(engine_port, port, workdir, opts.content_type)
+            env = _with_gc_probe(agent_env(engine_port, port, workdir, opts.content_type), opts)
             server = procs.start(
                 "agent", ["-m", "agent", "serve", "--host", "127.0.0.1", "--port", str(port)], env, log_path
             )
@@ -206,7 +231,8 @@ async def start_side(name: str, opts: ServerOptions, stem: Path) -> AsyncIterato
                 "--content-type",
                 opts.content_type,
             ]
-            server = procs.start("baseline relay", relay_args, procs.clean_env({}), log_path)
+            relay_env = _with_gc_probe(procs.clean_env({}), opts)
+            server = procs.start("baseline relay", relay_args, relay_env, log_path)
             answer_path = "/answer"
         base_url = f"http://127.0.0.1:{port}"
         await procs.wait_ready(server, f"{base_url}/healthz")
@@ -347,6 +373,7 @@ def side_report(run: SideRun, content_type: str, calls: int) -> dict[str, Any]:
     stop_at = run.log_marks.get("stopping", end)
     during = log_bytes[begin:stop_at].decode(errors="replace")
     shutdown = log_bytes[stop_at:end].decode(errors="replace")
+    gc_pauses = analysis.gc_pauses(during)
     return {
         "overloaded": analysis.overload(m, run.engine),
         "cpu": {
@@ -389,6 +416,8 @@ def side_report(run: SideRun, content_type: str, calls: int) -> dict[str, Any]:
             "per_min_of_bot_audio": round(len(m.gaps_ms) / bot_min, 2) if bot_min else None,
             "duration_ms": analysis.stats(m.gaps_ms),
             "first": m.gap_where[:20],  # (call, seconds into the call, ms)
+            # With --gc-probe: gaps that began during (or up to 50 ms after) a GC pause of the server.
+            "during_server_gc": analysis.gaps_during_stalls(m.gap_spans, [(t, ms) for t, ms, _ in gc_pauses]),
         },
         "counts": dict(m.counts),
         "turns": dict(turns),
@@ -408,6 +437,7 @@ def side_report(run: SideRun, content_type: str, calls: int) -> dict[str, Any]:
         "server_log": {"path": str(run.log_path), **analysis.summarize_log(during)},
         "server_log_at_shutdown": analysis.summarize_log(shutdown),
         "server_metrics": run.metrics,
+        "server_gc_pauses_ms": analysis.stats(ms for _, ms, _ in gc_pauses) if gc_pauses else None,
         "call_errors": [c.error for c in run.calls if c.error][:10],
     }
 
@@ -512,7 +542,8 @@ def render(report: dict[str, Any]) -> str:
             f"of the same item, {c.get('truncates_of_other_items', 0)} for other items",
             f"  playout gaps mid-response: {gaps['count']} ({_fmt(gaps['per_min_of_bot_audio'])} per minute of bot "
             f"audio), total {gaps['total_ms']:.0f} ms, max {_fmt(gaps['duration_ms']['max'], 0)} ms; "
-            f"{gaps['during_generator_stalls']} began while the bench or the engine was stalled",
+            f"{gaps['during_generator_stalls']} began while the bench or the engine was stalled"
+            + (f", {gaps['during_server_gc']} during a GC pause of the agent" if a["server_gc_pauses_ms"] else ""),
             f"  appends {c.get('appends', 0)} ({c.get('appends_batched', 0)} carried >1 frame); responses "
             f"{c.get('responses', 0)} ({c.get('responses_cancelled', 0)} cancelled); barge-ins {c.get('barge_ins', 0)}",
         ]
@@ -532,6 +563,13 @@ def render(report: dict[str, Any]) -> str:
             f" ms; caller frames sent late p99 {_fmt(sent['p99'], 1)} ms (max {_fmt(sent['max'], 0)}); calls ok "
             f"{s['calls_ok']}/{cfg['calls']}",
         ]
+    for n in names:
+        gc = sides[n]["server_gc_pauses_ms"]
+        if gc:
+            lines.append(
+                f"  {n:9} server GC pauses > 20 ms (--gc-probe): {gc['n']}, p50 {_fmt(gc['p50'], 0)} ms, "
+                f"max {_fmt(gc['max'], 0)} ms"
+            )
     problems = [(n, p) for n in names for p in sides[n]["problems"]]
     logs = [(n, sides[n]["server_log"]) for n in names if sides[n]["server_log"]["top"]]
     for n in names:  # warnings while shutting down are expected (draining); errors are not
@@ -562,9 +600,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--content-type", default=MULAW_8K, choices=CONTENT_TYPES, help="stream audio format")
     parser.add_argument("--out", type=Path, default=None, help="JSON results (default bench/results/calls-<time>.json)")
     parser.add_argument("--only", choices=("both", *SIDES), default="both", help="run one side only")
-    parser.add_argument("--reply-ms", type=int, default=2500, help="length of every engine reply (default 2500)")
-    parser.add_argument("--speed", type=float, default=2.0, help="engine audio speed vs real time (default 2)")
-    parser.add_argument("--seed", type=int, default=20240607, help="caller audio seed")
+    add_server_args(parser)
     args = parser.parse_args(argv)
     if args.calls < 1 or args.seconds < 3:
         parser.error("need --calls >= 1 and --seconds >= 3")

@@ -128,7 +128,12 @@ def trend(ts: list[float], ys: list[float]) -> dict[str, float | int | None]:
 
 
 def verdict(rss: dict[str, Any], fds: dict[str, Any]) -> tuple[str, list[str]]:
-    """("flat" | "growing" | "unknown", why)."""
+    """("flat" | "levelling off" | "growing" | "unknown", why).
+
+    Flat: the line through the run projects less than RSS_FLAT_PCT of RSS and FDS_FLAT fds of growth. Levelling off:
+    not flat over the run, but the second half alone would be (a warm-up, or a bounded cache filling up: run longer
+    to tell it from a slow leak).
+    """
     if rss["growth"] is None or fds["growth"] is None:
         return "unknown", ["too few samples after the warm-up: use a longer --minutes or a shorter --warmup"]
     why = []
@@ -137,7 +142,21 @@ def verdict(rss: dict[str, Any], fds: dict[str, Any]) -> tuple[str, list[str]]:
         why.append(f"RSS grew {rss['growth']:+.1f} MB ({rss_pct:+.1f}% >= {RSS_FLAT_PCT:g}%) over the run")
     if fds["growth"] >= FDS_FLAT:
         why.append(f"open fds grew {fds['growth']:+.1f} (>= {FDS_FLAT:g}) over the run")
-    return ("growing" if why else "flat"), why
+    if not why:
+        return "flat", why
+    late: list[float] = []
+    for trend_, limit in ((rss, rss["mean"] * RSS_FLAT_PCT / 100), (fds, FDS_FLAT)):
+        slope = trend_.get("slope_second_half_per_h")
+        if slope is None:
+            return "growing", why
+        late.append(slope / 3600 * float(trend_["span_s"]) / limit)
+    if max(late) < 1.0:
+        why.append(
+            f"the second half's slope ({rss['slope_second_half_per_h']:+.1f} MB/h) is within the flat criterion: "
+            "a warm-up or a bounded cache filling up; run longer to tell it from a slow leak"
+        )
+        return "levelling off", why
+    return "growing", why
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -159,6 +178,7 @@ class Quality:
     delta_ms: list[float] = field(default_factory=list)
     gaps_ms: list[float] = field(default_factory=list)
     gaps_during_stalls: int = 0
+    gaps_during_server_gc: int = 0
     counts: Counter[str] = field(default_factory=Counter)
     turns: Counter[str] = field(default_factory=Counter)
     problems: Counter[str] = field(default_factory=Counter)
@@ -180,6 +200,8 @@ class SoakState:
         self.stuck: list[dict[str, Any]] = []
         self.call_ends: list[float] = []  # seconds since t0 at which each call ended
         self.engine_spikes: list[tuple[float, float]] = []  # (woke at, lag ms) of the engine's event loop
+        self.server_gc: list[tuple[float, float, int]] = []  # with --gc-probe: (ended at, ms, generation)
+        self._log_offset = 0
         self._pending: list[tuple[float, CallResult]] = []  # (ended at, call) not yet matched with its session
         self._carry: list[dict[str, Any]] = []  # closed sessions not yet matched, kept for one more batch
         self._orphans: list[CallResult] = []  # the last calls given up on unmatched: a stuck call's may be here
@@ -200,6 +222,19 @@ class SoakState:
         q.carrier_end_reasons[str(res.end_reason)] += 1
         if res.frames:
             self._pending.append((time.monotonic(), res))
+
+    def read_gc_pauses(self, log_path: Path) -> None:
+        """Pick up the GC pauses the server logged since the last call (--gc-probe)."""
+        try:
+            with log_path.open("rb") as f:
+                f.seek(self._log_offset)
+                data = f.read()
+        except OSError:
+            return
+        # Only whole lines: the probe writes each line at once, but the read may end mid-line.
+        data = data[: data.rfind(b"\n") + 1]
+        self._log_offset += len(data)
+        self.server_gc += analysis.gc_pauses(data.decode(errors="replace"))
 
     def absorb(self, engine: dict[str, Any], final: bool) -> dict[str, Any]:
         """Match the calls that ended with the sessions that closed; returns this batch's figures."""
@@ -236,6 +271,8 @@ class SoakState:
         self.engine_spikes += [(float(t), float(lag)) for t, lag in engine.get("loop_lag_spikes", [])]
         stalled = analysis.gaps_during_stalls(m.gap_spans, [*self.lag.spikes, *self.engine_spikes])
         q.gaps_during_stalls += stalled
+        in_gc = analysis.gaps_during_stalls(m.gap_spans, [(t, ms) for t, ms, _ in self.server_gc])
+        q.gaps_during_server_gc += in_gc
         problems, _tallies = analysis.collect_problems(batch_calls, batch, m, self.name)
         q.problems.update(
             _NUMBER.sub("N", p) for p in problems if "calls had errors" not in p and "webhooks answered" not in p
@@ -254,6 +291,7 @@ class SoakState:
             "barge_in_ms": analysis.stats(m.barge_ms),
             "gaps": len(m.gaps_ms),
             "gaps_during_stalls": stalled,
+            "gaps_during_server_gc": in_gc,
             "caller_to_model_p99": analysis.stats(m.frame_ms)["p99"],
             "model_to_caller_p99": analysis.stats(m.delta_ms)["p99"],
             "engine_lag_p99": analysis.stats(engine.get("loop_lag_ms", []))["p99"],
@@ -342,7 +380,7 @@ async def _wait_gauge_zero(target: calls.Target) -> tuple[float | None, float]:
 
 async def soak_side(name: str, args: argparse.Namespace, stem: Path, minutes: float, warmup_s: float) -> dict[str, Any]:
     duration = minutes * 60
-    opts = calls.ServerOptions(content_type=MULAW_8K, reply_ms=args.reply_ms, speed=args.speed)
+    opts = calls.ServerOptions(MULAW_8K, args.reply_ms, args.speed, args.gc_probe)
     cfg = WorkloadConfig(calls=args.concurrency, seconds=CALL_SECONDS[1], content_type=MULAW_8K, seed=args.seed)
     async with calls.start_side(name, opts, stem) as target:
         server = psutil.Process(target.server.pid)
@@ -381,6 +419,7 @@ async def soak_side(name: str, args: argparse.Namespace, stem: Path, minutes: fl
                 except (httpx.HTTPError, ValueError) as exc:  # the next batch (or the last) picks these up
                     target.notes.append(f"could not collect the engine's records at {k * CHUNK_S:.0f} s: {exc!r}")
                     engine = {"sessions": []}
+                state.read_gc_pauses(target.log_path)
                 state.close_window(state.absorb(engine, final=False), f"{k * CHUNK_S:.0f}s", await sample_now())
                 k += 1
 
@@ -401,6 +440,7 @@ async def soak_side(name: str, args: argparse.Namespace, stem: Path, minutes: fl
         except (httpx.HTTPError, ValueError) as exc:
             engine = {"sessions": [], "internal_errors": [f"could not collect the engine's records: {exc!r}"]}
         state.identify_stuck(engine)
+        state.read_gc_pauses(target.log_path)
         state.close_window(state.absorb(engine, final=True), "tail", await sample_now())
         gauge_end, gauge_wait_s = await _wait_gauge_zero(target)
         await asyncio.sleep(2.0)  # let sockets finish closing before counting fds
@@ -514,6 +554,8 @@ def side_json(
             "model_to_caller_ms": analysis.stats(q.delta_ms),
             "playout_gaps": len(q.gaps_ms),
             "playout_gaps_during_generator_stalls": q.gaps_during_stalls,
+            "playout_gaps_during_server_gc": q.gaps_during_server_gc,
+            "server_gc_pauses_ms": analysis.stats(ms for _, ms, _ in state.server_gc) if state.server_gc else None,
             "playout_gap_ms": analysis.stats(q.gaps_ms),
             "barge_ins_not_cleared": q.counts.get("barge_ins_not_cleared", 0),
             "turn_timeouts": sum(v for k, v in q.turns.items() if k.endswith("_timeout")),
@@ -589,7 +631,14 @@ def render_side(name: str, s: dict[str, Any], concurrency: int) -> str:
         f"({_f(s['cpu_per_call_pct'], 2)}% per call)"
         f"; barge-in p50/p99 {_f(q['barge_in_ms']['p50'])}/{_f(q['barge_in_ms']['p99'])} ms "
         f"(n={q['barge_in_ms']['n']}); playout gaps {q['playout_gaps']} "
-        f"({q['playout_gaps_during_generator_stalls']} began during a bench/engine stall); turns without bot audio "
+        f"({q['playout_gaps_during_generator_stalls']} began during a bench/engine stall"
+        + (
+            f", {q['playout_gaps_during_server_gc']} during a GC pause of the server; server GC pauses > 20 ms: "
+            f"{q['server_gc_pauses_ms']['n']}, max {q['server_gc_pauses_ms']['max']:.0f} ms"
+            if q["server_gc_pauses_ms"]
+            else ""
+        )
+        + "); turns without bot audio "
         f"{q['turn_timeouts']}",
     ]
     if name == "agent":
@@ -649,9 +698,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--baseline-minutes", type=float, default=1.0, help="baseline relay soak (default 1; 0: skip)")
     parser.add_argument("--concurrency", type=int, default=10, help="calls up at any time (default 10)")
     parser.add_argument("--warmup", type=float, default=30.0, help="seconds of samples discarded (default 30)")
-    parser.add_argument("--reply-ms", type=int, default=2500, help="length of every engine reply (default 2500)")
-    parser.add_argument("--speed", type=float, default=2.0, help="engine audio speed vs real time (default 2)")
-    parser.add_argument("--seed", type=int, default=20240607, help="caller audio seed")
+    calls.add_server_args(parser)
     parser.add_argument("--out", type=Path, default=None, help="JSON (default bench/results/soak-<time>.json)")
     args = parser.parse_args(argv)
     if args.concurrency < 1 or args.minutes * 60 < args.warmup + 6 * SAMPLE_S:
@@ -678,6 +725,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             "reply_ms": args.reply_ms,
             "speed": args.speed,
             "seed": args.seed,
+            "gc_probe": args.gc_probe,
         },
         "machine": calls.machine_info(),
         "started_at": dt.datetime.now().isoformat(timespec="seconds"),
