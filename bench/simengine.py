@@ -45,6 +45,7 @@ from agent.simulation.realtime_server import (
     describe_audio,
     sine_tone,
 )
+from agent.waiting import within
 
 
 class NoisyToneReplies:
@@ -243,7 +244,7 @@ async def _main(args: argparse.Namespace) -> None:
     finally:
         lag.cancel()
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(engine.stop(), 3)
+            await within(3, engine.stop())
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -14,6 +14,7 @@ import pytest
 from agent.carrier.rest import VobizClient
 from agent.simulation.carrier import CallerAudio, SimCall, SimCallOptions
 from agent.simulation.realtime_server import RealtimeSimConfig
+from agent.waiting import within
 from tests.harness import ROOT, Stack, running_stack
 
 SPEAK_THEN_LISTEN = [CallerAudio.silence(900), CallerAudio.tone(300, 600, 0.4), CallerAudio.silence(8000)]
@@ -31,7 +32,7 @@ async def wait_live_calls(stack: Stack, count: int, timeout: float = 2.0) -> Non
     """Wait on the call objects themselves (each sets `done` when fully torn down)."""
     calls = list(stack.state.registry.live.values())
     if count == 0 and calls:
-        await asyncio.wait_for(asyncio.gather(*[c.done.wait() for c in calls]), timeout)
+        await within(timeout, asyncio.gather(*[c.done.wait() for c in calls]))
     assert len(stack.state.registry.live) == count
 
 
@@ -330,7 +331,7 @@ async def test_stream_without_a_prewarm_connects_at_start() -> None:
                 },
             }
             await ws.send(json.dumps(start))
-            first = json.loads(await asyncio.wait_for(ws.recv(), 5))
+            first = json.loads(await within(5, ws.recv()))
             assert first["event"] == "playAudio" and first["streamId"] == "s-9"
         session = stack.engine.sessions[0]
         assert [e["type"] for e in session.client_events[:2]] == ["session.update", "response.create"]
@@ -384,14 +385,14 @@ async def test_a_dropped_stream_that_vobiz_reconnects_continues_the_same_convers
                 },
             }
             await ws.send(json.dumps(start))
-            resumed = json.loads(await asyncio.wait_for(ws.recv(), 5))
+            resumed = json.loads(await within(5, ws.recv()))
             assert resumed["event"] == "playAudio" and resumed["streamId"] == "stream-2"
             await session.wait_for_client_event("response.create", lambda e: "left off" in json.dumps(e), timeout=3)
             assert len(stack.engine.sessions) == 1  # the same model session, not a new conversation
             assert stack.metric("agent_stream_resumes_total") == 1
         live = stack.state.registry.live.get(call.call_uuid)
         if live is not None:
-            await asyncio.wait_for(live.done.wait(), 2)  # a clean close after the resume ends the call
+            await within(2, live.done.wait())  # a clean close after the resume ends the call
 
 
 async def test_a_dropped_stream_that_never_comes_back_ends_the_call() -> None:

@@ -39,6 +39,7 @@ from agent.simulation.carrier import (
     SimCall,
     SimCallOptions,
 )
+from agent.waiting import within
 
 # One uvicorn server for the module (its shutdown alone costs ~0.2 s); each test resets the fake agent.
 pytestmark = [pytest.mark.timeout(30), pytest.mark.asyncio(loop_scope="module")]
@@ -264,7 +265,7 @@ async def until_media(call: SimCall, agent: FakeAgent, frames: int = 1) -> Agent
 
 
 async def closed(session: AgentSession) -> int | None:
-    await asyncio.wait_for(session.closed.wait(), 3)
+    await within(3, session.closed.wait())
     return session.close_code
 
 

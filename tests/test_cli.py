@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import pytest
 
 from agent.simulation.carrier import CallerAudio, CarrierSim
+from agent.waiting import within
 
 READY_LINE = "Uvicorn running on"  # logged once the socket listens (after start-up)
 
@@ -116,7 +117,7 @@ async def test_invalid_configuration_stops_with_one_line_per_problem() -> None:
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
-    _, err = await asyncio.wait_for(proc.communicate(), 30)
+    _, err = await within(30, proc.communicate())
     assert proc.returncode == 2
     lines = err.decode().strip().splitlines()
     assert lines == [

@@ -18,6 +18,7 @@ from agent.simulation.call_metrics import analyze_call
 from agent.simulation.carrier import CallEndedWithoutStream, CallerAudio, CarrierSim
 from agent.simulation.local_server import serve_app
 from agent.simulation.realtime_server import RealtimeSimConfig
+from agent.waiting import within
 from tests.harness import running_stack
 from tests.test_cli import agent_process, read_until
 
@@ -99,7 +100,7 @@ async def test_sigterm_drains_live_calls_then_exits() -> None:
         await long.wait_ended(timeout=15)
         assert [a.verb for a in long.after_stream][:1] == ["Redirect"]
         assert any(e.kind == "stop_received" for e in long.timeline)
-        assert await asyncio.wait_for(proc.wait(), 15) == 0
+        assert await within(15, proc.wait()) == 0
 
 
 async def test_a_flood_of_malformed_frames_on_one_call_leaves_the_others_alone() -> None:
@@ -190,7 +191,7 @@ async def test_each_call_is_exported_as_an_otlp_trace_when_an_endpoint_is_config
             await call.hangup()
             assert await stack.state.registry.wait_idle(timeout_s=3)
         # Leaving the stack shut the tracer down, which flushed the batch to the collector.
-        await asyncio.wait_for(arrived.wait(), 5)
+        await within(5, arrived.wait())
     spans = [s for r in received for rs in r.resource_spans for ss in rs.scope_spans for s in ss.spans]
     by_name = {s.name: s for s in spans}
     root = by_name["call"]

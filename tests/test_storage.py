@@ -32,6 +32,7 @@ from agent.storage.calls import CallStore
 from agent.storage.database import Database, head_revision, normalise_url
 from agent.storage.recordings import CallRecorder, recording_path, run_periodically, sweep_recordings
 from agent.storage.writer import RecordWriter
+from agent.waiting import within
 
 PG_ADMIN_URL = os.environ.get("AGENT_TEST_POSTGRES", "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres")
 H0 = dt.datetime(2024, 5, 1, 10, tzinfo=dt.UTC).timestamp()  # an hour boundary: buckets are easy to predict
@@ -683,7 +684,7 @@ async def test_periodic_helper_runs_at_once_and_survives_failures() -> None:
         second.set()
 
     task = run_periodically(0, job, name="test-job")
-    await asyncio.wait_for(second.wait(), 5)
+    await within(5, second.wait())
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task

@@ -45,6 +45,7 @@ from agent.observability.tracing import CallTracer
 from agent.prompts.loader import Prompt
 from agent.storage.recordings import CallRecorder, recording_path
 from agent.storage.writer import RecordWriter
+from agent.waiting import wait_event, within
 
 log = logging.getLogger("agent.call")
 
@@ -245,7 +246,7 @@ class Call:
         ws = self._ws
         if ws is not None and ws.client_state == WebSocketState.CONNECTED:
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(ws.close(), 1.0)
+                await within(1.0, ws.close())
 
     def set_outcome(self, outcome: Outcome) -> None:
         """Remember how the call should end, for the after-stream route (any replica may be asked)."""
@@ -325,7 +326,7 @@ class Call:
         self.record.event("carrier_lost", waiting_s=wait_s)
         self.log.warning("stream dropped; waiting %.1fs for Vobiz to reconnect", wait_s)
         try:
-            ws, stream_id = await asyncio.wait_for(self._carrier_lost, wait_s)
+            ws, stream_id = await within(wait_s, self._carrier_lost)
         except TimeoutError:
             self.record.event("carrier_not_back")
             return False
@@ -482,7 +483,7 @@ class Call:
         """Have the model say something (after whatever it is saying now); True once the caller heard it."""
         done = await self.request_response({"instructions": instructions, "tool_choice": "none"})
         try:
-            response_id = await asyncio.wait_for(done, self.settings.goodbye_timeout_s)
+            response_id = await within(self.settings.goodbye_timeout_s, done)
         except TimeoutError:
             return False
         return await self.wait_heard(self.response_audio_items.get(response_id or "", []))
@@ -560,8 +561,7 @@ class Call:
         while not self.quiet() and time.monotonic() < deadline:
             self.activity.clear()
             wait = max(self.playout.idle_at() - time.monotonic(), 0.05) if self.playout.is_audible() else 1.0
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.activity.wait(), min(wait, max(deadline - time.monotonic(), 0.0)))
+            await wait_event(self.activity, min(wait, deadline - time.monotonic()))
         try:
             history = await self._seed(fresh)
         except (ConnectionClosed, OpenAIError, OSError) as exc:

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 from agent.audio.formats import MediaFormat
 from agent.carrier import messages
+from agent.waiting import wait_event
 
 Clock = Callable[[], float]
 Send = Callable[[str], Awaitable[None]]
@@ -264,12 +265,7 @@ class Playout:
 
     async def wait_played(self, item_id: str, timeout: float) -> bool:  # noqa: ASYNC109 - one deadline per item
         """Wait for an item's final checkpoint acknowledgement; False when it never came (cleared, dropped)."""
-        info = self.item(item_id)
-        try:
-            await asyncio.wait_for(info.played.wait(), timeout)
-            return True
-        except TimeoutError:
-            return False
+        return await wait_event(self.item(item_id).played, timeout)
 
     def forget(self, keep: set[str]) -> None:
         """Drop bookkeeping for finished items so an hour-long call does not grow without bound."""

@@ -6,9 +6,10 @@ Both end with words, never a cut: the goodbye or wrap-up is spoken and heard bef
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from typing import TYPE_CHECKING
+
+from agent.waiting import wait_event
 
 if TYPE_CHECKING:
     from agent.calls.call import Call
@@ -67,8 +68,7 @@ async def watch_idle(call: Call) -> None:
 
 
 async def _wait_activity(call: Call, seconds: float) -> None:
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(call.activity.wait(), max(seconds, 0.0))
+    await wait_event(call.activity, seconds)
 
 
 async def watch_duration(call: Call) -> None:

@@ -18,6 +18,7 @@ import httpx
 from agent.calls.record import ToolUse
 from agent.carrier.rest import VobizApiError
 from agent.prompts.schema import HttpTool
+from agent.waiting import cancel_and_wait, within
 
 if TYPE_CHECKING:
     from agent.calls.call import Call
@@ -122,13 +123,11 @@ async def _http_tool(call: Call, spec: HttpTool, tool: ToolCall) -> dict[str, An
         return await request
     finally:
         if not request.done():
-            request.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await request
+            await cancel_and_wait(request)
         if filler is not None and not filler.done():
             # Speak the result only after the filler: a second response would be refused meanwhile.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.shield(filler), call.settings.goodbye_timeout_s)
+                await within(call.settings.goodbye_timeout_s, asyncio.shield(filler))
 
 
 async def _request(http: httpx.AsyncClient, spec: HttpTool, tool: ToolCall, call_id: str) -> dict[str, Any]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 
@@ -13,6 +12,7 @@ from agent.carrier import stream_token
 from agent.carrier.messages import InboundError, StartEvent, StartInfo, parse_inbound
 from agent.prompts.loader import PromptError
 from agent.state import AppState
+from agent.waiting import within
 
 log = logging.getLogger("agent.stream")
 router = APIRouter()
@@ -33,7 +33,7 @@ async def stream(ws: WebSocket) -> None:
         return
     await ws.accept()
     try:
-        start = await asyncio.wait_for(_wait_for_start(ws, state), _START_TIMEOUT_S)
+        start = await within(_START_TIMEOUT_S, _wait_for_start(ws, state))
     except (TimeoutError, WebSocketDisconnect, OSError):
         state.metrics.stream_rejected.labels("no_start").inc()
         log.warning("stream for call %s never sent start", call_id)

@@ -7,7 +7,6 @@ works wherever the agent runs; with ``--agent-pid`` psutil also samples the loca
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 
 import httpx
@@ -15,6 +14,7 @@ import psutil
 from prometheus_client.parser import text_string_to_metric_families
 
 from agent.loadtest.results import AgentSample, AgentStats
+from agent.waiting import cancel_and_wait
 
 __all__ = ["AgentMonitor", "parse_agent_metrics"]
 
@@ -87,9 +87,7 @@ class AgentMonitor:
     async def stop(self, drain_timeout_s: float = 5.0) -> None:
         """Stop sampling once the agent's live calls are back to where they started (or after the timeout)."""
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel_and_wait(self._task)
         first = next((s.active_calls for s in self.metrics.samples if s.active_calls is not None), None)
         deadline = time.monotonic() + drain_timeout_s
         while True:

@@ -31,6 +31,7 @@ from agent.simulation.synthetic_call import (
     spoken_line,
     tone_line,
 )
+from agent.waiting import cancel_and_wait, wait_event
 
 __all__ = ["SCENARIOS", "CallPlan", "CallerVoice", "Scenario", "ScenarioParams", "impair_network"]
 
@@ -228,17 +229,14 @@ def _with_malformed_frames(drive: Driver) -> Driver:
             while not call.ended.is_set() and call.stream_live:
                 await call.send_raw(frames[n % len(frames)])
                 n += 1
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(call.ended.wait(), MALFORMED_EVERY_S)
+                await wait_event(call.ended, MALFORMED_EVERY_S)
 
     async def run(call: SimCall) -> None:
         task = asyncio.create_task(spam(call))
         try:
             await drive(call)
         finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await cancel_and_wait(task)
 
     return run
 

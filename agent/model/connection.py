@@ -21,6 +21,7 @@ from pydantic import ValidationError
 
 from agent.config import Settings
 from agent.model.events import SERVER_EVENTS
+from agent.waiting import within
 
 log = logging.getLogger("agent.model")
 
@@ -54,7 +55,7 @@ class ModelSocket:
         """Close politely, but never wait long: a socket whose unread events fill its buffer cannot finish the
         closing handshake, so after `grace_s` the transport is aborted."""
         with contextlib.suppress(Exception):  # whatever went wrong, the socket must end
-            await asyncio.wait_for(self.sdk.close(), grace_s)
+            await within(grace_s, self.sdk.close())
         transport = getattr(self._ws, "transport", None)
         if transport is not None and not transport.is_closing():
             transport.abort()
@@ -83,7 +84,7 @@ class ModelConnector:
 
     async def connect(self, model: str | None = None) -> ModelSocket:
         manager = self._client.realtime.connect(model=model or self.model)
-        return ModelSocket(await asyncio.wait_for(manager.enter(), self.timeout))
+        return ModelSocket(await within(self.timeout, manager.enter()))
 
     async def aclose(self) -> None:
         await self._client.close()

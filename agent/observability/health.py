@@ -12,6 +12,8 @@ import time
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
+from agent.waiting import within
+
 
 @dataclass
 class ProbeResult:
@@ -42,7 +44,7 @@ class ModelReachability:
             if self._last is not None and now - self._last.checked_at < self.interval_s:
                 return self._last
             try:
-                _, writer = await asyncio.wait_for(asyncio.open_connection(self.host, self.port), self.timeout_s)
+                _, writer = await within(self.timeout_s, asyncio.open_connection(self.host, self.port))
                 writer.close()
                 with contextlib.suppress(Exception):
                     await writer.wait_closed()

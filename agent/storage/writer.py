@@ -9,7 +9,6 @@ records oldest first, retrying transient database errors with backoff; `aclose` 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -19,6 +18,7 @@ from sqlalchemy import exc as sa_exc
 
 from agent.calls.record import CallRecord
 from agent.prompts.loader import Prompt
+from agent.waiting import cancel_and_wait
 
 log = logging.getLogger("agent.storage")
 
@@ -115,9 +115,7 @@ class RecordWriter:
         if task is not None:
             done, _ = await asyncio.wait({task}, timeout=self.close_timeout_s if timeout is None else timeout)
             if not done:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+                await cancel_and_wait(task)
         self.lost_on_close += len(self._pending)
         if self._pending:
             log.error("%d call record(s) not saved before shutdown: %s", len(self._pending), ", ".join(self._pending))

@@ -1,0 +1,40 @@
+"""Waiting with a deadline, safe on Python 3.11.
+
+Python 3.11's `asyncio.wait_for` returns normally when the task is cancelled in the same loop pass as the awaited
+thing completes (fixed in 3.12): the cancellation is lost. A call's task group cancels each task once, so a watcher
+looping on `wait_for(event.wait(), …)` kept running and the call never ended (seen about once per 180 calls under
+load). Everything here is built on `asyncio.timeout`, which counts cancellations; `asyncio.wait_for` is banned by
+the linter (pyproject: TID251).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+
+async def wait_event(event: asyncio.Event, seconds: float) -> bool:
+    """True when the event is set within `seconds`; a cancellation of the caller always propagates."""
+    try:
+        async with asyncio.timeout(max(seconds, 0.0)):
+            await event.wait()
+    except TimeoutError:
+        return False
+    return True
+
+
+async def within(seconds: float, awaitable: Awaitable[T]) -> T:
+    """Await with a deadline (TimeoutError after `seconds`, the awaited thing cancelled), like `wait_for`."""
+    async with asyncio.timeout(max(seconds, 0.0)):
+        return await awaitable
+
+
+async def cancel_and_wait(task: asyncio.Future[Any]) -> None:
+    """Cancel a task and let it finish; unlike suppressing its CancelledError, ours is never swallowed."""
+    task.cancel()
+    await asyncio.wait({task})
+    if not task.cancelled():
+        task.exception()  # retrieved: its failure was already handled or does not matter once cancelled
