@@ -110,6 +110,11 @@ def create_app(
     app.include_router(webhooks.router)
     app.include_router(stream_socket.router)
     app.include_router(console_router())
+    if settings.fault_injection:
+        from agent.simulation import faults
+
+        log.warning("fault injection is on: POST /debug/stall blocks the event loop")
+        app.include_router(faults.router)
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:

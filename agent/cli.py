@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 import sys
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ import uvicorn
 import yaml
 
 from agent.config import ConfigError, Settings, load_settings
+from agent.heap import freeze_startup_heap
 from agent.loadtest.cli import loadtest
 from agent.observability import logs
 from agent.prompts.library import PromptLibrary
@@ -102,6 +104,10 @@ class DrainingServer(uvicorn.Server):
         super().__init__(config)
         self.state = state
         self._drain: asyncio.Task[None] | None = None
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        freeze_startup_heap()  # after the app's own start-up: the embedded engine and prompts are loaded
 
     def handle_exit(self, sig: int, frame: Any) -> None:
         if self.state.draining or self.should_exit:

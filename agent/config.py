@@ -88,6 +88,9 @@ class Settings(BaseSettings):
     max_call_cost_usd: float | None = Field(default=None, gt=0, description="estimated model cost cap per call")
     drain_timeout_s: float = Field(default=300.0, ge=0, description="on SIGTERM, how long calls may finish")
     readiness_probe_interval_s: float = Field(default=15.0, gt=0)
+    fault_injection: bool = Field(
+        default=False, description="testing only: POST /debug/stall?ms=N blocks the event loop (never in production)"
+    )
     recordings_dir: Path = Path("var/recordings")
     record_calls: bool = True
     recording_retention_days: float = Field(default=30.0, gt=0)

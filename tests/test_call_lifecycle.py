@@ -238,6 +238,36 @@ async def test_caller_hangup_closes_the_model_within_a_second() -> None:
         assert [w.status for w in call.webhooks if w.event == "Hangup"] == [200]
 
 
+async def test_a_clean_close_while_the_bot_speaks_is_a_hang_up_not_a_drop() -> None:
+    """Audio goes out every 20 ms, so a send often fails before the reader sees the close: the close code (1000)
+    must still decide, so the call ends at once instead of waiting AGENT_STREAM_RESUME_S for a reconnect."""
+    async with running_stack(RealtimeSimConfig(reply_ms=5000, speed=1.0), stream_resume_s=5.0) as stack:
+        no_webhook = SimCallOptions(hangup_webhook=False)  # only the socket tells the agent
+        calls = await asyncio.gather(
+            *[stack.carrier.place_call([CallerAudio.silence(8000)], no_webhook) for _ in range(12)]
+        )
+        await asyncio.gather(*[c.wait_bot_audio(400, timeout=10) for c in calls])
+        await asyncio.gather(*[c.hangup() for c in calls])
+        await wait_live_calls(stack, 0, timeout=2.0)
+        for c in calls:
+            events = [e.kind for e in record(stack, c).events]
+            assert "carrier_lost" not in events and record(stack, c).end_reason == "carrier_closed"
+
+
+async def test_a_drop_while_the_bot_speaks_waits_for_vobiz_even_when_a_send_notices_first() -> None:
+    async with running_stack(RealtimeSimConfig(reply_ms=5000, speed=1.0), stream_resume_s=0.5) as stack:
+        no_webhook = SimCallOptions(hangup_webhook=False)
+        calls = await asyncio.gather(
+            *[stack.carrier.place_call([CallerAudio.silence(8000)], no_webhook) for _ in range(12)]
+        )
+        await asyncio.gather(*[c.wait_bot_audio(400, timeout=10) for c in calls])
+        await asyncio.gather(*[c.drop() for c in calls])  # no close frame: the network went away
+        await wait_live_calls(stack, 0, timeout=5.0)
+        for c in calls:
+            events = [e.kind for e in record(stack, c).events]
+            assert "carrier_lost" in events and "carrier_not_back" in events, events[-6:]
+
+
 async def test_fifty_concurrent_calls_tear_down_with_nothing_left_running() -> None:
     def tasks_now() -> set[asyncio.Task[Any]]:
         return {t for t in asyncio.all_tasks() if not t.done()}

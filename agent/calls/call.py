@@ -35,6 +35,8 @@ from agent.calls.responses import ResponseQueue
 from agent.calls.timers import watch_duration, watch_idle, watch_session_age, wrap_up
 from agent.calls.tools import ToolCall, run_tool
 from agent.carrier import messages
+from agent.carrier.clock import CarrierClock
+from agent.carrier.frames import CarrierClosed, receive_text
 from agent.carrier.messages import InboundError, StartInfo, parse_inbound
 from agent.carrier.rest import VobizApiError, VobizClient
 from agent.config import Settings
@@ -49,7 +51,6 @@ from agent.waiting import wait_event, within
 
 log = logging.getLogger("agent.call")
 
-_NORMAL_CLOSE = 1000  # Vobiz's end of a call; anything else (1005/1006: no close frame) may be a network drop
 _SHORTER_THAN = re.compile(r"Audio content of (\d+)ms is already shorter than (\d+)ms")
 
 
@@ -120,6 +121,7 @@ class Call:
             lead_ms=deps.settings.playout_lead_ms,
             checkpoint_interval_ms=deps.settings.checkpoint_interval_ms,
         )
+        self.carrier_clock = CarrierClock()
         self.recorder = CallRecorder(self.format.rate) if deps.settings.record_calls else None
         if self.recorder is not None:
             recorder, fmt = self.recorder, self.format
@@ -280,24 +282,25 @@ class Call:
         try:
             await ws.send_text(text)
         except (WebSocketDisconnect, RuntimeError, OSError, ConnectionClosed):
-            if not self.closing:
-                self.end_reason = "carrier_closed"
-            raise _CallOver from None
+            if self.closing:
+                raise _CallOver from None
+            # The reader decides: it gets the close code (a hang-up ends the call, a drop waits for Vobiz to
+            # reconnect), and it gets it whichever of the two noticed first. Until then sends are dropped.
+            return
 
     async def _read_carrier(self) -> None:
         while True:
             assert self._ws is not None
             try:
-                text = await self._ws.receive_text()
-            except (WebSocketDisconnect, RuntimeError, ConnectionClosed) as exc:
-                code = getattr(exc, "code", None)
-                if not self.closing and code != _NORMAL_CLOSE and await self._await_new_stream():
+                text = await receive_text(self._ws)
+            except CarrierClosed as closed:
+                if not self.closing and closed.may_come_back and await self._await_new_stream():
                     continue
                 if not self.closing:
                     self.end_reason = "carrier_closed"
-                    self.record.event("carrier_closed", code=code)
+                    self.record.event("carrier_closed", code=closed.code)
                 raise _CallOver from None
-            except KeyError:  # a binary frame: Vobiz only sends text
+            if text is None:
                 self._drop("binary_frame", "binary WebSocket frame")
                 continue
             try:
@@ -335,6 +338,7 @@ class Call:
         self._ws, self.stream_id = ws, stream_id
         self.record.stream_id = stream_id
         self.playout.resume(stream_id)
+        self.carrier_clock = CarrierClock()
         self.metrics.stream_resumes.inc()
         self.record.event("stream_resumed", stream_id=stream_id)
         if cut or self.responses.busy:
@@ -371,6 +375,7 @@ class Call:
         if isinstance(event, messages.MediaEvent):
             if event.media.track != "inbound":
                 return
+            self.carrier_clock.observe(event.media.timestamp, self.playout.clock())
             try:
                 payload = base64.b64decode(event.media.payload, validate=True)
                 audio = self.caller_audio.convert(payload)
@@ -381,7 +386,7 @@ class Call:
                 self.recorder.caller(_decode(self.format, payload, self.caller_audio.big_endian), self.format.rate)
             self._queue_caller_audio(audio)
         elif isinstance(event, messages.PlayedStreamEvent):
-            self.playout.on_played(event.name)
+            self.playout.on_played(event.name, self.carrier_clock.sent_at(self.playout.clock()))
         elif isinstance(event, messages.ClearedAudioEvent):
             self.record.event("cleared_audio")
         elif isinstance(event, messages.DtmfEvent):

@@ -192,12 +192,15 @@ class Playout:
 
     # --- feedback from the carrier -------------------------------------------------------------------------
 
-    def on_played(self, name: str) -> bool:
-        """`playedStream`: everything before this checkpoint has played. Re-anchor the schedule if late."""
+    def on_played(self, name: str, sent_at: float | None = None) -> bool:
+        """`playedStream`: everything before this checkpoint has played. Re-anchor the schedule if late.
+
+        `sent_at` dates an acknowledgement read late (our loop stalled): its lateness is the carrier's, not ours.
+        """
         cp = self._checkpoints.pop(name, None)
         if cp is None:
             return False
-        now = self.clock()
+        now = self.clock() if sent_at is None else sent_at
         info = self.item(cp.item_id)
         info.acked_ms = max(info.acked_ms, cp.offset_ms)
         delay = now - cp.expected_at

@@ -6,9 +6,9 @@ import contextlib
 import logging
 
 from fastapi import APIRouter, WebSocket
-from starlette.websockets import WebSocketDisconnect
 
 from agent.carrier import stream_token
+from agent.carrier.frames import CarrierClosed, receive_text
 from agent.carrier.messages import InboundError, StartEvent, StartInfo, parse_inbound
 from agent.prompts.loader import PromptError
 from agent.state import AppState
@@ -34,7 +34,7 @@ async def stream(ws: WebSocket) -> None:
     await ws.accept()
     try:
         start = await within(_START_TIMEOUT_S, _wait_for_start(ws, state))
-    except (TimeoutError, WebSocketDisconnect, OSError):
+    except (TimeoutError, CarrierClosed):
         state.metrics.stream_rejected.labels("no_start").inc()
         log.warning("stream for call %s never sent start", call_id)
         await _close(ws)
@@ -57,9 +57,8 @@ async def stream(ws: WebSocket) -> None:
 async def _wait_for_start(ws: WebSocket, state: AppState) -> StartInfo:
     """Anything before `start` (media included) is counted and dropped; the call cannot decode it yet."""
     while True:
-        try:
-            text = await ws.receive_text()
-        except KeyError:  # a binary frame
+        text = await receive_text(ws)
+        if text is None:
             state.metrics.inbound_dropped.labels("binary_frame").inc()
             continue
         try:
