@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import tempfile
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -76,3 +77,17 @@ async def running_stack(
     finally:
         await engine.stop()
         workdir.cleanup()
+
+
+def start_message(call_id: str, stream_id: str) -> str:
+    """Vobiz's `start` for a μ-law stream, for tests that open the stream socket by hand."""
+    start = {
+        "event": "start",
+        "sequenceNumber": 0,
+        "start": {
+            "callId": call_id,
+            "streamId": stream_id,
+            "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000},
+        },
+    }
+    return json.dumps(start)

@@ -15,7 +15,7 @@ from agent.carrier.rest import VobizClient
 from agent.simulation.carrier import CallerAudio, SimCall, SimCallOptions
 from agent.simulation.realtime_server import RealtimeSimConfig
 from agent.waiting import within
-from tests.harness import ROOT, Stack, running_stack
+from tests.harness import ROOT, Stack, running_stack, start_message
 
 SPEAK_THEN_LISTEN = [CallerAudio.silence(900), CallerAudio.tone(300, 600, 0.4), CallerAudio.silence(8000)]
 
@@ -351,16 +351,7 @@ async def test_stream_without_a_prewarm_connects_at_start() -> None:
         token = stream_token.issue("test-stream-secret", "no-answer-webhook", 60)
         url = stack.base_url.replace("http", "ws") + f"/vobiz/stream?call=no-answer-webhook&token={token}"
         async with connect(url) as ws:
-            start = {
-                "event": "start",
-                "sequenceNumber": 0,
-                "start": {
-                    "callId": "no-answer-webhook",
-                    "streamId": "s-9",
-                    "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000},
-                },
-            }
-            await ws.send(json.dumps(start))
+            await ws.send(start_message("no-answer-webhook", "s-9"))
             first = json.loads(await within(5, ws.recv()))
             assert first["event"] == "playAudio" and first["streamId"] == "s-9"
         session = stack.engine.sessions[0]
@@ -405,16 +396,7 @@ async def test_a_dropped_stream_that_vobiz_reconnects_continues_the_same_convers
         assert 700 < truncate["audio_end_ms"] < 1300
         # Vobiz retries: same call, same URL, a new streamId.
         async with connect(call.stream_url) as ws:
-            start = {
-                "event": "start",
-                "sequenceNumber": 0,
-                "start": {
-                    "callId": call.call_uuid,
-                    "streamId": "stream-2",
-                    "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000},
-                },
-            }
-            await ws.send(json.dumps(start))
+            await ws.send(start_message(call.call_uuid, "stream-2"))
             resumed = json.loads(await within(5, ws.recv()))
             assert resumed["event"] == "playAudio" and resumed["streamId"] == "stream-2"
             await session.wait_for_client_event("response.create", lambda e: "left off" in json.dumps(e), timeout=3)

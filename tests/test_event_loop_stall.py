@@ -15,7 +15,7 @@ import pytest
 from agent.simulation.call_metrics import analyze_call
 from agent.simulation.carrier import CallerAudio, CarrierSim
 from agent.simulation.realtime_server import RealtimeServer, RealtimeSimConfig
-from tests.test_cli import agent_process
+from tests.agent_process import agent_process
 
 STALL_MS = 700.0
 LEAD_MS = 200.0  # the agent's default playout lead: what the carrier holds when the loop freezes

@@ -19,8 +19,8 @@ from agent.simulation.carrier import CallEndedWithoutStream, CallerAudio, Carrie
 from agent.simulation.local_server import serve_app
 from agent.simulation.realtime_server import RealtimeSimConfig
 from agent.waiting import within
+from tests.agent_process import agent_process, read_until
 from tests.harness import running_stack
-from tests.test_cli import agent_process, read_until
 
 
 async def test_readyz_follows_the_model_endpoint_and_draining() -> None:

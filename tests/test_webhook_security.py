@@ -19,7 +19,7 @@ from agent.observability import logs
 from agent.observability.logs import RedactSecrets
 from agent.simulation.carrier import CallerAudio, SimCallOptions
 from agent.simulation.realtime_server import RealtimeSimConfig
-from tests.harness import running_stack
+from tests.harness import running_stack, start_message
 
 TOKEN = "vobiz-auth-token-for-tests"
 FORM = {"CallUUID": "call-sec-1", "From": "+911", "To": "+912", "Direction": "inbound", "Event": "StartApp"}
@@ -92,16 +92,7 @@ async def test_stream_socket_refused_without_a_valid_token() -> None:
         assert stack.metric("agent_stream_rejected_total", reason="token") == 6
         # The right token for the right call is accepted, but start must name that same call.
         async with connect(good) as ws:
-            start = {
-                "event": "start",
-                "sequenceNumber": 0,
-                "start": {
-                    "callId": "someone-else",
-                    "streamId": "s",
-                    "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000},
-                },
-            }
-            await ws.send(json.dumps(start))
+            await ws.send(start_message("someone-else", "s"))
             await ws.wait_closed()
         assert ws.close_code == 1008
         assert stack.metric("agent_stream_rejected_total", reason="call_mismatch") == 1
@@ -114,16 +105,7 @@ async def test_media_before_start_is_dropped_and_counted() -> None:
         async with connect(stream_url(reply.text)) as ws:
             await ws.send(json.dumps({"event": "media", "media": {"payload": "//8="}}))
             await ws.send("garbage")
-            start = {
-                "event": "start",
-                "sequenceNumber": 0,
-                "start": {
-                    "callId": "call-sec-1",
-                    "streamId": "s-1",
-                    "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000},
-                },
-            }
-            await ws.send(json.dumps(start))
+            await ws.send(start_message("call-sec-1", "s-1"))
             first = json.loads(await ws.recv())
             assert first["event"] == "playAudio" and first["streamId"] == "s-1"
         assert stack.metric("agent_inbound_dropped_total", reason="media_before_start") == 1
