@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint bench clean
+.PHONY: run test lint bench bench-capacity bench-soak clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -27,6 +27,12 @@ test: lint
 
 bench: $(STAMP)
 	$(BIN)/python bench/calls.py
+
+bench-capacity: $(STAMP)
+	$(BIN)/python bench/capacity.py
+
+bench-soak: $(STAMP)
+	$(BIN)/python bench/soak.py --minutes 10 --gc-probe
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

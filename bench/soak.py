@@ -234,7 +234,8 @@ class SoakState:
         # Only whole lines: the probe writes each line at once, but the read may end mid-line.
         data = data[: data.rfind(b"\n") + 1]
         self._log_offset += len(data)
-        self.server_gc += analysis.gc_pauses(data.decode(errors="replace"))
+        # Start-up collections (imports, before the freeze) are not what calls hear: count from the first call.
+        self.server_gc += [p for p in analysis.gc_pauses(data.decode(errors="replace")) if p[0] >= self.t0]
 
     def absorb(self, engine: dict[str, Any], final: bool) -> dict[str, Any]:
         """Match the calls that ended with the sessions that closed; returns this batch's figures."""
