@@ -77,6 +77,13 @@ class Settings(BaseSettings):
     rollover_quiet_wait_s: float = Field(default=240.0, ge=0, description="longest wait for a quiet moment")
     model_reconnect_attempts: int = Field(default=3, ge=0, le=10)
     caller_queue_ms: int = Field(default=2000, ge=100)
+    early_barge_in: bool = Field(
+        default=False, description="silence the bot on the caller's own speech onset, before the model's VAD"
+    )
+    early_barge_in_onset_ms: float = Field(default=100.0, ge=20, le=1000, description="loud speech needed")
+    early_barge_in_confirm_ms: float = Field(
+        default=800.0, ge=100, le=5000, description="wait for the model's VAD, then resume the bot if it stays silent"
+    )
     goodbye_timeout_s: float = Field(default=15.0, gt=0)
     dtmf_flush_s: float = Field(default=1.5, gt=0)
     transfer_number: str | None = None

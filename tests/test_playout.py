@@ -128,3 +128,51 @@ async def test_l16_chunks_stay_sample_aligned() -> None:
     media = [m["media"] for m in sink.messages if m["event"] == "playAudio"]
     assert [len(base64.b64decode(m["payload"])) for m in media] == [640, 40]  # type: ignore[index]
     assert all(m["sampleRate"] == 16000 and m["contentType"] == "audio/x-l16" for m in media)  # type: ignore[index]
+
+
+def payload_bytes(sink: Sink) -> bytes:
+    out = b""
+    for m in sink.messages:
+        media = m.get("media")
+        if m["event"] == "playAudio" and isinstance(media, dict):
+            out += base64.b64decode(media["payload"])
+    return out
+
+
+async def test_hold_keeps_what_was_not_heard_and_release_plays_it_from_the_cut() -> None:
+    clock, sink = Clock(), Sink()
+    playout = make(clock, sink, lead_ms=200)
+    audio = (bytes(range(250)) * 32)[: 8 * 1000]  # one second; the bytes tell where in it they were
+    playout.enqueue("item_a", audio)
+    playout.finish_item("item_a")
+    await playout.step()  # 220 ms sent
+    clock.t += 0.105  # the caller has heard 105 ms when the hunch comes
+    heard = playout.hold()
+    assert heard == {"item_a": pytest.approx(105, abs=0.01)}
+    assert playout.held and playout.is_audible()
+    clock.t += 0.5
+    sink.messages.clear()
+    assert await playout.step() is None  # held: nothing goes out
+    assert sink.messages == []
+    assert playout.heard_ms("item_a") == pytest.approx(105, abs=0.01)  # nothing was heard meanwhile
+    playout.release()
+    for _ in range(60):
+        await playout.step()
+        clock.t += 0.02
+    resent = payload_bytes(sink)
+    assert resent == audio[840:]  # exactly from byte 105 ms * 8: nothing skipped, nothing repeated
+    assert playout.heard_ms("item_a") == pytest.approx(1000, abs=0.01)
+
+
+async def test_clear_while_held_drops_the_held_audio() -> None:
+    clock, sink = Clock(), Sink()
+    playout = make(clock, sink, lead_ms=200)
+    playout.enqueue("item_a", b"\x11" * 8 * 1000)
+    await playout.step()
+    clock.t += 0.1
+    playout.hold()
+    assert playout.clear() == {"item_a": pytest.approx(100, abs=0.01)}
+    playout.release()  # too late: the barge-in was confirmed
+    sink.messages.clear()
+    assert await playout.step() is None and sink.messages == []
+    assert not playout.is_audible()

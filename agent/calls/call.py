@@ -28,6 +28,7 @@ from websockets.exceptions import ConnectionClosed
 
 from agent.audio.codecs import Int16Array, l16_to_pcm16, mulaw_to_pcm16
 from agent.audio.formats import MediaFormat
+from agent.audio.speech_onset import SpeechOnset
 from agent.audio.transcode import BotAudioConverter, CallerAudioConverter
 from agent.calls.playout import Playout
 from agent.calls.record import BargeIn, CallRecord
@@ -122,6 +123,9 @@ class Call:
             checkpoint_interval_ms=deps.settings.checkpoint_interval_ms,
         )
         self.carrier_clock = CarrierClock()
+        settings = deps.settings
+        self.onset = SpeechOnset(onset_ms=settings.early_barge_in_onset_ms) if settings.early_barge_in else None
+        self._early: _EarlyClear | None = None  # the bot was silenced on the caller's onset; VAD to confirm
         self.recorder = CallRecorder(self.format.rate) if deps.settings.record_calls else None
         if self.recorder is not None:
             recorder, fmt = self.recorder, self.format
@@ -382,9 +386,13 @@ class Call:
             except (binascii.Error, ValueError) as exc:
                 self._drop("bad_audio", str(exc))
                 return
-            if self.recorder is not None:
-                self.recorder.caller(_decode(self.format, payload, self.caller_audio.big_endian), self.format.rate)
             self._queue_caller_audio(audio)
+            if self.recorder is not None or self.onset is not None:
+                pcm = _decode(self.format, payload, self.caller_audio.big_endian)
+                if self.recorder is not None:
+                    self.recorder.caller(pcm, self.format.rate)
+                if self.onset is not None and self.onset.feed(pcm, self.format.rate):
+                    await self._on_caller_onset()
         elif isinstance(event, messages.PlayedStreamEvent):
             self.playout.on_played(event.name, self.carrier_clock.sent_at(self.playout.clock()))
         elif isinstance(event, messages.ClearedAudioEvent):
@@ -690,21 +698,53 @@ class Call:
         self.received_ms[item_id] += len(audio) / self.format.model_bytes_per_ms
         self.playout.enqueue(item_id, self.bot_audio.convert(audio))
 
+    async def _on_caller_onset(self) -> None:
+        """The caller seems to start talking over the bot: silence it now, keep what was not heard, and let the
+        model's VAD confirm (a barge-in) or not (the bot carries on from where it stopped)."""
+        busy = self.closing or self.caller_speaking or self._carrier_lost is not None or self._early is not None
+        if busy or self.playout.held or not self.playout.is_audible():
+            return
+        started = time.monotonic()
+        heard = self.playout.hold()  # first, so that nothing more is sent after the clear
+        await self._send_carrier(messages.clear_audio(self.stream_id))
+        clear_ms = (time.monotonic() - started) * 1000
+        if self.recorder is not None:
+            self.recorder.cut()
+        self._early = early = _EarlyClear(started, clear_ms, heard)
+        self.metrics.early_clears.inc()
+        self.record.event("early_clear", heard={k: round(v) for k, v in heard.items()})
+        if self._tg is not None:
+            self._tg.create_task(self._confirm_early_clear(early), name="early-clear")
+
+    async def _confirm_early_clear(self, early: _EarlyClear) -> None:
+        if await wait_event(early.confirmed, self.settings.early_barge_in_confirm_ms / 1000):
+            return
+        if self._early is early:  # no speech_started: a cough, a door, a click; the bot picks up where it was
+            self._early = None
+            self.playout.release()
+            self.metrics.early_clear_false_alarms.inc()
+            self.record.event("early_clear_released")
+
     async def _on_speech_started(self, event: Any) -> None:
         self.record.caller_started(event.item_id)
         self._caller_active(speaking=True)
         if self.closing:
             return
         started = time.monotonic()
-        audible = self.playout.is_audible(started)
-        if audible:
+        early, self._early = self._early, None
+        audible = early is not None or self.playout.is_audible(started)
+        if early is not None:
+            early.confirmed.set()  # the caller was already not hearing the bot: that clear was the barge-in
+            clear_ms = early.clear_ms
+        elif audible:
             # First and before anything else: the caller must stop hearing the bot.
             await self._send_carrier(messages.clear_audio(self.stream_id))
             clear_ms = (time.monotonic() - started) * 1000
+        if audible:
             self.metrics.clear_latency.observe(clear_ms / 1000)
             self.metrics.barge_ins.inc()
             self.barge_ins += 1
-        heard = self.playout.clear() if audible else {}
+        heard = self.playout.clear() if audible else {}  # after an early clear: nothing has played since
         if audible and self.recorder is not None:
             self.recorder.cut()  # queued bot audio that was never heard stays out of the recording
         self.bot_audio.reset()
@@ -808,6 +848,14 @@ class Call:
                 self._tg.create_task(run_tool(self, tool), name=f"tool-{tool.name}")
         await self.responses.finished(response_id)
         self.activity.set()
+
+
+@dataclass
+class _EarlyClear:
+    at: float
+    clear_ms: float
+    heard: dict[str, float]
+    confirmed: asyncio.Event = dataclasses.field(default_factory=asyncio.Event)
 
 
 def _decode(fmt: MediaFormat, data: bytes, big_endian: bool = False) -> Int16Array:

@@ -98,6 +98,8 @@ class Playout:
         self.chunks_sent = 0
         self.late_acks = 0
         self._generation = 0  # bumped by clear(): a send in flight must not checkpoint stale audio
+        self._recent: deque[tuple[_Chunk, _Segment]] = deque()  # sent, maybe not yet played: hold() keeps these
+        self._stash: list[_Chunk] | None = None  # held: audio not heard, waiting for release() or clear()
         self.paused = False  # no carrier socket (waiting for Vobiz to reconnect): keep audio queued
         # Observers (the call recorder): each chunk with its scheduled start; each late re-anchoring.
         self.on_scheduled: Callable[[bytes, float], None] | None = None
@@ -154,7 +156,7 @@ class Playout:
 
     async def step(self) -> float | None:
         """Send every chunk that is due now; return seconds until the next is due, or None when idle."""
-        while self._queue and not self.paused:
+        while self._queue and not self.paused and self._stash is None:
             now = self.clock()
             ahead = self._play_end - now
             if ahead > self.lead_s:
@@ -172,6 +174,9 @@ class Playout:
                 self.on_scheduled(chunk.data, start)
             self._play_end = segment.end
             info.sent_ms = chunk.offset_ms + chunk.duration_ms
+            while self._recent and self._recent[0][1].end <= now:
+                self._recent.popleft()
+            self._recent.append((chunk, segment))
             payload = base64.b64encode(chunk.data).decode()
             generation = self._generation
             await self._send(messages.play_audio(self.stream_id, self.format, payload))
@@ -220,18 +225,62 @@ class Playout:
 
     def clear(self) -> dict[str, float]:
         """The carrier was told to drop its queue: forget pending audio, return what each item had reached."""
+        heard = self._cut(self.clock())
+        self._stash = None
+        self._partial.clear()
+        for info in self._items.values():
+            info.complete = True
+            info.played.set()
+        return heard
+
+    def hold(self) -> dict[str, float]:
+        """The carrier was told to drop its queue on a hunch (the caller seems to be talking): like `clear`, but
+        what the caller has not heard is kept, to play from where it stopped if the hunch was wrong (`release`)."""
         now = self.clock()
+        unheard: list[_Chunk] = []
+        for chunk, seg in self._recent:
+            if seg.end <= now:
+                continue
+            played = int(max(0.0, now - seg.start) * 1000 * self.format.bytes_per_ms)
+            played -= played % (1 if self.format.is_mulaw else 2)
+            cut_ms = played / self.format.bytes_per_ms
+            unheard.append(
+                _Chunk(
+                    chunk.item_id,
+                    chunk.data[played:],
+                    chunk.offset_ms + cut_ms,
+                    chunk.duration_ms - cut_ms,
+                    chunk.final,
+                )
+            )
+        unheard += self._queue
+        heard = self._cut(now)
+        self._stash = unheard
+        return heard
+
+    def release(self) -> None:
+        """The hunch was wrong: play what was held, from where the caller stopped hearing it."""
+        if self._stash is None:
+            return
+        self._queue.extendleft(reversed(self._stash))
+        self._stash = None
+        self._wakeup.set()
+
+    @property
+    def held(self) -> bool:
+        return self._stash is not None
+
+    def _cut(self, now: float) -> dict[str, float]:
+        """Nothing more plays after `now`: what each item had reached, with the schedule trimmed to match."""
         heard = {item_id: self.heard_ms(item_id, now) for item_id in self._items if self._items[item_id].segments}
         self._queue.clear()
-        self._partial.clear()
+        self._recent.clear()
         self._checkpoints.clear()
         for info in self._items.values():
             info.segments = [s for s in info.segments if s.start < now]
             if info.segments and info.segments[-1].end > now:
                 last = info.segments[-1]
                 last.duration_ms = (now - last.start) * 1000
-            info.complete = True
-            info.played.set()
         self._play_end = min(self._play_end, now)
         self._generation += 1
         return heard
@@ -260,7 +309,7 @@ class Playout:
     def is_audible(self, now: float | None = None) -> bool:
         """True while the caller is hearing bot audio or has some queued to hear."""
         t = self.clock() if now is None else now
-        return bool(self._queue) or self._play_end > t or any(self._partial.values())
+        return bool(self._queue) or bool(self._stash) or self._play_end > t or any(self._partial.values())
 
     def idle_at(self) -> float:
         """Clock time at which the carrier should run dry, given what has been sent."""

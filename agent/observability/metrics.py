@@ -55,6 +55,12 @@ class Metrics:
             buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1),
             registry=r,
         )
+        self.early_clears = Counter(
+            "agent_early_clears", "Bot silenced on the caller's speech onset, before the model's VAD", registry=r
+        )
+        self.early_clear_false_alarms = Counter(
+            "agent_early_clear_false_alarms", "Early clears the VAD did not confirm (the bot resumed)", registry=r
+        )
 
     def value(self, name: str, **labels: str) -> float:
         """Current value of a sample, 0 when absent: for tests and the console."""
