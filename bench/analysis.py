@@ -26,6 +26,7 @@ from wire import FRAME_MS, is_mulaw
 from workload import CallResult
 
 BARGE_WINDOW_S = 1.0  # a clearAudio later than this after speech_started is not a reaction to it
+EARLY_S = 1.0  # with AGENT_EARLY_BARGE_IN the clear may come up to this long before the model's speech_started
 STARTUP_S = 1.0  # caller frames this early in a call wait for the model session: reported apart
 TAIL_GRACE_S = 0.5  # frames sent this close to the hang-up may legitimately never reach the model
 # L16 frames are matched by duration: frame k has reached the model once the model audio appended so far covers
@@ -57,7 +58,8 @@ class Matched:
     startup_frame_ms: list[float] = field(default_factory=list)  # caller frames in the first STARTUP_S
     delta_ms: list[float] = field(default_factory=list)  # every response but the greeting
     greeting_delta_ms: list[float] = field(default_factory=list)  # the first response of each session
-    barge_ms: list[float] = field(default_factory=list)
+    barge_ms: list[float] = field(default_factory=list)  # speech_started -> clearAudio (< 0: early barge-in)
+    onset_clear_ms: list[float] = field(default_factory=list)  # the caller starts talking -> clearAudio
     trunc_err_ms: list[float] = field(default_factory=list)
     trunc_signed_ms: list[float] = field(default_factory=list)  # < 0: the model was told less than was heard
     gaps_ms: list[float] = field(default_factory=list)
@@ -161,6 +163,26 @@ def _frames_by_duration(calls: Sequence[CallResult], sessions: Sequence[dict[str
             (m.startup_frame_ms if t_sent < (call.start_t or 0.0) + STARTUP_S else m.frame_ms).append(lat)
 
 
+def _onset_clears(calls: Sequence[CallResult], m: Matched) -> None:
+    """How long the caller talks over the bot: from the first frame of an interrupting utterance (the bench knows
+    when the caller starts; the server under test does not) to clearAudio at the carrier. Whatever detects the
+    speech (the model's VAD, or the agent's own onset detector) counts."""
+    for call in calls:
+        clear_times = [c[0] for c in call.clears]
+        bot_times = [b[0] for b in call.bot]
+        onsets = sorted(call.speech_at)
+        for n, t_o in enumerate(onsets):
+            j = bisect.bisect_right(bot_times, t_o) - 1
+            if j < 0 or call.bot[j][1] != "start":
+                continue  # the bot was silent: not an interruption
+            until = min(t_o + BARGE_WINDOW_S + EARLY_S, onsets[n + 1] if n + 1 < len(onsets) else math.inf)
+            i = _first_after(clear_times, t_o)
+            if i < len(clear_times) and clear_times[i] <= until:
+                m.onset_clear_ms.append((clear_times[i] - t_o) * 1000)
+            else:
+                m.counts["interruptions_not_cleared"] += 1
+
+
 def _first_after(times: Sequence[float], t: float) -> int:
     return bisect.bisect_left(times, t)
 
@@ -184,6 +206,7 @@ def match_side(calls: Sequence[CallResult], engine: dict[str, Any], content_type
             m.counts[f"responses_{resp.get('status') or 'unfinished'}"] += 1
     _model_to_caller(pairs, good, exact, m)
     _barge_ins(pairs, m)
+    _onset_clears(good, m)
     _truncations(pairs, m)
     _playout_gaps(good, m)
     for call in good:
@@ -250,18 +273,22 @@ def _barge_ins(pairs: Sequence[Pair], m: Matched) -> None:
         bot_times = [b[0] for b in call.bot]
         speech = sorted(sess["speech_started"])
         hung_up = call.end_t if call.end_t is not None else math.inf
+        used = -1  # each clear answers one speech_started
         for n, t_s in enumerate(speech):
             if t_s > hung_up - BARGE_WINDOW_S:
                 m.counts["speech_at_hangup"] += 1  # the socket may close before any reaction could arrive
                 continue
-            j = bisect.bisect_right(bot_times, t_s) - 1
-            bot_on = j >= 0 and call.bot[j][1] == "start"
-            i = _first_after(clear_times, t_s - 0.005)
+            # An early barge-in clears before the model's VAD speaks up: look back a little too.
+            i = max(_first_after(clear_times, t_s - EARLY_S), used + 1)
             # A clear answers the latest speech_started before it: never one that came after the next one.
             until = min(t_s + BARGE_WINDOW_S, speech[n + 1] if n + 1 < len(speech) else math.inf)
             cleared = i < len(clear_times) and clear_times[i] <= until
+            # Was the bot talking when the caller interrupted (at the clear, if that came first)?
+            j = bisect.bisect_right(bot_times, min(t_s, clear_times[i] - 0.001) if cleared else t_s) - 1
+            bot_on = j >= 0 and call.bot[j][1] == "start"
             if cleared:
                 m.speech_clear[(s_idx, n)] = i
+                used = i
             if bot_on:
                 m.counts["barge_ins"] += 1
                 if cleared:
@@ -283,7 +310,7 @@ def _barge_ins(pairs: Sequence[Pair], m: Matched) -> None:
                     }
                 )
         for t_c in clear_times:
-            k = bisect.bisect_right(speech, t_c + 0.005) - 1
+            k = bisect.bisect_right(speech, t_c + EARLY_S) - 1
             if k < 0 or t_c - speech[k] > BARGE_WINDOW_S:
                 m.counts["clears_without_speech"] += 1
     worst.sort(key=lambda x: -float(x["ms"]))

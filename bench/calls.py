@@ -75,14 +75,18 @@ class ServerOptions:
     reply_ms: int = 2500
     speed: float = 2.0
     gc_probe: bool = False  # the server logs its long GC pauses (bench/gcprobe)
+    vad_ms: int = 60  # loud audio the engine's VAD needs before speech_started
+    early_barge_in: bool = False  # the agent silences the bot on the caller's onset (AGENT_EARLY_BARGE_IN)
 
     @classmethod
-    def from_args(cls, args: argparse.Namespace) -> ServerOptions:
+    def from_args(cls, args: argparse.Namespace, content_type: str | None = None) -> ServerOptions:
         return cls(
-            content_type=args.content_type,
+            content_type=content_type or args.content_type,
             reply_ms=args.reply_ms,
             speed=args.speed,
-            gc_probe=bool(getattr(args, "gc_probe", False)),
+            gc_probe=args.gc_probe,
+            vad_ms=args.vad_ms,
+            early_barge_in=args.early_barge_in,
         )
 
 
@@ -96,6 +100,13 @@ def add_server_args(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="the server logs garbage-collector pauses > 20 ms (bench/gcprobe), lined up with playout gaps",
     )
+    parser.add_argument(
+        "--vad-ms",
+        type=int,
+        default=60,
+        help="speech the engine's VAD needs before speech_started (default 60; ~300 is closer to a remote OpenAI)",
+    )
+    parser.add_argument("--early-barge-in", action="store_true", help="the agent runs with AGENT_EARLY_BARGE_IN=true")
 
 
 @dataclass
@@ -134,6 +145,8 @@ def _engine_args(opts: ServerOptions, port: int) -> list[str]:
         str(opts.reply_ms),
         "--speed",
         str(opts.speed),
+        "--vad-start-ms",
+        str(opts.vad_ms),
     ]
 
 
@@ -217,6 +230,7 @@ async def start_side(name: str, opts: ServerOptions, stem: Path) -> AsyncIterato
         if name == "agent":
             workdir = Path(tempfile.mkdtemp(prefix="bench-agent-"))
             env = _with_gc_probe(agent_env(engine_port, port, workdir, opts.content_type), opts)
+            env["AGENT_EARLY_BARGE_IN"] = "true" if opts.early_barge_in else "false"
             server = procs.start(
                 "agent", ["-m", "agent", "serve", "--host", "127.0.0.1", "--port", str(port)], env, log_path
             )
@@ -403,6 +417,7 @@ def side_report(run: SideRun, content_type: str, calls: int) -> dict[str, Any]:
             "caller_to_model_call_start": analysis.stats(m.startup_frame_ms),
             "model_to_caller_greeting": analysis.stats(m.greeting_delta_ms),
             "barge_in": analysis.stats(m.barge_ms),
+            "onset_to_clear": analysis.stats(m.onset_clear_ms),
         },
         "truncation_error_ms": analysis.stats(m.trunc_err_ms),
         "truncation_signed_error_ms": analysis.stats(m.trunc_signed_ms),
@@ -456,7 +471,7 @@ def build_ratios(base: dict[str, Any], agent: dict[str, Any]) -> dict[str, float
     out: dict[str, float | None] = {
         "cpu_per_call": analysis.ratio(agent["cpu"]["per_call_pct"], base["cpu"]["per_call_pct"])
     }
-    for hop in ("caller_to_model", "model_to_caller", "barge_in"):
+    for hop in ("caller_to_model", "model_to_caller", "barge_in", "onset_to_clear"):
         for p in ("p50", "p95", "p99"):
             out[f"{hop}_{p}"] = analysis.ratio(agent["latency_ms"][hop][p], base["latency_ms"][hop][p])
     return out
@@ -471,7 +486,9 @@ def render(report: dict[str, Any]) -> str:
     ratios: dict[str, float | None] = report.get("ratios", {})
     lines = [
         f"Vobiz agent bench: {cfg['calls']} concurrent calls x {cfg['seconds']:g} s, {cfg['content_type']}, "
-        f"{report['machine']['cpus']} CPUs; engine replies {cfg['reply_ms']} ms at {cfg['speed']:g}x real time",
+        f"{report['machine']['cpus']} CPUs; engine replies {cfg['reply_ms']} ms at {cfg['speed']:g}x real time, "
+        f"VAD after {cfg.get('vad_ms', 60)} ms of speech"
+        + ("; agent: early barge-in" if cfg.get("early_barge_in") else ""),
         "",
     ]
     warnings = [f"WARNING: the {n} run fell behind real time: {r}" for n in names for r in sides[n]["overloaded"]]
@@ -512,6 +529,7 @@ def render(report: dict[str, Any]) -> str:
         "caller_to_model": "caller frame -> model (after the first 1 s)",
         "model_to_caller": "model delta -> caller (all but greetings)",
         "barge_in": "barge-in: speech_started -> clearAudio",
+        "onset_to_clear": "interrupting: caller starts talking -> clearAudio (the bot talks over them)",
     }
     for hop, label in hops.items():
         lines.append(label + ", ms")
@@ -662,6 +680,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             "content_type": args.content_type,
             "reply_ms": args.reply_ms,
             "speed": args.speed,
+            "vad_ms": args.vad_ms,
+            "early_barge_in": args.early_barge_in,
             "seed": args.seed,
             "workload": asdict(WorkloadConfig(args.calls, args.seconds, args.content_type, seed=args.seed)),
         },

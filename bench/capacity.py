@@ -215,6 +215,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             "content_type": args.content_type,
             "reply_ms": args.reply_ms,
             "speed": args.speed,
+            "vad_ms": args.vad_ms,
+            "early_barge_in": args.early_barge_in,
             "seed": args.seed,
             "gc_probe": args.gc_probe,
             "criteria": {

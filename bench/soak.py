@@ -381,7 +381,7 @@ async def _wait_gauge_zero(target: calls.Target) -> tuple[float | None, float]:
 
 async def soak_side(name: str, args: argparse.Namespace, stem: Path, minutes: float, warmup_s: float) -> dict[str, Any]:
     duration = minutes * 60
-    opts = calls.ServerOptions(MULAW_8K, args.reply_ms, args.speed, args.gc_probe)
+    opts = calls.ServerOptions.from_args(args, MULAW_8K)
     cfg = WorkloadConfig(calls=args.concurrency, seconds=CALL_SECONDS[1], content_type=MULAW_8K, seed=args.seed)
     async with calls.start_side(name, opts, stem) as target:
         server = psutil.Process(target.server.pid)
@@ -725,6 +725,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             "flat_if": {"rss_growth_pct_below": RSS_FLAT_PCT, "fds_growth_below": FDS_FLAT},
             "reply_ms": args.reply_ms,
             "speed": args.speed,
+            "vad_ms": args.vad_ms,
+            "early_barge_in": args.early_barge_in,
             "seed": args.seed,
             "gc_probe": args.gc_probe,
         },

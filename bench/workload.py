@@ -18,7 +18,7 @@ import functools
 import itertools
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -74,6 +74,7 @@ class CallResult:
     protocol_errors: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     internal_errors: list[str] = field(default_factory=list)
+    speech_at: list[float] = field(default_factory=list)  # when the first frame of each caller utterance was sent
 
 
 def tap_play_audio(call: SimCall) -> list[tuple[float, str]] | None:
@@ -108,6 +109,7 @@ class CallerDriver:
         self.cfg = cfg
         self.pushed_ms = pushed_ms
         self.turns: Counter[str] = Counter()
+        self.speech_ms: list[float] = []  # where each utterance begins on the caller's track
         self._last_audible = time.monotonic()
 
     @staticmethod
@@ -155,6 +157,7 @@ class CallerDriver:
             if outcome is None:
                 return
             self.turns[kind if outcome else f"{kind}_timeout"] += 1
+            self.speech_ms.append(self.pushed_ms)
             self._say(cfg.speech_ms, cfg.speech_amplitude)
             # The next turn starts once the caller has finished saying this.
             if await self._wait(functools.partial(self._said, self.pushed_ms), 10.0, deadline) is None:
@@ -173,7 +176,13 @@ class CallerDriver:
         return self.call.frames_sent * FRAME_MS >= pushed_ms
 
 
-def summarize_call(index: int, call: SimCall, plays: list[tuple[float, str]] | None, turns: Counter[str]) -> CallResult:
+def summarize_call(
+    index: int,
+    call: SimCall,
+    plays: list[tuple[float, str]] | None,
+    turns: Counter[str],
+    speech_ms: Sequence[float] = (),
+) -> CallResult:
     res = CallResult(index, call.call_uuid)
     res.answer_t = call.webhooks[0].t if call.webhooks else None
     mulaw = is_mulaw(call.media_format.content_type)
@@ -213,6 +222,8 @@ def summarize_call(index: int, call: SimCall, plays: list[tuple[float, str]] | N
         for w in call.webhooks
         if w.status is None or w.status >= 400
     ]
+    frame_ms = call.options.frame_ms
+    res.speech_at = [res.frames[k][0] for k in (int(ms // frame_ms) for ms in speech_ms) if k < len(res.frames)]
     res.protocol_errors = list(call.protocol_errors)
     res.warnings = list(call.warnings)
     res.internal_errors = list(call.internal_errors)
@@ -245,7 +256,7 @@ async def one_call(carrier: CarrierSim, index: int, cfg: WorkloadConfig, at: flo
             with contextlib.suppress(Exception):
                 async with asyncio.timeout(10):
                     await call.hangup()
-    result = summarize_call(index, call, plays, driver.turns)
+    result = summarize_call(index, call, plays, driver.turns, driver.speech_ms)
     if error is None and call.end_reason != "caller_hangup":
         error = f"call ended early: {call.end_reason} (close code {call.close_code})"
     result.error = error

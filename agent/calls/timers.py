@@ -15,6 +15,9 @@ if TYPE_CHECKING:
     from agent.calls.call import Call
 
 
+_POLL_S = 0.05
+
+
 def _say_exactly(text: str) -> str:
     return f"Say exactly this to the caller, and nothing else: {text}"
 
@@ -37,7 +40,8 @@ async def watch_idle(call: Call) -> None:
             await call.activity.wait()
             continue
         if call.playout.is_audible(now):
-            await _wait_activity(call, call.playout.idle_at() - now)
+            # Audio still to play but nothing scheduled (held, or no socket while Vobiz reconnects): poll, never spin.
+            await _wait_activity(call, max(call.playout.idle_at() - now, _POLL_S))
             continue
         if caller_mark != call.caller_activity or not reminded:
             if caller_mark != call.caller_activity:
