@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable
+from types import TracebackType
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -19,7 +20,7 @@ T = TypeVar("T")
 async def wait_event(event: asyncio.Event, seconds: float) -> bool:
     """True when the event is set within `seconds`; a cancellation of the caller always propagates."""
     try:
-        async with asyncio.timeout(max(seconds, 0.0)):
+        async with _Deadline(seconds):
             await event.wait()
     except TimeoutError:
         return False
@@ -28,7 +29,7 @@ async def wait_event(event: asyncio.Event, seconds: float) -> bool:
 
 async def within(seconds: float, awaitable: Awaitable[T]) -> T:
     """Await with a deadline (TimeoutError after `seconds`, the awaited thing cancelled), like `wait_for`."""
-    async with asyncio.timeout(max(seconds, 0.0)):
+    async with _Deadline(seconds):
         return await awaitable
 
 
@@ -38,3 +39,28 @@ async def cancel_and_wait(task: asyncio.Future[Any]) -> None:
     await asyncio.wait({task})
     if not task.cancelled():
         task.exception()  # retrieved: its failure was already handled or does not matter once cancelled
+
+
+class _Deadline:
+    """`asyncio.timeout`, also right on Python 3.11.0-3.11.2, which counted cancellations from zero instead of
+    from entry: inside a task that had already handled a cancellation (a call's task group cleaning up), a
+    deadline met surfaced there as CancelledError and skipped the rest of the clean-up."""
+
+    def __init__(self, seconds: float) -> None:
+        self._timeout = asyncio.timeout(max(seconds, 0.0))
+        self._task: asyncio.Task[Any] | None = None
+        self._before = 0
+
+    async def __aenter__(self) -> None:
+        self._task = asyncio.current_task()
+        self._before = self._task.cancelling() if self._task is not None else 0
+        await self._timeout.__aenter__()
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self._timeout.__aexit__(exc_type, exc, tb)  # raises TimeoutError itself when it can tell
+        task = self._task
+        ours = self._timeout.expired() and task is not None and task.cancelling() <= self._before
+        if exc_type is asyncio.CancelledError and ours:
+            raise TimeoutError from exc

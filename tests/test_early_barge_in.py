@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from agent.simulation.carrier import CallerAudio, SimCall
+from agent.simulation.carrier import CallerAudio, ScriptItem, SimCall
 from agent.simulation.realtime_server import RealtimeSimConfig
 from tests.harness import running_stack
 from tests.signals import dominant_hz
@@ -51,9 +51,15 @@ async def test_the_bot_is_silenced_on_the_onset_and_the_vad_confirms_the_barge_i
 async def test_a_short_noise_silences_the_bot_briefly_then_it_resumes_where_it_stopped() -> None:
     config = RealtimeSimConfig(reply_ms=3000, speed=1.2, vad_start_ms=SLOW_VAD_MS)
     async with running_stack(config, early_barge_in=True, early_barge_in_confirm_ms=500) as stack:
-        call = await stack.carrier.place_call(
-            [CallerAudio.after_bot_audio(1000, CallerAudio.tone(300, 160, 0.4)), CallerAudio.silence(8000)]
-        )
+        noise = CallerAudio.tone(300, 160, 0.4)  # too short for the model's VAD
+        # A second burst ~0.4 s after the bot resumed: after a false alarm only the model's VAD may cut it.
+        script: list[ScriptItem] = [
+            CallerAudio.after_bot_audio(1000, noise),
+            CallerAudio.silence(900),
+            noise,
+            CallerAudio.silence(8000),
+        ]
+        call = await stack.carrier.place_call(script)
         session = await stack.engine.wait_for_session()
         await call.wait_clear(timeout=6)
         # The greeting still plays to its end, and all of it: nothing lost at the cut, nothing played twice.
@@ -65,6 +71,7 @@ async def test_a_short_noise_silences_the_bot_briefly_then_it_resumes_where_it_s
         assert not [e for e in session.server_events if e["type"] == "input_audio_buffer.speech_started"]
         assert stack.metric("agent_early_clear_false_alarms_total") == 1
         assert stack.metric("agent_barge_ins_total") == 0
+        assert len(call.clears) == 1
         await call.hangup()
         assert call.protocol_errors == [] and session.protocol_errors == []
 

@@ -176,3 +176,36 @@ async def test_clear_while_held_drops_the_held_audio() -> None:
     sink.messages.clear()
     assert await playout.step() is None and sink.messages == []
     assert not playout.is_audible()
+
+
+async def test_finish_all_closes_items_whose_session_is_gone() -> None:
+    clock, sink = Clock(), Sink()
+    playout = make(clock, sink, lead_ms=200)
+    playout.enqueue("item_a", b"\x11" * 85)  # 10.6 ms: less than a chunk, kept back for the next delta
+    assert playout.is_audible()
+    playout.finish_all()  # the model session reconnected: that next delta will never come
+    for _ in range(3):
+        await playout.step()
+        clock.t += 0.02
+    assert sink.audio_ms() == pytest.approx(10.625) and sink.checkpoints()
+    assert not playout.is_audible()
+    playout.enqueue("item_a", b"\x11" * 160)  # a straggler from the closed session is not played
+    assert not playout.is_audible()
+
+
+async def test_hold_keeps_the_end_marker_of_an_item_that_ended_on_a_whole_chunk() -> None:
+    clock, sink = Clock(), Sink()
+    playout = make(clock, sink, lead_ms=200)
+    playout.enqueue("item_a", b"\x11" * 8 * 100)  # exactly five chunks: the final one is empty
+    playout.finish_item("item_a")
+    await playout.step()
+    assert sink.checkpoints()  # its end was announced ahead of the audio
+    clock.t += 0.05
+    playout.hold()  # the carrier drops that checkpoint with the queue
+    playout.release()
+    for _ in range(6):
+        await playout.step()
+        clock.t += 0.02
+    final = sink.checkpoints()[-1]
+    assert final.startswith("item_a.100.") and playout.on_played(final)
+    assert await playout.wait_played("item_a", 0.01)

@@ -7,6 +7,7 @@ pass as that cancellation, Python 3.11's `asyncio.wait_for` returned normally an
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 import pytest
 
@@ -86,3 +87,23 @@ async def test_cancel_and_wait_retrieves_a_failure() -> None:
     task = asyncio.create_task(fails())
     await cancel_and_wait(task)  # already failing before the cancel arrives: no "never retrieved" warning
     assert task.done()
+
+
+async def test_a_deadline_is_a_timeout_even_after_an_earlier_cancellation_was_handled() -> None:
+    """A call's clean-up runs in a task its task group already cancelled once (and did not uncancel)."""
+
+    async def clean_up() -> tuple[bool, str]:
+        task = asyncio.current_task()
+        assert task is not None
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):  # handled, as a task group's parent does: count stays 1
+            await asyncio.sleep(1)
+        assert task.cancelling() == 1
+        never: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        try:
+            await within(0.01, never)
+        except TimeoutError:
+            outcome = "timed out"
+        return await wait_event(asyncio.Event(), 0.01), outcome
+
+    assert await within(2.0, asyncio.create_task(clean_up())) == (False, "timed out")

@@ -14,6 +14,7 @@ import numpy as np
 from agent.audio.codecs import Int16Array
 
 _FLOOR_RISE_DB_PER_S = 3.0  # the noise floor creeps up this fast, so speech itself barely lifts it
+_FLOOR_MIN_DB = -70.0  # Vobiz sends digital silence at times: the floor must not sink so far it takes ages back
 
 
 class SpeechOnset:
@@ -35,7 +36,7 @@ class SpeechOnset:
         level = 10 * math.log10(power / (32768.0**2) + 1e-12)
         floor = level if self.floor_db is None else self.floor_db
         loud = level >= max(self.min_dbfs, floor + self.above_floor_db)
-        self.floor_db = min(level, floor + _FLOOR_RISE_DB_PER_S * frame_ms / 1000)
+        self.floor_db = max(_FLOOR_MIN_DB, min(level, floor + _FLOOR_RISE_DB_PER_S * frame_ms / 1000))
         if not loud:
             self._run_ms = 0.0
             self._fired = False

@@ -52,6 +52,7 @@ from agent.waiting import wait_event, within
 
 log = logging.getLogger("agent.call")
 
+_EARLY_BACKOFF_S = 3.0  # after an early clear the VAD did not confirm
 _SHORTER_THAN = re.compile(r"Audio content of (\d+)ms is already shorter than (\d+)ms")
 
 
@@ -126,6 +127,7 @@ class Call:
         settings = deps.settings
         self.onset = SpeechOnset(onset_ms=settings.early_barge_in_onset_ms) if settings.early_barge_in else None
         self._early: _EarlyClear | None = None  # the bot was silenced on the caller's onset; VAD to confirm
+        self._early_backoff_until = 0.0
         self.recorder = CallRecorder(self.format.rate) if deps.settings.record_calls else None
         if self.recorder is not None:
             recorder, fmt = self.recorder, self.format
@@ -324,6 +326,7 @@ class Call:
         self._carrier_lost = asyncio.get_running_loop().create_future()
         self.playout.paused = True
         heard = self.playout.clear()
+        self._drop_early()
         cut = [item for item, ms in heard.items() if ms < self.received_ms.get(item, 0.0) - 1]
         for item_id, heard_ms in heard.items():
             await self._truncate(item_id, heard_ms)
@@ -332,11 +335,14 @@ class Call:
         self.bot_audio.reset()
         self.record.event("carrier_lost", waiting_s=wait_s)
         self.log.warning("stream dropped; waiting %.1fs for Vobiz to reconnect", wait_s)
+        lost = self._carrier_lost
         try:
-            ws, stream_id = await within(wait_s, self._carrier_lost)
+            ws, stream_id = await within(wait_s, lost)
         except TimeoutError:
-            self.record.event("carrier_not_back")
-            return False
+            if not lost.done() or lost.cancelled():
+                self.record.event("carrier_not_back")
+                return False
+            ws, stream_id = lost.result()  # handed over in the very pass the wait ran out
         finally:
             self._carrier_lost = None
         self._ws, self.stream_id = ws, stream_id
@@ -584,6 +590,7 @@ class Call:
         old, self.model = self.model, fresh
         self.model_started = time.monotonic()
         self.responses.reset()
+        self.playout.finish_all()  # an answer the old session was still streaming ends with what arrived
         self.metrics.model_reconnects.labels("rollover").inc()
         self.record.event("model_rollover", seeded_turns=len(history), quiet=self.quiet())
         if old is not None:
@@ -610,6 +617,7 @@ class Call:
         was_answering = self.responses.reset()
         for item_id in list(self.received_ms):
             self.interrupted_items.add(item_id)  # a late delta from the old session must not play
+        self.playout.finish_all()
         for attempt in range(self.settings.model_reconnect_attempts):
             try:
                 model = await self._open_model()
@@ -702,19 +710,28 @@ class Call:
         """The caller seems to start talking over the bot: silence it now, keep what was not heard, and let the
         model's VAD confirm (a barge-in) or not (the bot carries on from where it stopped)."""
         busy = self.closing or self.caller_speaking or self._carrier_lost is not None or self._early is not None
-        if busy or self.playout.held or not self.playout.is_audible():
+        backing_off = self.playout.clock() < self._early_backoff_until
+        if busy or backing_off or self.playout.held or not self.playout.is_audible():
             return
-        started = time.monotonic()
-        heard = self.playout.hold()  # first, so that nothing more is sent after the clear
-        await self._send_carrier(messages.clear_audio(self.stream_id))
-        clear_ms = (time.monotonic() - started) * 1000
+        started = self.playout.clock()
+        # All bookkeeping first, with no await in between: a speech_started handled while the clear is being
+        # sent must find this early clear.
+        heard = self.playout.hold()
         if self.recorder is not None:
-            self.recorder.cut()
-        self._early = early = _EarlyClear(started, clear_ms, heard)
+            self.recorder.cut(started)
+        self._early = early = _EarlyClear(started, 0.0, heard)
         self.metrics.early_clears.inc()
         self.record.event("early_clear", heard={k: round(v) for k, v in heard.items()})
         if self._tg is not None:
             self._tg.create_task(self._confirm_early_clear(early), name="early-clear")
+        await self._send_carrier(messages.clear_audio(self.stream_id))
+        early.clear_ms = (self.playout.clock() - started) * 1000
+
+    def _drop_early(self) -> None:
+        """The held audio was cleared for good (a barge-in, a lost stream): no early clear is pending any more."""
+        early, self._early = self._early, None
+        if early is not None:
+            early.confirmed.set()
 
     async def _confirm_early_clear(self, early: _EarlyClear) -> None:
         if await wait_event(early.confirmed, self.settings.early_barge_in_confirm_ms / 1000):
@@ -722,6 +739,8 @@ class Call:
         if self._early is early:  # no speech_started: a cough, a door, a click; the bot picks up where it was
             self._early = None
             self.playout.release()
+            # Echo or a noisy line would cut the bot again and again: trust only the model's VAD for a while.
+            self._early_backoff_until = self.playout.clock() + _EARLY_BACKOFF_S
             self.metrics.early_clear_false_alarms.inc()
             self.record.event("early_clear_released")
 
@@ -731,11 +750,11 @@ class Call:
         if self.closing:
             return
         started = time.monotonic()
-        early, self._early = self._early, None
+        early = self._early if self.playout.held else None  # else it was already cleared for good
+        self._drop_early()
         audible = early is not None or self.playout.is_audible(started)
         if early is not None:
-            early.confirmed.set()  # the caller was already not hearing the bot: that clear was the barge-in
-            clear_ms = early.clear_ms
+            clear_ms = early.clear_ms  # the caller was already not hearing the bot: that clear was the barge-in
         elif audible:
             # First and before anything else: the caller must stop hearing the bot.
             await self._send_carrier(messages.clear_audio(self.stream_id))

@@ -116,6 +116,8 @@ class Playout:
     def enqueue(self, item_id: str, data: bytes) -> None:
         """Queue audio (already in the playback format) for an item, cut into `chunk_ms` chunks."""
         info = self.item(item_id)
+        if info.complete:
+            return  # its end was already played (or it was cleared): a straggler from a closed session
         buf = self._partial.setdefault(item_id, bytearray())
         buf += data
         while len(buf) >= self._chunk_bytes:
@@ -135,6 +137,12 @@ class Playout:
         if len(buf) % 2 and not self.format.is_mulaw:
             buf = buf[:-1]
         self._push(info, bytes(buf), final=True)
+
+    def finish_all(self) -> None:
+        """The session these items came from is gone (reconnect, rollover): their ends will never arrive, so play
+        what is left of each and close it, or the call would look audible forever."""
+        for item_id in list(self._partial):
+            self.finish_item(item_id)
 
     def _push(self, info: ItemPlayback, data: bytes, *, final: bool) -> None:
         duration = len(data) / self.format.bytes_per_ms
@@ -254,6 +262,12 @@ class Playout:
                 )
             )
         unheard += self._queue
+        # An item whose last chunk was empty is closed by its checkpoint alone: keep that end marker too.
+        closed = {c.item_id for c in unheard if c.final}
+        for cp in self._checkpoints.values():
+            if cp.final and cp.item_id not in closed:
+                after = max((i + 1 for i, c in enumerate(unheard) if c.item_id == cp.item_id), default=0)
+                unheard.insert(after, _Chunk(cp.item_id, b"", cp.offset_ms, 0.0, final=True))
         heard = self._cut(now)
         self._stash = unheard
         return heard

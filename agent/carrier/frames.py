@@ -10,6 +10,7 @@ from __future__ import annotations
 from fastapi import WebSocket
 
 NORMAL_CLOSE = 1000  # Vobiz's end of a call; anything else (1005/1006: no close frame) may be a network drop
+SERVER_RESTART = 1012  # what uvicorn reports while this server shuts down: nobody will reconnect to it
 
 
 class CarrierClosed(Exception):
@@ -22,7 +23,7 @@ class CarrierClosed(Exception):
     @property
     def may_come_back(self) -> bool:
         """Not a clean end: with <Stream maxRetries> Vobiz reconnects a dropped stream with a new streamId."""
-        return self.code is not None and self.code != NORMAL_CLOSE
+        return self.code is not None and self.code not in (NORMAL_CLOSE, SERVER_RESTART)
 
 
 async def receive_text(ws: WebSocket) -> str | None:
