@@ -26,8 +26,9 @@ log = logging.getLogger("agent.registry")
 
 _KEEP_ENDED = 10_000  # call ids only: answer-loop protection and after-stream outcomes
 # Full records of ended calls stay in memory only for late webhooks (a hangup refining the stored record);
-# the database has them. The soak bench showed ~90 KB per record, so this bound is what keeps RSS flat.
-_KEEP_RECORDS = 200
+# the database has them. Each is ~90 KB of RSS and many objects that every full garbage collection walks
+# (the soak bench: full collections of 30-110 ms with 200 kept), so keep only the recent few.
+_KEEP_RECORDS = 50
 
 
 @dataclass
