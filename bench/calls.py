@@ -666,30 +666,42 @@ def run_async(main: Callable[[], Coroutine[Any, Any, T]], prog: str = "bench") -
         sys.exit(130)
 
 
-async def run(args: argparse.Namespace) -> dict[str, Any]:
-    cancel_on_signals()
+def start_report(tool: str, args: argparse.Namespace, config: dict[str, Any]) -> tuple[dict[str, Any], Path]:
+    """A bench tool's report header (its own settings, then the server options every tool shares) and the stem
+    its logs are named after: bench/results/<tool>-<time>.json unless --out says otherwise."""
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    out: Path = args.out or procs.BENCH_DIR / "results" / f"calls-{stamp}.json"
+    out: Path = args.out or procs.BENCH_DIR / "results" / f"{tool}-{stamp}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    stem = out.with_suffix("")
-    sides = SIDES if args.only == "both" else (args.only,)
+    server = {k: getattr(args, k) for k in ("reply_ms", "speed", "vad_ms", "early_barge_in", "seed", "gc_probe")}
     report: dict[str, Any] = {
-        "config": {
-            "calls": args.calls,
-            "seconds": args.seconds,
-            "content_type": args.content_type,
-            "reply_ms": args.reply_ms,
-            "speed": args.speed,
-            "vad_ms": args.vad_ms,
-            "early_barge_in": args.early_barge_in,
-            "seed": args.seed,
-            "workload": asdict(WorkloadConfig(args.calls, args.seconds, args.content_type, seed=args.seed)),
-        },
+        "config": config | server,
         "machine": machine_info(),
         "started_at": dt.datetime.now().isoformat(timespec="seconds"),
         "out": str(out),
-        "sides": {},
     }
+    return report, out.with_suffix("")
+
+
+def run_and_print(
+    run: Callable[[], Coroutine[Any, Any, dict[str, Any]]], render: Callable[[dict[str, Any]], str], prog: str
+) -> None:
+    """Every bench tool's entry point: run, save the JSON where the report says, print the text."""
+    report = run_async(run, prog)
+    Path(report["out"]).write_text(json.dumps(report, indent=1, default=str))
+    print(render(report))
+
+
+async def run(args: argparse.Namespace) -> dict[str, Any]:
+    cancel_on_signals()
+    sides = SIDES if args.only == "both" else (args.only,)
+    config = {
+        "calls": args.calls,
+        "seconds": args.seconds,
+        "content_type": args.content_type,
+        "workload": asdict(WorkloadConfig(args.calls, args.seconds, args.content_type, seed=args.seed)),
+    }
+    report, stem = start_report("calls", args, config)
+    report["sides"] = {}
     for name in sides:
         print(f"[bench] {name}: {args.calls} calls x {args.seconds:g} s ...", file=sys.stderr, flush=True)
         t = time.monotonic()
@@ -705,9 +717,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    report = run_async(lambda: run(args))
-    Path(report["out"]).write_text(json.dumps(report, indent=1, default=str))
-    print(render(report))
+    run_and_print(lambda: run(args), render, "bench")
 
 
 if __name__ == "__main__":

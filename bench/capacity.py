@@ -19,8 +19,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import datetime as dt
-import json
 import math
 import os
 import sys
@@ -200,37 +198,23 @@ def _estimate_s(n: int, args: argparse.Namespace, last: Step | None) -> float:
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     calls.cancel_on_signals()
     t_begin = time.monotonic()
-    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    out: Path = args.out or procs.BENCH_DIR / "results" / f"capacity-{stamp}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    stem = out.with_suffix("")
     opts = calls.ServerOptions.from_args(args)
     sides = calls.SIDES if args.only == "both" else (args.only,)
     levels = list(range(args.start, args.max_calls + 1, args.step))
-    report: dict[str, Any] = {
-        "config": {
-            "levels": levels,
-            "seconds": args.seconds,
-            "budget_s": args.budget,
-            "content_type": args.content_type,
-            "reply_ms": args.reply_ms,
-            "speed": args.speed,
-            "vad_ms": args.vad_ms,
-            "early_barge_in": args.early_barge_in,
-            "seed": args.seed,
-            "gc_probe": args.gc_probe,
-            "criteria": {
-                "playout_gaps": 0,
-                "failed_calls": 0,
-                "barge_in_p99_ms_below": BARGE_P99_LIMIT_MS,
-                "generator_lag_p99_ms_limit": GENERATOR_LAG_MS,
-            },
-            "workload": asdict(WorkloadConfig(levels[0], args.seconds, args.content_type, seed=args.seed)),
+    config = {
+        "levels": levels,
+        "seconds": args.seconds,
+        "budget_s": args.budget,
+        "content_type": args.content_type,
+        "criteria": {
+            "playout_gaps": 0,
+            "failed_calls": 0,
+            "barge_in_p99_ms_below": BARGE_P99_LIMIT_MS,
+            "generator_lag_p99_ms_limit": GENERATOR_LAG_MS,
         },
-        "machine": calls.machine_info(),
-        "started_at": dt.datetime.now().isoformat(timespec="seconds"),
-        "out": str(out),
+        "workload": asdict(WorkloadConfig(levels[0], args.seconds, args.content_type, seed=args.seed)),
     }
+    report, stem = calls.start_report("capacity", args, config)
     report["background"] = await background_load()
     results = {name: SideResult(name) for name in sides}
     print(render_header(report), flush=True)
@@ -474,9 +458,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    report = calls.run_async(lambda: run(args), "capacity")
-    Path(report["out"]).write_text(json.dumps(report, indent=1, default=str))
-    print(render_result(report))
+    calls.run_and_print(lambda: run(args), render_result, "capacity")
 
 
 if __name__ == "__main__":

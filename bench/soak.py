@@ -20,8 +20,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import datetime as dt
-import json
 import math
 import os
 import re
@@ -710,31 +708,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     calls.cancel_on_signals()
     t_begin = time.monotonic()
-    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    out: Path = args.out or procs.BENCH_DIR / "results" / f"soak-{stamp}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    stem = out.with_suffix("")
-    report: dict[str, Any] = {
-        "config": {
-            "minutes": args.minutes,
-            "baseline_minutes": args.baseline_minutes,
-            "concurrency": args.concurrency,
-            "warmup_s": args.warmup,
-            "call_seconds": CALL_SECONDS,
-            "sample_s": SAMPLE_S,
-            "flat_if": {"rss_growth_pct_below": RSS_FLAT_PCT, "fds_growth_below": FDS_FLAT},
-            "reply_ms": args.reply_ms,
-            "speed": args.speed,
-            "vad_ms": args.vad_ms,
-            "early_barge_in": args.early_barge_in,
-            "seed": args.seed,
-            "gc_probe": args.gc_probe,
-        },
-        "machine": calls.machine_info(),
-        "started_at": dt.datetime.now().isoformat(timespec="seconds"),
-        "out": str(out),
-        "sides": {},
+    config = {
+        "minutes": args.minutes,
+        "baseline_minutes": args.baseline_minutes,
+        "concurrency": args.concurrency,
+        "warmup_s": args.warmup,
+        "call_seconds": CALL_SECONDS,
+        "sample_s": SAMPLE_S,
+        "flat_if": {"rss_growth_pct_below": RSS_FLAT_PCT, "fds_growth_below": FDS_FLAT},
     }
+    report, stem = calls.start_report("soak", args, config)
+    report["sides"] = {}
     plan = [("agent", args.minutes, args.warmup)]
     if args.baseline_minutes > 0:
         # A shorter run keeps a proportionate warm-up, so it still has samples to fit.
@@ -748,9 +732,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    report = calls.run_async(lambda: run(args), "soak")
-    Path(report["out"]).write_text(json.dumps(report, indent=1, default=str))
-    print(render(report))
+    calls.run_and_print(lambda: run(args), render, "soak")
 
 
 if __name__ == "__main__":
