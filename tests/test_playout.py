@@ -45,6 +45,13 @@ def make(clock: Clock, sink: Sink, **kw: int) -> Playout:
     return Playout(sink, "stream-1", MULAW, clock=clock, **kw)
 
 
+async def pace(playout: Playout, clock: Clock, chunks: int) -> None:
+    """Let the pacer run for `chunks` wake-ups, 20 ms of the manual clock apart."""
+    for _ in range(chunks):
+        await playout.step()
+        clock.t += 0.02
+
+
 async def test_sends_only_lead_ahead_of_real_time() -> None:
     clock, sink = Clock(), Sink()
     playout = make(clock, sink, lead_ms=200)
@@ -77,9 +84,7 @@ async def test_checkpoints_carry_item_and_offset_and_final_ack_sets_played() -> 
     playout = make(clock, sink, lead_ms=200, checkpoint_interval_ms=100)
     playout.enqueue("item_a", b"\x11" * 8 * 300)
     playout.finish_item("item_a", b"\x11" * 8 * 10)
-    for _ in range(40):
-        await playout.step()
-        clock.t += 0.02
+    await pace(playout, clock, 40)
     names = sink.checkpoints()
     assert names[0].startswith("item_a.100.")
     assert names[-1].startswith("item_a.310.")
@@ -156,9 +161,7 @@ async def test_hold_keeps_what_was_not_heard_and_release_plays_it_from_the_cut()
     assert sink.messages == []
     assert playout.heard_ms("item_a") == pytest.approx(105, abs=0.01)  # nothing was heard meanwhile
     playout.release()
-    for _ in range(60):
-        await playout.step()
-        clock.t += 0.02
+    await pace(playout, clock, 60)
     resent = payload_bytes(sink)
     assert resent == audio[840:]  # exactly from byte 105 ms * 8: nothing skipped, nothing repeated
     assert playout.heard_ms("item_a") == pytest.approx(1000, abs=0.01)
@@ -184,9 +187,7 @@ async def test_finish_all_closes_items_whose_session_is_gone() -> None:
     playout.enqueue("item_a", b"\x11" * 85)  # 10.6 ms: less than a chunk, kept back for the next delta
     assert playout.is_audible()
     playout.finish_all()  # the model session reconnected: that next delta will never come
-    for _ in range(3):
-        await playout.step()
-        clock.t += 0.02
+    await pace(playout, clock, 3)
     assert sink.audio_ms() == pytest.approx(10.625) and sink.checkpoints()
     assert not playout.is_audible()
     playout.enqueue("item_a", b"\x11" * 160)  # a straggler from the closed session is not played
@@ -203,9 +204,7 @@ async def test_hold_keeps_the_end_marker_of_an_item_that_ended_on_a_whole_chunk(
     clock.t += 0.05
     playout.hold()  # the carrier drops that checkpoint with the queue
     playout.release()
-    for _ in range(6):
-        await playout.step()
-        clock.t += 0.02
+    await pace(playout, clock, 6)
     final = sink.checkpoints()[-1]
     assert final.startswith("item_a.100.") and playout.on_played(final)
     assert await playout.wait_played("item_a", 0.01)

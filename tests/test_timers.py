@@ -8,26 +8,31 @@ from types import SimpleNamespace
 from typing import Any, cast
 
 import agent.calls.call  # noqa: F401 - watch_idle imports it lazily: a cold import would eat the span
+from agent.audio.formats import MediaFormat
+from agent.calls.playout import Playout
 from agent.calls.timers import watch_idle
 from agent.prompts.schema import IdlePolicy
 
 
-class HeldPlayout:
-    """Audio queued but nothing scheduled: audible, yet due to run dry in the past."""
-
-    def __init__(self) -> None:
-        self.questions = 0
+class CountingPlayout(Playout):
+    questions = 0
 
     def is_audible(self, now: float | None = None) -> bool:
         self.questions += 1
-        return True
+        return super().is_audible(now)
 
-    def idle_at(self) -> float:
-        return time.monotonic() - 1.0
+
+async def discard(text: str) -> None:
+    return None
 
 
 async def test_the_idle_watcher_polls_instead_of_spinning_while_audio_is_held() -> None:
-    playout = HeldPlayout()
+    playout = CountingPlayout(discard, "stream-1", MediaFormat("audio/x-mulaw", 8000))
+    playout.enqueue("item_a", b"\x11" * 8 * 1000)
+    await playout.step()
+    playout.hold()  # audible (audio kept), yet nothing scheduled: the carrier has already run dry
+    assert playout.is_audible() and playout.idle_at() <= time.monotonic()
+    playout.questions = 0
     call = SimpleNamespace(
         prompt=SimpleNamespace(meta=SimpleNamespace(idle=IdlePolicy(reminder_after_s=5, hangup_after_s=10))),
         activity=asyncio.Event(),

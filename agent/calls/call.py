@@ -579,7 +579,7 @@ class Call:
         deadline = time.monotonic() + self.settings.rollover_quiet_wait_s
         while not self.quiet() and time.monotonic() < deadline:
             self.activity.clear()
-            wait = max(self.playout.idle_at() - time.monotonic(), 0.05) if self.playout.is_audible() else 1.0
+            wait = self.playout.recheck_in(time.monotonic()) if self.playout.is_audible() else 1.0
             await wait_event(self.activity, min(wait, deadline - time.monotonic()))
         try:
             history = await self._seed(fresh)
@@ -719,7 +719,7 @@ class Call:
         heard = self.playout.hold()
         if self.recorder is not None:
             self.recorder.cut(started)
-        self._early = early = _EarlyClear(started, 0.0, heard)
+        self._early = early = _EarlyClear()
         self.metrics.early_clears.inc()
         self.record.event("early_clear", heard={k: round(v) for k, v in heard.items()})
         if self._tg is not None:
@@ -871,9 +871,7 @@ class Call:
 
 @dataclass
 class _EarlyClear:
-    at: float
-    clear_ms: float
-    heard: dict[str, float]
+    clear_ms: float = 0.0  # measured once the clear is sent
     confirmed: asyncio.Event = dataclasses.field(default_factory=asyncio.Event)
 
 

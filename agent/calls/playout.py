@@ -21,6 +21,7 @@ from agent.carrier import messages
 from agent.waiting import wait_event
 
 Clock = Callable[[], float]
+_POLL_S = 0.05
 Send = Callable[[str], Awaitable[None]]
 
 
@@ -328,6 +329,11 @@ class Playout:
     def idle_at(self) -> float:
         """Clock time at which the carrier should run dry, given what has been sent."""
         return self._play_end
+
+    def recheck_in(self, now: float) -> float:
+        """While audible: how long to wait before asking again. Until the carrier runs dry, but at least a poll
+        interval, since audio may be waiting with nothing scheduled (held, or no socket while Vobiz reconnects)."""
+        return max(self._play_end - now, _POLL_S)
 
     async def wait_played(self, item_id: str, timeout: float) -> bool:  # noqa: ASYNC109 - one deadline per item
         """Wait for an item's final checkpoint acknowledgement; False when it never came (cleared, dropped)."""

@@ -15,9 +15,6 @@ if TYPE_CHECKING:
     from agent.calls.call import Call
 
 
-_POLL_S = 0.05
-
-
 def _say_exactly(text: str) -> str:
     return f"Say exactly this to the caller, and nothing else: {text}"
 
@@ -40,8 +37,7 @@ async def watch_idle(call: Call) -> None:
             await call.activity.wait()
             continue
         if call.playout.is_audible(now):
-            # Audio still to play but nothing scheduled (held, or no socket while Vobiz reconnects): poll, never spin.
-            await _wait_activity(call, max(call.playout.idle_at() - now, _POLL_S))
+            await wait_event(call.activity, call.playout.recheck_in(now))
             continue
         if caller_mark != call.caller_activity or not reminded:
             if caller_mark != call.caller_activity:
@@ -58,7 +54,7 @@ async def watch_idle(call: Call) -> None:
             continue
         at, what = min(due)
         if at > now:
-            await _wait_activity(call, at - now)
+            await wait_event(call.activity, at - now)
             continue
         if what == "hangup":
             call.closing = True
@@ -69,10 +65,6 @@ async def watch_idle(call: Call) -> None:
         reminded = True
         call.record.event("idle_reminder")
         await call.request_response({"instructions": _say_exactly(policy.reminder), "tool_choice": "none"})
-
-
-async def _wait_activity(call: Call, seconds: float) -> None:
-    await wait_event(call.activity, seconds)
 
 
 async def watch_duration(call: Call) -> None:
