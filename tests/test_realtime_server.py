@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -23,6 +24,7 @@ from websockets.exceptions import ConnectionClosed, ConnectionClosedError, Inval
 
 from agent.audio.codecs import Int16Array, float_to_pcm16, mulaw_to_pcm16, pcm16_to_mulaw
 from agent.simulation.realtime_server import RealtimeServer, RealtimeSimConfig, SimSession, describe_audio
+from agent.waiting import within
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -679,3 +681,35 @@ async def test_on_session_hook_scripts_replies_and_auth(make_server: ServerFacto
         async with open_conn(server):  # api_key="x"
             pass
     assert denied.value.response.status_code == 401
+
+
+async def test_a_reachability_probe_is_not_logged_as_a_failed_handshake(make_server: ServerFactory) -> None:
+    """The agent's /readyz probe connects and hangs up; a malformed request is still an error worth a line."""
+    server = await make_server()
+    errors: list[logging.LogRecord] = []
+    logged = asyncio.Event()
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            errors.append(record)
+            logged.set()
+
+    async def send_and_hang_up(data: bytes) -> None:
+        reader, writer = await asyncio.open_connection(server.host, server.port)
+        writer.write(data)
+        writer.write_eof()
+        await reader.read()  # until the server closes its side
+        writer.close()
+
+    handler = Collect(logging.ERROR)
+    ws_log = logging.getLogger("agent.simulation.realtime_server.ws")
+    ws_log.addHandler(handler)
+    try:
+        await send_and_hang_up(b"")  # the probe: logged first, if at all
+        await send_and_hang_up(b"GARBAGE / NOPE\r\n\r\n")
+        await within(2, logged.wait())
+    finally:
+        ws_log.removeHandler(handler)
+    assert [(r.getMessage(), type(r.exc_info[1]).__name__ if r.exc_info else None) for r in errors] == [
+        ("opening handshake failed", "InvalidMessage")
+    ]

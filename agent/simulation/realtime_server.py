@@ -69,6 +69,21 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
+
+class _ProbesAreNotErrors(logging.Filter):
+    """The agent's readiness probe opens a TCP connection and closes it: websockets would log every one as a
+    failed handshake with a traceback (each /readyz against the embedded engine). A real bad request still is."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        while exc is not None and not isinstance(exc, EOFError):
+            exc = exc.__cause__ or exc.__context__
+        return exc is None
+
+
+_ws_log = logging.getLogger(f"{__name__}.ws")
+_ws_log.addFilter(_ProbesAreNotErrors())
+
 Event = dict[str, Any]
 EventPredicate = Callable[[Event], bool]
 _T = TypeVar("_T")
@@ -1616,6 +1631,7 @@ class RealtimeServer:
             self.host,
             self.port,
             process_request=self._process_request,
+            logger=_ws_log,
             compression="deflate",  # accept a permessage-deflate offer; the SDK normally sends none
             max_size=32 * 2**20,  # the API accepts 15 MiB of audio per append, base64-encoded
         )
