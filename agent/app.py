@@ -40,6 +40,7 @@ def create_app(
     """`embedded_engine` runs the local realtime engine in-process: no OpenAI key needed."""
     metrics = Metrics()
     connector = connector or ModelConnector(settings)
+    connector.on_off_contract = lambda outcome: metrics.model_events_off_contract.labels(outcome).inc()
     if vobiz is None and settings.vobiz_rest_enabled:
         assert settings.vobiz_auth_id and settings.vobiz_auth_token
         vobiz = VobizClient(

@@ -76,6 +76,12 @@ class Settings(BaseSettings):
     )
     rollover_quiet_wait_s: float = Field(default=240.0, ge=0, description="longest wait for a quiet moment")
     model_reconnect_attempts: int = Field(default=3, ge=0, le=10)
+    model_response_start_timeout_s: float = Field(
+        default=10.0, gt=0, description="a requested response the model never starts is given up after this"
+    )
+    model_response_stall_timeout_s: float = Field(
+        default=30.0, gt=0, description="a response with no model event for this long is cancelled"
+    )
     caller_queue_ms: int = Field(default=2000, ge=100)
     early_barge_in: bool = Field(
         default=False, description="silence the bot on the caller's own speech onset, before the model's VAD"

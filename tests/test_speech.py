@@ -28,7 +28,7 @@ from agent.prompts.schema import OfflineDialogue, ScriptedAnswer
 from agent.simulation.engine import EngineOptions, build_engine
 from agent.simulation.realtime_server import RealtimeServer, ReplyRequest, SimSession
 from agent.simulation.speech.asr import recognize, shared_recognizer
-from agent.simulation.speech.dialogue import DialogueIndex, ScriptedDialogue, SpeechReplySource
+from agent.simulation.speech.dialogue import DialogueIndex, ScriptedDialogue, SpeechReplySource, guidance_of
 from agent.simulation.speech.tts import CLEAR_VOICE, Speaker, synthesize
 
 pytestmark = pytest.mark.timeout(60)
@@ -220,7 +220,11 @@ def request(
 
 
 def test_responses_follow_their_instructions_then_the_caller() -> None:
-    dialogue, choose = default_dialogue(), SpeechReplySource(DialogueIndex(PROMPTS)).choose
+    dialogue, source = default_dialogue(), SpeechReplySource(DialogueIndex(PROMPTS))
+
+    def choose(dialogue: ScriptedDialogue, request: ReplyRequest) -> tuple[str, str | None]:
+        return source.choose(dialogue, request, guidance_of(request.instructions, request.session_instructions))
+
     prompt = load_prompt(PROMPTS, "default")
     greeting = cast(str, greeting_response(prompt)["response"]["instructions"])
     assert choose(dialogue, request(greeting)) == (prompt.meta.greeting, None)

@@ -41,6 +41,7 @@ from agent.carrier.frames import CarrierClosed, receive_text
 from agent.carrier.messages import InboundError, StartInfo, parse_inbound
 from agent.carrier.rest import VobizApiError, VobizClient
 from agent.config import Settings
+from agent.model import server_events as ev
 from agent.model import session_config
 from agent.model.connection import ModelConnector, ModelSocket, discard
 from agent.observability.metrics import Metrics
@@ -140,7 +141,12 @@ class Call:
         self.transfer_number = prompt.meta.transfer_number or deps.settings.transfer_number
         self.server_cancels = session_config.server_cancels_on_barge_in(prompt)
         # Model-side state.
-        self.responses = ResponseQueue(self.model_send)
+        self.responses = ResponseQueue(
+            self.model_send,
+            start_timeout_s=settings.model_response_start_timeout_s,
+            stall_timeout_s=settings.model_response_stall_timeout_s,
+            on_abandon=lambda stage: self.metrics.responses_abandoned.labels(stage).inc(),
+        )
         self.response_audio_items: dict[str, list[str]] = {}
         self.received_ms: dict[str, float] = {}
         self.interrupted_items: set[str] = set()
@@ -186,6 +192,7 @@ class Call:
                 tg.create_task(watch_idle(self), name="idle-watch")
                 tg.create_task(watch_duration(self), name="duration-watch")
                 tg.create_task(watch_session_age(self), name="session-age-watch")
+                tg.create_task(self.responses.watch(), name="response-watch")
         except* _CallOver:
             pass
         except* Exception as group:
@@ -353,11 +360,8 @@ class Call:
         self.record.event("stream_resumed", stream_id=stream_id)
         if cut or self.responses.busy:
             # The caller lost the end of an answer: have the model pick it up rather than leave silence.
-            await self.request_response(
-                {
-                    "instructions": "The caller's line dropped for a moment while you were speaking. "
-                    "Briefly continue where you left off."
-                }
+            await self.ask(
+                "The caller's line dropped for a moment while you were speaking. Briefly continue where you left off."
             )
         return True
 
@@ -498,9 +502,13 @@ class Call:
     async def request_response(self, response: dict[str, Any] | None = None) -> asyncio.Future[str | None]:
         return await self.responses.request(response)
 
-    async def say(self, instructions: str) -> bool:
+    async def ask(self, guidance: str, **response: Any) -> asyncio.Future[str | None]:
+        """Ask for a reply steered by `guidance`, in the prompt's persona (see `session_config.guided`)."""
+        return await self.request_response(session_config.guided(self.prompt, guidance, **response))
+
+    async def say(self, guidance: str) -> bool:
         """Have the model say something (after whatever it is saying now); True once the caller heard it."""
-        done = await self.request_response({"instructions": instructions, "tool_choice": "none"})
+        done = await self.ask(guidance, tool_choice="none")
         try:
             response_id = await within(self.settings.goodbye_timeout_s, done)
         except TimeoutError:
@@ -634,57 +642,55 @@ class Call:
             self.model_ready.set()
             caller_waiting = bool(history) and history[-1].speaker != "assistant"
             if was_answering or caller_waiting:
-                await self.request_response(
-                    {"instructions": "The line dropped for a moment. Briefly pick up where the conversation left off."}
-                )
+                await self.ask("The line dropped for a moment. Briefly pick up where the conversation left off.")
             await self.responses.resume()
             return True
         self.metrics.model_reconnects.labels("gave_up").inc()
         return False
 
-    async def _on_model_event(self, event: Any) -> None:
-        kind: str = event.type
-        if kind == "response.output_audio.delta":
-            self._on_audio_delta(event)
-        elif kind == "response.output_audio_transcript.delta":
-            if event.item_id not in self.interrupted_items:
-                self.record.assistant_text(event.item_id, event.delta)
-        elif kind == "input_audio_buffer.speech_started":
-            await self._on_speech_started(event)
-        elif kind == "response.created":
-            self.responses.created(event.response.id)
-            self.activity.set()
-            self.record.event("response_created", response_id=event.response.id)
-        elif kind == "response.output_audio.done":
-            self._audio_done.add(event.item_id)
-            if event.item_id not in self.interrupted_items:
-                self.playout.finish_item(event.item_id, self.bot_audio.finish_item())
-        elif kind == "response.output_audio_transcript.done":
-            if event.item_id not in self.interrupted_items:
-                self.record.assistant_done(event.item_id, event.transcript, self.received_ms.get(event.item_id, 0.0))
-        elif kind == "response.output_item.done":
-            item = event.item
-            if item.type == "function_call" and item.status == "completed":
-                self._tool_calls.append(
-                    ToolCall.parse(item.call_id or "", item.name, item.arguments, event.response_id)
-                )
-        elif kind == "response.done":
-            await self._on_response_done(event.response)
-        elif kind == "input_audio_buffer.speech_stopped":
-            self.record.caller_stopped(event.item_id)
-            self._caller_active(speaking=False)
-            self._turn_ended_at = time.monotonic()
-        elif kind == "conversation.item.input_audio_transcription.completed":
-            self.record.caller_said(event.item_id, event.transcript)
-            self.record.event("caller_transcript", item_id=event.item_id, text=event.transcript)
-        elif kind == "conversation.item.truncated":
-            self.record.event("truncated", item_id=event.item_id, audio_end_ms=event.audio_end_ms)
-        elif kind == "error":
-            await self._on_model_error(event.error)
-        elif kind in ("session.created", "session.updated"):
-            self.record.event(kind)
+    async def _on_model_event(self, event: ev.ServerEvent) -> None:
+        self.responses.progress()
+        match event:
+            case ev.AudioDelta():
+                self._on_audio_delta(event)
+            case ev.TranscriptDelta():
+                if event.item_id not in self.interrupted_items:
+                    self.record.assistant_text(event.item_id, event.delta)
+            case ev.SpeechStarted():
+                await self._on_speech_started(event)
+            case ev.ResponseCreated():
+                self.responses.created(event.response.id, event.response.metadata)
+                self.activity.set()
+                self.record.event("response_created", response_id=event.response.id)
+            case ev.AudioDone():
+                self._audio_done.add(event.item_id)
+                if event.item_id not in self.interrupted_items:
+                    self.playout.finish_item(event.item_id, self.bot_audio.finish_item())
+            case ev.TranscriptDone():
+                if event.item_id not in self.interrupted_items:
+                    received = self.received_ms.get(event.item_id, 0.0)
+                    self.record.assistant_done(event.item_id, event.transcript, received)
+            case ev.OutputItemDone():
+                item = event.item
+                if item.type == "function_call" and item.status == "completed":
+                    self._tool_calls.append(_tool_call(item, event.response_id))
+            case ev.ResponseDone():
+                await self._on_response_done(event.response)
+            case ev.SpeechStopped():
+                self.record.caller_stopped(event.item_id)
+                self._caller_active(speaking=False)
+                self._turn_ended_at = time.monotonic()
+            case ev.CallerTranscript():
+                self.record.caller_said(event.item_id, event.transcript)
+                self.record.event("caller_transcript", item_id=event.item_id, text=event.transcript)
+            case ev.ItemTruncated():
+                self.record.event("truncated", item_id=event.item_id, audio_end_ms=event.audio_end_ms)
+            case ev.Error():
+                await self._on_model_error(event.error)
+            case ev.SessionChanged():
+                self.record.event(event.type)
 
-    def _on_audio_delta(self, event: Any) -> None:
+    def _on_audio_delta(self, event: ev.AudioDelta) -> None:
         item_id: str = event.item_id
         if item_id in self.interrupted_items or event.response_id in self.interrupted_responses:
             return  # late audio of an interrupted answer: the caller must never hear it
@@ -744,7 +750,7 @@ class Call:
             self.metrics.early_clear_false_alarms.inc()
             self.record.event("early_clear_released")
 
-    async def _on_speech_started(self, event: Any) -> None:
+    async def _on_speech_started(self, event: ev.SpeechStarted) -> None:
         self.record.caller_started(event.item_id)
         self._caller_active(speaking=True)
         if self.closing:
@@ -810,7 +816,7 @@ class Call:
             }
         )
 
-    async def _on_model_error(self, error: Any) -> None:
+    async def _on_model_error(self, error: ev.ErrorDetail) -> None:
         code = error.code or error.type or "unknown"
         self.metrics.model_errors.labels(code).inc()
         self.record.event("model_error", code=code, message=error.message)
@@ -855,10 +861,14 @@ class Call:
             self.record.event("max_cost_reached", cap_usd=cap)
             self.wrap_up("max_cost")
 
-    async def _on_response_done(self, response: Any) -> None:
+    async def _on_response_done(self, response: ev.ResponseSummary) -> None:
         response_id: str = response.id
         self.record.event("response_done", response_id=response_id, status=response.status)
-        self._count_usage(getattr(response, "usage", None))
+        self._count_usage(response.usage)
+        known = {t.call_id for t in self._tool_calls}
+        for item in response.output:  # the output list has every function call, should an item event be lost
+            if item.type == "function_call" and item.status == "completed" and item.call_id not in known:
+                self._tool_calls.append(_tool_call(item, response_id))
         tools = [t for t in self._tool_calls if t.response_id == response_id]
         self._tool_calls = [t for t in self._tool_calls if t.response_id != response_id]
         self.playout.forget(keep=set(self.response_audio_items.get(response_id, [])))
@@ -873,6 +883,10 @@ class Call:
 class _EarlyClear:
     clear_ms: float = 0.0  # measured once the clear is sent
     confirmed: asyncio.Event = dataclasses.field(default_factory=asyncio.Event)
+
+
+def _tool_call(item: ev.OutputItem, response_id: str) -> ToolCall:
+    return ToolCall.parse(item.call_id or "", item.name or "", item.arguments or "", response_id)
 
 
 def _decode(fmt: MediaFormat, data: bytes, big_endian: bool = False) -> Int16Array:

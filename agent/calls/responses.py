@@ -2,18 +2,25 @@
 
 The Realtime API refuses a second response while one is active (a VAD turn, the greeting, a tool's
 follow-up). Requests wait here instead, go out in order once the model is free, and are retried when the
-server refused them because another response slipped in first.
+server refused them because another response slipped in first. A request the server never starts, or a
+response that stops making progress, is given up after a deadline (`watch`), so the queue never waits forever.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
+from agent.waiting import wait_event
+
 Send = Callable[[dict[str, Any]], Awaitable[None]]
+REQUEST_KEY = "agent_request"  # response metadata that ties a response.created to our response.create
+log = logging.getLogger("agent.responses")
 
 
 @dataclass
@@ -21,15 +28,29 @@ class _Request:
     event_id: str
     response: dict[str, Any] | None
     done: asyncio.Future[str | None]
+    sent_at: float = field(default=0.0)
 
 
 class ResponseQueue:
-    def __init__(self, send: Send) -> None:
+    def __init__(
+        self,
+        send: Send,
+        *,
+        start_timeout_s: float = 10.0,
+        stall_timeout_s: float = 30.0,
+        on_abandon: Callable[[str], None] = lambda stage: None,
+    ) -> None:
         self._send = send
         self._waiting: deque[_Request] = deque()
         self._in_flight: _Request | None = None
         self._by_response: dict[str, _Request] = {}
         self._seq = 0
+        self._start_timeout_s = start_timeout_s
+        self._stall_timeout_s = stall_timeout_s
+        self._on_abandon = on_abandon
+        self._changed = asyncio.Event()
+        self._last_progress = 0.0
+        self._echoes_metadata = False  # seen a response.created carrying our request's metadata back
         self.active_id: str | None = None
         self.active = False
 
@@ -49,22 +70,40 @@ class ResponseQueue:
         if self.busy or not self._waiting:
             return
         request = self._in_flight = self._waiting.popleft()
-        event: dict[str, Any] = {"type": "response.create", "event_id": request.event_id}
-        if request.response:
-            event["response"] = request.response
-        await self._send(event)
+        request.sent_at = time.monotonic()
+        self._changed.set()
+        response = dict(request.response or {})
+        response["metadata"] = {**response.get("metadata", {}), REQUEST_KEY: request.event_id}
+        await self._send({"type": "response.create", "event_id": request.event_id, "response": response})
 
-    def created(self, response_id: str) -> None:
-        """`response.created`: ours if one is in flight (the API does not echo event ids here), else VAD's."""
+    def progress(self) -> None:
+        """The model said something: an active response is not stuck."""
+        self._last_progress = time.monotonic()
+
+    def created(self, response_id: str, metadata: dict[str, str] | None = None) -> None:
+        """`response.created`: ours when it carries our request's metadata back, else a VAD turn's.
+
+        The API echoes a response's `metadata` but not the create's `event_id`. Until the server has been seen to
+        echo it, a response that starts while one of ours is in flight is taken as ours; after that, a VAD
+        response that slips in before our create is never mistaken for it (our create then gets refused as busy
+        and is retried).
+        """
         self.active, self.active_id = True, response_id
-        if self._in_flight is not None:
-            self._by_response[response_id] = self._in_flight
+        self._last_progress = time.monotonic()
+        request = self._in_flight
+        marker = (metadata or {}).get(REQUEST_KEY)
+        self._echoes_metadata = self._echoes_metadata or marker is not None
+        ours = request is not None and (marker == request.event_id or (marker is None and not self._echoes_metadata))
+        if ours and request is not None:
+            self._by_response[response_id] = request
             self._in_flight = None
+        self._changed.set()
 
     async def finished(self, response_id: str) -> None:
         """`response.done`: resolve its request and send the next one."""
         if self.active_id == response_id:
             self.active, self.active_id = False, None
+            self._changed.set()
         request = self._by_response.pop(response_id, None)
         if request is not None and not request.done.done():
             request.done.set_result(response_id)
@@ -76,9 +115,11 @@ class ResponseQueue:
         if request is None or event_id != request.event_id:
             return False
         self._in_flight = None
+        self._changed.set()
         if code == "conversation_already_has_active_response":
             self._waiting.appendleft(request)  # retried when the other response is done
             self.active = True
+            self._last_progress = time.monotonic()
         elif not request.done.done():
             request.done.set_result(None)
             await self._next()
@@ -93,8 +134,48 @@ class ResponseQueue:
         self._by_response.clear()
         self._in_flight = None
         self.active, self.active_id = False, None
+        self._changed.set()
         return was_busy
 
     async def resume(self) -> None:
         """Send what was waiting, on the new session."""
         await self._next()
+
+    async def watch(self) -> None:
+        """Give up on a create the server never answered, or a response that went silent: the call goes on."""
+        while True:
+            self._changed.clear()
+            now = time.monotonic()
+            if self._in_flight is not None:
+                due = self._in_flight.sent_at + self._start_timeout_s
+            elif self.active:
+                due = self._last_progress + self._stall_timeout_s
+            else:
+                await self._changed.wait()
+                continue
+            if due > now:
+                await wait_event(self._changed, due - now)
+                continue
+            if self._in_flight is not None:
+                await self._abandon_request(self._in_flight)
+            else:
+                await self._abandon_active()
+
+    async def _abandon_request(self, request: _Request) -> None:
+        log.warning("the model never started a requested response within %.0fs; giving up on it", self._start_timeout_s)
+        self._on_abandon("start")
+        self._in_flight = None
+        if not request.done.done():
+            request.done.set_result(None)
+        await self._next()
+
+    async def _abandon_active(self) -> None:
+        response_id = self.active_id
+        log.warning("response %s made no progress for %.0fs; cancelling it", response_id, self._stall_timeout_s)
+        self._on_abandon("stalled")
+        if response_id is None:
+            self.active = False  # refused as busy, but the other response's end never came
+            await self._next()
+            return
+        await self._send({"type": "response.cancel", "response_id": response_id})
+        await self.finished(response_id)

@@ -64,7 +64,7 @@ async def watch_idle(call: Call) -> None:
             return
         reminded = True
         call.record.event("idle_reminder")
-        await call.request_response({"instructions": _say_exactly(policy.reminder), "tool_choice": "none"})
+        await call.ask(_say_exactly(policy.reminder), tool_choice="none")
 
 
 async def watch_duration(call: Call) -> None:

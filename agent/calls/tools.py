@@ -117,9 +117,7 @@ async def _http_tool(call: Call, spec: HttpTool, tool: ToolCall) -> dict[str, An
         done, _ = await asyncio.wait({request}, timeout=spec.filler_after_s)
         if not done and spec.filler:
             call.record.event("tool_filler", name=tool.name)
-            filler = await call.request_response(
-                {"instructions": f"Say exactly this, and nothing else: {spec.filler}", "tool_choice": "none"}
-            )
+            filler = await call.ask(f"Say exactly this, and nothing else: {spec.filler}", tool_choice="none")
         return await request
     finally:
         if not request.done():

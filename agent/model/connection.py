@@ -2,8 +2,8 @@
 
 The SDK does the connecting (URL from OPENAI_BASE_URL, auth headers, GA only: no beta header). Per event,
 though, it builds pydantic objects without validation (~170 µs each) and routes sends through a queue; a call
-handles ~60 events a second, so reading and writing go straight to the websocket and events are validated
-with the SDK's own types behind a real discriminator (~5 µs each).
+handles ~60 events a second, so reading and writing go straight to the websocket, and the events the call acts
+on are parsed with narrow, tolerant models (`server_events`) behind a real discriminator (a few µs each).
 """
 
 from __future__ import annotations
@@ -12,18 +12,41 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from openai import AsyncOpenAI
 from openai.resources.realtime.realtime import AsyncRealtimeConnection
-from pydantic import ValidationError
 
 from agent.config import Settings
-from agent.model.events import SERVER_EVENTS
+from agent.model import server_events
 from agent.waiting import within
 
 log = logging.getLogger("agent.model")
+
+# Server events the agent knowingly does not act on: documented GA types, so skipping them is not news.
+_IGNORED_QUIETLY = frozenset(
+    {
+        "conversation.item.added",
+        "conversation.item.done",
+        "conversation.item.created",
+        "conversation.item.deleted",
+        "conversation.item.input_audio_transcription.delta",
+        "conversation.item.input_audio_transcription.segment",
+        "conversation.item.input_audio_transcription.failed",
+        "input_audio_buffer.cleared",
+        "input_audio_buffer.timeout_triggered",
+        "rate_limits.updated",
+        "response.output_item.added",
+        "response.content_part.added",
+        "response.content_part.done",
+        "response.function_call_arguments.delta",
+        "response.function_call_arguments.done",
+        "response.output_text.delta",
+        "response.output_text.done",
+    }
+)
+_logged: set[tuple[str, str]] = set()  # (outcome, type) pairs already logged by this process
 
 
 class ModelSocket:
@@ -32,7 +55,7 @@ class ModelSocket:
     def __init__(self, sdk: AsyncRealtimeConnection) -> None:
         self.sdk = sdk
         self._ws = sdk._connection  # the websockets connection the SDK opened
-        self.unknown_events = 0
+        self.on_off_contract: Callable[[str], None] = lambda outcome: None
 
     async def send(self, event: dict[str, Any]) -> None:
         """A client event built as a GA-shaped dict (the test fakes validate every one with the SDK's types)."""
@@ -41,15 +64,29 @@ class ModelSocket:
     async def send_text(self, text: str) -> None:
         await self._ws.send(text)
 
-    async def events(self) -> AsyncIterator[Any]:
-        """Typed server events until the socket closes; unknown or malformed ones are logged and skipped."""
+    async def events(self) -> AsyncIterator[server_events.ServerEvent]:
+        """The events a call acts on, until the socket closes. Tolerant by design (see `server_events`): an
+        unknown type is skipped, a handled type is kept even when the SDK's strict types reject it; both are
+        counted through `on_off_contract` and logged once per type."""
         async for raw in self._ws:
             try:
-                yield SERVER_EVENTS.validate_json(raw)
-            except ValidationError as exc:
-                self.unknown_events += 1
-                if self.unknown_events & (self.unknown_events - 1) == 0:
-                    log.warning("skipped a server event the SDK's types do not describe: %s", str(exc)[:300])
+                event = server_events.parse(raw)
+            except server_events.Unhandled as exc:
+                if exc.known:
+                    self._off_contract("unusable", exc.kind, str(exc))
+                elif exc.kind not in _IGNORED_QUIETLY:
+                    self._off_contract("ignored", exc.kind, "not an event the agent acts on")
+                continue
+            if not server_events.conforms(event, raw):
+                self._off_contract("lenient", event.type, "outside the SDK's types, handled from its fields")
+            yield event
+
+    def _off_contract(self, outcome: str, kind: str, detail: str) -> None:
+        self.on_off_contract(outcome)
+        key = (outcome, kind)
+        if key not in _logged and len(_logged) < 256:
+            _logged.add(key)
+            log.warning("model event %s (%s): %s", kind, outcome, detail[:300])
 
     async def close(self, grace_s: float = 0.5) -> None:
         """Close politely, but never wait long: a socket whose unread events fill its buffer cannot finish the
@@ -76,6 +113,7 @@ class ModelConnector:
         self.model = settings.openai_realtime_model
         self.timeout = settings.model_connect_timeout_s
         self.base_url = str(self._client.websocket_base_url or self._client.base_url)
+        self.on_off_contract: Callable[[str], None] = lambda outcome: None  # a metric, set by the app
 
     def retarget(self, base_url: str) -> None:
         """Point at another server (the embedded offline engine once its port is known)."""
@@ -84,7 +122,9 @@ class ModelConnector:
 
     async def connect(self, model: str | None = None) -> ModelSocket:
         manager = self._client.realtime.connect(model=model or self.model)
-        return ModelSocket(await within(self.timeout, manager.enter()))
+        socket = ModelSocket(await within(self.timeout, manager.enter()))
+        socket.on_off_contract = self.on_off_contract
+        return socket
 
     async def aclose(self) -> None:
         await self._client.close()

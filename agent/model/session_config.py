@@ -82,13 +82,27 @@ def session_update(prompt: Prompt, fmt: MediaFormat, *, can_transfer: bool) -> d
     }
 
 
+GUIDANCE_HEADING = "For your next reply only:"
+
+
+def guided(prompt: Prompt, guidance: str, **response: Any) -> dict[str, Any]:
+    """The `response` of a `response.create` that steers one reply (a greeting, reminder, goodbye, filler).
+
+    Response-level `instructions` REPLACE the session's for that response (GA contract: they "override the
+    Session's configuration for this Response only"), so the prompt's own instructions, with its persona,
+    language and business context, go first and the one-off guidance follows them. A system item instead would
+    stay in the conversation and steer every later reply too.
+    """
+    return {"instructions": f"{prompt.instructions}\n\n{GUIDANCE_HEADING}\n{guidance}", **response}
+
+
 def greeting_response(prompt: Prompt) -> dict[str, Any]:
     """Ask for the greeting; a scripted greeting is spoken as written, otherwise the model opens the call."""
     if prompt.meta.greeting:
-        instructions = f"Greet the caller by saying exactly this, and nothing else: {prompt.meta.greeting}"
+        guidance = f"Greet the caller by saying exactly this, and nothing else: {prompt.meta.greeting}"
     else:
-        instructions = "Greet the caller briefly and ask how you can help."
-    return {"type": "response.create", "response": {"instructions": instructions}}
+        guidance = "Greet the caller briefly and ask how you can help."
+    return {"type": "response.create", "response": guided(prompt, guidance)}
 
 
 def server_cancels_on_barge_in(prompt: Prompt) -> bool:

@@ -31,6 +31,18 @@ class Metrics:
         self.model_reconnects = Counter(
             "agent_model_reconnects", "Model socket reconnects, by outcome", ["outcome"], registry=r
         )
+        self.model_events_off_contract = Counter(
+            "agent_model_events_off_contract",
+            "Model server events outside the SDK's types: handled leniently, ignored (unknown type) or unusable",
+            ["outcome"],
+            registry=r,
+        )
+        self.responses_abandoned = Counter(
+            "agent_responses_abandoned",
+            "Responses the model never started or never finished in time, given up so the call goes on",
+            ["stage"],
+            registry=r,
+        )
         latency_buckets = (0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0)
         self.answer_latency = Histogram(
             "agent_answer_seconds", "Answer webhook handling time", buckets=latency_buckets, registry=r

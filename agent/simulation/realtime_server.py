@@ -132,6 +132,21 @@ _ID_ALPHABET = string.ascii_letters + string.digits
 _ids = random.Random()
 
 
+NEWER_EVENT_TYPE = "response.reasoning_summary.started"  # not in the GA SDK's server event union
+NEWER_STATUS_REASON = "server_shutdown"  # not in RealtimeResponseStatus.reason
+
+
+def _newer(wire: Event) -> Event:
+    """What a newer server adds to an event the SDK already describes."""
+    wire = {**wire, "sequence_number": 1}
+    if wire["type"] == "response.done":
+        response = dict(wire["response"])
+        response["status_details"] = {**(response.get("status_details") or {}), "reason": NEWER_STATUS_REASON}
+        response["status_details"].setdefault("type", response.get("status"))
+        wire["response"] = response
+    return wire
+
+
 class SimulatorBug(RuntimeError):
     """The fake itself produced something the real API never would (e.g. an event the SDK cannot parse)."""
 
@@ -247,9 +262,14 @@ class RealtimeSimConfig:
     api_key: str | None = None
     """When set, the upgrade must carry ``Authorization: Bearer <api_key>`` (else HTTP 401)."""
     send_conversation_created: bool = False
+    """Send ``conversation.created`` after ``session.created``; off because GA wire logs do not show it."""
     session_max_s: float | None = None
     """Like the real service's 60-minute cap: after this long, ``session_expired`` and the socket closes."""
-    """Send ``conversation.created`` after ``session.created``; off because GA wire logs do not show it."""
+    newer_server: bool = False
+    """Behave like a server newer than the SDK, as OpenAI's does between SDK releases: every event carries a
+    field the SDK does not list, each ``response.created`` is followed by an event type it does not know, and
+    ``response.done`` reports a ``status_details.reason`` outside its enum. Events are still checked against the
+    SDK's types first, so the fake's own mistakes are caught before the additions are made."""
 
 
 @dataclass(frozen=True)
@@ -813,11 +833,17 @@ class SimSession:
             validate_server_event(wire)
         except ValidationError as exc:
             raise SimulatorBug(f"the fake built an invalid {wire['type']!r} event: {exc}") from exc
+        if self.sim_config.newer_server:
+            wire = _newer(wire)
         data = json.dumps(wire)
         record = copy.deepcopy(wire)
         record["_t"] = time.monotonic()
         self._server_log.add(record)
         await self._ws.send(data)
+        if self.sim_config.newer_server and wire["type"] == "response.created":
+            unknown = {"type": NEWER_EVENT_TYPE, "event_id": new_id("event_"), "response_id": wire["response"]["id"]}
+            self._server_log.add(dict(unknown, _t=time.monotonic()))
+            await self._ws.send(json.dumps(unknown))
         return record
 
     async def _error(

@@ -26,7 +26,7 @@ from agent.simulation.realtime_server import Reply, ReplyRequest, SimSession, To
 from agent.simulation.speech.asr import Recognizer, RecognizerError
 from agent.simulation.speech.tts import CLEAR_VOICE, Speaker
 
-__all__ = ["DialogueIndex", "ScriptedDialogue", "SpeechReplySource"]
+__all__ = ["DialogueIndex", "ScriptedDialogue", "SpeechReplySource", "guidance_of"]
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +53,15 @@ def _keyword_pattern(keywords: Collection[str]) -> re.Pattern[str]:
     """Any of the keywords or phrases as whole words: "hi" must not match "this", "that's all" spans spaces."""
     alternatives = (r"\s+".join(map(re.escape, keyword.split())) for keyword in keywords if keyword.strip())
     return re.compile(r"(?<![\w'])(?:" + "|".join(alternatives) + r")(?![\w'])", re.IGNORECASE)
+
+
+def guidance_of(own: str, session: str) -> str:
+    """What a response's instructions ask beyond the session's: all of them when they do not repeat it."""
+    if own == session:
+        return ""
+    if session and session in own:
+        return own.replace(session, "", 1).strip()
+    return own
 
 
 def _normalise(text: str) -> str:
@@ -221,8 +230,13 @@ class SpeechReplySource:
             return ""
 
     async def reply(self, request: ReplyRequest) -> Reply:
-        dialogue = self.prompts.dialogue_for(request.session_instructions)
-        text, tool = self.choose(dialogue, request)
+        # Response-level instructions replace the session's (GA contract), persona included: the prompt is told
+        # from the instructions this response runs under, and its one-off guidance is what they add to the
+        # session's. A bare override ("Greet the caller") gets the default prompt's dialogue, as a real model
+        # would lose the prompt's persona and language.
+        own = request.instructions.strip()
+        dialogue = self.prompts.dialogue_for(own)
+        text, tool = self.choose(dialogue, request, guidance_of(own, request.session_instructions.strip()))
         self._last_said[request.session] = text
         audio = None
         if request.audio_format is not None and request.reply_ms > 0 and text:
@@ -231,27 +245,26 @@ class SpeechReplySource:
         calls = [ToolCall(tool, {"reason": f"the caller said: {request.caller_text or ''}"})] if tool else []
         return Reply(transcript=text, audio=audio, tool_calls=calls)
 
-    def choose(self, dialogue: ScriptedDialogue, request: ReplyRequest) -> tuple[str, str | None]:
-        """The reply text and its tool: scripted, then what the response's instructions ask, then the caller's turn."""
+    def choose(self, dialogue: ScriptedDialogue, request: ReplyRequest, guidance: str) -> tuple[str, str | None]:
+        """The reply text and its tool: scripted, then what the response's guidance asks, then the caller's turn."""
         if request.transcript is not None:
             return request.transcript, None
-        own = request.instructions.strip()
-        if own and own != request.session_instructions.strip():
-            said = _SAY_EXACTLY.search(own)
+        if guidance:
+            said = _SAY_EXACTLY.search(guidance)
             if said:
                 text = said.group(1).strip()
                 then_goodbye = _THEN_GOODBYE.search(text)  # "Say exactly this: <wrap-up>. Then say goodbye."
                 if then_goodbye:
                     text = f"{text[: then_goodbye.start()]} {dialogue.goodbye}"
                 return text, None
-            if _GREET.search(own):
+            if _GREET.search(guidance):
                 return dialogue.greeting, None
-            if _GOODBYE.search(own):
+            if _GOODBYE.search(guidance):
                 return dialogue.goodbye, None
-            if _HANDOVER.search(own):
+            if _HANDOVER.search(guidance):
                 return dialogue.handover, None
             last = self._last_said.get(request.session)
-            if last and _RESUME.search(own):  # the line dropped mid-answer: say it again
+            if last and _RESUME.search(guidance):  # the line dropped mid-answer: say it again
                 return last, None
         if request.caller_waiting and request.caller_text is not None:
             return dialogue.answer(request.caller_text, request.tools)
