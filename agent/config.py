@@ -58,7 +58,9 @@ class Settings(BaseSettings):
         default_factory=lambda: SecretStr(secrets.token_urlsafe(32)),
         description="HMAC key for per-call stream tokens; set it explicitly when running several replicas",
     )
-    stream_token_ttl_s: float = Field(default=3600.0, gt=0)
+    stream_token_ttl_s: float = Field(
+        default=300.0, gt=0, description="how long after the answer the call's first stream may open"
+    )
     l16_byte_order: L16ByteOrder = "auto"
     stream_max_retries: int = Field(default=3, ge=0, le=10, description="<Stream maxRetries>: Vobiz reconnects")
     stream_resume_s: float = Field(

@@ -345,7 +345,7 @@ async def test_start_stream_all_options_mulaw() -> None:
             "stream_timeout": 3600,
             "status_callback_url": "https://agent.example/stream-status",
             "status_callback_method": "GET",
-            "extra_headers": "session=abc123,lang=hi",
+            "extra_headers": "session:abc123,lang:hi",  # the API's header:value list, not the XML's k=v
         },
     )
 

@@ -89,7 +89,8 @@ async def test_stream_socket_refused_without_a_valid_token() -> None:
                 async with connect(bad):
                     pass
             assert info.value.response.status_code == 403
-        assert stack.metric("agent_stream_rejected_total", reason="token") == 6
+        assert stack.metric("agent_stream_rejected_total", reason="token") == 5
+        assert stack.metric("agent_stream_rejected_total", reason="token_expired") == 1
         # The right token for the right call is accepted, but start must name that same call.
         async with connect(good) as ws:
             await ws.send(start_message("someone-else", "s"))

@@ -56,6 +56,21 @@ class CallRegistry:
     def is_ended(self, call_id: str) -> bool:
         return call_id in self._ended
 
+    def stream_refusal(self, call_id: str, *, token_expired: bool) -> str | None:
+        """Why a stream socket may not join this call, or None: a token is good for one stream of one live call.
+
+        A call that ended is never started again (Vobiz re-posting, a replayed URL); a call whose stream is up
+        gets no second one (a second socket would take the caller's audio); a Vobiz reconnect is let in for as
+        long as the call waits for it, however old the call. Calls that ended on another replica, or before a
+        restart, are refused by the route from the stored records.
+        """
+        if call_id in self._ended:
+            return "call_ended"
+        call = self.live.get(call_id)
+        if call is not None:
+            return None if call.awaiting_stream else "stream_in_use"
+        return "token_expired" if token_expired else None
+
     def knows(self, call_id: str) -> bool:
         """A call this process is already serving (pre-warmed or live): a webhook retry, not a new call."""
         return call_id in self._prewarms or call_id in self.live
@@ -109,8 +124,17 @@ class CallRegistry:
         """Run the call for an accepted stream socket until it ends."""
         call_id = start.callId
         previous = self.live.get(call_id)
-        if previous is not None and previous.awaiting_stream and await previous.resume(ws, start):
-            return  # Vobiz reconnected a dropped stream: the same conversation carries on
+        if previous is not None:
+            # Vobiz reconnected a dropped stream: the same conversation carries on. Anything else (a socket
+            # racing the reconnect, a format change) is refused rather than allowed to take the call over.
+            if not await previous.resume(ws, start):
+                self.deps.metrics.stream_rejected.labels("stream_in_use").inc()
+                await ws.close(code=1008)
+            return
+        if call_id in self._ended:
+            self.deps.metrics.stream_rejected.labels("call_ended").inc()
+            await ws.close(code=1008)
+            return
         prewarm = self._claim(call_id)
         # A pre-warmed session is only usable if Vobiz streams the format it was configured for.
         prompt = prewarm.prompt if prewarm else fallback_prompt
@@ -122,8 +146,6 @@ class CallRegistry:
             record.event("prewarm_format_mismatch")
             discard(prewarm.task)
             model_task = None
-        if previous is not None:
-            previous.hang_up("replaced_by_new_stream")
         call = Call(start, prompt, record, self.deps, model_task)
         self.live[call_id] = call
         try:

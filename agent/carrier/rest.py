@@ -396,7 +396,8 @@ class VobizClient:
 
         Sends both ``content_type`` (narrative docs) and ``audio_format`` (OpenAPI) since the docs disagree.
         Bidirectional streams must use ``audio_track="inbound"``: the docs say anything else hangs the call
-        up, so it is refused here. ``extra_headers`` is Vobiz's comma-separated ``k=v`` string, or a mapping.
+        up, so it is refused here. ``extra_headers`` is the start-stream API's comma-separated ``header:value``
+        list (unlike the ``<Stream extraHeaders>`` attribute's ``k=v``), given as that string or a mapping.
         """
         _require_url("service_url", service_url, ("ws", "wss"))
         if audio_track not in ("inbound", "outbound", "both"):
@@ -422,7 +423,7 @@ class VobizClient:
             body["status_callback_method"] = status_callback_method
         if extra_headers:
             if not isinstance(extra_headers, str):
-                extra_headers = ",".join(f"{k}={v}" for k, v in extra_headers.items())
+                extra_headers = ",".join(f"{k}:{v}" for k, v in extra_headers.items())
             if len(extra_headers.encode("utf-8")) > MAX_EXTRA_HEADERS_BYTES:
                 raise ValueError(f"extra_headers exceeds Vobiz's {MAX_EXTRA_HEADERS_BYTES}-byte limit")
             body["extra_headers"] = extra_headers

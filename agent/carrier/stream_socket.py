@@ -18,6 +18,7 @@ log = logging.getLogger("agent.stream")
 router = APIRouter()
 
 _START_TIMEOUT_S = 10.0
+_STORE_CHECK_S = 1.0
 _POLICY_VIOLATION = 1008
 
 
@@ -26,9 +27,12 @@ async def stream(ws: WebSocket) -> None:
     state: AppState = ws.app.state.agent
     call_id = ws.query_params.get("call", "")
     check = stream_token.verify(state.settings.stream_secret.get_secret_value(), call_id, ws.query_params.get("token"))
-    if not check.ok:
-        state.metrics.stream_rejected.labels("token").inc()
-        log.warning("refused stream socket for call %r: %s", call_id[:64], check.reason)
+    refusal = "token" if not check.ok else state.registry.stream_refusal(call_id, token_expired=check.expired)
+    if refusal is None and call_id not in state.registry.live and await _stored_as_ended(state, call_id):
+        refusal = "call_ended"
+    if refusal is not None:
+        state.metrics.stream_rejected.labels(refusal).inc()
+        log.warning("refused stream socket for call %r: %s", call_id[:64], check.reason or refusal)
         await ws.close(code=_POLICY_VIOLATION)  # before accept(): the upgrade is answered with 403
         return
     await ws.accept()
@@ -52,6 +56,16 @@ async def stream(ws: WebSocket) -> None:
         await _close(ws)
         return
     await state.registry.run_stream(ws, start, prompt)
+
+
+async def _stored_as_ended(state: AppState, call_id: str) -> bool:
+    """A call this replica does not know may have ended elsewhere or before a restart; if the records cannot be
+    read, let the stream in: refusing a live caller is worse than the rare replay it would stop."""
+    try:
+        return await within(_STORE_CHECK_S, state.store.has_ended(call_id))
+    except Exception as exc:  # the database is down or slow
+        log.warning("could not check whether call %s has ended: %r", call_id[:64], exc)
+        return False
 
 
 async def _wait_for_start(ws: WebSocket, state: AppState) -> StartInfo:

@@ -2,6 +2,9 @@
 
 Vobiz does not sign the WebSocket upgrade, so the URL it was given in the answer XML is the only credential:
 the token binds the call id and an expiry to the server's secret, and is short enough to survive URL limits.
+The expiry bounds only when the call's FIRST stream may open; a Vobiz reconnect (`maxRetries`) reuses the same
+URL at any point of a long call, so whether a socket may (re)join a call is decided by the call's state, not
+by the clock (see `CallRegistry.stream_refusal`).
 """
 
 from __future__ import annotations
@@ -17,6 +20,8 @@ from dataclasses import dataclass
 class TokenCheck:
     ok: bool
     reason: str = ""
+    expired: bool = False
+    """Genuine for this call, but past the window for opening its first stream."""
 
 
 def _b64(data: bytes) -> str:
@@ -42,5 +47,5 @@ def verify(secret: str, call_id: str, token: str | None, *, now: float | None = 
     if not hmac.compare_digest(mac, _mac(secret, call_id, int(expires_text))):
         return TokenCheck(False, "bad signature")
     if int(expires_text) < (time.time() if now is None else now):
-        return TokenCheck(False, "expired")
+        return TokenCheck(True, "expired", expired=True)
     return TokenCheck(True)

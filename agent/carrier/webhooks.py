@@ -20,6 +20,8 @@ from agent.prompts.loader import PromptError
 from agent.state import AppState
 
 log = logging.getLogger("agent.webhooks")
+# `Event` values that mean "the call is answered: tell me what to do". Older docs and examples post none.
+_ANSWER_EVENTS = frozenset({"", "startapp"})
 router = APIRouter(prefix="/vobiz")
 
 
@@ -78,6 +80,11 @@ async def _answer(request: Request, state: AppState) -> Response:
     if event == "Hangup":
         registry.hangup(call_id, "caller_hangup")
         _log_event(state, call_id, "hangup_webhook", params)
+        return _xml(xml.empty())
+    if event.lower() not in _ANSWER_EVENTS:
+        # Ring (an outbound call still ringing), MachineDetection, ...: nobody to talk to yet, so no stream and
+        # no model session; Vobiz posts StartApp once the call is answered.
+        _log_event(state, call_id, "call_event", params)
         return _xml(xml.empty())
     if registry.is_ended(call_id):
         # Vobiz re-posts the answer URL after a stream ends; never start a second conversation.

@@ -312,6 +312,7 @@ class SimCallOptions:
     from_: str = "+919000000001"
     to: str = "+918000000002"
     direction: Literal["inbound", "outbound"] = "inbound"
+    ring_callback: bool = True  # outbound: Event=Ring to the answer URL while the callee's phone rings
     answer_method: Literal["POST", "GET"] = "POST"
     played_stream_stream_id: bool = True  # §9.9: older docs put streamId on playedStream, R2 does not
     ack_sequence_numbers: bool = False  # R2 acks carry no sequenceNumber; R0 clearedAudio did
@@ -1477,6 +1478,10 @@ class CarrierSim:
         """
         opts = options or SimCallOptions()
         ctx = _CallContext(call_uuid or str(uuid.uuid4()), opts, self._http, self.answer_url)
+        if opts.direction == "outbound" and opts.ring_callback:
+            # Vobiz tells the answer URL that an outbound call rings; the XML only counts once it is answered.
+            ringing = ctx.fields(call_status="ringing", event="Ring") | dict(opts.extra_fields)
+            await ctx.request(self.answer_url, opts.answer_method, ringing, "Ring")
         status = "ringing" if opts.direction == "inbound" else "in-progress"
         fields = ctx.fields(call_status=status, event="StartApp") | dict(opts.extra_fields)
         resp = await ctx.request(self.answer_url, opts.answer_method, fields, "StartApp")

@@ -238,6 +238,12 @@ class CallStore:
 
     # --- reading one call ------------------------------------------------------------------------------------
 
+    async def has_ended(self, call_id: str) -> bool:
+        """Whether a finished record of the call is stored: its stream URL must never start it again."""
+        stmt = select(m.Call.ended_at).where(m.Call.call_id == call_id)
+        async with self.db.sessions() as session:
+            return (await session.execute(stmt)).scalar_one_or_none() is not None
+
     async def get_call(self, call_id: str) -> CallDetail | None:
         stmt = (
             select(m.Call)
