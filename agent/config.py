@@ -81,6 +81,12 @@ class Settings(BaseSettings):
     model_response_start_timeout_s: float = Field(
         default=10.0, gt=0, description="a requested response the model never starts is given up after this"
     )
+    model_quiet_ms: float = Field(
+        default=500.0, ge=50, description="silence mid-response after which the model socket is pinged"
+    )
+    model_pong_timeout_ms: float = Field(
+        default=1000.0, ge=50, description="no pong within this: the model socket died silently; reconnect"
+    )
     model_response_stall_timeout_s: float = Field(
         default=30.0, gt=0, description="a response with no model event for this long is cancelled"
     )

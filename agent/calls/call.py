@@ -33,7 +33,7 @@ from agent.audio.transcode import BotAudioConverter, CallerAudioConverter
 from agent.calls.playout import Playout
 from agent.calls.record import BargeIn, CallRecord
 from agent.calls.responses import ResponseQueue
-from agent.calls.timers import watch_duration, watch_idle, watch_session_age, wrap_up
+from agent.calls.timers import watch_duration, watch_idle, watch_model_liveness, watch_session_age, wrap_up
 from agent.calls.tools import ToolCall, run_tool
 from agent.carrier import messages
 from agent.carrier.clock import CarrierClock
@@ -193,6 +193,7 @@ class Call:
                 tg.create_task(watch_duration(self), name="duration-watch")
                 tg.create_task(watch_session_age(self), name="session-age-watch")
                 tg.create_task(self.responses.watch(), name="response-watch")
+                tg.create_task(watch_model_liveness(self), name="model-liveness")
         except* _CallOver:
             pass
         except* Exception as group:
@@ -623,6 +624,7 @@ class Call:
         if old is not None:
             await old.close()
         was_answering = self.responses.reset()
+        self._cut_unspoken()
         for item_id in list(self.received_ms):
             self.interrupted_items.add(item_id)  # a late delta from the old session must not play
         self.playout.finish_all()
@@ -647,6 +649,19 @@ class Call:
             return True
         self.metrics.model_reconnects.labels("gave_up").inc()
         return False
+
+    def _cut_unspoken(self) -> None:
+        """The session went away mid-answer: its received audio still plays in full, but the transcript runs
+        ahead of the audio. Keep only the words that audio can hold, so the new session continues from what the
+        caller actually heard rather than skipping what never arrived."""
+        rate = self.record.chars_per_ms()
+        for item_id, received in self.received_ms.items():
+            turn = self.record.turn_for_item(item_id)
+            if item_id in self._audio_done or item_id in self._truncated or turn is None or turn.interrupted:
+                continue
+            # At least the last word goes: the audio may have stopped in the middle of it.
+            spoken_ms = max(len(turn.text) / rate, received + 1)
+            self.record.assistant_interrupted(item_id, received, spoken_ms)
 
     async def _on_model_event(self, event: ev.ServerEvent) -> None:
         self.responses.progress()

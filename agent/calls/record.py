@@ -167,6 +167,12 @@ class CallRecord:
         turn.audio_ms = audio_ms
         turn.ended_at = time.time()
 
+    def chars_per_ms(self, default: float = 0.015) -> float:
+        """How fast this call's bot speaks, from its answers heard in full (default ~15 characters a second)."""
+        finished = [t for t in self.turns if t.speaker == "assistant" and not t.interrupted and t.audio_ms]
+        chars, ms = sum(len(t.text) for t in finished), sum(t.audio_ms or 0 for t in finished)
+        return chars / ms if chars and ms > 1000 else default
+
     def assistant_interrupted(self, item_id: str, heard_ms: float, audio_ms: float) -> None:
         """Cut the transcript in proportion to the audio heard: the best estimate without word timings."""
         turn = self.turn_for_item(item_id)

@@ -70,7 +70,7 @@ class ResponseQueue:
         if self.busy or not self._waiting:
             return
         request = self._in_flight = self._waiting.popleft()
-        request.sent_at = time.monotonic()
+        request.sent_at = self._last_progress = time.monotonic()
         self._changed.set()
         response = dict(request.response or {})
         response["metadata"] = {**response.get("metadata", {}), REQUEST_KEY: request.event_id}
@@ -79,6 +79,16 @@ class ResponseQueue:
     def progress(self) -> None:
         """The model said something: an active response is not stuck."""
         self._last_progress = time.monotonic()
+
+    @property
+    def last_progress(self) -> float:
+        """When the model last said anything, or we last asked it for a response (monotonic)."""
+        return self._last_progress
+
+    async def wait_changed(self) -> None:
+        """Until a response is requested, starts or ends."""
+        self._changed.clear()
+        await self._changed.wait()
 
     def created(self, response_id: str, metadata: dict[str, str] | None = None) -> None:
         """`response.created`: ours when it carries our request's metadata back, else a VAD turn's.

@@ -89,6 +89,32 @@ async def watch_session_age(call: Call) -> None:
             await asyncio.sleep(10.0)
 
 
+async def watch_model_liveness(call: Call) -> None:
+    """While a response is being generated the model speaks every few tens of milliseconds. A longer silence
+    that a ping does not break means the network died without closing the socket (no FIN or RST reaches us);
+    the socket's own keepalive would notice only after ~40 s of dead air. Abort it: the call reconnects and the
+    answer goes on."""
+    quiet_s = call.settings.model_quiet_ms / 1000
+    pong_s = call.settings.model_pong_timeout_ms / 1000
+    while True:
+        model = call.model
+        if not call.responses.busy or model is None:
+            await call.responses.wait_changed()
+            continue
+        silent = time.monotonic() - call.responses.last_progress
+        if silent < quiet_s:
+            await asyncio.sleep(quiet_s - silent)
+            continue
+        if not await model.responsive(pong_s) and call.model is model:
+            call.record.event(
+                "model_unresponsive", silent_ms=round((time.monotonic() - call.responses.last_progress) * 1000)
+            )
+            call.metrics.model_reconnects.labels("unresponsive").inc()
+            call.log.warning("model socket silent mid-response and no pong in %.1fs: reconnecting", pong_s)
+            model.abort()
+        call.responses.progress()  # one probe per quiet spell
+
+
 async def wrap_up(call: Call, reason: str) -> None:
     """End the call politely: the prompt's wrap-up line and a goodbye, heard in full, then the stream stops."""
     from agent.calls.call import EndAction

@@ -17,6 +17,7 @@ from typing import Any
 
 from openai import AsyncOpenAI
 from openai.resources.realtime.realtime import AsyncRealtimeConnection
+from websockets.exceptions import ConnectionClosed
 
 from agent.config import Settings
 from agent.model import server_events
@@ -88,14 +89,27 @@ class ModelSocket:
             _logged.add(key)
             log.warning("model event %s (%s): %s", kind, outcome, detail[:300])
 
+    async def responsive(self, timeout_s: float) -> bool:
+        """Whether the peer answers a ping in time: a network that died silently (no FIN, no RST) does not."""
+        try:
+            pong = await self._ws.ping()
+            await within(timeout_s, pong)
+        except (TimeoutError, ConnectionClosed):
+            return False
+        return True
+
+    def abort(self) -> None:
+        """Drop the connection at once, without a closing handshake nobody would answer."""
+        transport = getattr(self._ws, "transport", None)
+        if transport is not None and not transport.is_closing():
+            transport.abort()
+
     async def close(self, grace_s: float = 0.5) -> None:
         """Close politely, but never wait long: a socket whose unread events fill its buffer cannot finish the
         closing handshake, so after `grace_s` the transport is aborted."""
         with contextlib.suppress(Exception):  # whatever went wrong, the socket must end
             await within(grace_s, self.sdk.close())
-        transport = getattr(self._ws, "transport", None)
-        if transport is not None and not transport.is_closing():
-            transport.abort()
+        self.abort()
 
 
 class ModelConnector:

@@ -617,6 +617,7 @@ class SimSession:
         self.assistant_audio_ms: dict[str, int] = {}
         self.truncations: list[Event] = []
         self.responses: list[Event] = []
+        self._stalled = asyncio.Event()
         self.responses_started = 0
         self.close_code: int | None = None
         self._client_log = _EventLog("client")
@@ -758,6 +759,12 @@ class SimSession:
         else:
             await self._ws.close(code, "simulated drop")
 
+    def stall(self) -> None:
+        """Simulate a silent network failure (a NAT or link that drops packets): nothing more is sent, nothing is
+        read (pings included, so none is answered), and the TCP connection stays open: no FIN, no RST."""
+        self._stalled.set()
+        self._ws.transport.pause_reading()
+
     # ----- connection lifecycle (driven by RealtimeServer) ----------------------------------------------------
 
     async def _serve(self) -> None:
@@ -828,6 +835,8 @@ class SimSession:
                 await self._send_unlocked(event)
 
     async def _send_unlocked(self, event: Event) -> Event:
+        if self._stalled.is_set():
+            await asyncio.Event().wait()  # the network is gone: this send never leaves; cancelled at shutdown
         wire = {"type": event["type"], "event_id": new_id("event_"), **{k: v for k, v in event.items() if k != "type"}}
         try:
             validate_server_event(wire)

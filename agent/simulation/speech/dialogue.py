@@ -182,6 +182,22 @@ def _literal_overlap(chunks: list[str], text: str) -> int:
     return matched
 
 
+def _last_assistant_text(items: list[dict[str, Any]]) -> str:
+    for item in reversed(items):
+        if item.get("role") == "assistant":
+            return " ".join(str(c.get("text") or c.get("transcript") or "") for c in item.get("content", []))
+    return ""
+
+
+def _rest_of(answer: str, said: str) -> str:
+    """What is left of `answer` after the words already `said` (all of it when `said` is not its beginning)."""
+    words, spoken = answer.split(), re.findall(r"[\w']+", said.lower())
+    plain = [re.sub(r"[^\w']", "", w.lower()) for w in words]
+    if not spoken or plain[: len(spoken)] != spoken or len(spoken) >= len(words):
+        return answer
+    return " ".join(words[len(spoken) :])
+
+
 def _tool_error(items: list[dict[str, Any]]) -> str | None:
     """The error a just-run tool reported (``function_call_output`` with ``{"error": ...}``), if that is the news."""
     if not items or items[-1].get("type") != "function_call_output":
@@ -263,9 +279,12 @@ class SpeechReplySource:
                 return dialogue.goodbye, None
             if _HANDOVER.search(guidance):
                 return dialogue.handover, None
-            last = self._last_said.get(request.session)
-            if last and _RESUME.search(guidance):  # the line dropped mid-answer: say it again
-                return last, None
+            if _RESUME.search(guidance):  # the line dropped mid-answer: go on from what the history says was said
+                last = self._last_said.get(request.session)
+                if last is None and request.caller_text is not None:  # a fresh session: answer the turn afresh
+                    last = dialogue.answer(request.caller_text, request.tools)[0]
+                if last:
+                    return _rest_of(last, _last_assistant_text(request.session.items)), None
         if request.caller_waiting and request.caller_text is not None:
             return dialogue.answer(request.caller_text, request.tools)
         if request.trigger == "client" and request.caller_text is None:
