@@ -36,7 +36,7 @@ from tests.harness import ROOT, Stack, running_stack
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
-TOKEN = "operator-token-for-tests-7f3a9c"
+TOKEN = "operator-token-for-tests-7f3a9c-5e1d08"  # at least 32 characters, as the config requires
 SALES_V1 = """---
 description: Sales line <plans & prices>
 greeting: "Hi, this is sales."
@@ -295,6 +295,7 @@ def bare_app(tmp_path: Path, operator_token: str | None) -> FastAPI:
         database_url=f"sqlite+aiosqlite:///{tmp_path}/agent.db",
         recordings_dir=tmp_path / "recordings",
         operator_token=operator_token,
+        insecure_webhooks=True,
     )
     app = create_app(settings)
     mount_console(app)
