@@ -8,6 +8,7 @@ import os
 import secrets
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -131,7 +132,7 @@ async def test_a_webhook_replayed_to_another_replica_is_refused(pg_url: str) -> 
     """Two agents on one PostgreSQL database behind the same public URL, as in a deployment."""
     public = "https://agent.example.test"
     url = f"{public}/vobiz/stream-status"
-    common = {"vobiz_auth_token": TOKEN, "database_url": pg_url, "public_url": public}
+    common: dict[str, Any] = {"vobiz_auth_token": TOKEN, "database_url": pg_url, "public_url": public}
     async with running_stack(**common) as one, running_stack(**common) as two, httpx.AsyncClient() as http:
         headers = signature_headers(TOKEN, url)
         assert (await http.post(f"{one.base_url}/vobiz/stream-status", data=FORM, headers=headers)).status_code == 200
