@@ -3,7 +3,9 @@
 Two ways in: an `Authorization: Bearer <token>` header (scripts, curl), or the login form, which sets a session
 cookie. The cookie never holds the token: it holds an expiry time and an HMAC of that expiry keyed by the token,
 so a leaked cookie stops working when it expires or the token is rotated, and the token cannot be read back from
-it. Comparisons are constant-time. With no token configured the console does not exist (404 everywhere).
+it. Comparisons are constant-time. With no token configured the console does not exist (404 everywhere). Wrong
+tokens, through either way in, count against one per-client throttle (`LoginThrottle`); the token itself must be
+at least 32 characters (checked in `agent.config`).
 """
 
 from __future__ import annotations
