@@ -3,7 +3,9 @@
 Secrets are kept out twice over: chatty libraries that log handshake headers are held at INFO, and every
 record passes a filter that masks the configured secret values, any bearer token, any `token=` query value and
 the whole query string of the stream route (it carries the per-call stream token). The filter sits on every
-handler, so uvicorn's access and error logs (request lines with full query strings) are masked too.
+handler that exists when logging is configured, ours and any other logger's; `voice-agent serve` runs uvicorn
+without a log config of its own, so its access and error logs (request lines with full query strings) pass
+through it too.
 """
 
 from __future__ import annotations
@@ -109,5 +111,6 @@ def protect_all_handlers(redact: RedactSecrets) -> None:
     ]
     for logger in loggers:
         for handler in logger.handlers:
-            if not any(isinstance(f, RedactSecrets) for f in handler.filters):
-                handler.addFilter(redact)
+            for stale in [f for f in handler.filters if isinstance(f, RedactSecrets) and f is not redact]:
+                handler.removeFilter(stale)  # configured again: the current secrets replace the old ones
+            handler.addFilter(redact)  # a no-op when it is already there
