@@ -30,6 +30,7 @@ from agent.storage.nonces import NonceStore, NonceVerdict
 from agent.waiting import within
 
 log = logging.getLogger("agent.webhooks")
+router = APIRouter(prefix="/vobiz")
 # A slow database must not eat Vobiz's 3 s answer budget: past this, the nonce check is skipped (logged).
 NONCE_DEADLINE_S = 1.0
 INSECURE_REFUSAL = (
@@ -77,7 +78,7 @@ class _WebhookRoute(APIRoute):
         return handle
 
 
-router = APIRouter(prefix="/vobiz", route_class=_WebhookRoute)
+router.route_class = _WebhookRoute  # before the routes below are added: each of them gets the wrapper
 
 
 def _state(request: Request) -> AppState:
