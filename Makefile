@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/voice-agent serve --host 127.0.0.1 --port 8080
+	AGENT_INSECURE_WEBHOOKS=true $(BIN)/voice-agent serve --host 127.0.0.1 --port 8080
 
 lint: $(STAMP)
 	$(BIN)/ruff check agent tests bench

@@ -37,7 +37,10 @@ def create_app(
     tracer: CallTracer | None = None,
     embedded_engine: bool = False,
 ) -> FastAPI:
-    """`embedded_engine` runs the local realtime engine in-process: no OpenAI key needed."""
+    """`embedded_engine` runs the local realtime engine in-process: no OpenAI key needed.
+
+    Raises ConfigError when webhooks would be open without AGENT_INSECURE_WEBHOOKS=true."""
+    webhooks.check_webhook_auth(settings)
     metrics = Metrics()
     connector = connector or ModelConnector(settings)
     connector.on_off_contract = lambda outcome: metrics.model_events_off_contract.labels(outcome).inc()

@@ -50,10 +50,23 @@ def serve(host: str, port: int) -> None:
     logs.configure(settings.log_level, secrets=settings.secret_values, fmt=settings.log_format)
     try:
         app = create_app(settings, embedded_engine=settings.openai_api_key is None and not settings.openai_base_url)
+    except ConfigError as exc:
+        click.echo(str(exc), err=True)
+        sys.exit(2)
     except PromptError as exc:
         click.echo(f"cannot start: {exc}", err=True)
         sys.exit(2)
-    config = uvicorn.Config(app, host=host, port=port, log_config=None, ws_max_size=1 << 20, lifespan="on")
+    # Client addresses (console throttle, webhook allow-list) come from X-Forwarded-For only via trusted proxies.
+    config = uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        log_config=None,
+        ws_max_size=1 << 20,
+        lifespan="on",
+        proxy_headers=True,
+        forwarded_allow_ips=settings.forwarded_allow_ips,
+    )
     DrainingServer(config, app.state.agent).run()
 
 

@@ -6,6 +6,7 @@ the agent itself adds lives under the `AGENT_` prefix.
 
 from __future__ import annotations
 
+import ipaddress
 import secrets
 from pathlib import Path
 from typing import Literal
@@ -19,6 +20,13 @@ L16ByteOrder = Literal["auto", "little", "big"]
 
 def _env(name: str) -> AliasChoices:
     return AliasChoices(name, name.lower())
+
+
+MIN_OPERATOR_TOKEN_CHARS = 32
+
+
+def _split(value: str) -> list[str]:
+    return [item.strip() for item in value.split(",") if item.strip()]
 
 
 class Settings(BaseSettings):
@@ -116,6 +124,20 @@ class Settings(BaseSettings):
     record_calls: bool = True
     recording_retention_days: float = Field(default=30.0, gt=0)
     operator_token: SecretStr | None = Field(default=None, description="protects /console; unset = console off")
+    insecure_webhooks: bool = Field(
+        default=False,
+        description="local development only: serve webhooks without a Vobiz token (no signature checks)",
+    )
+    webhook_allow_ips: str = Field(
+        default="", description="comma-separated CIDRs webhooks may come from (client IP after proxy headers)"
+    )
+    webhook_nonce_retention_days: float = Field(
+        default=30.0, gt=0, description="how long seen signature nonces are kept (replays refused meanwhile)"
+    )
+    forwarded_allow_ips: str = Field(
+        default="127.0.0.1,::1",
+        description="proxies trusted for X-Forwarded-For/-Proto (uvicorn forwarded_allow_ips; '*' trusts all)",
+    )
     # USD per million tokens, for the per-call cost estimate (gpt-realtime list prices; override as they change).
     price_input_text: float = 4.0
     price_input_audio: float = 32.0
@@ -136,6 +158,49 @@ class Settings(BaseSettings):
         if value and not value.startswith(("http://", "https://", "ws://", "wss://")):
             raise ValueError("must be an http(s):// or ws(s):// URL")
         return value.rstrip("/") if value else value
+
+    @field_validator("operator_token")
+    @classmethod
+    def _check_operator_token(cls, value: SecretStr | None) -> SecretStr | None:
+        # Empty means console off; anything shorter than 32 characters is guessable enough to refuse.
+        if value is not None and 0 < len(value.get_secret_value()) < MIN_OPERATOR_TOKEN_CHARS:
+            raise ValueError(
+                f"must be at least {MIN_OPERATOR_TOKEN_CHARS} characters "
+                "(python -c 'import secrets; print(secrets.token_urlsafe(32))')"
+            )
+        return value
+
+    @field_validator("webhook_allow_ips")
+    @classmethod
+    def _check_webhook_allow_ips(cls, value: str) -> str:
+        for item in _split(value):
+            try:
+                ipaddress.ip_network(item, strict=False)
+            except ValueError:
+                raise ValueError(f"{item!r} is not an IP address or CIDR network") from None
+        return value
+
+    @field_validator("forwarded_allow_ips")
+    @classmethod
+    def _check_forwarded_allow_ips(cls, value: str) -> str:
+        for item in _split(value):
+            if item == "*":
+                continue
+            try:
+                ipaddress.ip_network(item, strict=False)
+            except ValueError:
+                raise ValueError(f"{item!r} is not '*', an IP address or a CIDR network") from None
+        return value
+
+    @property
+    def webhook_networks(self) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+        """The parsed webhook allow-list; empty means any source address may call (signatures still apply)."""
+        return [ipaddress.ip_network(item, strict=False) for item in _split(self.webhook_allow_ips)]
+
+    @property
+    def webhook_auth_enabled(self) -> bool:
+        """Either Vobiz token turns signature checks on: a sub-account deployment may only hold the main one."""
+        return bool(self.webhook_tokens or self.main_webhook_tokens)
 
     @property
     def public_ws_url(self) -> str:

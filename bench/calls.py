@@ -162,6 +162,7 @@ def agent_env(engine_port: int, port: int, workdir: Path, content_type: str) -> 
             "AGENT_LOG_LEVEL": "WARNING",
             "AGENT_STREAM_CONTENT_TYPE": content_type,
             "AGENT_PROMPTS_DIR": str(procs.ROOT / "prompts"),
+            "AGENT_INSECURE_WEBHOOKS": "true",  # loopback agent; the simulated carrier does not sign
         }
     )
 

@@ -26,7 +26,11 @@ def clean_env(**extra: str) -> dict[str, str]:
     skip = ("OPENAI_", "VOBIZ_", "AGENT_", "PUBLIC_URL", "DATABASE_URL")
     env = {k: v for k, v in os.environ.items() if not k.startswith(skip)}
     workdir = tempfile.mkdtemp(prefix="agent-cli-")
-    defaults = {"DATABASE_URL": f"sqlite+aiosqlite:///{workdir}/agent.db", "AGENT_RECORDINGS_DIR": f"{workdir}/rec"}
+    defaults = {
+        "DATABASE_URL": f"sqlite+aiosqlite:///{workdir}/agent.db",
+        "AGENT_RECORDINGS_DIR": f"{workdir}/rec",
+        "AGENT_INSECURE_WEBHOOKS": "true",  # as `make run`: a loopback agent for simulated, unsigned calls
+    }
     return env | defaults | extra
 
 

@@ -57,6 +57,7 @@ async def running_stack(
             "prompts_dir": ROOT / "prompts",
             "stream_secret": "test-stream-secret",
             "vobiz_auth_token": None,
+            "insecure_webhooks": True,  # loopback test agent; tests that check signatures set vobiz_auth_token
             "vobiz_auth_id": None,
             "transfer_number": None,
             "database_url": f"sqlite+aiosqlite:///{workdir.name}/agent.db",

@@ -26,17 +26,18 @@ from starlette.routing import NoMatchFound
 
 from agent.app import create_app
 from agent.calls.record import BargeIn, CallRecord, ToolUse, Turn, Usage
-from agent.config import Settings
+from agent.config import ConfigError, Settings, load_settings
 from agent.console import auth, console_router
 from agent.prompts.loader import Prompt, parse_prompt
 from agent.simulation.carrier import CallerAudio, SimCall, SimCallOptions
 from agent.simulation.realtime_server import RealtimeSimConfig
 from agent.storage import CallStore, recordings
+from tests.agent_process import agent_process
 from tests.harness import ROOT, Stack, running_stack
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
-TOKEN = "operator-token-for-tests-7f3a9c"
+TOKEN = "operator-token-for-tests-7f3a9c-5e1d08"  # at least 32 characters, as the config requires
 SALES_V1 = """---
 description: Sales line <plans & prices>
 greeting: "Hi, this is sales."
@@ -295,6 +296,7 @@ def bare_app(tmp_path: Path, operator_token: str | None) -> FastAPI:
         database_url=f"sqlite+aiosqlite:///{tmp_path}/agent.db",
         recordings_dir=tmp_path / "recordings",
         operator_token=operator_token,
+        insecure_webhooks=True,
     )
     app = create_app(settings)
     mount_console(app)
@@ -351,8 +353,53 @@ async def test_guessing_through_the_login_form_is_throttled(tmp_path: Path) -> N
         blocked = await client.post("/console/login", data={"token": TOKEN})
         assert blocked.status_code == 429 and "Too many wrong tokens" in blocked.text
         assert "set-cookie" not in blocked.headers
-        # The bearer header is unaffected (scripts keep working).
-        assert (await client.get("/console/login", headers={"Authorization": f"Bearer {TOKEN}"})).status_code == 200
+        # The bearer header shares the throttle: guessing cannot just move from the form to the header.
+        bearer = await client.get("/console/live.json", headers={"Authorization": f"Bearer {TOKEN}"})
+        assert bearer.status_code == 429
+
+
+async def test_guessing_through_the_bearer_header_is_throttled(tmp_path: Path) -> None:
+    transport = httpx.ASGITransport(app=bare_app(tmp_path, TOKEN))
+    async with httpx.AsyncClient(transport=transport, base_url="http://console.test") as client:
+        for attempt in range(10):
+            wrong = await client.get("/console/live.json", headers={"Authorization": f"Bearer guess-{attempt}"})
+            assert wrong.status_code == 401
+        blocked = await client.get("/console/live.json", headers={"Authorization": f"Bearer {TOKEN}"})
+        assert blocked.status_code == 429 and blocked.headers["retry-after"] == "60"
+        assert (await client.post("/console/login", data={"token": TOKEN})).status_code == 429
+
+
+async def test_an_operator_token_shorter_than_32_characters_is_refused() -> None:
+    with pytest.raises(ConfigError) as info:
+        load_settings(operator_token="x" * 31)
+    assert str(info.value) == (
+        "invalid setting AGENT_OPERATOR_TOKEN: Value error, must be at least 32 characters "
+        "(python -c 'import secrets; print(secrets.token_urlsafe(32))')"
+    )
+    assert load_settings(operator_token="x" * 32).operator_token is not None
+    assert load_settings(operator_token="").operator_token is not None  # empty: the console stays off
+
+
+async def test_the_throttle_keys_on_the_client_behind_a_trusted_proxy() -> None:
+    """`voice-agent serve` behind a proxy: one guesser must not lock out every operator behind the same proxy,
+    and X-Forwarded-For from an address not in AGENT_FORWARDED_ALLOW_IPS is ignored (it could be forged)."""
+
+    async def guess_then_try(base_url: str) -> tuple[int, int]:
+        async with httpx.AsyncClient(base_url=base_url) as http:
+            for attempt in range(10):
+                headers = {"Authorization": f"Bearer guess-{attempt}", "X-Forwarded-For": "203.0.113.7"}
+                assert (await http.get("/console/live.json", headers=headers)).status_code == 401
+            guesser = {"Authorization": f"Bearer {TOKEN}", "X-Forwarded-For": "203.0.113.7"}
+            operator = {"Authorization": f"Bearer {TOKEN}", "X-Forwarded-For": "198.51.100.9"}
+            return (
+                (await http.get("/console/live.json", headers=guesser)).status_code,
+                (await http.get("/console/live.json", headers=operator)).status_code,
+            )
+
+    async with agent_process(AGENT_OPERATOR_TOKEN=TOKEN, AGENT_FORWARDED_ALLOW_IPS="127.0.0.1") as agent:
+        assert await guess_then_try(agent.base_url) == (429, 200)  # the proxy (loopback) is trusted
+    async with agent_process(AGENT_OPERATOR_TOKEN=TOKEN, AGENT_FORWARDED_ALLOW_IPS="192.0.2.1") as agent:
+        assert await guess_then_try(agent.base_url) == (429, 429)  # loopback is not a trusted proxy here
 
 
 async def test_login_throttle_forgets_old_failures() -> None:

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import logging
+import sys
 import xml.etree.ElementTree as ET
+from asyncio.subprocess import PIPE
+from pathlib import Path
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import httpx
@@ -13,13 +18,18 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
+from agent.app import create_app
 from agent.carrier import stream_token
 from agent.carrier.signature import signature_headers
+from agent.carrier.webhooks import INSECURE_REFUSAL
+from agent.config import ConfigError, Settings, load_settings
 from agent.observability import logs
 from agent.observability.logs import RedactSecrets
 from agent.simulation.carrier import CallerAudio, SimCallOptions
 from agent.simulation.realtime_server import RealtimeSimConfig
-from tests.harness import running_stack, start_message
+from agent.waiting import within
+from tests.agent_process import agent_process, clean_env
+from tests.harness import ROOT, running_stack, start_message
 
 TOKEN = "vobiz-auth-token-for-tests"
 FORM = {"CallUUID": "call-sec-1", "From": "+911", "To": "+912", "Direction": "inbound", "Event": "StartApp"}
@@ -144,3 +154,151 @@ async def _call_with_secrets(api_key: str) -> None:
         await call.hangup()
         await call.wait_ended(timeout=2)
         await stack.engine.wait_idle(timeout=2)
+
+
+# --- closed to strangers: start-up, tokens, replays, source addresses, logs ---------------------------------------
+
+
+def bare_settings(tmp_path: Path, **overrides: Any) -> Settings:
+    values: dict[str, Any] = {
+        "openai_api_key": "sk-test-not-a-real-key",
+        "prompts_dir": ROOT / "prompts",
+        "database_url": f"sqlite+aiosqlite:///{tmp_path}/agent.db",
+        "recordings_dir": tmp_path / "recordings",
+        "vobiz_auth_token": None,
+        "vobiz_main_auth_token": None,
+        "insecure_webhooks": False,
+    }
+    return Settings(**(values | overrides))
+
+
+def test_an_agent_with_open_webhooks_is_not_created(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as info:
+        create_app(bare_settings(tmp_path))
+    assert str(info.value) == INSECURE_REFUSAL and "\n" not in str(info.value)
+    create_app(bare_settings(tmp_path, insecure_webhooks=True))  # open on purpose: allowed
+    create_app(bare_settings(tmp_path, vobiz_main_auth_token=TOKEN))  # either token turns checks on
+
+
+async def test_serve_refuses_to_start_with_open_webhooks_in_one_line() -> None:
+    env = clean_env()
+    del env["AGENT_INSECURE_WEBHOOKS"]
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "agent", "serve", "--port", "9", env=env, stdout=PIPE, stderr=PIPE
+    )
+    out, err = await within(60, proc.communicate())
+    assert proc.returncode == 2
+    assert err.decode().strip().splitlines() == [INSECURE_REFUSAL] and "Uvicorn running" not in out.decode()
+
+
+async def test_the_main_account_token_alone_turns_signature_checks_on() -> None:
+    async with (
+        running_stack(vobiz_main_auth_token=TOKEN, insecure_webhooks=False) as stack,
+        httpx.AsyncClient() as http,
+    ):
+        url = f"{stack.base_url}/vobiz/answer"
+        assert (await http.post(url, data=FORM)).status_code == 403
+        sub_account = signature_headers("unknown-sub-account-token", url, main_token=TOKEN)
+        assert (await http.post(url, data=FORM, headers=sub_account)).status_code == 200
+        await stack.state.registry.shutdown()
+
+
+async def test_a_replayed_signed_webhook_is_refused() -> None:
+    async with running_stack(vobiz_auth_token=TOKEN) as stack, httpx.AsyncClient() as http:
+        url = f"{stack.base_url}/vobiz/stream-status"
+        headers = signature_headers(TOKEN, url)
+        assert (await http.post(url, data=FORM, headers=headers)).status_code == 200
+        assert (await http.post(url, data=FORM, headers=headers)).status_code == 403
+        # Dropping the V3 pair and replaying the V2 one does not help: every nonce of a request is remembered.
+        v2_only = {k: v for k, v in headers.items() if "V3" not in k}
+        assert (await http.post(url, data=FORM, headers=v2_only)).status_code == 403
+        assert stack.metric("agent_webhooks_total", route="stream_status", outcome="replay") == 2
+        fresh = signature_headers(TOKEN, url)  # Vobiz's next callback has a new nonce
+        assert (await http.post(url, data=FORM, headers=fresh)).status_code == 200
+
+
+async def test_a_retry_of_a_webhook_that_was_not_answered_200_is_accepted_once_answered_it_is_a_replay() -> None:
+    async with running_stack(vobiz_auth_token=TOKEN) as stack, httpx.AsyncClient() as http:
+        url = f"{stack.base_url}/vobiz/hangup"
+        headers = signature_headers(TOKEN, url)
+        failed = await http.post(url, data={"Event": "Hangup"}, headers=headers)  # no CallUUID: 400
+        assert failed.status_code == 400
+        # Vobiz retries a non-200; if the retry carries the same nonce it must still get through.
+        assert (await http.post(url, data=FORM, headers=headers)).status_code == 200
+        assert (await http.post(url, data=FORM, headers=headers)).status_code == 403
+
+
+async def test_the_optional_source_allow_list_uses_the_client_address_after_trusted_proxies() -> None:
+    async with running_stack(vobiz_auth_token=TOKEN, webhook_allow_ips="10.0.0.0/8, 192.0.2.7") as stack:
+        url = f"{stack.base_url}/vobiz/stream-status"
+        async with httpx.AsyncClient() as http:
+            direct = await http.post(url, data=FORM, headers=signature_headers(TOKEN, url))
+            assert direct.status_code == 403  # 127.0.0.1 is not listed
+            # Loopback is a trusted proxy here (uvicorn's forwarded_allow_ips): the forwarded client counts.
+            for client, status in (("10.20.30.40", 200), ("192.0.2.7", 200), ("192.0.2.8", 403)):
+                headers = signature_headers(TOKEN, url) | {"X-Forwarded-For": client}
+                assert (await http.post(url, data=FORM, headers=headers)).status_code == status, client
+        assert stack.metric("agent_webhooks_total", route="stream_status", outcome="source_refused") == 2
+
+
+def test_webhook_and_proxy_address_settings_are_validated(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_settings(webhook_allow_ips="10.0.0.0/8,vobiz.example", forwarded_allow_ips="proxy")
+    assert str(info.value).splitlines() == [
+        "invalid setting AGENT_WEBHOOK_ALLOW_IPS: Value error, 'vobiz.example' is not an IP address or CIDR network",
+        "invalid setting AGENT_FORWARDED_ALLOW_IPS: Value error, 'proxy' is not '*', an IP address or a CIDR network",
+    ]
+    settings = load_settings(webhook_allow_ips=" 35.154.59.246/32 ,3.110.99.6", forwarded_allow_ips="*")
+    assert [str(n) for n in settings.webhook_networks] == ["35.154.59.246/32", "3.110.99.6/32"]
+
+
+async def test_stream_tokens_never_reach_the_access_or_error_log() -> None:
+    """`voice-agent serve` at INFO, as deployed: uvicorn logs every request line with its query string."""
+    async with agent_process() as agent, httpx.AsyncClient() as http:
+        assert any("INSECURE" in line and "AGENT_INSECURE_WEBHOOKS=true" in line for line in agent.startup_lines)
+        reply = await http.post(f"{agent.base_url}/vobiz/answer", data=FORM)
+        good = stream_url(reply.text)
+        token = parse_qs(urlsplit(good).query)["token"][0]
+        assert len(token) > 10
+        # An HTTP request to the socket's URL (access log) and a refused socket (uvicorn's error log).
+        await http.get(good.replace("ws://", "http://"))
+        await http.get(f"{agent.base_url}/healthz?token={token}")
+        with pytest.raises(InvalidStatus):
+            async with connect(good.replace("call=call-sec-1", "call=other-call")):
+                pass
+        async with connect(good) as ws:  # accepted, then closed without a start
+            await ws.close()
+        agent.proc.kill()
+        await agent.proc.wait()
+        assert agent.proc.stdout is not None
+        text = "".join(agent.startup_lines) + (await within(30, agent.proc.stdout.read())).decode()
+    assert '"GET /vobiz/stream?*** HTTP/1.1"' in text  # the request lines are there...
+    assert '"GET /healthz?token=*** HTTP/1.1"' in text
+    assert '"WebSocket /vobiz/stream?***"' in text
+    assert token not in text  # ...the token is not
+    assert token.split(".")[-1] not in text
+
+
+def test_the_redaction_filter_covers_handlers_it_did_not_create() -> None:
+    """A logger with its own handler (uvicorn's access log under its default log config) is masked too."""
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+    access = logging.getLogger("uvicorn.access")
+    own_stream = io.StringIO()
+    own = logging.StreamHandler(own_stream)
+    access.addHandler(own)
+    access_level = access.level
+    access.setLevel(logging.INFO)  # an earlier test server may have set it to WARNING
+    try:
+        logs.configure("INFO", stream=io.StringIO())
+        access.info('%s - "%s %s HTTP/%s" %d', "1.2.3.4:5", "GET", "/vobiz/stream?call=c&token=1.abc", "1.1", 404)
+        access.info("%s", "https://x.example/cb?a=1&stream_token=zzz&b=2")
+    finally:
+        access.removeHandler(own)
+        access.setLevel(access_level)
+        root.handlers[:], _ = saved
+        root.setLevel(saved[1])
+    assert own_stream.getvalue().splitlines() == [
+        '1.2.3.4:5 - "GET /vobiz/stream?*** HTTP/1.1" 404',
+        "https://x.example/cb?a=1&stream_token=***&b=2",
+    ]

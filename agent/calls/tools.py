@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from agent.calls.call import Call
 
 _MAX_RESULT_CHARS = 4000
+_MAX_BODY_BYTES = 64 * 1024  # an HTTP tool's answer past this is refused, never read into memory whole
 
 
 @dataclass
@@ -129,23 +130,38 @@ async def _http_tool(call: Call, spec: HttpTool, tool: ToolCall) -> dict[str, An
 
 
 async def _request(http: httpx.AsyncClient, spec: HttpTool, tool: ToolCall, call_id: str) -> dict[str, Any]:
-    headers = {"X-Call-Id": call_id, **spec.headers}
+    """The tool's HTTP request, bounded: one deadline (`timeout_s`) for connecting, sending and reading the whole
+    answer, and at most `_MAX_BODY_BYTES` of body (a larger answer is a tool error, not a truncated result).
+
+    Query parameters written into the prompt's URL are kept: for GET/DELETE the model's arguments are added to
+    them, and a fixed value wins over an argument of the same name (the prompt decides, not the model)."""
+    url = httpx.URL(str(spec.url))
     as_query = spec.method in ("GET", "DELETE")
+    if as_query:
+        fixed = set(url.params.keys())
+        url = url.copy_merge_params({k: str(v) for k, v in tool.arguments.items() if k not in fixed})
     try:
-        reply = await http.request(
-            spec.method,
-            str(spec.url),
-            params={k: str(v) for k, v in tool.arguments.items()} if as_query else None,
-            json=None if as_query else tool.arguments,
-            headers=headers,
-            timeout=spec.timeout_s,
-        )
-    except httpx.TimeoutException:
+        return await within(spec.timeout_s, _fetch(http, spec, url, None if as_query else tool.arguments, call_id))
+    except (TimeoutError, httpx.TimeoutException):
         return {"ok": False, "error": f"the service did not answer within {spec.timeout_s:g} s"}
     except httpx.HTTPError as exc:
         return {"ok": False, "error": f"the service could not be reached ({type(exc).__name__})"}
+
+
+async def _fetch(
+    http: httpx.AsyncClient, spec: HttpTool, url: httpx.URL, body: dict[str, Any] | None, call_id: str
+) -> dict[str, Any]:
+    """Send the request and stream the answer, stopping as soon as it is larger than allowed."""
+    headers = {"X-Call-Id": call_id, **spec.headers}
+    async with http.stream(spec.method, url, json=body, headers=headers, timeout=spec.timeout_s) as reply:
+        raw = bytearray()
+        async for chunk in reply.aiter_bytes():
+            raw += chunk
+            if len(raw) > _MAX_BODY_BYTES:
+                return {"ok": False, "error": f"the service's answer was larger than {_MAX_BODY_BYTES // 1024} KB"}
+    result: Any
     try:
-        body: Any = reply.json()
+        result = json.loads(raw)
     except ValueError:
-        body = reply.text[:_MAX_RESULT_CHARS]
-    return {"ok": reply.is_success, "status": reply.status_code, "result": body}
+        result = raw.decode(reply.encoding or "utf-8", errors="replace")[:_MAX_RESULT_CHARS]
+    return {"ok": reply.is_success, "status": reply.status_code, "result": result}

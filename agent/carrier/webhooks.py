@@ -1,28 +1,86 @@
 """Vobiz HTTP webhooks: answer, hangup, stream status, and the XML routes Vobiz fetches when a stream ends.
 
-Every route is idempotent and fast (Vobiz retries non-200s and wants an answer within a couple of seconds),
-and, when a Vobiz auth token is configured, refuses requests without a valid signature.
+Every route is idempotent and fast (Vobiz retries non-200s and wants an answer within a couple of seconds).
+When either Vobiz auth token is configured, a request needs a valid signature whose nonce was not answered
+before (replays are refused across replicas, see `agent.storage.nonces`); the service refuses to start without
+a token unless AGENT_INSECURE_WEBHOOKS=true says that open webhooks are intended (local development).
+AGENT_WEBHOOK_ALLOW_IPS optionally limits the source addresses as well.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import logging
+from collections.abc import Callable, Coroutine
+from typing import Any
 from urllib.parse import quote
 
 from fastapi import APIRouter, HTTPException, Request, Response
+from fastapi.routing import APIRoute
 
 from agent.audio.formats import MediaFormat
 from agent.calls.call import EndAction
 from agent.calls.record import CallRecord
 from agent.carrier import stream_token, xml
-from agent.carrier.signature import verify_signature
+from agent.carrier.signature import HEADER_V2_NONCE, HEADER_V3_NONCE, verify_signature
+from agent.config import ConfigError, Settings
 from agent.prompts.loader import PromptError
 from agent.state import AppState
+from agent.storage.nonces import NonceStore, NonceVerdict
+from agent.waiting import within
 
 log = logging.getLogger("agent.webhooks")
 # `Event` values that mean "the call is answered: tell me what to do". Older docs and examples post none.
 _ANSWER_EVENTS = frozenset({"", "startapp"})
 router = APIRouter(prefix="/vobiz")
+# A slow database must not eat Vobiz's 3 s answer budget: past this, the nonce check is skipped (logged).
+NONCE_DEADLINE_S = 1.0
+INSECURE_REFUSAL = (
+    "refusing to start: Vobiz webhooks would be open to anyone; set VOBIZ_AUTH_TOKEN (or VOBIZ_MAIN_AUTH_TOKEN) "
+    "to check their signatures, or AGENT_INSECURE_WEBHOOKS=true for local development only"
+)
+
+
+def check_webhook_auth(settings: Settings) -> None:
+    """Start-up gate: a token turns signature checks on; without one, only an explicit insecure flag starts.
+
+    Raises ConfigError with one line when webhooks would be silently open; warns loudly when they are open on
+    purpose.
+    """
+    if settings.webhook_auth_enabled:
+        if settings.insecure_webhooks:
+            log.info("AGENT_INSECURE_WEBHOOKS is ignored: a Vobiz token is set, so webhook signatures are checked")
+        return
+    if not settings.insecure_webhooks:
+        raise ConfigError(INSECURE_REFUSAL)
+    log.warning(
+        "INSECURE: AGENT_INSECURE_WEBHOOKS=true and no Vobiz token: webhooks are NOT authenticated, anyone who "
+        "can reach %s can start calls on this agent. For local development only.",
+        settings.public_url,
+    )
+
+
+class _WebhookRoute(APIRoute):
+    """Marks the request's signature nonces answered once the route replied 2xx: from then on they are a replay,
+    while a request that failed stays retryable by Vobiz for the store's retry window."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def handle(request: Request) -> Response:
+            response = await handler(request)
+            nonces: list[str] | None = getattr(request.state, "webhook_nonces", None)
+            if nonces and 200 <= response.status_code < 300:
+                try:
+                    await within(NONCE_DEADLINE_S, _nonce_store(request).answered(nonces))
+                except Exception as exc:  # the reply stands; the nonce just stays retryable for a while
+                    log.error("could not mark webhook nonces answered: %r", exc)
+            return response
+
+        return handle
+
+
+router.route_class = _WebhookRoute  # before the routes below are added: each of them gets the wrapper
 
 
 def _state(request: Request) -> AppState:
@@ -38,7 +96,8 @@ async def _params(request: Request, route: str) -> dict[str, str]:
     """Verified webhook fields: form body for POST, query string for GET (plus query on POST)."""
     state = _state(request)
     settings = state.settings
-    if settings.webhook_tokens:
+    _check_source(request, state, route)
+    if settings.webhook_auth_enabled:
         # Vobiz signs the URL it called; rebuild it from PUBLIC_URL so a TLS proxy in front does not matter.
         url = settings.public_url + request.url.path
         check = verify_signature(request.headers, url, settings.webhook_tokens, settings.main_webhook_tokens)
@@ -46,6 +105,7 @@ async def _params(request: Request, route: str) -> dict[str, str]:
             state.metrics.webhooks.labels(route, "bad_signature").inc()
             log.warning("refused %s webhook from %s: signature %s", route, request.client, check.reason)
             raise HTTPException(status_code=403, detail="invalid Vobiz signature")
+        await _check_nonces(request, state, route)
     params = dict(request.query_params)
     if request.method == "POST":
         try:
@@ -56,6 +116,54 @@ async def _params(request: Request, route: str) -> dict[str, str]:
         params |= {k: v for k, v in form.items() if isinstance(v, str)}
     state.metrics.webhooks.labels(route, "ok").inc()
     return params
+
+
+def _check_source(request: Request, state: AppState, route: str) -> None:
+    """AGENT_WEBHOOK_ALLOW_IPS: the client address (as uvicorn resolved it from trusted proxy headers) must be in
+    one of the networks; an empty list allows any address."""
+    networks = state.settings.webhook_networks
+    if not networks:
+        return
+    host = request.client.host if request.client is not None else ""
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        address = None
+    if address is None or not any(address in network for network in networks):
+        state.metrics.webhooks.labels(route, "source_refused").inc()
+        log.warning("refused %s webhook from %s: not in AGENT_WEBHOOK_ALLOW_IPS", route, host or "unknown")
+        raise HTTPException(status_code=403, detail="source address not allowed")
+
+
+def _nonce_store(request: Request) -> NonceStore:
+    """One store per app, on the app's own database (created on first use)."""
+    store: NonceStore | None = getattr(request.app.state, "webhook_nonces", None)
+    if store is None:
+        settings = _state(request).settings
+        retention_s = settings.webhook_nonce_retention_days * 86400.0
+        store = NonceStore(_state(request).store.db, retention_s=retention_s)
+        request.app.state.webhook_nonces = store
+    return store
+
+
+async def _check_nonces(request: Request, state: AppState, route: str) -> None:
+    """Refuse a signed request whose nonce was answered before (a replay). A database failure lets the request
+    through with an error logged: the signature was valid, and calls must not stop when the database does."""
+    nonces = [request.headers.get(name, "").strip() for name in (HEADER_V3_NONCE, HEADER_V2_NONCE)]
+    nonces = [n for n in nonces if n]
+    try:
+        verdict = await within(NONCE_DEADLINE_S, _nonce_store(request).claim(nonces))
+    except Exception as exc:
+        state.metrics.webhooks.labels(route, "nonce_unchecked").inc()
+        log.error("%s webhook accepted without a replay check (nonce store failed: %r)", route, exc)
+        return
+    if verdict is NonceVerdict.REPLAY:
+        state.metrics.webhooks.labels(route, "replay").inc()
+        log.warning("refused %s webhook from %s: replayed signature nonce", route, request.client)
+        raise HTTPException(status_code=403, detail="replayed Vobiz signature")
+    if verdict is NonceVerdict.RETRY:
+        log.info("%s webhook: a retry of a request not answered before, accepted", route)
+    request.state.webhook_nonces = nonces
 
 
 def _call_id(params: dict[str, str]) -> str:

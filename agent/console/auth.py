@@ -3,7 +3,9 @@
 Two ways in: an `Authorization: Bearer <token>` header (scripts, curl), or the login form, which sets a session
 cookie. The cookie never holds the token: it holds an expiry time and an HMAC of that expiry keyed by the token,
 so a leaked cookie stops working when it expires or the token is rotated, and the token cannot be read back from
-it. Comparisons are constant-time. With no token configured the console does not exist (404 everywhere).
+it. Comparisons are constant-time. With no token configured the console does not exist (404 everywhere). Wrong
+tokens, through either way in, count against one per-client throttle (`LoginThrottle`); the token itself must be
+at least 32 characters (checked in `agent.config`).
 """
 
 from __future__ import annotations
@@ -82,26 +84,44 @@ def is_authenticated(request: Request, token: str) -> bool:
     return valid_session(token, request.cookies.get(COOKIE_NAME))
 
 
-def require_operator(request: Request) -> None:
-    """Router dependency: 404 when the console is off, 401 for a wrong bearer token, 303 to the login form when
-    there is neither a valid header nor a valid session cookie."""
-    token = operator_token(request)
-    if token is None:
-        raise HTTPException(status_code=404)
-    header = request.headers.get("authorization")
-    if header is not None:
-        scheme, _, value = header.partition(" ")
-        if scheme.lower() == "bearer" and token_matches(token, value.strip()):
+def operator_guard(throttle: LoginThrottle) -> Callable[[Request], None]:
+    """The console's router dependency: 404 when the console is off, 401 for a wrong bearer token, 429 once the
+    client has failed too often (bearer header and login form share one throttle, so a script cannot guess
+    where a form would be stopped), 303 to the login form when there is neither a header nor a valid cookie."""
+
+    def require_operator(request: Request) -> None:
+        token = operator_token(request)
+        if token is None:
+            raise HTTPException(status_code=404)
+        header = request.headers.get("authorization")
+        if header is not None:
+            client = client_address(request)
+            if throttle.blocked(client):
+                raise HTTPException(
+                    status_code=429,
+                    detail="too many wrong operator tokens; try again later",
+                    headers={"Retry-After": str(int(throttle.window_s))},
+                )
+            scheme, _, value = header.partition(" ")
+            if scheme.lower() == "bearer" and token_matches(token, value.strip()):
+                return
+            throttle.failed(client)
+            raise HTTPException(
+                status_code=401, detail="invalid operator token", headers={"WWW-Authenticate": "Bearer"}
+            )
+        if is_authenticated(request, token):
             return
-        raise HTTPException(status_code=401, detail="invalid operator token", headers={"WWW-Authenticate": "Bearer"})
-    if is_authenticated(request, token):
-        return
-    raise HTTPException(status_code=303, headers={"Location": login_url(request), "Cache-Control": "no-store"})
+        raise HTTPException(status_code=303, headers={"Location": login_url(request), "Cache-Control": "no-store"})
+
+    return require_operator
 
 
 class LoginThrottle:
-    """At most `limit` failed logins per client address in `window_s`; then every attempt from it is refused
-    (even a right one) until the window has passed, so a short token cannot be guessed through the form."""
+    """At most `limit` failed logins (form or bearer header) per client address in `window_s`; then every
+    attempt from it is refused (even a right one) until the window has passed, so the token cannot be guessed.
+
+    The address is the client's as uvicorn resolved it: behind a proxy, list the proxy in
+    AGENT_FORWARDED_ALLOW_IPS, or every operator shares the proxy's address and one guesser locks all out."""
 
     def __init__(self, limit: int = 10, window_s: float = 60.0, clock: Callable[[], float] = time.monotonic) -> None:
         self.limit = limit
@@ -130,6 +150,7 @@ class LoginThrottle:
 
 
 def client_address(request: Request) -> str:
+    """The throttle's key: the peer, or the X-Forwarded-For client when the peer is a trusted proxy."""
     return request.client.host if request.client is not None else "unknown"
 
 

@@ -387,7 +387,7 @@ def console_router(login_throttle: auth.LoginThrottle | None = None) -> APIRoute
     throttle = login_throttle or auth.LoginThrottle()
     router = APIRouter(include_in_schema=False)
     public = APIRouter(prefix="/console")
-    pages = APIRouter(prefix="/console", dependencies=[Depends(auth.require_operator)])
+    pages = APIRouter(prefix="/console", dependencies=[Depends(auth.operator_guard(throttle))])
 
     # --- login / logout (the only routes without the operator dependency) -----------------------------------
 

@@ -60,11 +60,14 @@ class HttpTool(_Strict):
 
 
 class IdlePolicy(_Strict):
-    """What happens when the caller says nothing: a reminder, then a polite hang-up."""
+    """What happens when the caller says nothing: a reminder, then a polite hang-up.
 
-    reminder_after_s: float | None = Field(default=None, gt=0)
+    On by default, so a line left open (a pocket dial, a caller who walked away) does not burn model time
+    until the duration cap; `null` turns either step off for a prompt that needs long silences."""
+
+    reminder_after_s: float | None = Field(default=10.0, gt=0)
     reminder: str = "Are you still there?"
-    hangup_after_s: float | None = Field(default=None, gt=0)
+    hangup_after_s: float | None = Field(default=30.0, gt=0)
     goodbye: str = "I have not heard from you, so I will end the call now. Goodbye!"
 
 
@@ -101,7 +104,9 @@ class PromptMeta(_Strict):
     max_output_tokens: int | Literal["inf"] = "inf"
     tools: list[HttpTool] = Field(default_factory=list)
     transfer_number: str | None = Field(default=None, pattern=r"^\+?[0-9]{3,16}$")
-    max_call_duration_s: float | None = Field(default=None, gt=0)
+    max_call_duration_s: float | None = Field(
+        default=1800.0, gt=0, description="a spoken wrap-up, then goodbye; null for no limit (not recommended)"
+    )
     wrap_up: str = "We are almost out of time for this call. Let me wrap up."
     idle: IdlePolicy = Field(default_factory=IdlePolicy)
     audio_format: AudioFormat | None = Field(default=None, description="unset uses AGENT_STREAM_CONTENT_TYPE")

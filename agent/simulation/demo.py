@@ -60,7 +60,13 @@ async def run_demo(utterances: Sequence[Segment], barge_in_ms: float | None) -> 
     def make_app(base_url: str) -> FastAPI:
         from agent.app import create_app
 
-        overrides: dict[str, object] = {"public_url": base_url, "openai_api_key": None, "openai_base_url": None}
+        # A private agent on loopback for this one synthetic call: unsigned webhooks are expected.
+        overrides: dict[str, object] = {
+            "public_url": base_url,
+            "openai_api_key": None,
+            "openai_base_url": None,
+            "insecure_webhooks": True,
+        }
         if not Path("prompts").is_dir():
             overrides["prompts_dir"] = _REPO_PROMPTS
         holder["app"] = app = create_app(load_settings(**overrides), embedded_engine=True)
