@@ -464,27 +464,38 @@ async def test_prompt_versions_are_stored_once_per_hash_and_diffable(
 # --- the background writer ------------------------------------------------------------------------------------------
 
 
-async def test_writer_never_blocks_and_flushes_on_close(store: CallStore) -> None:
-    writer = RecordWriter(store, max_pending=8)
+async def test_writer_never_blocks_never_drops_and_spools_what_it_cannot_save(store: CallStore, tmp_path: Path) -> None:
+    spool_dir = tmp_path / "spool"
+    writer = RecordWriter(store, spool_dir=spool_dir, max_pending=8)
     writer.start()
     started = time.perf_counter()
-    accepted = [writer.submit(simple_record(f"w{i}", H0 + i)) for i in range(10_000)]
+    accepted = [writer.submit(simple_record(f"w{i}", H0 + i)) for i in range(300)]
     elapsed = time.perf_counter() - started
 
-    assert elapsed < 1.0, f"10,000 submits took {elapsed:.3f}s"
-    assert sum(accepted) == 8 and writer.dropped == 9_992 and writer.pending == 8
-    # A record already waiting is refined in place: no extra slot, no drop.
+    assert elapsed < 1.0, f"300 submits took {elapsed:.3f}s"
+    assert all(accepted) and writer.pending == 300  # 8 queued for the database, the rest for the spool
+    # A record already waiting is refined in place: no extra slot.
     refined = simple_record("w3", H0 + 3, end_reason="refined")
-    assert writer.submit(refined) and writer.dropped == 9_992
+    assert writer.submit(refined) and writer.pending == 300
 
     assert await writer.aclose()
-    assert writer.saved == 8 and writer.pending == 0
-    page = await store.list_calls(limit=100)
-    assert sorted(c.call_id for c in page.calls) == sorted(f"w{i}" for i in range(8))
+    assert writer.pending == 0 and writer.lost_on_close == 0
+    assert writer.saved + writer.spooled == 300 and writer.spooled >= 300 - 8
+    assert writer.metrics.value("agent_records_spooled_total", reason="queue_full") == writer.spooled
+    assert writer.submit(simple_record("after-close", H0))  # spooled at once: a late webhook loses nothing
+    assert writer.submit(None) is False  # type: ignore[arg-type]  # never raises into a call's teardown
+
+    # The next process replays the spool.
+    on_disk = len(list(spool_dir.glob("*.json")))
+    assert on_disk == writer.spooled and writer.lost_on_close == 0
+    again = RecordWriter(store, spool_dir=spool_dir)
+    again.start()
+    assert await again.wait_until(lambda: again.replayed == on_disk, 60)
+    page = await store.list_calls(limit=1_000)
+    assert sorted(c.call_id for c in page.calls) == sorted([*(f"w{i}" for i in range(300)), "after-close"])
     detail = await store.get_call("w3")
     assert detail is not None and detail.summary.end_reason == "refined"
-    assert not writer.submit(simple_record("after-close", H0)) and writer.dropped == 9_993
-    assert writer.submit(None) is False  # type: ignore[arg-type]  # never raises into a call's teardown
+    assert await again.aclose() and not list(spool_dir.glob("*.json"))
 
 
 class FlakyStore:
@@ -506,43 +517,51 @@ class FlakyStore:
         self.saved.append(record.call_id)
 
 
-async def test_writer_retries_transient_errors_only() -> None:
+async def test_writer_spools_transient_failures_and_keeps_refused_records_aside(tmp_path: Path) -> None:
     down = sa_exc.OperationalError("INSERT INTO calls", {}, ConnectionRefusedError("database restarting"))
     flaky = FlakyStore(failures=2, error=down)
-    writer = RecordWriter(flaky, retry_delays=(0, 0, 0))
+    writer = RecordWriter(flaky, spool_dir=tmp_path / "a", retry_delays=(0, 0, 0))
     writer.start()
     writer.submit(simple_record("t1", H0))
-    await writer.flush()
-    assert flaky.saved == ["t1"] and writer.retries == 2 and writer.saved == 1 and writer.failed == 0
+    assert await writer.wait_until(lambda: writer.replayed == 1, 10)
+    assert flaky.saved == ["t1"] and flaky.calls == 3  # the save, a failed replay, the replay
+    assert (writer.spooled, writer.saved, writer.failed) == (1, 0, 0)
+    assert not list((tmp_path / "a").glob("*.json"))
 
     broken = FlakyStore(failures=1, error=sa_exc.IntegrityError("INSERT", {}, ValueError("bad row")))
-    writer2 = RecordWriter(broken, retry_delays=(0, 0, 0))
+    writer2 = RecordWriter(broken, spool_dir=tmp_path / "b", retry_delays=(0, 0, 0))
     writer2.start()
     writer2.submit(simple_record("t2", H0))
     writer2.submit(simple_record("t3", H0))
     await writer2.flush()
-    assert broken.calls == 2 and broken.saved == ["t3"] and writer2.failed == 1 and writer2.retries == 0
+    assert broken.calls == 2 and broken.saved == ["t3"] and writer2.failed == 1 and writer2.spooled == 0
+    kept = list((tmp_path / "b" / "failed").glob("*.json"))  # not retried in a loop, not lost either
+    assert len(kept) == 1 and '"call_id":"t2"' in kept[0].read_text()
+    assert writer2.metrics.value("agent_records_failed_total", reason="rejected") == 1
 
     always_down = FlakyStore(failures=99, error=down)
-    writer3 = RecordWriter(always_down, retry_delays=(0, 0))
+    writer3 = RecordWriter(always_down, spool_dir=tmp_path / "c", retry_delays=(0, 0))
     writer3.start()
     writer3.submit(simple_record("t4", H0))
-    await writer3.flush()
-    assert always_down.calls == 3 and writer3.failed == 1
+    assert await writer3.wait_until(lambda: always_down.calls >= 3 and writer3.spool_files == 1, 10)
+    assert writer3.outage and writer3.failed == 0
     for w in (writer, writer2, writer3):
         assert await w.aclose()
+    assert len(list((tmp_path / "c").glob("*.json"))) == 1
 
 
-async def test_writer_close_gives_up_at_its_deadline() -> None:
+async def test_writer_close_spools_at_its_deadline(tmp_path: Path) -> None:
     stuck = FlakyStore(gate=asyncio.Event())  # a database that never answers
-    writer = RecordWriter(stuck)
+    writer = RecordWriter(stuck, spool_dir=tmp_path / "spool")
     writer.start()
     writer.submit(simple_record("s1", H0))
     writer.submit(simple_record("s2", H0))
     started = time.perf_counter()
-    assert not await writer.aclose(timeout=0.05)
+    assert await writer.aclose(timeout=0.05)
     assert time.perf_counter() - started < 1.0
-    assert writer.lost_on_close == 2 and writer.pending == 0
+    assert writer.lost_on_close == 0 and writer.pending == 0 and writer.spooled == 2
+    assert len(list((tmp_path / "spool").glob("*.json"))) == 2
+    assert writer.metrics.value("agent_records_spooled_total", reason="shutdown") == 2
 
 
 # --- recordings ------------------------------------------------------------------------------------------------------

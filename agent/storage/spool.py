@@ -97,10 +97,27 @@ class Spool:
 
     def put(self, payload: dict[str, Any]) -> SpoolEntry:
         """Write one record durably; returns where it is."""
-        key = spool_key(str(payload["call_id"]))
-        path = self.directory / f"{int(payload['seq']):020d}_{key}.json"
-        _write_durably(path, json.dumps(payload, separators=(",", ":")).encode())
-        return SpoolEntry(int(payload["seq"]), key, path)
+        result = self.put_many([payload])[0]
+        if isinstance(result, OSError):
+            raise result
+        return result
+
+    def put_many(self, payloads: list[dict[str, Any]]) -> list[SpoolEntry | OSError]:
+        """Write records durably, each on its own (a failure is returned in its place): every file is
+        fsynced, the folder once for all the renames."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        results: list[SpoolEntry | OSError] = []
+        for payload in payloads:
+            key = spool_key(str(payload["call_id"]))
+            path = self.directory / f"{int(payload['seq']):020d}_{key}.json"
+            try:
+                _write_file(path, json.dumps(payload, separators=(",", ":")).encode())
+            except OSError as exc:
+                results.append(exc)
+            else:
+                results.append(SpoolEntry(int(payload["seq"]), key, path))
+        _fsync_dir(self.directory)
+        return results
 
     def put_failed(self, payload: dict[str, Any], error: str) -> Path:
         """Keep a record the database refused, with why, where replay never picks it up."""
@@ -147,6 +164,12 @@ class Spool:
 
 def _write_durably(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
+    _write_file(path, data)
+    _fsync_dir(path.parent)
+
+
+def _write_file(path: Path, data: bytes) -> None:
+    """A complete file under `path` or none: written and fsynced under a temporary name, then renamed."""
     fd, temp = tempfile.mkstemp(prefix=f".{path.stem[:40]}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as out:
@@ -157,7 +180,6 @@ def _write_durably(path: Path, data: bytes) -> None:
     except BaseException:
         Path(temp).unlink(missing_ok=True)
         raise
-    _fsync_dir(path.parent)
 
 
 def _fsync_dir(directory: Path) -> None:

@@ -24,7 +24,7 @@ import heapq
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -42,6 +42,8 @@ log = logging.getLogger("agent.storage")
 # SQLSTATE classes worth a retry: connection exceptions, transaction rollback (serialization failure,
 # deadlock), insufficient resources, operator intervention (admin shutdown, server restarting).
 _TRANSIENT_SQLSTATE_CLASSES = ("08", "40", "53", "57")
+_SPOOL_BATCH = 64  # records per worker-thread trip to the spool (one folder fsync for all of them)
+_LOGGED_IDS = 20
 
 
 class SavesRecords(Protocol):
@@ -90,6 +92,7 @@ class RecordWriter:
         save_timeout_s: float = 5.0,
         retry_delays: Sequence[float] = (0.5, 1.0, 2.0, 5.0, 10.0, 30.0),
         close_timeout_s: float = 5.0,
+        spool_close_timeout_s: float = 30.0,
     ) -> None:
         self.store = store
         self.spool = Spool(spool_dir)
@@ -98,6 +101,7 @@ class RecordWriter:
         self.save_timeout_s = save_timeout_s
         self.retry_delays = tuple(retry_delays) or (1.0,)
         self.close_timeout_s = close_timeout_s
+        self.spool_close_timeout_s = spool_close_timeout_s
         self._pending: OrderedDict[str, _Item] = OrderedDict()  # for the database, by spool key
         self._spill: OrderedDict[str, _Item] = OrderedDict()  # for the spool
         self._spooling: dict[str, _Item] = {}  # being written to the spool now
@@ -108,6 +112,7 @@ class RecordWriter:
         self._retries = 0
         self._retry_at = 0.0
         self._last_seq = 0
+        self._spool_failing = False
         self._saver_wakeup = asyncio.Event()
         self._spooler_wakeup = asyncio.Event()
         self._change = asyncio.Event()
@@ -196,8 +201,8 @@ class RecordWriter:
             return False
 
     async def aclose(self, timeout: float | None = None) -> bool:  # noqa: ASYNC109 - one deadline per phase
-        """Stop taking records: save what is queued for at most `timeout` seconds, spool the rest (with the same
-        deadline for the disk); True if nothing was lost. Records submitted afterwards are spooled at once."""
+        """Stop taking records: save what is queued for at most `timeout` seconds, then spool the rest (for at
+        most `spool_close_timeout_s`); True if nothing was lost. Records submitted afterwards are spooled at once."""
         self._closed = True
         limit = self.close_timeout_s if timeout is None else timeout
         if self._saver is None and self.pending:
@@ -217,17 +222,19 @@ class RecordWriter:
             self._spill.setdefault(key, item)
         self._spooler_wakeup.set()
         if self._spooler is not None:
-            done, _ = await asyncio.wait({self._spooler}, timeout=limit)
+            done, _ = await asyncio.wait({self._spooler}, timeout=self.spool_close_timeout_s)
             if not done:
                 await cancel_and_wait(self._spooler)
         left = [*self._spill.values(), *self._spooling.values()]
         if left:
             self.lost_on_close += len(left)
             self.metrics.records_failed.labels("lost_on_close").inc(len(left))
+            ids = [item.record.call_id for item in left]
             log.error(
-                "%d call record(s) neither saved nor spooled before shutdown: %s",
+                "%d call record(s) neither saved nor spooled before shutdown: %s%s",
                 len(left),
-                ", ".join(item.record.call_id for item in left),
+                ", ".join(ids[:_LOGGED_IDS]),
+                ", …" if len(ids) > _LOGGED_IDS else "",
             )
             self._spill.clear()
             self._spooling.clear()
@@ -277,9 +284,9 @@ class RecordWriter:
             entry = self._next_replay()
             if entry is not None:
                 await self._replay(entry)
-            elif self._outage and self._spill:
-                # Nothing on disk to probe with (the spool is not written yet, or cannot be): use a record
-                # straight from memory.
+            elif self._outage and self._spill and self._spool_failing:
+                # The spool cannot be written, so there is nothing on disk to probe the database with: use a
+                # record straight from memory.
                 _, item = self._spill.popitem(last=False)
                 await self._save_item(item)
             else:
@@ -482,35 +489,55 @@ class RecordWriter:
                 self._spooler_wakeup.clear()
                 await self._spooler_wakeup.wait()
                 continue
-            key, item = self._spill.popitem(last=False)
-            self._spooling[key] = item
+            batch: list[tuple[_Item, dict[str, Any]]] = []
+            while self._spill and len(batch) < _SPOOL_BATCH:
+                key, item = self._spill.popitem(last=False)
+                self._spooling[key] = item
+                try:
+                    batch.append((item, encode(item.record, item.prompt, item.seq)))  # a snapshot, on the loop
+                except Exception:
+                    del self._spooling[key]
+                    self.failed += 1
+                    self.metrics.records_failed.labels("unencodable").inc()
+                    log.exception("call record %s cannot be written to the spool", item.record.call_id)
+                await asyncio.sleep(0)  # a big batch of big records must not hold the loop
             try:
-                payload = encode(item.record, item.prompt, item.seq)  # a snapshot, taken on the loop
-                entry = await asyncio.to_thread(self.spool.put, payload)
+                results = await asyncio.to_thread(self.spool.put_many, [payload for _, payload in batch])
             except asyncio.CancelledError:
-                self._spill.setdefault(key, item)  # shutdown deadline: counted as lost, unless written after all
+                self._unspool(item for item, _ in batch)  # shutdown deadline: counted as lost
                 raise
-            except OSError as exc:
-                failures += 1
-                self.metrics.records_failed.labels("spool_write").inc()
-                if failures & (failures - 1) == 0:  # 1st, 2nd, 4th…: a broken disk must not flood the log
-                    log.error("could not write call record %s to the spool: %s", item.record.call_id, describe(exc))
-                self._spill.setdefault(key, item)
-                self._spill.move_to_end(key, last=False)
-                delay = self.retry_delays[min(failures - 1, len(self.retry_delays) - 1)]
-                self._spooler_wakeup.clear()
-                await wait_event(self._spooler_wakeup, delay)
-            except Exception:
-                self.failed += 1
-                self.metrics.records_failed.labels("unencodable").inc()
-                log.exception("call record %s cannot be written to the spool", item.record.call_id)
-            else:
+            except OSError as exc:  # the folder itself cannot be made
+                results = [exc] * len(batch)
+            retry = []
+            for (item, _), result in zip(batch, results, strict=True):
+                if isinstance(result, OSError):
+                    retry.append(item)
+                    error = result
+                else:
+                    self._spooling.pop(item.key, None)
+                    self._spooled(item, result)
+            self._saver_wakeup.set()
+            self._changed()
+            self._spool_failing = bool(retry)
+            if not retry:
                 failures = 0
-                self._spooled(item, entry)
-                self._saver_wakeup.set()
-            finally:
-                self._spooling.pop(key, None)
-                self._changed()
+                continue
+            failures += 1
+            self.metrics.records_failed.labels("spool_write").inc(len(retry))
+            if failures & (failures - 1) == 0:  # 1st, 2nd, 4th…: a broken disk must not flood the log
+                log.error("could not write %d call record(s) to the spool: %s", len(retry), describe(error))
+            self._unspool(retry)
+            self._spooler_wakeup.clear()
+            await wait_event(self._spooler_wakeup, self.retry_delays[min(failures - 1, len(self.retry_delays) - 1)])
+
+    def _unspool(self, items: Iterable[_Item]) -> None:
+        """Back to the front of the spool's queue, unless a newer version of the call is already in it."""
+        for item in reversed(list(items)):
+            self._spooling.pop(item.key, None)
+            if item.key not in self._spill:
+                self._spill[item.key] = item
+                self._spill.move_to_end(item.key, last=False)
+        self._changed()
 
     def _spooled(self, item: _Item, entry: SpoolEntry) -> None:
         self.spooled += 1
