@@ -124,6 +124,7 @@ class RecordWriter:
         self.saved = 0
         self.spooled = 0
         self.replayed = 0
+        self.retries = 0  # attempts that failed again while the database was already out
         self.failed = 0  # refused by the database (kept in failed/), unreadable spool files, failed spool writes
         self.lost_on_close = 0  # neither saved nor spooled by the end of `aclose`
 
@@ -367,6 +368,7 @@ class RecordWriter:
             )
             self._divert_pending()
         else:
+            self.retries += 1
             log.info("database still unavailable (%s); next try in %gs", describe(exc), delay)
 
     def _database_up(self) -> None:
