@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import logging
 import os
 import secrets
 import time
@@ -25,18 +26,22 @@ from sqlalchemy import func, inspect, select, text
 from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.pool import NullPool
 
+from agent.app import create_app
 from agent.calls.record import BargeIn, CallEvent, CallRecord, ToolUse, Turn, Usage
+from agent.config import Settings
 from agent.prompts.loader import Prompt, load_prompt, parse_prompt
 from agent.storage import models as m
 from agent.storage.calls import CallStore
 from agent.storage.database import Database, head_revision, normalise_url
 from agent.storage.recordings import CallRecorder, recording_path, run_periodically, sweep_recordings
+from agent.storage.retention import sweep_expired
 from agent.storage.writer import RecordWriter
-from agent.waiting import within
+from agent.waiting import wait_event, within
 
 PG_ADMIN_URL = os.environ.get("AGENT_TEST_POSTGRES", "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres")
 H0 = dt.datetime(2024, 5, 1, 10, tzinfo=dt.UTC).timestamp()  # an hour boundary: buckets are easy to predict
 TABLES = {"calls", "turns", "barge_ins", "tool_uses", "call_events", "call_tags", "prompt_versions"}
+ROOT = Path(__file__).resolve().parent.parent
 
 
 # --- databases -------------------------------------------------------------------------------------------------
@@ -690,6 +695,105 @@ def test_sweep_deletes_only_expired_recordings(tmp_path: Path) -> None:
     assert not old.parent.exists() and not partial.parent.exists()  # emptied day folders go too
     assert sweep_recordings(directory, 30, now=now) == 0
     assert sweep_recordings(tmp_path / "missing", 30) == 0
+
+
+async def test_recordings_of_one_call_never_share_or_overwrite_a_file(tmp_path: Path) -> None:
+    """A call resumed on a new stream, or a second stream with the same call id, gets a file of its own; a file
+    already there is never replaced."""
+    directory = tmp_path / "recordings"
+    first, second = (recording_path(directory, "CA-same", H0) for _ in range(2))
+    assert first != second and first.parent == second.parent and first.name.startswith("CA-same")
+
+    def recorder(hz: float) -> CallRecorder:
+        clock = FakeClock()
+        made = CallRecorder(8000, clock=clock)
+        made.caller(tone(hz, 8000, 0, 0.5), 8000, at=clock.now + 0.5)
+        return made
+
+    await asyncio.gather(recorder(440).write(first), recorder(880).write(second))  # both streams at once
+
+    def loudest(path: Path) -> float:
+        with wave.open(str(path), "rb") as wav:
+            frames = np.frombuffer(wav.readframes(wav.getnframes()), dtype="<i2").reshape(-1, 2)
+        return dominant_hz(frames[:, 0].astype(np.float64), 8000)
+
+    assert loudest(first) == pytest.approx(440, abs=3) and loudest(second) == pytest.approx(880, abs=3)
+    kept = first.read_bytes()
+    late = recorder(1200)
+    with pytest.raises(FileExistsError):
+        await late.write(first)
+    assert first.read_bytes() == kept
+    assert sorted(p.name for p in first.parent.iterdir()) == sorted([first.name, second.name])  # no partials
+
+
+async def test_retention_deletes_old_calls_with_their_rows_and_old_recordings(
+    store: CallStore, db: Database, tmp_path: Path
+) -> None:
+    now = float(int(time.time()))  # whole seconds: stored times round to microseconds
+    old, new = realistic_record("CA-old", now - 40 * 86400), realistic_record("CA-new", now - 86400)
+    await store.save(old)
+    await store.save(new)
+    recordings = tmp_path / "recordings"
+    old_file = recording_path(recordings, "CA-old", now - 40 * 86400)
+    old_file.parent.mkdir(parents=True)
+    old_file.write_bytes(b"RIFF")
+    os.utime(old_file, (now - 40 * 86400,) * 2)
+
+    result = await sweep_expired(store, recordings, 30, now=now)
+
+    assert (result.calls, result.recordings) == (1, 1)
+    assert await store.get_call("CA-old") is None and not old_file.exists()
+    detail = await store.get_call("CA-new")
+    assert detail is not None
+    assert_same_record(detail.record, new)
+    async with db.sessions() as session:
+        for entity in (m.Turn, m.BargeIn, m.ToolUse, m.CallEvent, m.CallTag):
+            left = select(entity.call_id, func.count()).group_by(entity.call_id)
+            assert dict((await session.execute(left)).all()).keys() == {"CA-new"}, entity.__tablename__
+    assert (await sweep_expired(store, recordings, 30, now=now)).calls == 0
+
+
+async def test_retention_runs_with_recording_off(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The app's sweeper deletes expired call records (and recordings made earlier) with AGENT_RECORD_CALLS off."""
+    now = time.time()
+    settings = Settings(
+        openai_api_key="sk-test-not-a-real-key",
+        prompts_dir=ROOT / "prompts",
+        database_url=f"sqlite+aiosqlite:///{tmp_path}/agent.db",
+        recordings_dir=tmp_path / "recordings",
+        spool_dir=tmp_path / "spool",
+        record_calls=False,
+        recording_retention_days=30,
+    )
+    seeded = Database(settings.database_url)
+    await seeded.migrate()
+    store = CallStore(seeded)
+    await store.save(simple_record("CA-expired", now - 31 * 86400, said="long ago"))
+    await store.save(simple_record("CA-recent", now - 3600, said="just now"))
+    old_file = recording_path(settings.recordings_dir, "CA-expired", now - 31 * 86400)
+    old_file.parent.mkdir(parents=True)
+    old_file.write_bytes(b"RIFF")
+    os.utime(old_file, (now - 31 * 86400,) * 2)
+
+    swept = asyncio.Event()
+
+    class Watch(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if record.getMessage().startswith("retention: deleted"):
+                swept.set()
+
+    caplog.set_level(logging.INFO, logger="agent.storage")
+    watch = Watch()
+    logging.getLogger("agent.storage").addHandler(watch)
+    app = create_app(settings)
+    try:
+        async with app.router.lifespan_context(app):
+            assert await wait_event(swept, 30), "no retention pass with recording off"
+    finally:
+        logging.getLogger("agent.storage").removeHandler(watch)
+    assert await store.get_call("CA-expired") is None and not old_file.exists()
+    assert await store.get_call("CA-recent") is not None
+    await seeded.aclose()
 
 
 async def test_periodic_helper_runs_at_once_and_survives_failures() -> None:
