@@ -24,7 +24,7 @@ import heapq
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -108,6 +108,7 @@ class RecordWriter:
         self._saving: _Item | None = None
         self._files: dict[str, dict[int, SpoolEntry]] = {}  # the spool on disk, by key then seq
         self._replay_order: list[tuple[int, str]] = []  # heap of (seq, key); stale pairs are skipped
+        self._file_count = 0
         self._outage = False
         self._retries = 0
         self._retry_at = 0.0
@@ -138,7 +139,7 @@ class RecordWriter:
     @property
     def spool_files(self) -> int:
         """Records waiting in the spool (as far as this writer knows: the spool is scanned once started)."""
-        return sum(len(files) for files in self._files.values())
+        return self._file_count
 
     @property
     def outage(self) -> bool:
@@ -167,9 +168,14 @@ class RecordWriter:
         """Start the saver and the spooler (needs a running event loop); the saver first replays the spool
         left by an earlier process, in the background. Records submitted earlier wait for it."""
         if self._saver is None and not self._closed:
-            loop = asyncio.get_running_loop()
-            self._saver = loop.create_task(self._save_loop(), name="record-writer")
-            self._spooler = loop.create_task(self._spool_loop(), name="record-spooler")
+            self._start_tasks()
+
+    def _start_tasks(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._saver = loop.create_task(self._save_loop(), name="record-writer")
+        self._spooler = loop.create_task(self._spool_loop(), name="record-spooler")
+        for task in (self._saver, self._spooler):
+            task.add_done_callback(_log_crash)
 
     def submit(self, record: CallRecord, prompt: Prompt | None = None) -> bool:
         """Queue a record to be saved. Never blocks while running, never raises; False only if it was lost."""
@@ -207,21 +213,14 @@ class RecordWriter:
         self._closed = True
         limit = self.close_timeout_s if timeout is None else timeout
         if self._saver is None and self.pending:
-            # Never started: save or spool what was queued before giving up on it.
-            loop = asyncio.get_running_loop()
-            self._saver = loop.create_task(self._save_loop(), name="record-writer")
-            self._spooler = loop.create_task(self._spool_loop(), name="record-spooler")
+            self._start_tasks()  # never started: save or spool what was queued before giving up on it
         self._saver_wakeup.set()
         self._spooler_wakeup.set()
         if self._saver is not None:
             done, _ = await asyncio.wait({self._saver}, timeout=limit)
             if not done:
                 await cancel_and_wait(self._saver)
-        for key, item in list(self._pending.items()):
-            del self._pending[key]
-            item.why = "shutdown"
-            self._spill.setdefault(key, item)
-        self._spooler_wakeup.set()
+        self._divert_pending("shutdown")
         if self._spooler is not None:
             done, _ = await asyncio.wait({self._spooler}, timeout=self.spool_close_timeout_s)
             if not done:
@@ -275,7 +274,7 @@ class RecordWriter:
                 await self._save_item(item)
                 continue
             if self._outage and self._pending:
-                self._divert_pending()
+                self._divert_pending("outage")
             if self._closed:
                 return
             if self._outage and time.monotonic() < self._retry_at:
@@ -312,16 +311,13 @@ class RecordWriter:
         try:
             await self._save(item.record, item.prompt)
         except asyncio.CancelledError:
-            self._pending[item.key] = item  # shutdown deadline: aclose spools it
-            self._pending.move_to_end(item.key, last=False)
+            self._requeue(item, self._pending)  # shutdown deadline: aclose spools it
             raise
         except Exception as exc:
             if is_transient(exc):
                 self._database_down(exc, item.record.call_id)
                 item.why = "timeout" if isinstance(exc, TimeoutError) else "database_error"
-                if item.key not in self._spill:  # else a newer version is already waiting for the spool
-                    self._spill[item.key] = item
-                    self._spill.move_to_end(item.key, last=False)
+                self._requeue(item, self._spill)
                 self._spooler_wakeup.set()
             else:
                 await self._reject(item, exc)
@@ -366,7 +362,7 @@ class RecordWriter:
                 self.spool.directory,
                 delay,
             )
-            self._divert_pending()
+            self._divert_pending("outage")
         else:
             self.retries += 1
             log.info("database still unavailable (%s); next try in %gs", describe(exc), delay)
@@ -377,14 +373,21 @@ class RecordWriter:
             self._outage = False
             log.warning("database is back: replaying %d spooled call record(s)", self.spool_files)
 
-    def _divert_pending(self) -> None:
-        """The database is out: everything queued for it goes to the spool instead."""
-        for key, item in list(self._pending.items()):
-            del self._pending[key]
-            item.why = "outage"
-            self._spill.setdefault(key, item)
+    def _divert_pending(self, why: str) -> None:
+        """The database is out, or the writer closing: everything queued for it goes to the spool instead."""
+        for item in self._pending.values():
+            item.why = why
+        self._spill.update(self._pending)  # a call is never queued in both
+        self._pending.clear()
         self._spooler_wakeup.set()
         self._changed()
+
+    def _requeue(self, item: _Item, queue: OrderedDict[str, _Item]) -> None:
+        """Put a record that was in flight back at the front of `queue`, unless the call was submitted again
+        meanwhile: the version in line is newer and has everything."""
+        if item.key not in self._pending and item.key not in self._spill:
+            queue[item.key] = item
+            queue.move_to_end(item.key, last=False)
 
     async def _reject(self, item: _Item, exc: BaseException) -> None:
         self.failed += 1
@@ -406,14 +409,16 @@ class RecordWriter:
             return  # written by this process while the start-up scan ran
         files[entry.seq] = entry
         heapq.heappush(self._replay_order, (entry.seq, entry.key))
-        self.metrics.records_spool_files.set(self.spool_files)
+        self._file_count += 1
+        self.metrics.records_spool_files.set(self._file_count)
 
     def _drop_file(self, entry: SpoolEntry) -> None:
         files = self._files.get(entry.key, {})
-        files.pop(entry.seq, None)
+        if files.pop(entry.seq, None) is not None:
+            self._file_count -= 1
         if not files:
             self._files.pop(entry.key, None)
-        self.metrics.records_spool_files.set(self.spool_files)
+        self.metrics.records_spool_files.set(self._file_count)
 
     def _next_replay(self) -> SpoolEntry | None:
         while self._replay_order:
@@ -506,7 +511,7 @@ class RecordWriter:
             try:
                 results = await asyncio.to_thread(self.spool.put_many, [payload for _, payload in batch])
             except asyncio.CancelledError:
-                self._unspool(item for item, _ in batch)  # shutdown deadline: counted as lost
+                self._unspool([item for item, _ in batch])  # shutdown deadline: counted as lost
                 raise
             except OSError as exc:  # the folder itself cannot be made
                 results = [exc] * len(batch)
@@ -532,13 +537,11 @@ class RecordWriter:
             self._spooler_wakeup.clear()
             await wait_event(self._spooler_wakeup, self.retry_delays[min(failures - 1, len(self.retry_delays) - 1)])
 
-    def _unspool(self, items: Iterable[_Item]) -> None:
-        """Back to the front of the spool's queue, unless a newer version of the call is already in it."""
-        for item in reversed(list(items)):
+    def _unspool(self, items: list[_Item]) -> None:
+        """Back to the front of the spool's queue, in their order."""
+        for item in reversed(items):
             self._spooling.pop(item.key, None)
-            if item.key not in self._spill:
-                self._spill[item.key] = item
-                self._spill.move_to_end(item.key, last=False)
+            self._requeue(item, self._spill)
         self._changed()
 
     def _spooled(self, item: _Item, entry: SpoolEntry) -> None:
@@ -550,6 +553,12 @@ class RecordWriter:
 def _remove_all(spool: Spool, entries: list[SpoolEntry]) -> None:
     for entry in entries:
         spool.remove(entry)
+
+
+def _log_crash(task: asyncio.Task[None]) -> None:
+    """A writer task must never end by itself while running: say so loudly if a bug ends it."""
+    if not task.cancelled() and task.exception() is not None:
+        log.error("%s stopped: call records are no longer saved", task.get_name(), exc_info=task.exception())
 
 
 def _forget_abandoned(tasks: set[asyncio.Task[None]]) -> Callable[[asyncio.Task[None]], Any]:
