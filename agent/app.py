@@ -25,7 +25,6 @@ from agent.observability.tracing import CallTracer
 from agent.prompts.library import PromptLibrary
 from agent.state import AppState
 from agent.storage import CallStore, Database, RecordWriter, start_retention_sweeper
-from agent.waiting import cancel_and_wait
 
 log = logging.getLogger("agent.app")
 
@@ -94,7 +93,7 @@ def create_app(
         sweeper = start_retention_sweeper(call_store, settings.recordings_dir, settings.recording_retention_days)
         yield
         await registry.shutdown()
-        await cancel_and_wait(sweeper)
+        sweeper.cancel()  # not awaited: a pass stuck on a hung database must not hold up shutdown
         await writer.aclose()  # saves what it can in time, spools the rest
         await database.aclose()
         if deps.tracer is not None:
