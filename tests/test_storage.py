@@ -569,6 +569,33 @@ async def test_writer_close_spools_at_its_deadline(tmp_path: Path) -> None:
     assert writer.metrics.value("agent_records_spooled_total", reason="shutdown") == 2
 
 
+async def test_spool_keeps_no_credentials_and_sets_unreadable_files_aside(tmp_path: Path) -> None:
+    spool_dir = tmp_path / "spool"
+    down = sa_exc.OperationalError("INSERT INTO calls", {}, ConnectionRefusedError("database restarting"))
+    store = FlakyStore(failures=1, error=down)
+    prompt = parse_prompt("sales", PROMPT_V1, "<inline>")
+    writer = RecordWriter(store, spool_dir=spool_dir, retry_delays=(60,))
+    writer.start()
+    writer.submit(simple_record("with-prompt", H0), prompt)
+    assert await writer.wait_until(lambda: writer.spool_files == 1, 10)
+    (written,) = spool_dir.glob("*.json")
+    text = written.read_text()
+    assert "s3cret" not in text and '"Authorization":"<redacted>"' in text
+    assert await writer.aclose()
+
+    # A file cut short (a disk that lied about fsync) and one from somewhere else: set aside, not retried.
+    written.write_text(text[: len(text) // 2])
+    (spool_dir / f"{1:020d}_other-{'0' * 16}.json").write_text('{"format": 99}')
+    ok = FlakyStore()
+    again = RecordWriter(ok, spool_dir=spool_dir)
+    again.start()
+    assert await again.wait_until(lambda: again.failed == 2, 10)
+    assert ok.calls == 0 and again.spool_files == 0 and not list(spool_dir.glob("*.json"))
+    assert len(list((spool_dir / "failed").glob("*.json"))) == 2
+    assert again.metrics.value("agent_records_failed_total", reason="unreadable") == 2
+    assert await again.aclose()
+
+
 # --- recordings ------------------------------------------------------------------------------------------------------
 
 FloatArray = npt.NDArray[np.float64]
