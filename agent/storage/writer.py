@@ -241,6 +241,10 @@ class RecordWriter:
         self._changed()
         return self.lost_on_close == 0
 
+    def _fail(self, reason: str) -> None:
+        self.failed += 1
+        self.metrics.records_failed.labels(reason).inc()
+
     def _next_seq(self) -> int:
         """Time-ordered and strictly increasing, so spool files sort by submission across restarts too."""
         self._last_seq = max(self._last_seq + 1, time.time_ns())
@@ -390,8 +394,7 @@ class RecordWriter:
             queue.move_to_end(item.key, last=False)
 
     async def _reject(self, item: _Item, exc: BaseException) -> None:
-        self.failed += 1
-        self.metrics.records_failed.labels("rejected").inc()
+        self._fail("rejected")
         log.error("the database refused call record %s: %s", item.record.call_id, describe(exc))
         payload = encode(item.record, item.prompt, item.seq)
         try:
@@ -442,8 +445,7 @@ class RecordWriter:
             self._drop_file(entry)  # another process replayed it
             return
         except (OSError, SpoolError) as exc:
-            self.failed += 1
-            self.metrics.records_failed.labels("unreadable").inc()
+            self._fail("unreadable")
             log.error("unreadable spool file %s (%s): moved to %s", entry.path.name, exc, self.spool.failed_dir)
             await asyncio.to_thread(self.spool.quarantine, entry)
             self._drop_file(entry)
@@ -455,8 +457,7 @@ class RecordWriter:
                 self._database_down(exc, record.call_id)
                 heapq.heappush(self._replay_order, (entry.seq, entry.key))
             else:
-                self.failed += 1
-                self.metrics.records_failed.labels("rejected").inc()
+                self._fail("rejected")
                 log.error("the database refused spooled call record %s: %s", record.call_id, describe(exc))
                 await asyncio.to_thread(self.spool.quarantine, entry)
                 self._drop_file(entry)
@@ -504,8 +505,7 @@ class RecordWriter:
                     batch.append((item, encode(item.record, item.prompt, item.seq)))  # a snapshot, on the loop
                 except Exception:
                     del self._spooling[key]
-                    self.failed += 1
-                    self.metrics.records_failed.labels("unencodable").inc()
+                    self._fail("unencodable")
                     log.exception("call record %s cannot be written to the spool", item.record.call_id)
                 await asyncio.sleep(0)  # a big batch of big records must not hold the loop
             try:
