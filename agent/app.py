@@ -24,7 +24,7 @@ from agent.observability.metrics import Metrics
 from agent.observability.tracing import CallTracer
 from agent.prompts.library import PromptLibrary
 from agent.state import AppState
-from agent.storage import CallStore, Database, RecordWriter, start_recording_sweeper
+from agent.storage import CallStore, Database, RecordWriter, start_retention_sweeper
 
 log = logging.getLogger("agent.app")
 
@@ -52,7 +52,9 @@ def create_app(
     http = httpx.AsyncClient(follow_redirects=False, headers={"User-Agent": "vobiz-voice-agent"})
     database = Database(settings.database_url)
     call_store = CallStore(database)
-    writer = RecordWriter(call_store)
+    writer = RecordWriter(
+        call_store, spool_dir=settings.spool_dir, metrics=metrics, save_timeout_s=settings.record_save_timeout_s
+    )
     deps = CallDeps(
         settings=settings,
         connector=connector,
@@ -90,15 +92,13 @@ def create_app(
                 engine.ws_base_url,
             )
         await database.migrate()
-        writer.start()
-        sweeper = None
-        if settings.record_calls:
-            sweeper = start_recording_sweeper(settings.recordings_dir, settings.recording_retention_days)
+        writer.start()  # also replays, in the background, records spooled while the database was out
+        # Retention runs even with recording off: call records expire, and so do recordings made before.
+        sweeper = start_retention_sweeper(call_store, settings.recordings_dir, settings.recording_retention_days)
         yield
         await registry.shutdown()
-        if sweeper is not None:
-            sweeper.cancel()
-        await writer.aclose()
+        sweeper.cancel()  # not awaited: a pass stuck on a hung database must not hold up shutdown
+        await writer.aclose()  # saves what it can in time, spools the rest
         await database.aclose()
         if deps.tracer is not None:
             await asyncio.to_thread(deps.tracer.shutdown)  # flushes the last spans

@@ -122,7 +122,13 @@ class Settings(BaseSettings):
     )
     recordings_dir: Path = Path("var/recordings")
     record_calls: bool = True
-    recording_retention_days: float = Field(default=30.0, gt=0)
+    recording_retention_days: float = Field(
+        default=30.0, gt=0, description="recordings and call records older than this are deleted (hourly)"
+    )
+    spool_dir: Path = Field(
+        default=Path("var/spool"), description="call records the database could not take wait here to be replayed"
+    )
+    record_save_timeout_s: float = Field(default=5.0, gt=0, description="longest a call record's save may take")
     operator_token: SecretStr | None = Field(default=None, description="protects /console; unset = console off")
     insecure_webhooks: bool = Field(
         default=False,

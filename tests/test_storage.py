@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import logging
 import os
 import secrets
 import time
@@ -25,18 +26,22 @@ from sqlalchemy import func, inspect, select, text
 from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.pool import NullPool
 
+from agent.app import create_app
 from agent.calls.record import BargeIn, CallEvent, CallRecord, ToolUse, Turn, Usage
+from agent.config import Settings
 from agent.prompts.loader import Prompt, load_prompt, parse_prompt
 from agent.storage import models as m
 from agent.storage.calls import CallStore
 from agent.storage.database import Database, head_revision, normalise_url
 from agent.storage.recordings import CallRecorder, recording_path, run_periodically, sweep_recordings
+from agent.storage.retention import sweep_expired
 from agent.storage.writer import RecordWriter
-from agent.waiting import within
+from agent.waiting import wait_event, within
 
 PG_ADMIN_URL = os.environ.get("AGENT_TEST_POSTGRES", "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres")
 H0 = dt.datetime(2024, 5, 1, 10, tzinfo=dt.UTC).timestamp()  # an hour boundary: buckets are easy to predict
 TABLES = {"calls", "turns", "barge_ins", "tool_uses", "call_events", "call_tags", "prompt_versions"}
+ROOT = Path(__file__).resolve().parent.parent
 
 
 # --- databases -------------------------------------------------------------------------------------------------
@@ -464,27 +469,38 @@ async def test_prompt_versions_are_stored_once_per_hash_and_diffable(
 # --- the background writer ------------------------------------------------------------------------------------------
 
 
-async def test_writer_never_blocks_and_flushes_on_close(store: CallStore) -> None:
-    writer = RecordWriter(store, max_pending=8)
+async def test_writer_never_blocks_never_drops_and_spools_what_it_cannot_save(store: CallStore, tmp_path: Path) -> None:
+    spool_dir = tmp_path / "spool"
+    writer = RecordWriter(store, spool_dir=spool_dir, max_pending=8)
     writer.start()
     started = time.perf_counter()
-    accepted = [writer.submit(simple_record(f"w{i}", H0 + i)) for i in range(10_000)]
+    accepted = [writer.submit(simple_record(f"w{i}", H0 + i)) for i in range(300)]
     elapsed = time.perf_counter() - started
 
-    assert elapsed < 1.0, f"10,000 submits took {elapsed:.3f}s"
-    assert sum(accepted) == 8 and writer.dropped == 9_992 and writer.pending == 8
-    # A record already waiting is refined in place: no extra slot, no drop.
+    assert elapsed < 1.0, f"300 submits took {elapsed:.3f}s"
+    assert all(accepted) and writer.pending == 300  # 8 queued for the database, the rest for the spool
+    # A record already waiting is refined in place: no extra slot.
     refined = simple_record("w3", H0 + 3, end_reason="refined")
-    assert writer.submit(refined) and writer.dropped == 9_992
+    assert writer.submit(refined) and writer.pending == 300
 
     assert await writer.aclose()
-    assert writer.saved == 8 and writer.pending == 0
-    page = await store.list_calls(limit=100)
-    assert sorted(c.call_id for c in page.calls) == sorted(f"w{i}" for i in range(8))
+    assert writer.pending == 0 and writer.lost_on_close == 0
+    assert writer.saved + writer.spooled == 300 and writer.spooled >= 300 - 8
+    assert writer.metrics.value("agent_records_spooled_total", reason="queue_full") == writer.spooled
+    assert writer.submit(simple_record("after-close", H0))  # spooled at once: a late webhook loses nothing
+    assert writer.submit(None) is False  # type: ignore[arg-type]  # never raises into a call's teardown
+
+    # The next process replays the spool.
+    on_disk = len(list(spool_dir.glob("*.json")))
+    assert on_disk == writer.spooled and writer.lost_on_close == 0
+    again = RecordWriter(store, spool_dir=spool_dir)
+    again.start()
+    assert await again.wait_until(lambda: again.replayed == on_disk, 60)
+    page = await store.list_calls(limit=1_000)
+    assert sorted(c.call_id for c in page.calls) == sorted([*(f"w{i}" for i in range(300)), "after-close"])
     detail = await store.get_call("w3")
     assert detail is not None and detail.summary.end_reason == "refined"
-    assert not writer.submit(simple_record("after-close", H0)) and writer.dropped == 9_993
-    assert writer.submit(None) is False  # type: ignore[arg-type]  # never raises into a call's teardown
+    assert await again.aclose() and not list(spool_dir.glob("*.json"))
 
 
 class FlakyStore:
@@ -506,43 +522,78 @@ class FlakyStore:
         self.saved.append(record.call_id)
 
 
-async def test_writer_retries_transient_errors_only() -> None:
+async def test_writer_spools_transient_failures_and_keeps_refused_records_aside(tmp_path: Path) -> None:
     down = sa_exc.OperationalError("INSERT INTO calls", {}, ConnectionRefusedError("database restarting"))
     flaky = FlakyStore(failures=2, error=down)
-    writer = RecordWriter(flaky, retry_delays=(0, 0, 0))
+    writer = RecordWriter(flaky, spool_dir=tmp_path / "a", retry_delays=(0, 0, 0))
     writer.start()
     writer.submit(simple_record("t1", H0))
-    await writer.flush()
-    assert flaky.saved == ["t1"] and writer.retries == 2 and writer.saved == 1 and writer.failed == 0
+    assert await writer.wait_until(lambda: writer.replayed == 1, 10)
+    assert flaky.saved == ["t1"] and flaky.calls == 3  # the save, a failed replay, the replay
+    assert (writer.spooled, writer.saved, writer.failed) == (1, 0, 0)
+    assert not list((tmp_path / "a").glob("*.json"))
 
     broken = FlakyStore(failures=1, error=sa_exc.IntegrityError("INSERT", {}, ValueError("bad row")))
-    writer2 = RecordWriter(broken, retry_delays=(0, 0, 0))
+    writer2 = RecordWriter(broken, spool_dir=tmp_path / "b", retry_delays=(0, 0, 0))
     writer2.start()
     writer2.submit(simple_record("t2", H0))
     writer2.submit(simple_record("t3", H0))
     await writer2.flush()
-    assert broken.calls == 2 and broken.saved == ["t3"] and writer2.failed == 1 and writer2.retries == 0
+    assert broken.calls == 2 and broken.saved == ["t3"] and writer2.failed == 1 and writer2.spooled == 0
+    kept = list((tmp_path / "b" / "failed").glob("*.json"))  # not retried in a loop, not lost either
+    assert len(kept) == 1 and '"call_id":"t2"' in kept[0].read_text()
+    assert writer2.metrics.value("agent_records_failed_total", reason="rejected") == 1
 
     always_down = FlakyStore(failures=99, error=down)
-    writer3 = RecordWriter(always_down, retry_delays=(0, 0))
+    writer3 = RecordWriter(always_down, spool_dir=tmp_path / "c", retry_delays=(0, 0))
     writer3.start()
     writer3.submit(simple_record("t4", H0))
-    await writer3.flush()
-    assert always_down.calls == 3 and writer3.failed == 1
+    assert await writer3.wait_until(lambda: always_down.calls >= 3 and writer3.spool_files == 1, 10)
+    assert writer3.outage and writer3.failed == 0
     for w in (writer, writer2, writer3):
         assert await w.aclose()
+    assert len(list((tmp_path / "c").glob("*.json"))) == 1
 
 
-async def test_writer_close_gives_up_at_its_deadline() -> None:
+async def test_writer_close_spools_at_its_deadline(tmp_path: Path) -> None:
     stuck = FlakyStore(gate=asyncio.Event())  # a database that never answers
-    writer = RecordWriter(stuck)
+    writer = RecordWriter(stuck, spool_dir=tmp_path / "spool")
     writer.start()
     writer.submit(simple_record("s1", H0))
     writer.submit(simple_record("s2", H0))
     started = time.perf_counter()
-    assert not await writer.aclose(timeout=0.05)
+    assert await writer.aclose(timeout=0.05)
     assert time.perf_counter() - started < 1.0
-    assert writer.lost_on_close == 2 and writer.pending == 0
+    assert writer.lost_on_close == 0 and writer.pending == 0 and writer.spooled == 2
+    assert len(list((tmp_path / "spool").glob("*.json"))) == 2
+    assert writer.metrics.value("agent_records_spooled_total", reason="shutdown") == 2
+
+
+async def test_spool_keeps_no_credentials_and_sets_unreadable_files_aside(tmp_path: Path) -> None:
+    spool_dir = tmp_path / "spool"
+    down = sa_exc.OperationalError("INSERT INTO calls", {}, ConnectionRefusedError("database restarting"))
+    store = FlakyStore(failures=1, error=down)
+    prompt = parse_prompt("sales", PROMPT_V1, "<inline>")
+    writer = RecordWriter(store, spool_dir=spool_dir, retry_delays=(60,))
+    writer.start()
+    writer.submit(simple_record("with-prompt", H0), prompt)
+    assert await writer.wait_until(lambda: writer.spool_files == 1, 10)
+    (written,) = spool_dir.glob("*.json")
+    text = written.read_text()
+    assert "s3cret" not in text and '"Authorization":"<redacted>"' in text
+    assert await writer.aclose()
+
+    # A file cut short (a disk that lied about fsync) and one from somewhere else: set aside, not retried.
+    written.write_text(text[: len(text) // 2])
+    (spool_dir / f"{1:020d}_other-{'0' * 16}.json").write_text('{"format": 99}')
+    ok = FlakyStore()
+    again = RecordWriter(ok, spool_dir=spool_dir)
+    again.start()
+    assert await again.wait_until(lambda: again.failed == 2, 10)
+    assert ok.calls == 0 and again.spool_files == 0 and not list(spool_dir.glob("*.json"))
+    assert len(list((spool_dir / "failed").glob("*.json"))) == 2
+    assert again.metrics.value("agent_records_failed_total", reason="unreadable") == 2
+    assert await again.aclose()
 
 
 # --- recordings ------------------------------------------------------------------------------------------------------
@@ -671,6 +722,105 @@ def test_sweep_deletes_only_expired_recordings(tmp_path: Path) -> None:
     assert not old.parent.exists() and not partial.parent.exists()  # emptied day folders go too
     assert sweep_recordings(directory, 30, now=now) == 0
     assert sweep_recordings(tmp_path / "missing", 30) == 0
+
+
+async def test_recordings_of_one_call_never_share_or_overwrite_a_file(tmp_path: Path) -> None:
+    """A call resumed on a new stream, or a second stream with the same call id, gets a file of its own; a file
+    already there is never replaced."""
+    directory = tmp_path / "recordings"
+    first, second = (recording_path(directory, "CA-same", H0) for _ in range(2))
+    assert first != second and first.parent == second.parent and first.name.startswith("CA-same")
+
+    def recorder(hz: float) -> CallRecorder:
+        clock = FakeClock()
+        made = CallRecorder(8000, clock=clock)
+        made.caller(tone(hz, 8000, 0, 0.5), 8000, at=clock.now + 0.5)
+        return made
+
+    await asyncio.gather(recorder(440).write(first), recorder(880).write(second))  # both streams at once
+
+    def loudest(path: Path) -> float:
+        with wave.open(str(path), "rb") as wav:
+            frames = np.frombuffer(wav.readframes(wav.getnframes()), dtype="<i2").reshape(-1, 2)
+        return dominant_hz(frames[:, 0].astype(np.float64), 8000)
+
+    assert loudest(first) == pytest.approx(440, abs=3) and loudest(second) == pytest.approx(880, abs=3)
+    kept = first.read_bytes()
+    late = recorder(1200)
+    with pytest.raises(FileExistsError):
+        await late.write(first)
+    assert first.read_bytes() == kept
+    assert sorted(p.name for p in first.parent.iterdir()) == sorted([first.name, second.name])  # no partials
+
+
+async def test_retention_deletes_old_calls_with_their_rows_and_old_recordings(
+    store: CallStore, db: Database, tmp_path: Path
+) -> None:
+    now = float(int(time.time()))  # whole seconds: stored times round to microseconds
+    old, new = realistic_record("CA-old", now - 40 * 86400), realistic_record("CA-new", now - 86400)
+    await store.save(old)
+    await store.save(new)
+    recordings = tmp_path / "recordings"
+    old_file = recording_path(recordings, "CA-old", now - 40 * 86400)
+    old_file.parent.mkdir(parents=True)
+    old_file.write_bytes(b"RIFF")
+    os.utime(old_file, (now - 40 * 86400,) * 2)
+
+    result = await sweep_expired(store, recordings, 30, now=now)
+
+    assert (result.calls, result.recordings) == (1, 1)
+    assert await store.get_call("CA-old") is None and not old_file.exists()
+    detail = await store.get_call("CA-new")
+    assert detail is not None
+    assert_same_record(detail.record, new)
+    async with db.sessions() as session:
+        for entity in (m.Turn, m.BargeIn, m.ToolUse, m.CallEvent, m.CallTag):
+            left = select(entity.call_id, func.count()).group_by(entity.call_id)
+            assert dict((await session.execute(left)).all()).keys() == {"CA-new"}, entity.__tablename__
+    assert (await sweep_expired(store, recordings, 30, now=now)).calls == 0
+
+
+async def test_retention_runs_with_recording_off(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The app's sweeper deletes expired call records (and recordings made earlier) with AGENT_RECORD_CALLS off."""
+    now = time.time()
+    settings = Settings(
+        openai_api_key="sk-test-not-a-real-key",
+        prompts_dir=ROOT / "prompts",
+        database_url=f"sqlite+aiosqlite:///{tmp_path}/agent.db",
+        recordings_dir=tmp_path / "recordings",
+        spool_dir=tmp_path / "spool",
+        record_calls=False,
+        recording_retention_days=30,
+    )
+    seeded = Database(settings.database_url)
+    await seeded.migrate()
+    store = CallStore(seeded)
+    await store.save(simple_record("CA-expired", now - 31 * 86400, said="long ago"))
+    await store.save(simple_record("CA-recent", now - 3600, said="just now"))
+    old_file = recording_path(settings.recordings_dir, "CA-expired", now - 31 * 86400)
+    old_file.parent.mkdir(parents=True)
+    old_file.write_bytes(b"RIFF")
+    os.utime(old_file, (now - 31 * 86400,) * 2)
+
+    swept = asyncio.Event()
+
+    class Watch(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if record.getMessage().startswith("retention: deleted"):
+                swept.set()
+
+    caplog.set_level(logging.INFO, logger="agent.storage")
+    watch = Watch()
+    logging.getLogger("agent.storage").addHandler(watch)
+    app = create_app(settings)
+    try:
+        async with app.router.lifespan_context(app):
+            assert await wait_event(swept, 30), "no retention pass with recording off"
+    finally:
+        logging.getLogger("agent.storage").removeHandler(watch)
+    assert await store.get_call("CA-expired") is None and not old_file.exists()
+    assert await store.get_call("CA-recent") is not None
+    await seeded.aclose()
 
 
 async def test_periodic_helper_runs_at_once_and_survives_failures() -> None:

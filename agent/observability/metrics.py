@@ -73,6 +73,26 @@ class Metrics:
         self.early_clear_false_alarms = Counter(
             "agent_early_clear_false_alarms", "Early clears the VAD did not confirm (the bot resumed)", registry=r
         )
+        self.records_saved = Counter("agent_records_saved", "Call records saved to the database", registry=r)
+        self.records_spooled = Counter(
+            "agent_records_spooled",
+            "Call records written to the local spool instead (database down or slow, queue full, shutdown)",
+            ["reason"],
+            registry=r,
+        )
+        self.records_replayed = Counter(
+            "agent_records_replayed", "Spooled call records saved to the database later", registry=r
+        )
+        self.records_failed = Counter(
+            "agent_records_failed",
+            "Call records that could not be saved: refused by the database (kept in the spool's failed/), "
+            "unreadable spool files, spool writes that failed, or lost at shutdown",
+            ["reason"],
+            registry=r,
+        )
+        self.records_spool_files = Gauge(
+            "agent_records_spool_files", "Call records waiting in the local spool for the database", registry=r
+        )
 
     def value(self, name: str, **labels: str) -> float:
         """Current value of a sample, 0 when absent: for tests and the console."""

@@ -224,6 +224,21 @@ class CallStore:
         if version is not None:
             self._known_versions.add((version["name"], version["content_hash"]))
 
+    async def delete_calls_before(self, cutoff: dt.datetime, *, batch: int = 500) -> int:
+        """Delete calls that started before `cutoff`, with their turns, barge-ins, tools, events and tags (the
+        foreign keys cascade); returns how many. Batches keep each transaction, and the locks it holds, short."""
+        table = _table(m.Call)
+        deleted = 0
+        while True:
+            oldest = select(table.c.call_id).where(table.c.started_at < cutoff).limit(batch)
+            async with self.db.engine.begin() as conn:
+                ids = list((await conn.execute(oldest)).scalars())
+                if ids:
+                    await conn.execute(delete(table).where(table.c.call_id.in_(ids)))
+            deleted += len(ids)
+            if len(ids) < batch:
+                return deleted
+
     def _insert(self, table: Table) -> postgresql.Insert | sqlite.Insert:
         return postgresql.insert(table) if self.db.dialect == "postgresql" else sqlite.insert(table)
 
@@ -682,21 +697,21 @@ def _version_row(prompt: Prompt, seen: dt.datetime) -> dict[str, Any]:
         "name": _cut(prompt.name, m.SHORT_LEN),
         "content_hash": _cut(prompt.content_hash, m.SHORT_LEN),
         "instructions": _text(instructions),
-        "meta": _redact(_json_object(meta.model_dump(mode="json"))),
+        "meta": redact_headers(_json_object(meta.model_dump(mode="json"))),
         "from_source": from_source,
         "first_seen": seen,
     }
 
 
-def _redact(value: Any) -> Any:
+def redact_headers(value: Any) -> Any:
     """Tool header values are usually credentials: keep the header names, never the values."""
     if isinstance(value, dict):
         return {
-            k: {h: _REDACTED for h in v} if k == "headers" and isinstance(v, dict) else _redact(v)
+            k: {h: _REDACTED for h in v} if k == "headers" and isinstance(v, dict) else redact_headers(v)
             for k, v in value.items()
         }
     if isinstance(value, list):
-        return [_redact(v) for v in value]
+        return [redact_headers(v) for v in value]
     return value
 
 
@@ -842,7 +857,7 @@ def _cut(value: str, length: int) -> str:
     return _text(value)[:length]
 
 
-def _json(value: Any) -> Any:
+def plain_json(value: Any) -> Any:
     """Plain JSON for any event detail: NaN/inf become null (PostgreSQL rejects them), unknown types their str."""
     if value is None or isinstance(value, bool | int):
         return value
@@ -851,14 +866,14 @@ def _json(value: Any) -> Any:
     if isinstance(value, str):
         return _text(value)
     if isinstance(value, Mapping):
-        return {_text(str(k)): _json(v) for k, v in value.items()}
+        return {_text(str(k)): plain_json(v) for k, v in value.items()}
     if isinstance(value, list | tuple | set | frozenset):
-        return [_json(v) for v in value]
+        return [plain_json(v) for v in value]
     return _text(str(value))
 
 
 def _json_object(value: Any) -> dict[str, Any]:
-    cleaned = _json(value)
+    cleaned = plain_json(value)
     return cleaned if isinstance(cleaned, dict) else {"value": cleaned}
 
 

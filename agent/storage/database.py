@@ -64,10 +64,15 @@ class Database:
 
     def __init__(self, url: str | URL, *, engine_options: Mapping[str, Any] | None = None) -> None:
         self.url = normalise_url(url)
-        options: dict[str, Any] = {"pool_pre_ping": True}
+        # hide_parameters: a logged database error must never carry a call's numbers or transcript.
+        options: dict[str, Any] = {"pool_pre_ping": True, "hide_parameters": True}
         if _is_memory(self.url):
             # One shared connection, or every session would see its own empty in-memory database.
-            options = {"poolclass": StaticPool, "connect_args": {"check_same_thread": False}}
+            options = {
+                "poolclass": StaticPool,
+                "connect_args": {"check_same_thread": False},
+                "hide_parameters": True,
+            }
         options.update(engine_options or {})
         self.engine: AsyncEngine = create_async_engine(self.url, **options)
         if self.dialect == "sqlite":

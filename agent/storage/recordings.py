@@ -20,6 +20,7 @@ import io
 import logging
 import os
 import re
+import secrets
 import tempfile
 import time
 import wave
@@ -267,11 +268,14 @@ class CallRecorder:
         return task
 
     def _write(self, path: Path) -> None:
+        """Write a private partial file, then publish it under `path` only if nothing is there yet: a second
+        stream of the same call (or a resumed one) can never replace or share another stream's recording."""
         path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_name(path.name + ".part")
+        fd, name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".wav.part", dir=path.parent)
+        partial = Path(name)
         total = max(self._caller.length, self._bot.length)
         try:
-            with wave.open(str(partial), "wb") as out:
+            with os.fdopen(fd, "wb") as raw, wave.open(raw, "wb") as out:
                 out.setnchannels(2)
                 out.setsampwidth(2)
                 out.setframerate(self.rate)
@@ -281,11 +285,9 @@ class CallRecorder:
                     frames[:, 0] = self._caller.read(start, count)
                     frames[:, 1] = self._bot.read(start, count)
                     out.writeframes(frames.tobytes())
-            os.replace(partial, path)
-        except BaseException:
-            partial.unlink(missing_ok=True)
-            raise
+            _publish(partial, path)
         finally:
+            partial.unlink(missing_ok=True)
             self.discard()
 
     def discard(self) -> None:
@@ -300,10 +302,25 @@ class CallRecorder:
 
 
 def recording_path(directory: Path, call_id: str, started_at: float) -> Path:
-    """`<dir>/<UTC date>/<call id>.wav`: one folder per day keeps listings short and sweeping cheap."""
+    """`<dir>/<UTC date>/<call id>-<random>.wav`: one folder per day keeps listings short and sweeping cheap;
+    the random part gives every stream of a call (a resumed one, a second one with the same call id) a file
+    of its own."""
     day = dt.datetime.fromtimestamp(started_at, dt.UTC).strftime("%Y-%m-%d")
     safe = re.sub(r"[^A-Za-z0-9_.-]", "_", call_id)[:128].lstrip(".") or "call"
-    return directory / day / f"{safe}.wav"
+    return directory / day / f"{safe}-{secrets.token_hex(6)}.wav"
+
+
+def _publish(partial: Path, path: Path) -> None:
+    """Give the finished file its name atomically, refusing (FileExistsError) when the name is taken."""
+    try:
+        os.link(partial, path)  # fails if `path` exists; never replaces it
+    except FileExistsError:
+        raise
+    except OSError:
+        # A filesystem without hard links: claim the name exclusively, then move the data over the claim.
+        with open(path, "xb"):
+            pass
+        os.replace(partial, path)
 
 
 def sweep_recordings(directory: Path, retention_days: float, *, now: float | None = None) -> int:
@@ -352,10 +369,3 @@ def run_periodically(interval_s: float, job: Callable[[], Awaitable[object]], *,
             await asyncio.sleep(interval_s)
 
     return asyncio.get_running_loop().create_task(loop(), name=name)
-
-
-def start_recording_sweeper(directory: Path, retention_days: float, interval_s: float = 3600.0) -> asyncio.Task[None]:
-    """The retention sweeper for the lifespan: deletes expired recordings hourly, in a worker thread."""
-    return run_periodically(
-        interval_s, lambda: asyncio.to_thread(sweep_recordings, directory, retention_days), name="recording-sweeper"
-    )
