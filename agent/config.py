@@ -99,6 +99,12 @@ class Settings(BaseSettings):
         default=30.0, gt=0, description="a response with no model event for this long is cancelled"
     )
     caller_queue_ms: int = Field(default=2000, ge=100)
+    inbound_audio_max_rate: float = Field(
+        default=1.2, gt=1.0, description="caller audio faster than this many times real time is dropped and counted"
+    )
+    inbound_audio_burst_s: float = Field(
+        default=2.0, gt=0, description="seconds of caller audio allowed at once, for a carrier catching up"
+    )
     early_barge_in: bool = Field(
         default=False, description="silence the bot on the caller's own speech onset, before the model's VAD"
     )

@@ -62,6 +62,7 @@ async def running_stack(
             "transfer_number": None,
             "database_url": f"sqlite+aiosqlite:///{workdir.name}/agent.db",
             "recordings_dir": Path(workdir.name) / "recordings",
+            "spool_dir": Path(workdir.name) / "spool",
         }
         settings = Settings(**(values | overrides))
         holder["settings"] = settings

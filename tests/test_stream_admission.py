@@ -3,8 +3,10 @@ of one live call (a Vobiz reconnect, at any age of the call, is the only reuse).
 
 from __future__ import annotations
 
+import base64
 import json
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -101,3 +103,39 @@ async def test_vobiz_can_reconnect_long_after_the_token_would_have_expired() -> 
         assert stack.metric("agent_stream_resumes_total") == 1
         assert stack.metric("agent_stream_rejected_total", reason="token_expired") == 0
         assert len(stack.engine.sessions) == 1
+
+
+async def test_a_token_holder_cannot_pump_audio_faster_than_a_phone_line() -> None:
+    """10 s of audio sent at once: the allowance (2 s) reaches the model, the rest is dropped and counted."""
+    async with running_stack(RealtimeSimConfig(reply_ms=300)) as stack, httpx.AsyncClient() as http:
+        answer = await http.post(f"{stack.base_url}/vobiz/answer", data=RING | {"Event": "StartApp"})
+        url = answer.text.split(">", 3)[-1].split("<")[0].strip().replace("&amp;", "&")
+        async with connect(url) as ws:
+            await ws.send(start_message("call-out-1", "s-1"))
+            session = await stack.engine.wait_for_session()
+            payload = base64.b64encode(b"\xff" * 160).decode()  # 20 ms of μ-law silence
+            frame = json.dumps({"event": "media", "media": {"track": "inbound", "payload": payload}})
+            for _ in range(500):  # 500 frames of 20 ms
+                await ws.send(frame)
+            appended = await _appended_ms(session, 5000, wait_s=1.0)
+            assert 1500 <= appended <= 2600
+            assert stack.metric("agent_inbound_dropped_total", reason="too_fast") >= 350
+
+
+async def _appended_ms(session: Any, ceiling_ms: float, wait_s: float) -> float:
+    """Caller audio the model session received (μ-law: 8 bytes a ms), once it stops growing for `wait_s`."""
+
+    def total() -> float:
+        sent = [e for e in session.client_events if e["type"] == "input_audio_buffer.append"]
+        return sum(len(base64.b64decode(e["audio"])) for e in sent) / 8
+
+    last = -1.0
+    while total() != last and total() < ceiling_ms:
+        last = total()
+        try:
+            await session.wait_for_client_event(
+                "input_audio_buffer.append", start=len(session.client_events), timeout=wait_s
+            )
+        except TimeoutError:
+            break
+    return total()

@@ -38,6 +38,7 @@ from agent.calls.tools import ToolCall, run_tool
 from agent.carrier import messages
 from agent.carrier.clock import CarrierClock
 from agent.carrier.frames import CarrierClosed, receive_text
+from agent.carrier.inbound_rate import InboundRateLimiter
 from agent.carrier.messages import InboundError, StartInfo, parse_inbound
 from agent.carrier.rest import VobizApiError, VobizClient
 from agent.config import Settings
@@ -126,6 +127,8 @@ class Call:
         )
         self.carrier_clock = CarrierClock()
         settings = deps.settings
+        # A token holder must not pump audio into the model session (and the bill) faster than a phone line can.
+        self.inbound_rate = InboundRateLimiter(settings.inbound_audio_max_rate, settings.inbound_audio_burst_s)
         self.onset = SpeechOnset(onset_ms=settings.early_barge_in_onset_ms) if settings.early_barge_in else None
         self._early: _EarlyClear | None = None  # the bot was silenced on the caller's onset; VAD to confirm
         self._early_backoff_until = 0.0
@@ -393,8 +396,15 @@ class Call:
             self.carrier_clock.observe(event.media.timestamp, self.playout.clock())
             try:
                 payload = base64.b64decode(event.media.payload, validate=True)
-                audio = self.caller_audio.convert(payload)
             except (binascii.Error, ValueError) as exc:
+                self._drop("bad_audio", str(exc))
+                return
+            if not self.inbound_rate.admit(len(payload) / self.format.bytes_per_ms / 1000, time.monotonic()):
+                self._drop("too_fast", "caller audio arriving faster than real time")
+                return
+            try:
+                audio = self.caller_audio.convert(payload)
+            except ValueError as exc:
                 self._drop("bad_audio", str(exc))
                 return
             self._queue_caller_audio(audio)
