@@ -28,7 +28,8 @@ async def stream(ws: WebSocket) -> None:
     call_id = ws.query_params.get("call", "")
     check = stream_token.verify(state.settings.stream_secret.get_secret_value(), call_id, ws.query_params.get("token"))
     refusal = "token" if not check.ok else state.registry.stream_refusal(call_id, token_expired=check.expired)
-    if refusal is None and call_id not in state.registry.live and await _stored_as_ended(state, call_id):
+    # A call this replica answered or runs is known here; only a stranger's call costs a look at the records.
+    if refusal is None and not state.registry.knows(call_id) and await _stored_as_ended(state, call_id):
         refusal = "call_ended"
     if refusal is not None:
         state.metrics.stream_rejected.labels(refusal).inc()

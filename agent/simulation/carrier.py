@@ -18,8 +18,11 @@ import asyncio
 import base64
 import binascii
 import contextlib
+import hashlib
+import hmac
 import inspect
 import json
+import secrets
 import time
 import uuid
 import wave
@@ -30,6 +33,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final, Literal, NamedTuple, TypeAlias
+from urllib.parse import urlsplit
 
 import httpx
 import numpy as np
@@ -65,6 +69,7 @@ __all__ = [
     "WebhookRecord",
     "XmlAction",
     "parse_vobiz_xml",
+    "vobiz_signature_headers",
 ]
 
 MULAW: Final = "audio/x-mulaw"
@@ -323,6 +328,7 @@ class SimCallOptions:
     hangup_webhook: bool = True
     status_callbacks: bool = True  # POST StartStream/PlayedStream/... when <Stream statusCallbackUrl> is set
     record_frames: bool = True  # one `frame_sent` timeline entry per media frame
+    keep_sent_frames: bool = False  # keep the text of every frame sent as Vobiz (SimCall.sent_frames), for checks
     extra_fields: Mapping[str, str] = field(default_factory=dict)  # e.g. X-VH-* or CallerName on the answer
     webhook_timeout: float = 5.0
     connect_timeout: float = 5.0
@@ -394,11 +400,25 @@ class _XmlResult:
     hangup: _Hangup | None = None
 
 
-def _signature_headers(token: str, url: str) -> dict[str, str]:
-    # Imported lazily: the signing module is optional for unsigned simulations.
-    from agent.carrier.signature import signature_headers
+def vobiz_signature_headers(token: str, url: str, *, main_token: str | None = None) -> dict[str, str]:
+    """The V3 and V2 signature headers Vobiz puts on a callback to ``url``, built from Vobiz's docs alone (not
+    from the agent's verifier, so a shared mistake shows up as a refused webhook).
 
-    return signature_headers(token, url, versions=("v3", "v2"))
+    V2 = base64(HMAC-SHA256(auth token, base URL + nonce)); V3 the same over base URL + "." + nonce; the base URL
+    is the callback URL without its query; each nonce is 20 random digits. With the parent account's token the
+    MA variants are added, sharing each version's nonce header.
+    """
+    base = urlsplit(url)._replace(query="", fragment="").geturl()
+    headers: dict[str, str] = {}
+    for version, joiner in (("V3", "."), ("V2", "")):
+        nonce = "".join(secrets.choice("0123456789") for _ in range(20))
+        for name, key in (("", token), ("MA-", main_token)):
+            if key is None:
+                continue
+            digest = hmac.new(key.encode(), f"{base}{joiner}{nonce}".encode(), hashlib.sha256).digest()
+            headers[f"X-Vobiz-Signature-{name}{version}"] = base64.b64encode(digest).decode()
+        headers[f"X-Vobiz-Signature-{version}-Nonce"] = nonce
+    return headers
 
 
 def _wall(ts: datetime) -> str:
@@ -469,7 +489,7 @@ class _CallContext:
         """Send one webhook; transport failures are recorded, never raised, as Vobiz just logs them."""
         headers = {"User-Agent": "Vobiz"}
         if self.options.auth_token:
-            headers.update(_signature_headers(self.options.auth_token, url))
+            headers.update(vobiz_signature_headers(self.options.auth_token, url))
         sent = dict(fields)
         t = time.monotonic()
         try:
@@ -655,6 +675,7 @@ class SimCall:
         self.internal_errors: list[str] = []
         self.start_message: dict[str, Any] = {}
         self.frames_sent = 0
+        self.sent_frames: list[str] = []  # with SimCallOptions.keep_sent_frames
         self.played_rate: int | None = self.options.playback_rate
         self.ended = asyncio.Event()
         self.end_reason: EndReason | None = None
@@ -931,7 +952,10 @@ class SimCall:
             if sequence:
                 msg = {"sequenceNumber": self._seq, **msg}
                 self._seq += 1
-            await self._ws.send(json.dumps(msg, separators=(",", ":")))
+            text = json.dumps(msg, separators=(",", ":"))
+            await self._ws.send(text)
+            if self.options.keep_sent_frames:
+                self.sent_frames.append(text)
 
     async def _close_ws(self, code: int) -> None:
         with contextlib.suppress(Exception):
@@ -1077,6 +1101,8 @@ class SimCall:
                     text = template % (self._seq, self._epoch_ms0 + (k + 1) * frame_ms, k + 1, payload)
                     self._seq += 1
                     await self._ws.send(text)
+                    if self.options.keep_sent_frames:
+                        self.sent_frames.append(text)
                 self._caller_frames.append(frame)
                 self.frames_sent += 1
                 if self.options.record_frames:

@@ -48,7 +48,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
 from agent.audio.codecs import Int16Array, float_to_pcm16, mulaw_to_pcm16, pcm16_to_mulaw
-from agent.model.events import BETA_SESSION_KEYS, validate_client_event, validate_server_event
+from agent.simulation.sdk_types import BETA_SESSION_KEYS, validate_client_event, validate_server_event
 
 __all__ = [
     "AudioFormat",
