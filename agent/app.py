@@ -12,7 +12,7 @@ import httpx
 from fastapi import FastAPI, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from agent.calls.call import CallDeps
+from agent.calls.call import CallDeps, Outcome
 from agent.calls.registry import CallRegistry
 from agent.carrier import stream_socket, webhooks
 from agent.carrier.rest import VobizClient
@@ -25,8 +25,13 @@ from agent.observability.tracing import CallTracer
 from agent.prompts.library import PromptLibrary
 from agent.state import AppState
 from agent.storage import CallStore, Database, RecordWriter, start_retention_sweeper
+from agent.storage.call_state import CallStates
 
 log = logging.getLogger("agent.app")
+
+
+async def _outcome_not_shared(call_id: str, outcome: Outcome) -> None:
+    """Until the registry takes over this hook, outcomes stay with their call."""
 
 
 def create_app(
@@ -64,9 +69,10 @@ def create_app(
         records=writer,
         tracer=tracer or (CallTracer.otlp(settings.otel_endpoint) if settings.otel_endpoint else None),
         transfer_url=lambda call_id: f"{settings.public_url}/vobiz/transfer?call={call_id}",
-        on_outcome=lambda call_id, outcome: None,
+        on_outcome=_outcome_not_shared,
     )
-    registry = CallRegistry(deps)
+    call_states = CallStates(database)
+    registry = CallRegistry(deps, call_states)
     prompts = PromptLibrary(settings.prompts_dir, settings.default_prompt)
     probe = ModelReachability(connector.base_url, settings.readiness_probe_interval_s)
     state = AppState(settings, metrics, registry, connector, vobiz, prompts, probe, call_store, writer)
@@ -94,7 +100,9 @@ def create_app(
         await database.migrate()
         writer.start()  # also replays, in the background, records spooled while the database was out
         # Retention runs even with recording off: call records expire, and so do recordings made before.
-        sweeper = start_retention_sweeper(call_store, settings.recordings_dir, settings.recording_retention_days)
+        sweeper = start_retention_sweeper(
+            call_store, settings.recordings_dir, settings.recording_retention_days, states=call_states
+        )
         yield
         await registry.shutdown()
         sweeper.cancel()  # not awaited: a pass stuck on a hung database must not hold up shutdown

@@ -80,6 +80,14 @@ class Settings(BaseSettings):
     playout_chunk_ms: int = Field(default=20, ge=10, le=100)
     checkpoint_interval_ms: int = Field(default=1000, ge=100)
     prewarm_timeout_s: float = Field(default=10.0, gt=0)
+    prewarm: Literal["auto", "on", "off"] = Field(
+        default="auto",
+        description="open the model session at the answer webhook; auto: when the stream is sure to come back here",
+    )
+    replica_public_url: str | None = Field(
+        default=None,
+        description="this replica's own public URL (e.g. a StatefulSet pod's host name): streams come back here",
+    )
     model_connect_timeout_s: float = Field(default=10.0, gt=0)
     model_session_max_s: float = Field(
         default=3300.0, gt=0, description="move to a fresh model session before OpenAI's 60-minute cap"
@@ -157,9 +165,11 @@ class Settings(BaseSettings):
     price_output_text: float = 16.0
     price_output_audio: float = 64.0
 
-    @field_validator("public_url")
+    @field_validator("public_url", "replica_public_url")
     @classmethod
-    def _check_public_url(cls, value: str) -> str:
+    def _check_public_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
         if not value.startswith(("http://", "https://")):
             raise ValueError("must start with http:// or https://")
         return value.rstrip("/")
@@ -217,8 +227,21 @@ class Settings(BaseSettings):
     @property
     def public_ws_url(self) -> str:
         """https gives wss, http gives ws: Vobiz needs wss in production."""
-        scheme, rest = self.public_url.split("://", 1)
-        return ("wss" if scheme == "https" else "ws") + "://" + rest
+        return _ws(self.public_url)
+
+    @property
+    def stream_ws_url(self) -> str:
+        """Where Vobiz opens a call's stream: this very replica when it has a URL of its own, else the service."""
+        return _ws(self.replica_public_url or self.public_url)
+
+    @property
+    def prewarm_here(self) -> bool:
+        """Pre-warm only where the stream is sure to reach this replica: a session nobody streams to is paid for
+        nothing, and the replica that does get the stream would open a second one. One process on SQLite, or a
+        replica with a URL of its own, qualifies; replicas behind a plain load balancer do not."""
+        if self.prewarm != "auto":
+            return self.prewarm == "on"
+        return self.replica_public_url is not None or self.database_url.startswith("sqlite")
 
     @property
     def webhook_tokens(self) -> list[str]:
@@ -253,6 +276,11 @@ class Settings(BaseSettings):
     @property
     def vobiz_rest_enabled(self) -> bool:
         return bool(self.vobiz_auth_id and self.vobiz_auth_token)
+
+
+def _ws(url: str) -> str:
+    scheme, rest = url.split("://", 1)
+    return ("wss" if scheme == "https" else "ws") + "://" + rest
 
 
 class ConfigError(Exception):

@@ -17,7 +17,7 @@ import logging
 import re
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -89,7 +89,7 @@ class CallDeps:
     records: RecordWriter | None
     tracer: CallTracer | None
     transfer_url: Callable[[str], str]
-    on_outcome: Callable[[str, Outcome], None]
+    on_outcome: Callable[[str, Outcome], Awaitable[None]]
 
 
 class Call:
@@ -267,16 +267,16 @@ class Call:
             with contextlib.suppress(Exception):
                 await within(1.0, ws.close())
 
-    def set_outcome(self, outcome: Outcome) -> None:
+    async def set_outcome(self, outcome: Outcome) -> None:
         """Remember how the call should end, for the after-stream route (any replica may be asked)."""
         self.outcome = outcome
-        self.deps.on_outcome(self.call_id, outcome)
+        await self.deps.on_outcome(self.call_id, outcome)
 
     async def finish(self, action: EndAction, reason: str) -> None:
         """End the stream in-band: `stop` makes Vobiz run the XML after <Stream>, which asks us what to do."""
         if self.outcome is None:
             number = self.transfer_number if action in (EndAction.TRANSFER, EndAction.APOLOGY) else None
-            self.set_outcome(Outcome(action, reason, number))
+            await self.set_outcome(Outcome(action, reason, number))
         self.closing = True
         self.end_reason = reason
         self.record.event("call_finishing", action=action.value, reason=reason)

@@ -1,7 +1,10 @@
-"""Live calls, pre-warmed model sessions and recent outcomes for one agent process.
+"""Live calls, pre-warmed model sessions and recent outcomes for one agent process, and what a call needs across
+requests, shared with every other replica through the database (`CallStates`).
 
 The answer webhook arrives a few hundred milliseconds before Vobiz opens the stream; the registry uses that
-time to open the model session and ask for the greeting, then hands the connection to the call on `start`.
+time to open the model session and ask for the greeting, then hands the connection to the call on `start`. It
+does so only where the stream is known to come back to this replica (`Settings.prewarm_here`): a session no
+stream uses is money spent for nothing, and a second one for the same call doubles the bill.
 """
 
 from __future__ import annotations
@@ -10,7 +13,9 @@ import asyncio
 import logging
 import time
 from collections import OrderedDict
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from starlette.websockets import WebSocket
 
@@ -21,8 +26,13 @@ from agent.carrier.messages import StartInfo
 from agent.model import session_config
 from agent.model.connection import ModelSocket, discard
 from agent.prompts.loader import Prompt
+from agent.storage.call_state import AnswerContext, CallStates, StoredCall
+from agent.waiting import within
 
 log = logging.getLogger("agent.registry")
+_T = TypeVar("_T")
+# A shared-state read or write must not eat Vobiz's answer budget; past this the request goes on without it.
+_SHARED_DEADLINE_S = 1.0
 
 _KEEP_ENDED = 10_000  # call ids only: answer-loop protection and after-stream outcomes
 # Full records of ended calls stay in memory only for late webhooks (a hangup refining the stored record);
@@ -42,8 +52,10 @@ class _Prewarm:
 
 
 class CallRegistry:
-    def __init__(self, deps: CallDeps) -> None:
+    def __init__(self, deps: CallDeps, states: CallStates | None = None) -> None:
         self.deps = deps
+        self.states = states
+        self._background: set[asyncio.Task[object]] = set()
         self.live: dict[str, Call] = {}
         self.records: OrderedDict[str, CallRecord] = OrderedDict()
         self._prewarms: dict[str, _Prewarm] = {}
@@ -79,9 +91,12 @@ class CallRegistry:
         return len(self.live) + len(self._prewarms)
 
     def prewarm(self, record: CallRecord, prompt: Prompt, fmt: MediaFormat) -> None:
-        """Start opening the model session now; idempotent for webhook retries."""
+        """Start opening the model session now, if the stream will come here; idempotent for webhook retries."""
         call_id = record.call_id
         if call_id in self._prewarms or call_id in self.live:
+            return
+        if not self.deps.settings.prewarm_here:
+            self._remember(record)
             return
         self._remember(record)
         task = asyncio.create_task(self._open(prompt, fmt), name=f"prewarm-{call_id}")
@@ -120,8 +135,11 @@ class CallRegistry:
 
     # --- stream time ---------------------------------------------------------------------------------------
 
-    async def run_stream(self, ws: WebSocket, start: StartInfo, fallback_prompt: Prompt) -> None:
-        """Run the call for an accepted stream socket until it ends."""
+    async def run_stream(
+        self, ws: WebSocket, start: StartInfo, fallback_prompt: Prompt, answer: AnswerContext | None = None
+    ) -> None:
+        """Run the call for an accepted stream socket until it ends. `fallback_prompt` (and `answer`, what another
+        replica shared of how it answered the call) serve when this replica did not answer it."""
         call_id = start.callId
         previous = self.live.get(call_id)
         if previous is not None:
@@ -138,7 +156,7 @@ class CallRegistry:
         prewarm = self._claim(call_id)
         # A pre-warmed session is only usable if Vobiz streams the format it was configured for.
         prompt = prewarm.prompt if prewarm else fallback_prompt
-        record = prewarm.record if prewarm else self.records.get(call_id) or CallRecord(call_id)
+        record = prewarm.record if prewarm else self.records.get(call_id) or _record_for(call_id, answer)
         record.prompt_name, record.prompt_hash = prompt.name, prompt.content_hash
         self._remember(record)
         model_task: asyncio.Task[ModelSocket] | None = prewarm.task if prewarm else None
@@ -169,18 +187,57 @@ class CallRegistry:
             return True
         return prewarm is not None
 
-    def set_outcome(self, call_id: str, outcome: Outcome) -> None:
+    async def set_outcome(self, call_id: str, outcome: Outcome) -> None:
+        """Remember how the call must end, here and for every replica (the after-stream redirect and the
+        transfer fetch may reach any of them); returns once it is shared, or the database had its chance."""
         self._outcomes[call_id] = outcome
         while len(self._outcomes) > _KEEP_ENDED:
             self._outcomes.popitem(last=False)
+        if self.states is not None:
+            action, number = outcome.action.value, outcome.transfer_number
+            await self._shared(self.states.set_outcome(call_id, action, outcome.reason, number), "outcome")
 
-    def outcome(self, call_id: str) -> Outcome | None:
-        return self._outcomes.get(call_id)
+    async def outcome(self, call_id: str) -> Outcome | None:
+        """How the call decided to end: this replica's memory first, then what any replica shared."""
+        known = self._outcomes.get(call_id)
+        if known is not None:
+            return known
+        stored = await self.stored(call_id)
+        if stored is None or stored.outcome is None:
+            return None
+        try:
+            action = EndAction(stored.outcome.action)
+        except ValueError:
+            return None
+        return Outcome(action, stored.outcome.reason, stored.outcome.transfer_number)
+
+    async def remember_answer(self, context: AnswerContext) -> None:
+        """Share how the call was answered before the XML goes back, so its stream may land on any replica."""
+        if self.states is not None:
+            await self._shared(self.states.answered(context), "answer context")
+
+    async def stored(self, call_id: str) -> StoredCall | None:
+        """What the replicas shared about a call; None when nothing was, or the database did not answer in time."""
+        if self.states is None:
+            return None
+        return await self._shared(self.states.get(call_id), "call state")
+
+    async def _shared(self, operation: Awaitable[_T], what: str) -> _T | None:
+        try:
+            return await within(_SHARED_DEADLINE_S, operation)
+        except Exception as exc:  # the database is down or slow: this replica's memory still serves
+            self.deps.metrics.shared_state_failures.inc()
+            log.error("could not share or read the %s (database: %r)", what, exc)
+            return None
 
     def _mark_ended(self, call_id: str) -> None:
         self._ended[call_id] = time.time()
         while len(self._ended) > _KEEP_ENDED:
             self._ended.popitem(last=False)
+        if self.states is not None:  # other replicas must refuse a stream for this call from now on
+            task = asyncio.get_running_loop().create_task(self._shared(self.states.ended(call_id), "call end"))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
 
     def _remember(self, record: CallRecord) -> None:
         self.records[record.call_id] = record
@@ -212,6 +269,8 @@ class CallRegistry:
             await asyncio.wait([asyncio.ensure_future(c.done.wait()) for c in remaining], timeout=wrap_up_s)
 
     async def shutdown(self) -> None:
+        if self._background:  # call ends still being shared
+            await asyncio.wait(list(self._background), timeout=_SHARED_DEADLINE_S)
         for call_id in list(self._prewarms):
             prewarm = self._claim(call_id)
             if prewarm is not None:
@@ -226,3 +285,12 @@ class CallRegistry:
 
     def default_outcome(self) -> Outcome:
         return Outcome(EndAction.APOLOGY, "unknown_call", self.deps.settings.transfer_number)
+
+
+def _record_for(call_id: str, answer: AnswerContext | None) -> CallRecord:
+    """A fresh record; with what the answering replica shared, it carries the same numbers and labels."""
+    if answer is None:
+        return CallRecord(call_id)
+    record = CallRecord(call_id, from_number=answer.caller, to_number=answer.called, direction=answer.direction)
+    record.tags |= answer.tags
+    return record

@@ -95,7 +95,7 @@ async def _transfer(call: Call, tool: ToolCall) -> None:
         await call.request_response()
         return
     await _announce(call, tool, "Tell the caller you are connecting them to a colleague now.")
-    call.set_outcome(Outcome(EndAction.TRANSFER, "agent_transfer", call.transfer_number))
+    await call.set_outcome(Outcome(EndAction.TRANSFER, "agent_transfer", call.transfer_number))
     vobiz = call.deps.vobiz
     if vobiz is not None:
         try:

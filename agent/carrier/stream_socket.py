@@ -28,9 +28,12 @@ async def stream(ws: WebSocket) -> None:
     call_id = ws.query_params.get("call", "")
     check = stream_token.verify(state.settings.stream_secret.get_secret_value(), call_id, ws.query_params.get("token"))
     refusal = "token" if not check.ok else state.registry.stream_refusal(call_id, token_expired=check.expired)
-    # A call this replica answered or runs is known here; only a stranger's call costs a look at the records.
-    if refusal is None and not state.registry.knows(call_id) and await _stored_as_ended(state, call_id):
-        refusal = "call_ended"
+    # A call this replica pre-warmed or runs is known here; any other costs a look at what the replicas shared.
+    stored = None
+    if refusal is None and not state.registry.knows(call_id):
+        stored = await state.registry.stored(call_id)
+        if (stored is not None and stored.ended) or await _stored_as_ended(state, call_id):
+            refusal = "call_ended"
     if refusal is not None:
         state.metrics.stream_rejected.labels(refusal).inc()
         log.warning("refused stream socket for call %r: %s", call_id[:64], check.reason or refusal)
@@ -49,14 +52,20 @@ async def stream(ws: WebSocket) -> None:
         log.warning("stream token for call %s presented with start.callId %s", call_id, start.callId[:64])
         await _close(ws)
         return
+    answer = stored.answer if stored is not None else None
     try:
-        # Used only when this replica did not answer the call (no pre-warmed session with its prompt).
-        prompt = state.prompts.select(requested=ws.query_params.get("prompt")).render()
+        # Used only when this replica did not pre-warm the call: the prompt the answering replica chose, with
+        # the same variables, or else the one named in the stream URL.
+        if answer is not None:
+            values = {"caller": answer.caller, "called": answer.called} | answer.variables
+            prompt = state.prompts.select(answer.called, answer.prompt).render(values)
+        else:
+            prompt = state.prompts.select(requested=ws.query_params.get("prompt")).render()
     except PromptError as exc:
         log.error("no usable prompt for call %s: %s", call_id, exc)
         await _close(ws)
         return
-    await state.registry.run_stream(ws, start, prompt)
+    await state.registry.run_stream(ws, start, prompt, answer)
 
 
 async def _stored_as_ended(state: AppState, call_id: str) -> bool:

@@ -26,6 +26,7 @@ from agent.carrier.signature import HEADER_V2_NONCE, HEADER_V3_NONCE, verify_sig
 from agent.config import ConfigError, Settings
 from agent.prompts.loader import PromptError
 from agent.state import AppState
+from agent.storage.call_state import AnswerContext
 from agent.storage.nonces import NonceStore, NonceVerdict
 from agent.waiting import within
 
@@ -219,11 +220,13 @@ async def _answer(request: Request, state: AppState) -> Response:
     record.tags |= {k[4:]: v[:200] for k, v in params.items() if k.startswith("tag_") and len(k) <= 64}
     record.event("answer_webhook", event=event, status=params.get("CallStatus", ""), prompt=prompt.name)
     content_type = prompt.meta.audio_format or settings.stream_content_type
+    context = AnswerContext(call_id, prompt.name, caller, called, record.direction, variables, dict(record.tags))
+    await registry.remember_answer(context)  # before the XML goes back: the stream may land on another replica
     registry.prewarm(record, prompt, MediaFormat.parse(content_type))
     token = stream_token.issue(settings.stream_secret.get_secret_value(), call_id, settings.stream_token_ttl_s)
     call_q = quote(call_id, safe="")
     stream = xml.StreamSpec(
-        url=f"{settings.public_ws_url}/vobiz/stream?call={call_q}&token={token}&prompt={prompt.name}",
+        url=f"{settings.stream_ws_url}/vobiz/stream?call={call_q}&token={token}&prompt={prompt.name}",
         content_type=content_type,
         status_callback_url=f"{settings.public_url}/vobiz/stream-status",
         max_retries=settings.stream_max_retries,
@@ -267,7 +270,7 @@ async def after_stream(request: Request) -> Response:
     state = _state(request)
     params = await _params(request, "after_stream")
     call_id = _call_id(params)
-    outcome = state.registry.outcome(call_id) or state.registry.default_outcome()
+    outcome = await state.registry.outcome(call_id) or state.registry.default_outcome()
     _log_event(state, call_id, "after_stream", {"action": outcome.action.value, "reason": outcome.reason})
     settings = state.settings
     if outcome.action is EndAction.HANGUP:
@@ -283,7 +286,7 @@ async def transfer(request: Request) -> Response:
     state = _state(request)
     params = await _params(request, "transfer")
     call_id = _call_id(params)
-    outcome = state.registry.outcome(call_id)
+    outcome = await state.registry.outcome(call_id)
     number = outcome.transfer_number if outcome else None
     _log_event(state, call_id, "transfer_xml", {"number_set": str(bool(number))})
     if not number:

@@ -37,6 +37,11 @@ class Metrics:
             ["outcome"],
             registry=r,
         )
+        self.shared_state_failures = Counter(
+            "agent_shared_state_failures",
+            "Reads or writes of the state replicas share (answer context, outcome, end) that failed or timed out",
+            registry=r,
+        )
         self.responses_abandoned = Counter(
             "agent_responses_abandoned",
             "Responses the model never started or never finished in time, given up so the call goes on",
