@@ -12,6 +12,7 @@ They skip only when podman cannot run here at all (not root, no apt-get).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import re
@@ -53,7 +54,12 @@ SIM_ONLY = ("espeakng_loader", "pocketsphinx", "matplotlib", "rich", "psutil")
 TOKEN = "vobiz-token-for-the-image-test"
 OPERATOR = "operator-token-for-the-image-test"
 
-container = pytest.mark.container
+
+def container(test: Callable[..., Any]) -> Callable[..., Any]:
+    """Marks an image test: selectable with ``-m container``, and given time for a first build (the suite's
+    default timeout is 120 s; the first run also makes the base image)."""
+    marked: Callable[..., Any] = pytest.mark.timeout(900)(pytest.mark.container(test))
+    return marked
 
 
 # --- the image ----------------------------------------------------------------------------------------------
@@ -198,46 +204,65 @@ def _grace_and_drain() -> tuple[int, int]:
     return grace, int(_env(_agent_container(deployment))["AGENT_DRAIN_TIMEOUT_S"])
 
 
+@contextlib.asynccontextmanager
+async def _serving(image: str, **env: str) -> AsyncIterator[Running]:
+    """The image serving on 127.0.0.1 (host network) with ``env``, its /app/var a host folder; removed after."""
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    var = Path(tempfile.mkdtemp(prefix="agent-image-var-"))
+    os.chown(var, UID, UID)
+    name = f"voice-agent-test-{uuid.uuid4().hex[:8]}"
+    code, out = await _podman(
+        "run",
+        "--detach",
+        "--name",
+        name,
+        "--network",
+        "host",
+        *ULIMITS,
+        "--volume",
+        f"{var}:/app/var",
+        *(arg for k, v in ({"PUBLIC_URL": base} | env).items() for arg in ("--env", f"{k}={v}")),
+        image,
+        *("voice-agent", "serve", "--host", "127.0.0.1", "--port", str(port)),
+    )
+    assert code == 0, out
+    try:
+        yield Running(name, base, var)
+    finally:
+        _, logs = await _podman("logs", name)
+        print(f"--- container logs (last 40 lines) ---\n{''.join(logs.splitlines(True)[-40:])}")
+        await _podman("rm", "--force", "--time", "0", name)
+        shutil.rmtree(var, ignore_errors=True)
+
+
+async def _ok(http: httpx.AsyncClient, path: str) -> bool:
+    try:
+        return (await http.get(path)).status_code == 200
+    except httpx.TransportError:
+        return False
+
+
+async def _wait_ready(http: httpx.AsyncClient) -> None:
+    await _poll("/healthz answers 200", 60, lambda: _ok(http, "/healthz"))
+    await _poll("/readyz answers 200 (the model endpoint is reachable)", 30, lambda: _ok(http, "/readyz"))
+
+
 @pytest.fixture
 async def running(built: Built) -> AsyncIterator[Running]:
-    """The image serving on 127.0.0.1 (host network), its model a local Realtime stand-in in this process."""
+    """The image as production runs it: an OpenAI key (here a dummy, the model a local Realtime stand-in in this
+    process), signed webhooks, the console on, the Kubernetes manifest's drain timeout."""
     _, drain_s = _grace_and_drain()
     async with RealtimeServer(RealtimeSimConfig(reply_ms=300)) as engine:
-        port = free_port()
-        base = f"http://127.0.0.1:{port}"
-        var = Path(tempfile.mkdtemp(prefix="agent-image-var-"))
-        os.chown(var, UID, UID)
-        name = f"voice-agent-test-{uuid.uuid4().hex[:8]}"
         env = {
             "OPENAI_API_KEY": "sk-dummy-not-used",
             "OPENAI_BASE_URL": engine.http_base_url,
-            "PUBLIC_URL": base,
             "VOBIZ_AUTH_TOKEN": TOKEN,
             "AGENT_OPERATOR_TOKEN": OPERATOR,
-            "AGENT_DRAIN_TIMEOUT_S": str(drain_s),  # as the Kubernetes manifest sets it
+            "AGENT_DRAIN_TIMEOUT_S": str(drain_s),
         }
-        code, out = await _podman(
-            "run",
-            "--detach",
-            "--name",
-            name,
-            "--network",
-            "host",
-            *ULIMITS,
-            "--volume",
-            f"{var}:/app/var",
-            *(arg for k, v in env.items() for arg in ("--env", f"{k}={v}")),
-            built.image,
-            *("voice-agent", "serve", "--host", "127.0.0.1", "--port", str(port)),
-        )
-        assert code == 0, out
-        try:
-            yield Running(name, base, var)
-        finally:
-            _, logs = await _podman("logs", name)
-            print(f"--- container logs (last 40 lines) ---\n{''.join(logs.splitlines(True)[-40:])}")
-            await _podman("rm", "--force", "--time", "0", name)
-            shutil.rmtree(var, ignore_errors=True)
+        async with _serving(built.image, **env) as serving:
+            yield serving
 
 
 @container
@@ -245,15 +270,7 @@ async def test_image_serves_a_signed_call_and_drains_on_sigterm(running: Running
     grace_s, _ = _grace_and_drain()
     signed = SimCallOptions(auth_token=TOKEN)
     async with httpx.AsyncClient(base_url=running.base_url, timeout=5) as http:
-
-        async def ok(path: str) -> bool:
-            try:
-                return (await http.get(path)).status_code == 200
-            except httpx.TransportError:
-                return False
-
-        await _poll("/healthz answers 200", 60, lambda: ok("/healthz"))
-        await _poll("/readyz answers 200 (model stand-in reachable)", 30, lambda: ok("/readyz"))
+        await _wait_ready(http)
         assert (await http.post("/vobiz/answer", data={"CallUUID": "unsigned"})).status_code == 403
 
         carrier = CarrierSim(running.base_url, http=http)
@@ -307,6 +324,22 @@ async def test_image_serves_a_signed_call_and_drains_on_sigterm(running: Running
         await database.aclose()
     assert detail is not None, "the drained call's record was not saved before exit"
     assert detail.record.end_reason not in ("drain", "shutdown", "internal_error"), detail.record.end_reason
+
+
+@container
+async def test_image_without_a_key_answers_with_tones(built: Built) -> None:
+    """No OPENAI_API_KEY and no sim extra: the embedded engine says so in one line and still answers calls."""
+    async with _serving(built.image) as serving, httpx.AsyncClient(base_url=serving.base_url, timeout=5) as http:
+        await _wait_ready(http)
+        carrier = CarrierSim(serving.base_url, http=http)
+        call = await carrier.place_call([CallerAudio.silence(1000)])
+        await call.wait_bot_audio(250, timeout=15)
+        await call.hangup()
+        await carrier.aclose()
+        assert call.protocol_errors == []
+        _, logs = await _podman("logs", serving.name)
+    assert sum("replying with tones" in line for line in logs.splitlines()) == 1, logs
+    assert "Traceback" not in logs
 
 
 # --- the deployment files ----------------------------------------------------------------------------------
