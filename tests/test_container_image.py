@@ -143,7 +143,7 @@ def test_image_is_small_non_root_and_holds_no_simulation_packages(built: Built) 
     done = _run([*PODMAN, "run", "--rm", *ULIMITS, "--network", "none", built.image, "python", "-c", probe], 120)
     assert done.returncode == 0, done.stderr
     found = json.loads(done.stdout.strip().splitlines()[-1])
-    assert found == {"uid": UID, "agent": "/opt/venv/bin/voice-agent", "pip": None, "sim": []}
+    assert found == {"uid": UID, "agent": "/opt/agent/bin/voice-agent", "pip": None, "sim": []}
 
 
 # --- the image, running ---------------------------------------------------------------------------------------
@@ -324,6 +324,26 @@ async def test_image_serves_a_signed_call_and_drains_on_sigterm(running: Running
         await database.aclose()
     assert detail is not None, "the drained call's record was not saved before exit"
     assert detail.record.end_reason not in ("drain", "shutdown", "internal_error"), detail.record.end_reason
+
+
+@container
+async def test_default_command_passes_the_image_health_check(built: Built) -> None:
+    """The image's own CMD and HEALTHCHECK, as Docker and compose run them: port 8080 in a private network
+    namespace (so nothing on this host's 8080 matters), checked by `podman healthcheck run`."""
+    name = f"voice-agent-health-{uuid.uuid4().hex[:8]}"
+    env = ["--env", "OPENAI_API_KEY=sk-dummy-not-used", "--env", "OPENAI_BASE_URL=http://127.0.0.1:9/v1"]
+    code, out = await _podman("run", "--detach", "--name", name, "--network", "none", *ULIMITS, *env, built.image)
+    assert code == 0, out
+    try:
+
+        async def healthy() -> bool:
+            return (await _podman("healthcheck", "run", name))[0] == 0
+
+        await _poll("`podman healthcheck run` passes", 60, healthy)
+        _, logs = await _podman("logs", name)
+        assert f"Uvicorn running on http://0.0.0.0:{PORT}" in logs
+    finally:
+        await _podman("rm", "--force", "--time", "0", name)
 
 
 @container
