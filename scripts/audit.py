@@ -88,8 +88,8 @@ def _latest_release_audit(lock: Path) -> int:
             continue
         for advisory in advisories:
             if not advisory.get("withdrawn"):
-                fixed = ", ".join(advisory.get("fixed_in") or []) or "no fix yet"
-                found.append(f"{pin.name}=={pin.version}: {advisory.get('id')} (fixed in {fixed})")
+                fixed = ", ".join(advisory.get("fixed_in") or []) or "none yet"
+                found.append(f"{pin.name}=={pin.version}: {advisory.get('id')} (fixed in: {fixed})")
     checked = len(pins) - len(older)
     print(f"audit: checked {checked} of {len(pins)} pins (those at PyPI's latest release): {len(found)} advisories")
     for line in found:

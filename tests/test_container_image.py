@@ -144,6 +144,12 @@ def test_image_is_small_non_root_and_holds_no_simulation_packages(built: Built) 
     assert done.returncode == 0, done.stderr
     found = json.loads(done.stdout.strip().splitlines()[-1])
     assert found == {"uid": UID, "agent": "/opt/agent/bin/voice-agent", "pip": None, "sim": []}
+    # The load-test tooling is not in the production image: one clear line, not a traceback.
+    done = _run([*PODMAN, "run", "--rm", *ULIMITS, "--network", "none", built.image, "voice-agent", "loadtest"], 120)
+    assert done.returncode == 1
+    assert [line for line in done.stderr.splitlines() if "level=" not in line] == [
+        "Error: voice-agent loadtest needs the sim extra (No module named 'rich'): pip install 'vobiz-voice-agent[sim]'"
+    ]
 
 
 # --- the image, running ---------------------------------------------------------------------------------------
