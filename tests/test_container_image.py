@@ -43,6 +43,8 @@ IMAGE = "localhost/vobiz-voice-agent:test"
 PODMAN = ["podman", "--runtime", "runc"]  # crun, podman's default, fails on hybrid-cgroup hosts
 ULIMITS = ["--ulimit", "nofile=1024:1024", "--ulimit", "nproc=4096:4096"]
 CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
+HARDENED = ["--read-only", "--tmpfs", "/tmp", "--cap-drop", "ALL", "--security-opt", "no-new-privileges"]
+"""How the Deployment's and compose's securityContext run it: the image tests run it the same way."""
 
 PORT = 8080
 """The port the image exposes and the manifests route to."""
@@ -210,13 +212,19 @@ def _grace_and_drain() -> tuple[int, int]:
     return grace, int(_env(_agent_container(deployment))["AGENT_DRAIN_TIMEOUT_S"])
 
 
+def _var_dir() -> Path:
+    """A host folder for the container's /app/var (the image's user must own it: the root is read-only)."""
+    var = Path(tempfile.mkdtemp(prefix="agent-image-var-"))
+    os.chown(var, UID, UID)
+    return var
+
+
 @contextlib.asynccontextmanager
 async def _serving(image: str, **env: str) -> AsyncIterator[Running]:
     """The image serving on 127.0.0.1 (host network) with ``env``, its /app/var a host folder; removed after."""
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    var = Path(tempfile.mkdtemp(prefix="agent-image-var-"))
-    os.chown(var, UID, UID)
+    var = _var_dir()
     name = f"voice-agent-test-{uuid.uuid4().hex[:8]}"
     code, out = await _podman(
         "run",
@@ -226,6 +234,7 @@ async def _serving(image: str, **env: str) -> AsyncIterator[Running]:
         "--network",
         "host",
         *ULIMITS,
+        *HARDENED,
         "--volume",
         f"{var}:/app/var",
         *(arg for k, v in ({"PUBLIC_URL": base} | env).items() for arg in ("--env", f"{k}={v}")),
@@ -338,18 +347,26 @@ async def test_default_command_passes_the_image_health_check(built: Built) -> No
     namespace (so nothing on this host's 8080 matters), checked by `podman healthcheck run`."""
     name = f"voice-agent-health-{uuid.uuid4().hex[:8]}"
     env = ["--env", "OPENAI_API_KEY=sk-dummy-not-used", "--env", "OPENAI_BASE_URL=http://127.0.0.1:9/v1"]
-    code, out = await _podman("run", "--detach", "--name", name, "--network", "none", *ULIMITS, *env, built.image)
+    var = _var_dir()  # for SQLite, the default; the root is read-only
+    options = ["--detach", "--name", name, "--network", "none", *ULIMITS, *HARDENED, "--volume", f"{var}:/app/var"]
+    code, out = await _podman("run", *options, *env, built.image)
     assert code == 0, out
     try:
 
         async def healthy() -> bool:
-            return (await _podman("healthcheck", "run", name))[0] == 0
+            if (await _podman("healthcheck", "run", name))[0] == 0:
+                return True
+            _, state = await _podman("inspect", "--format", "{{.State.Status}}", name)
+            if state.strip() != "running":
+                raise AssertionError(f"the container is {state.strip()}:\n{(await _podman('logs', name))[1][-3000:]}")
+            return False
 
         await _poll("`podman healthcheck run` passes", 60, healthy)
         _, logs = await _podman("logs", name)
         assert f"Uvicorn running on http://0.0.0.0:{PORT}" in logs
     finally:
         await _podman("rm", "--force", "--time", "0", name)
+        shutil.rmtree(var, ignore_errors=True)
 
 
 @container
@@ -387,6 +404,13 @@ def test_kubernetes_manifests_are_valid_and_match_the_image() -> None:
     assert agent["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
     assert agent["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
     assert pod["securityContext"] == {"runAsNonRoot": True, "runAsUser": UID}
+    assert agent["securityContext"] == {
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "capabilities": {"drop": ["ALL"]},
+    }
+    mounts = {m["mountPath"] for m in agent["volumeMounts"]}
+    assert {"/tmp", "/app/var/recordings"} <= mounts  # the only places it writes (besides SQLite, unused here)
     grace, drain = _grace_and_drain()
     assert grace >= drain + 30, "the grace period must cover the drain plus the spoken wrap-ups"
     annotations = deployment["spec"]["template"]["metadata"]["annotations"]
@@ -404,6 +428,8 @@ def test_compose_file_is_valid_and_matches_the_image() -> None:
     assert (DEPLOY / agent["build"]["context"] / agent["build"]["dockerfile"]).resolve() == DEPLOY / "Dockerfile"
     assert [p.rsplit(":", 1)[-1] for p in agent["ports"]] == [str(PORT)]
     assert "user" not in agent  # the image's non-root user
+    assert agent["read_only"] is True and agent["cap_drop"] == ["ALL"] and agent["tmpfs"] == ["/tmp"]
+    assert agent["security_opt"] == ["no-new-privileges:true"]
     drain = int(agent["environment"]["AGENT_DRAIN_TIMEOUT_S"])
     match = re.fullmatch(r"(\d+)s", agent["stop_grace_period"])
     assert match and int(match.group(1)) >= drain + 30
