@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib
 import logging
 import socket
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import click
 import uvicorn
@@ -16,14 +17,59 @@ import yaml
 
 from agent.config import ConfigError, Settings, load_settings
 from agent.heap import freeze_startup_heap
-from agent.loadtest.cli import loadtest
 from agent.observability import logs
 from agent.prompts.library import PromptLibrary
 from agent.prompts.loader import Prompt, PromptError
-from agent.simulation.demo import demo_command
-from agent.simulation.evaluate import eval_command
-from agent.simulation.synthetic_call import call_command
 from agent.state import AppState
+
+SIM_EXTRA_HINT: Final = "pip install 'vobiz-voice-agent[sim]'"
+
+_SIM_MODULES: Final = frozenset({"espeakng_loader", "pocketsphinx", "matplotlib", "rich", "psutil"})
+"""Top-level modules of the optional `sim` extra's packages."""
+
+_LAZY_COMMANDS: Final = {
+    "call": ("agent.simulation.synthetic_call", "call_command"),
+    "demo": ("agent.simulation.demo", "demo_command"),
+    "eval": ("agent.simulation.evaluate", "eval_command"),
+    "loadtest": ("agent.loadtest.cli", "loadtest"),
+}
+"""Simulation and load-test commands, imported only when run (or listed by --help), so that `serve` starts
+without their tooling and without the `sim` extra some of them need."""
+
+
+class _LazyGroup(click.Group):
+    """A command group whose simulation commands are imported on first use."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *_LAZY_COMMANDS})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in _LAZY_COMMANDS:
+            return super().get_command(ctx, cmd_name)
+        module_name, attribute = _LAZY_COMMANDS[cmd_name]
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError as exc:
+            if (exc.name or "").split(".")[0] not in _SIM_MODULES:
+                raise
+            return _unavailable(cmd_name, f"voice-agent {cmd_name} needs the sim extra ({exc}): {SIM_EXTRA_HINT}")
+        command = getattr(module, attribute)
+        assert isinstance(command, click.Command)
+        return command
+
+
+def _unavailable(name: str, message: str) -> click.Command:
+    """Stands in for a command whose optional packages are missing: listed in --help, one clear line when run."""
+
+    def fail() -> None:
+        raise click.ClickException(message)
+
+    return click.Command(
+        name,
+        callback=fail,
+        help=f"(unavailable) {message}",
+        context_settings={"ignore_unknown_options": True, "allow_extra_args": True, "help_option_names": []},
+    )
 
 
 def _settings() -> Settings:
@@ -34,7 +80,7 @@ def _settings() -> Settings:
         sys.exit(2)
 
 
-@click.group()
+@click.group(cls=_LazyGroup)
 def main() -> None:
     """Vobiz phone voice agent on OpenAI Realtime."""
 
@@ -68,12 +114,6 @@ def serve(host: str, port: int) -> None:
         forwarded_allow_ips=settings.forwarded_allow_ips,
     )
     DrainingServer(config, app.state.agent).run()
-
-
-main.add_command(call_command)
-main.add_command(demo_command)
-main.add_command(eval_command)
-main.add_command(loadtest)
 
 
 @main.command("realtime-sim")

@@ -3,6 +3,9 @@
 ``speech`` mode answers from the prompt file's scripted dialogue in synthesised speech and recognises callers with
 PocketSphinx (``asr=False`` skips recognition, the costly part, for load tests); ``tone`` mode replies with sine
 tones, the cheapest option for benchmarks. First-audio latency and streaming speed mimic the real service.
+
+Speech needs the optional ``sim`` extra (eSpeak NG, PocketSphinx). Without it the engine still serves: it replies
+with tones (and without PocketSphinx alone, it speaks but does not recognise callers), saying so in one log line.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from pathlib import Path
 from typing import Literal
 
 from agent.simulation.realtime_server import RealtimeServer, RealtimeSimConfig, ReplySource
+from agent.simulation.speech import SIM_EXTRA_HINT, missing_packages
 from agent.simulation.speech.asr import shared_recognizer
 from agent.simulation.speech.dialogue import DialogueIndex, SpeechReplySource
 from agent.simulation.speech.tts import CLEAR_VOICE
@@ -47,8 +51,20 @@ def build_reply_source(options: EngineOptions) -> ReplySource | None:
     """The reply source for ``options``; None means the server's default tone replies."""
     if options.mode == "tone":
         return None
+    absent = missing_packages("espeakng_loader")
+    if absent:
+        log.warning(
+            "offline engine: replying with tones, not speech: %s is not installed (%s)", absent[0], SIM_EXTRA_HINT
+        )
+        return None
     recognizer = None
-    if options.asr:
+    if options.asr and missing_packages("pocketsphinx"):
+        log.warning(
+            "offline engine: callers are not recognised (transcripts are placeholders): pocketsphinx is not "
+            "installed (%s)",
+            SIM_EXTRA_HINT,
+        )
+    elif options.asr:
         recognizer = shared_recognizer()
         recognizer.warm_in_background()  # the first caller turn should not wait a second for the model to load
     return SpeechReplySource(
@@ -70,7 +86,11 @@ def build_engine(options: EngineOptions | None = None) -> RealtimeServer:
 async def run_engine(options: EngineOptions) -> None:
     """Serve until cancelled (Ctrl-C), logging where the agent should point ``OPENAI_BASE_URL``."""
     async with build_engine(options) as server:
-        detail = "tone replies" if options.mode == "tone" else f"speech replies, ASR {'on' if options.asr else 'off'}"
+        source = server.config.reply_source
+        if not isinstance(source, SpeechReplySource):
+            detail = "tone replies"
+        else:
+            detail = f"speech replies, ASR {'on' if source.recognizer is not None else 'off'}"
         log.info(
             "offline realtime engine (%s) listening on %s; use OPENAI_BASE_URL=%s",
             detail,

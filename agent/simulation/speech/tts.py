@@ -12,7 +12,6 @@ import ctypes
 import threading
 from typing import Final
 
-import espeakng_loader
 import numpy as np
 import soxr
 
@@ -43,6 +42,10 @@ class _Espeak:
     """The process's libespeak-ng instance in synchronous mode; callers must hold ``_LOCK``."""
 
     def __init__(self) -> None:
+        # Imported here, not at the top, so that this module (its voices, Speaker) loads without the optional
+        # `sim` extra; the first synthesis then raises ImportError, which callers report or fall back from.
+        import espeakng_loader
+
         lib = ctypes.CDLL(espeakng_loader.get_library_path())
         lib.espeak_Initialize.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes.c_int]
         lib.espeak_Initialize.restype = ctypes.c_int
