@@ -46,6 +46,8 @@ def create_app(
 
     Raises ConfigError when webhooks would be open without AGENT_INSECURE_WEBHOOKS=true."""
     webhooks.check_webhook_auth(settings)
+    if embedded_engine:  # the offline engine costs nothing: its calls must not show gpt-realtime prices
+        settings = settings.model_copy(update={name: 0.0 for name in settings.price_fields})
     metrics = Metrics()
     connector = connector or ModelConnector(settings)
     connector.on_off_contract = lambda outcome: metrics.model_events_off_contract.labels(outcome).inc()

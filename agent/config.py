@@ -252,6 +252,10 @@ class Settings(BaseSettings):
         return [self.vobiz_main_auth_token.get_secret_value()] if self.vobiz_main_auth_token else []
 
     @property
+    def price_fields(self) -> tuple[str, ...]:
+        return tuple(f"price_{kind}" for kind in self.prices)
+
+    @property
     def prices(self) -> dict[str, float]:
         return {
             "input_text": self.price_input_text,

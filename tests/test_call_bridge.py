@@ -60,6 +60,7 @@ async def test_greeting_is_paced_checkpointed_and_recorded() -> None:
         record = stack.state.registry.records[call.call_uuid]
         assert record.usage.output_audio > 0 and record.cost_usd > 0
         assert record.hung_up_by == "caller" and record.ended_at is not None
+        assert record.end_reason == call.end_reason == "caller_hangup"  # one name for it, agent and carrier alike
         await stack.engine.wait_idle(timeout=2)
         assert_clean(stack, call, session)
 
@@ -119,6 +120,48 @@ async def test_barge_in_clears_first_and_truncates_to_what_was_heard(speed: floa
         assert barge[0].heard_ms == pytest.approx(truncate["audio_end_ms"], abs=1) and barge[0].clear_ms < 50
         await call.hangup()
         assert_clean(stack, call, session)
+
+
+async def test_each_barge_in_records_the_answer_it_cut_and_what_was_heard_of_it() -> None:
+    """Three barge-ins in one call: each stored barge-in names its own answer and its own heard length."""
+    async with running_stack(RealtimeSimConfig(reply_ms=4000, speed=1.2)) as stack:
+        interrupt = [CallerAudio.after_bot_audio(ms, CallerAudio.tone(300, 700, 0.4)) for ms in (900, 700, 500)]
+        call = await stack.carrier.place_call([*interrupt, CallerAudio.silence(3000)])
+        session = await stack.engine.wait_for_session()
+        await call.wait_clear(count=3, timeout=20)
+
+        def truncates() -> list[dict[str, Any]]:
+            return [e for e in session.client_events if e["type"] == "conversation.item.truncate"]
+
+        await session.wait_for_client_event("conversation.item.truncate", lambda e: len(truncates()) >= 3, timeout=5)
+        barges = stack.state.registry.records[call.call_uuid].barge_ins
+        assert [b.item_id for b in barges] == [t["item_id"] for t in truncates()]
+        assert len({b.item_id for b in barges}) == 3
+        for barge, truncate in zip(barges, truncates(), strict=True):
+            assert barge.heard_ms == pytest.approx(truncate["audio_end_ms"], abs=1)
+        await call.hangup()
+
+
+async def test_response_latency_is_measured_from_the_callers_last_word_to_bot_audio_on_the_line() -> None:
+    """The agent's figure is what the caller lives through: from their speech ending on the line (not the VAD's
+    later verdict) to the answer starting on the line (not its first bytes leaving), as the carrier sees it."""
+    config = RealtimeSimConfig(reply_ms=600, first_audio_delay_ms=250)
+    async with running_stack(config) as stack:
+        call = await stack.carrier.place_call(
+            [CallerAudio.silence(1200), CallerAudio.tone(300, 800, 0.4), CallerAudio.silence(4000)]
+        )
+        session = await stack.engine.wait_for_session()
+        await session.wait_for_server_event("response.done", lambda e: len(session.responses) >= 2, timeout=6)
+        await call.wait_bot_audio(1180, timeout=5)
+        segments = [e for e in call.timeline if e.kind == "caller_segment_started"]
+        spoke_until = segments[2].t  # the silence after the tone began: the caller's last word was just before
+        heard_at = next(e.t for e in call.timeline if e.kind == "bot_audio_started" and e.t > spoke_until)
+        on_the_line_ms = (heard_at - spoke_until) * 1000
+        answer = [t for t in stack.state.registry.records[call.call_uuid].turns if t.speaker == "assistant"][1]
+        assert answer.latency_ms == pytest.approx(on_the_line_ms, abs=60)
+        # It includes the VAD's silence window (500 ms by default) and the model's first-audio delay.
+        assert answer.latency_ms is not None and answer.latency_ms > 500 + 250
+        await call.hangup()
 
 
 async def test_speech_while_bot_is_silent_does_not_clear() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import sys
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 
@@ -56,3 +57,20 @@ async def test_invalid_configuration_stops_with_one_line_per_problem() -> None:
         "invalid setting PUBLIC_URL: Value error, must start with http:// or https://",
         "invalid setting AGENT_PLAYOUT_LEAD_MS: Input should be greater than or equal to 40",
     ]
+
+
+def test_calls_answered_by_the_offline_engine_cost_nothing(tmp_path: Path) -> None:
+    from agent.app import create_app
+    from agent.calls.record import Usage
+    from agent.config import Settings
+
+    settings = Settings(
+        insecure_webhooks=True,
+        database_url=f"sqlite+aiosqlite:///{tmp_path}/agent.db",
+        recordings_dir=tmp_path / "recordings",
+        spool_dir=tmp_path / "spool",
+    )
+    usage = Usage(input_text=1000, input_audio=2000, output_text=500, output_audio=4000)
+    assert usage.cost_usd(settings.prices) > 0  # what OpenAI would charge
+    offline = create_app(settings, embedded_engine=True).state.agent.settings
+    assert usage.cost_usd(offline.prices) == 0

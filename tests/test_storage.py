@@ -791,6 +791,7 @@ async def test_retention_runs_with_recording_off(tmp_path: Path, caplog: pytest.
         spool_dir=tmp_path / "spool",
         record_calls=False,
         recording_retention_days=30,
+        insecure_webhooks=True,
     )
     seeded = Database(settings.database_url)
     await seeded.migrate()

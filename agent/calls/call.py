@@ -30,6 +30,7 @@ from agent.audio.codecs import Int16Array, l16_to_pcm16, mulaw_to_pcm16
 from agent.audio.formats import MediaFormat
 from agent.audio.speech_onset import SpeechOnset
 from agent.audio.transcode import BotAudioConverter, CallerAudioConverter
+from agent.calls.latency import ResponseLatency
 from agent.calls.playout import Playout
 from agent.calls.record import BargeIn, CallRecord
 from agent.calls.responses import ResponseQueue
@@ -174,7 +175,8 @@ class Call:
         self.activity = asyncio.Event()
         self.caller_speaking = False
         self.caller_activity = self.started_monotonic
-        self._turn_ended_at: float | None = None  # speech_stopped: the clock for the next answer's latency
+        self.latency = ResponseLatency(session_config.vad_silence_ms(prompt))
+        self.playout.on_item_started = self._on_line
         self._greeted = False
 
     # --- lifecycle -----------------------------------------------------------------------------------------
@@ -433,7 +435,9 @@ class Call:
         if not audio:
             return
         self._caller_queue.append(audio)
-        self._caller_queued_ms += len(audio) / self._caller_bytes_per_ms
+        ms = len(audio) / self._caller_bytes_per_ms
+        self._caller_queued_ms += ms
+        self.latency.caller_frame(ms, self.playout.clock())
         while self._caller_queued_ms > self.settings.caller_queue_ms and len(self._caller_queue) > 1:
             dropped = self._caller_queue.popleft()
             ms = len(dropped) / self._caller_bytes_per_ms
@@ -607,6 +611,7 @@ class Call:
             await fresh.close()
             return False
         old, self.model = self.model, fresh
+        self.latency.new_session(self._caller_queued_ms)
         self.model_started = time.monotonic()
         self.responses.reset()
         self.playout.finish_all()  # an answer the old session was still streaming ends with what arrived
@@ -648,6 +653,7 @@ class Call:
                 await asyncio.sleep(min(0.25 * 2**attempt, 2.0))
                 continue
             self.model = model
+            self.latency.new_session(self._caller_queued_ms)
             self.model_started = time.monotonic()
             self.metrics.model_reconnects.labels("ok").inc()
             self.record.event("model_reconnected", attempt=attempt + 1, seeded_turns=len(history))
@@ -704,7 +710,7 @@ class Call:
             case ev.SpeechStopped():
                 self.record.caller_stopped(event.item_id)
                 self._caller_active(speaking=False)
-                self._turn_ended_at = time.monotonic()
+                self.latency.caller_stopped(event.audio_end_ms, self.playout.clock())
             case ev.CallerTranscript():
                 self.record.caller_said(event.item_id, event.transcript)
                 self.record.event("caller_transcript", item_id=event.item_id, text=event.transcript)
@@ -725,17 +731,19 @@ class Call:
             self.response_audio_items.setdefault(event.response_id, []).append(item_id)
             self.bot_audio.reset()
             self.record.event("bot_audio_started", item_id=item_id)
-            now = time.monotonic()
-            if not self._greeted:
-                self._greeted = True
-                self.metrics.greeting_latency.observe(now - self.started_monotonic)
-            if self._turn_ended_at is not None:
-                # End of the caller's turn (as detected) -> the answer's first audio leaves for the phone.
-                self.record.assistant_latency(item_id, (now - self._turn_ended_at) * 1000)
-                self.metrics.response_latency.observe(now - self._turn_ended_at)
-                self._turn_ended_at = None
+            self.latency.answer_started(item_id)
         self.received_ms[item_id] += len(audio) / self.format.model_bytes_per_ms
         self.playout.enqueue(item_id, self.bot_audio.convert(audio))
+
+    def _on_line(self, item_id: str, at: float) -> None:
+        """An item's first audio starts on the phone line: the greeting's and each answer's latency are known."""
+        if not self._greeted:
+            self._greeted = True
+            self.metrics.greeting_latency.observe(max(0.0, at - self.started_monotonic))
+        latency_ms = self.latency.on_line(item_id, at)
+        if latency_ms is not None:
+            self.record.assistant_latency(item_id, latency_ms)
+            self.metrics.response_latency.observe(latency_ms / 1000)
 
     async def _on_caller_onset(self) -> None:
         """The caller seems to start talking over the bot: silence it now, keep what was not heard, and let the
@@ -795,6 +803,8 @@ class Call:
             self.metrics.barge_ins.inc()
             self.barge_ins += 1
         heard = self.playout.clear() if audible else {}  # after an early clear: nothing has played since
+        # The playout still knows items cut by earlier barge-ins; only the ones this barge-in cut count here.
+        heard = {k: v for k, v in heard.items() if k not in self._truncated}
         if audible and self.recorder is not None:
             self.recorder.cut()  # queued bot audio that was never heard stays out of the recording
         self.bot_audio.reset()
@@ -807,7 +817,7 @@ class Call:
             await self._truncate(item_id, heard_ms)
         if audible:
             self.record.event("barge_in", heard={k: round(v) for k, v in heard.items()})
-            cut = next((k for k, v in heard.items() if v < self.received_ms.get(k, 0.0) - 1), None)
+            cut = next((k for k, v in reversed(heard.items()) if v < self.received_ms.get(k, 0.0) - 1), None)
             self.record.barge_ins.append(
                 BargeIn(time.time(), cut, round(heard.get(cut, 0.0) if cut else 0.0), round(clear_ms, 2))
             )

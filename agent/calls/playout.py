@@ -105,6 +105,7 @@ class Playout:
         # Observers (the call recorder): each chunk with its scheduled start; each late re-anchoring.
         self.on_scheduled: Callable[[bytes, float], None] | None = None
         self.on_late: Callable[[float, float], None] | None = None
+        self.on_item_started: Callable[[str, float], None] | None = None  # an item's first audio on the line
 
     # --- feeding -------------------------------------------------------------------------------------------
 
@@ -178,6 +179,8 @@ class Playout:
         if chunk.data:
             start = max(now, self._play_end)
             segment = _Segment(chunk.item_id, chunk.offset_ms, start, chunk.duration_ms)
+            if not info.segments and chunk.offset_ms == 0 and self.on_item_started is not None:
+                self.on_item_started(chunk.item_id, start)
             info.segments.append(segment)
             if self.on_scheduled is not None:
                 self.on_scheduled(chunk.data, start)

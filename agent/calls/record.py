@@ -198,6 +198,13 @@ class CallRecord:
             self.hung_up_by = _WHO_HUNG_UP.get(reason, "system")
             self.event("call_ended", reason=reason)
 
+    def hangup_reported(self, source: str) -> None:
+        """Vobiz's hangup webhook names who hung up. A stream that just closed, with nothing said, is the caller
+        hanging up when Vobiz says so: record it as such, as the CLI and carrier see it."""
+        if self.end_reason == "carrier_closed" and source.strip().lower() in ("", "caller"):
+            self.end_reason = "caller_hangup"
+            self.hung_up_by = _WHO_HUNG_UP[self.end_reason]
+
     def history(self) -> list[Turn]:
         """Turns worth re-telling a fresh model session: non-empty, in order."""
         return [t for t in self.turns if t.text.strip()]

@@ -299,5 +299,7 @@ def _log_event(state: AppState, call_id: str, kind: str, params: dict[str, str])
     if record is not None:
         safe = {k: v for k, v in params.items() if not k.lower().startswith(("x-", "auth"))}
         record.event(kind, **safe)
+        if kind == "hangup_webhook":
+            record.hangup_reported(params.get("HangupSource", ""))
         if record.ended_at is not None:
             state.records.submit(record)  # a late webhook refines a stored call; saving is idempotent

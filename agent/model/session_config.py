@@ -105,6 +105,12 @@ def greeting_response(prompt: Prompt) -> dict[str, Any]:
     return {"type": "response.create", "response": guided(prompt, guidance)}
 
 
+def vad_silence_ms(prompt: Prompt) -> float:
+    """How much silence the server VAD waits before `speech_stopped` (its `audio_end_ms` includes it)."""
+    td = prompt.meta.turn_detection
+    return float(td.silence_duration_ms) if td.type == "server_vad" else 0.0
+
+
 def server_cancels_on_barge_in(prompt: Prompt) -> bool:
     """With `interrupt_response` the server cancels the active response itself; a client cancel would race."""
     return prompt.meta.turn_detection.interrupt_response
