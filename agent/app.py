@@ -73,7 +73,8 @@ def create_app(
         transfer_url=lambda call_id: f"{settings.public_url}/vobiz/transfer?call={call_id}",
         on_outcome=_outcome_not_shared,
     )
-    call_states = CallStates(database)
+    # Only replicas share calls, and replicas share PostgreSQL: one SQLite process keeps them in memory.
+    call_states = CallStates(database) if database.dialect == "postgresql" else None
     registry = CallRegistry(deps, call_states)
     prompts = PromptLibrary(settings.prompts_dir, settings.default_prompt)
     probe = ModelReachability(connector.base_url, settings.readiness_probe_interval_s)

@@ -30,6 +30,7 @@ from agent.audio.codecs import Int16Array, l16_to_pcm16, mulaw_to_pcm16
 from agent.audio.formats import MediaFormat
 from agent.audio.speech_onset import SpeechOnset
 from agent.audio.transcode import BotAudioConverter, CallerAudioConverter
+from agent.calls import handover
 from agent.calls.latency import ResponseLatency
 from agent.calls.playout import Playout
 from agent.calls.record import BargeIn, CallRecord
@@ -56,6 +57,7 @@ from agent.waiting import wait_event, within
 log = logging.getLogger("agent.call")
 
 _EARLY_BACKOFF_S = 3.0  # after an early clear the VAD did not confirm
+_KEEP_UTTERANCE_MS = 15_000  # caller audio kept for a session switch: the longest utterance carried over
 _SHORTER_THAN = re.compile(r"Audio content of (\d+)ms is already shorter than (\d+)ms")
 
 
@@ -176,6 +178,9 @@ class Call:
         self.caller_speaking = False
         self.caller_activity = self.started_monotonic
         self.latency = ResponseLatency(session_config.vad_silence_ms(prompt))
+        self.turns = handover.CallerTurns(keep_bytes=int(_KEEP_UTTERANCE_MS * self.format.model_bytes_per_ms))
+        self.session_calls: set[str] = set()  # function calls the current model session knows
+        self._tools_running = 0
         self.playout.on_item_started = self._on_line
         self._greeted = False
 
@@ -461,6 +466,7 @@ class Call:
             message = '{"type":"input_audio_buffer.append","audio":"' + base64.b64encode(audio).decode() + '"}'
             try:
                 await model.send_text(message)
+                self.turns.sent(audio)
             except (ConnectionClosed, OpenAIError, OSError):
                 # The model reader notices the drop and reconnects; keep this audio for the new session.
                 self._caller_queue.appendleft(audio)
@@ -559,6 +565,8 @@ class Call:
             assert model is not None
             try:
                 async for event in model.events():
+                    if self.model is not model:
+                        break  # replaced (rollover): its late events must not act twice
                     await self._on_model_event(event)
                 if self.model is not model:
                     continue  # rolled over to a fresh session
@@ -585,14 +593,17 @@ class Call:
         return history
 
     def quiet(self) -> bool:
-        """Nobody is talking and nothing is being said or about to be: a seamless moment to switch sessions."""
-        return not (self.caller_speaking or self.responses.busy or self.playout.is_audible() or self._caller_queue)
+        """Nothing in flight: nobody talking, nothing being said, asked for or about to be, no turn waiting for
+        its answer, no tool running. A seamless moment to switch sessions."""
+        busy = self.caller_speaking or self.responses.busy or self.turns.open or self._tools_running
+        return not (busy or self.playout.is_audible() or self._caller_queue)
 
     async def rollover(self) -> bool:
         """Move the conversation to a fresh model session before the current one hits its time cap.
 
         The new session is opened (the slow part) while the call goes on, then seeded and switched to at a
-        quiet moment, so the caller hears no gap and the model forgets nothing that was heard.
+        quiet moment, so the caller hears no gap and the model forgets nothing that was heard. If no quiet moment
+        comes in time, the switch happens anyway and carries over whatever was in flight (`_adopt`).
         """
         try:
             fresh = await self._open_model()
@@ -604,19 +615,20 @@ class Call:
             self.activity.clear()
             wait = self.playout.recheck_in(time.monotonic()) if self.playout.is_audible() else 1.0
             await wait_event(self.activity, min(wait, deadline - time.monotonic()))
+        quiet = self.quiet()
+        self.model_ready.clear()  # the caller's audio waits in the queue while the sessions change hands
+        in_flight = self._in_flight()
         try:
             history = await self._seed(fresh)
         except (ConnectionClosed, OpenAIError, OSError) as exc:
             self.log.warning("could not seed the new session: %r", exc)
+            self.model_ready.set()
             await fresh.close()
             return False
-        old, self.model = self.model, fresh
-        self.latency.new_session(self._caller_queued_ms)
-        self.model_started = time.monotonic()
-        self.responses.reset()
-        self.playout.finish_all()  # an answer the old session was still streaming ends with what arrived
+        old = self.model
+        await self._adopt(fresh, in_flight)
         self.metrics.model_reconnects.labels("rollover").inc()
-        self.record.event("model_rollover", seeded_turns=len(history), quiet=self.quiet())
+        self.record.event("model_rollover", seeded_turns=len(history), quiet=quiet)
         if old is not None:
             await old.close()  # its reader notices the switch and moves to the fresh session
         return True
@@ -633,16 +645,13 @@ class Call:
         return session_config.session_update(self.prompt, self.format, can_transfer=bool(self.transfer_number))
 
     async def _reconnect(self) -> bool:
-        """Open a fresh session, re-send the configuration and re-tell what the caller heard so far."""
+        """Open a fresh session, re-send the configuration and re-tell what the caller heard so far; whatever was
+        in flight (an answer, an unanswered turn, an utterance) carries on there (`_adopt`)."""
         self.model_ready.clear()
         old, self.model = self.model, None
         if old is not None:
             await old.close()
-        was_answering = self.responses.reset()
-        self._cut_unspoken()
-        for item_id in list(self.received_ms):
-            self.interrupted_items.add(item_id)  # a late delta from the old session must not play
-        self.playout.finish_all()
+        in_flight = self._in_flight()
         for attempt in range(self.settings.model_reconnect_attempts):
             try:
                 model = await self._open_model()
@@ -652,19 +661,48 @@ class Call:
                 self.metrics.model_reconnects.labels("failed_attempt").inc()
                 await asyncio.sleep(min(0.25 * 2**attempt, 2.0))
                 continue
-            self.model = model
-            self.latency.new_session(self._caller_queued_ms)
-            self.model_started = time.monotonic()
             self.metrics.model_reconnects.labels("ok").inc()
             self.record.event("model_reconnected", attempt=attempt + 1, seeded_turns=len(history))
-            self.model_ready.set()
-            caller_waiting = bool(history) and history[-1].speaker != "assistant"
-            if was_answering or caller_waiting:
-                await self.ask("The line dropped for a moment. Briefly pick up where the conversation left off.")
-            await self.responses.resume()
+            await self._adopt(model, in_flight)
             return True
         self.metrics.model_reconnects.labels("gave_up").inc()
         return False
+
+    def _in_flight(self) -> _InFlight:
+        """What the current session was doing, taken before it is replaced. An answer cut mid-audio keeps only the
+        words its received audio holds, so the new session's history is what the caller heard."""
+        items = self.response_audio_items.get(self.responses.active_id or "", [])
+        mid_answer = any(item not in self._audio_done for item in items)
+        if mid_answer:
+            self._cut_unspoken()
+        return _InFlight(mid_answer, requested=self.responses.busy and not items)
+
+    async def _adopt(self, fresh: ModelSocket, in_flight: _InFlight) -> None:
+        """Switch to a seeded session, carrying over what the old one had not finished: the caller's unanswered
+        turn and utterance in progress (see `handover`), the answer it was speaking, the responses we had asked
+        for. The old session's events are ignored from here on, so nothing is answered twice."""
+        turn = self.record.turn_for_item(self.turns.turn_item) if self.turns.turn_item else None
+        if self.turns.open and (turn is None or not turn.text.strip()) and self.turns.turn_audio:
+            await fresh.send(handover.audio_turn_item(self.turns.turn_audio))  # its transcript never came
+        if self.caller_speaking and self.turns.pending:
+            await fresh.send(handover.append_audio(bytes(self.turns.pending)))
+        self.turns.new_session()
+        self.session_calls.clear()
+        self.model = fresh
+        self.latency.new_session(self._caller_queued_ms)
+        self.model_started = time.monotonic()
+        for item_id in list(self.received_ms):
+            self.interrupted_items.add(item_id)  # a late delta from the old session must not play
+        self.responses.reset(requeue_unheard=in_flight.requested)
+        self.playout.finish_all()  # an answer the old session was still streaming ends with what arrived
+        self.model_ready.set()
+        if in_flight.mid_answer:
+            await self.ask(
+                "The line dropped for a moment while you were speaking. Briefly continue where you left off."
+            )
+        elif self.turns.open and not in_flight.requested:
+            await self.request_response()  # the caller's turn was never answered
+        await self.responses.resume()
 
     def _cut_unspoken(self) -> None:
         """The session went away mid-answer: its received audio still plays in full, but the transcript runs
@@ -705,12 +743,15 @@ class Call:
                 item = event.item
                 if item.type == "function_call" and item.status == "completed":
                     self._tool_calls.append(_tool_call(item, event.response_id))
+                    self.session_calls.add(item.call_id or "")
             case ev.ResponseDone():
                 await self._on_response_done(event.response)
             case ev.SpeechStopped():
                 self.record.caller_stopped(event.item_id)
                 self._caller_active(speaking=False)
                 self.latency.caller_stopped(event.audio_end_ms, self.playout.clock())
+            case ev.InputCommitted():
+                self.turns.committed(event.item_id)
             case ev.CallerTranscript():
                 self.record.caller_said(event.item_id, event.transcript)
                 self.record.event("caller_transcript", item_id=event.item_id, text=event.transcript)
@@ -732,6 +773,7 @@ class Call:
             self.bot_audio.reset()
             self.record.event("bot_audio_started", item_id=item_id)
             self.latency.answer_started(item_id)
+            self.turns.answered()
         self.received_ms[item_id] += len(audio) / self.format.model_bytes_per_ms
         self.playout.enqueue(item_id, self.bot_audio.convert(audio))
 
@@ -824,6 +866,14 @@ class Call:
         if active and not self.server_cancels:
             await self.model_send({"type": "response.cancel", "response_id": active})
 
+    async def _run_tool(self, tool: ToolCall) -> None:
+        self._tools_running += 1
+        try:
+            await run_tool(self, tool)
+        finally:
+            self._tools_running -= 1
+            self.activity.set()
+
     async def _truncate(self, item_id: str, heard_ms: float) -> None:
         """Make the model's memory match what the caller heard of an item."""
         received = self.received_ms.get(item_id, 0.0)
@@ -904,14 +954,23 @@ class Call:
         for item in response.output:  # the output list has every function call, should an item event be lost
             if item.type == "function_call" and item.status == "completed" and item.call_id not in known:
                 self._tool_calls.append(_tool_call(item, response_id))
+                self.session_calls.add(item.call_id or "")
         tools = [t for t in self._tool_calls if t.response_id == response_id]
         self._tool_calls = [t for t in self._tool_calls if t.response_id != response_id]
         self.playout.forget(keep=set(self.response_audio_items.get(response_id, [])))
+        if response.status == "completed":
+            self.turns.answered()  # with words (heard already) or with a tool call
         if response.status == "completed" and self._tg is not None:
             for tool in tools:
-                self._tg.create_task(run_tool(self, tool), name=f"tool-{tool.name}")
+                self._tg.create_task(self._run_tool(tool), name=f"tool-{tool.name}")
         await self.responses.finished(response_id)
         self.activity.set()
+
+
+@dataclass(frozen=True)
+class _InFlight:
+    mid_answer: bool  # an answer was being spoken: the new session continues it
+    requested: bool  # we had asked for a response that never produced audio: ask again
 
 
 @dataclass

@@ -135,12 +135,24 @@ class ResponseQueue:
             await self._next()
         return True
 
-    def reset(self) -> bool:
-        """A new model session: nothing is active there. Returns whether a response was under way."""
+    def reset(self, *, requeue_unheard: bool = False) -> bool:
+        """A new model session: nothing is active there. Returns whether a response was under way.
+
+        A request the old session never started is asked again of the new one. With `requeue_unheard`, so is
+        ours that it started but that never produced audio (the greeting, a reminder cut off by the switch)."""
         was_busy = self.busy
-        for request in [*self._by_response.values(), *([self._in_flight] if self._in_flight else [])]:
+        again: list[_Request] = []
+        if self._in_flight is not None:
+            again.append(self._in_flight)
+        active = self._by_response.pop(self.active_id, None) if self.active_id else None
+        if active is not None and requeue_unheard:
+            again.append(active)
+        elif active is not None and not active.done.done():
+            active.done.set_result(None)
+        for request in self._by_response.values():
             if not request.done.done():
                 request.done.set_result(None)
+        self._waiting.extendleft(reversed(again))
         self._by_response.clear()
         self._in_flight = None
         self.active, self.active_id = False, None

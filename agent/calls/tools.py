@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
+from agent.calls import handover
 from agent.calls.record import ToolUse
 from agent.carrier.rest import VobizApiError
 from agent.prompts.schema import HttpTool
@@ -64,6 +65,9 @@ async def run_tool(call: Call, tool: ToolCall) -> None:
 
 async def _result(call: Call, tool: ToolCall, result: dict[str, Any]) -> None:
     output = json.dumps(result)[:_MAX_RESULT_CHARS]
+    if tool.call_id not in call.session_calls:  # asked of a session since replaced: it never saw the call
+        await call.model_send(handover.tool_result_note(tool.name, output))
+        return
     item = {"type": "function_call_output", "call_id": tool.call_id, "output": output}
     await call.model_send({"type": "conversation.item.create", "item": item})
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import contextlib
 import copy
 import dataclasses
 import inspect
@@ -1184,6 +1185,10 @@ class SimSession:
             for part in item.get("content", []):
                 if part.get("type") == "input_audio":
                     part.setdefault("transcript", None)
+                    # The model hears a created audio item as it hears committed audio (in the input format).
+                    with contextlib.suppress(binascii.Error, ValueError):
+                        audio = self.input_format.decode(base64.b64decode(str(part.get("audio") or "")))
+                        self.user_audio[item_id] = (audio, self.input_format.sample_rate)
         self.items.insert(position, item)
         previous = self.items[position - 1]["id"] if position > 0 else None
         await self._send({"type": "conversation.item.added", "item": copy.deepcopy(item), "previous_item_id": previous})
