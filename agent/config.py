@@ -93,6 +93,9 @@ class Settings(BaseSettings):
         default=3300.0, gt=0, description="move to a fresh model session before OpenAI's 60-minute cap"
     )
     rollover_quiet_wait_s: float = Field(default=240.0, ge=0, description="longest wait for a quiet moment")
+    rollover_answer_wait_s: float = Field(
+        default=15.0, ge=0, description="then, how long an answer being generated may finish before the switch"
+    )
     model_reconnect_attempts: int = Field(default=3, ge=0, le=10)
     model_response_start_timeout_s: float = Field(
         default=10.0, gt=0, description="a requested response the model never starts is given up after this"

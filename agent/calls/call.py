@@ -615,6 +615,12 @@ class Call:
             self.activity.clear()
             wait = self.playout.recheck_in(time.monotonic()) if self.playout.is_audible() else 1.0
             await wait_event(self.activity, min(wait, deadline - time.monotonic()))
+        # No quiet moment came. An answer being generated is let finish (seconds, and well inside the cap): all of
+        # its audio then plays on, where a continuation from the new session would leave a gap on the line.
+        finish_by = time.monotonic() + self.settings.rollover_answer_wait_s
+        while self.responses.active and time.monotonic() < finish_by:
+            self.activity.clear()
+            await wait_event(self.activity, finish_by - time.monotonic())
         quiet = self.quiet()
         self.model_ready.clear()  # the caller's audio waits in the queue while the sessions change hands
         in_flight = self._in_flight()
@@ -700,7 +706,7 @@ class Call:
             await self.ask(
                 "The line dropped for a moment while you were speaking. Briefly continue where you left off."
             )
-        elif self.turns.open and not in_flight.requested:
+        elif self.turns.open:
             await self.request_response()  # the caller's turn was never answered
         await self.responses.resume()
 
