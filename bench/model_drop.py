@@ -19,10 +19,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import shutil
 import tempfile
 import time
+from collections.abc import AsyncIterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -106,6 +108,41 @@ def _went_on(drop: float, reconnects: list[SimSession]) -> bool:
     return first is not None and any(e["type"] == "response.output_audio.delta" for e in first.server_events)
 
 
+@contextlib.asynccontextmanager
+async def agent_process(
+    engine: RealtimeServer, log_path: Path, agent_src: Path | None = None, **settings: str
+) -> AsyncIterator[CarrierSim]:
+    """The agent in its own process against `engine`, on a scratch database; yields a carrier pointed at it."""
+    workdir = Path(tempfile.mkdtemp(prefix="bench-agent-"))
+    port = procs.free_port()
+    env = procs.clean_env(
+        {
+            "DATABASE_URL": f"sqlite+aiosqlite:///{workdir}/agent.db",
+            "AGENT_RECORDINGS_DIR": str(workdir / "recordings"),
+            "AGENT_SPOOL_DIR": str(workdir / "spool"),
+            "AGENT_INSECURE_WEBHOOKS": "true",
+            "OPENAI_API_KEY": "dummy",
+            "OPENAI_BASE_URL": engine.http_base_url,
+            "PUBLIC_URL": f"http://127.0.0.1:{port}",
+            "AGENT_LOG_LEVEL": "WARNING",
+            "AGENT_PROMPTS_DIR": str(procs.ROOT / "prompts"),
+        }
+        | settings
+    )
+    serve = ["serve", "--host", "127.0.0.1", "--port", str(port)]
+    # `-m agent` would put the bench's own checkout first on sys.path; another checkout goes in front of it.
+    launch = ["-m", "agent"] if agent_src is None else ["-c", _FROM_SOURCE.format(src=str(agent_src))]
+    RESULTS.mkdir(exist_ok=True)
+    agent = procs.start("agent", [*launch, *serve], env, log_path)
+    try:
+        await procs.wait_ready(agent, f"http://127.0.0.1:{port}/healthz")
+        async with CarrierSim(f"http://127.0.0.1:{port}") as carrier:
+            yield carrier
+    finally:
+        procs.stop(agent)
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
 def measure(call: SimCall, watched: Watched, reconnects: list[SimSession], reply_ms: int) -> CallResult:
     starts = [e.t for e in call.timeline if e.kind == "bot_audio_started"]
     stops = [e.t for e in call.timeline if e.kind == "bot_audio_stopped"]
@@ -135,37 +172,10 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         from agent.simulation.engine import EngineOptions, build_reply_source
 
         config.reply_source = build_reply_source(EngineOptions(prompts_dir=procs.ROOT / "prompts", asr=False))
-    workdir = Path(tempfile.mkdtemp(prefix="bench-drop-"))
-    RESULTS.mkdir(exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     async with RealtimeServer(config) as engine:
         engine.on_session = dropper
-        port = procs.free_port()
-        env = procs.clean_env(
-            {
-                "DATABASE_URL": f"sqlite+aiosqlite:///{workdir}/agent.db",
-                "AGENT_RECORDINGS_DIR": str(workdir / "recordings"),
-                "AGENT_SPOOL_DIR": str(workdir / "spool"),
-                "AGENT_INSECURE_WEBHOOKS": "true",
-                "OPENAI_API_KEY": "dummy",
-                "OPENAI_BASE_URL": engine.http_base_url,
-                "PUBLIC_URL": f"http://127.0.0.1:{port}",
-                "AGENT_LOG_LEVEL": "WARNING",
-                "AGENT_PROMPTS_DIR": str(procs.ROOT / "prompts"),
-            }
-        )
-        serve = ["serve", "--host", "127.0.0.1", "--port", str(port)]
-        # `-m agent` would put the bench's own checkout first on sys.path; another checkout goes in front of it.
-        launch = ["-m", "agent"] if args.agent_src is None else ["-c", _FROM_SOURCE.format(src=str(args.agent_src))]
-        agent = procs.start(
-            "agent",
-            [*launch, *serve],
-            env,
-            RESULTS / f"model-drop-{stamp}-agent.log",
-        )
-        try:
-            await procs.wait_ready(agent, f"http://127.0.0.1:{port}/healthz")
-            carrier = CarrierSim(f"http://127.0.0.1:{port}")
+        async with agent_process(engine, RESULTS / f"model-drop-{stamp}-agent.log", args.agent_src) as carrier:
             script = [
                 CallerAudio.silence(args.reply_ms + 1000),
                 CallerAudio.tone(300, 600, 0.4),
@@ -181,10 +191,6 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 return call
 
             calls = await asyncio.gather(*(one(i) for i in range(args.calls)))
-            await carrier.aclose()
-        finally:
-            procs.stop(agent)
-            shutil.rmtree(workdir, ignore_errors=True)
     pairs = zip(calls, dropper.first_sessions, strict=True)
     results = [measure(call, watched, dropper.reconnects, args.reply_ms) for call, watched in pairs]
     dropped = [r for r in results if r.dead_air_ms is not None]
