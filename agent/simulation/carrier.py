@@ -318,6 +318,7 @@ class SimCallOptions:
     to: str = "+918000000002"
     direction: Literal["inbound", "outbound"] = "inbound"
     ring_callback: bool = True  # outbound: Event=Ring to the answer URL while the callee's phone rings
+    reconnect_on_drop: bool = True  # a dropped stream comes back as a new socket and streamId (<Stream maxRetries>)
     answer_method: Literal["POST", "GET"] = "POST"
     played_stream_stream_id: bool = True  # §9.9: older docs put streamId on playedStream, R2 does not
     ack_sequence_numbers: bool = False  # R2 acks carry no sequenceNumber; R0 clearedAudio did
@@ -688,6 +689,11 @@ class SimCall:
         self._depth = depth
         self._extra_headers = self._extra_headers_value()
         self._period = self.options.frame_ms / 1000
+        self._caller_k = 0  # the next caller frame's index on the call clock (it survives a reconnect)
+        self._play_k = 0  # the next playout tick's index
+        self._chunk_base = 0  # caller frames before this stream began (media.chunk counts per stream)
+        self._retries_used = 0
+        self._max_retries = _max_retries(stream_element)
         self._in_frame = media_format.samples_per_frame(self.options.frame_ms)
         self._silent_frame: Int16Array = np.zeros(self._in_frame, dtype=np.int16)
         self._out_frame = self.played_rate * self.options.frame_ms // 1000 if self.played_rate else 0
@@ -901,12 +907,18 @@ class SimCall:
         await self.ended.wait()
 
     async def drop(self) -> None:
-        """Network drop between Vobiz and the agent: no close frame; the XML continues as after a stream end."""
+        """Network drop between Vobiz and the agent: no close frame. With `<Stream maxRetries>` (and
+        `reconnect_on_drop`) Vobiz comes back on a new socket with a new streamId, and this returns once it has;
+        otherwise the XML continues as after a stream end, and this returns once the call has ended."""
+        streams = self._retries_used
         if self._stream_live and self._local_reason is None:
             self._local_reason = "network_drop"
             self._record("ws_aborted")
             self._ws.transport.abort()
-        await self.ended.wait()
+        await self.wait_for(lambda: self.ended.is_set() or self._retries_used > streams, timeout=30)
+
+    def _may_retry(self) -> bool:
+        return self.options.reconnect_on_drop and self._retries_used < self._max_retries
 
     async def transfer_to(self, url: str, method: Literal["POST", "GET"] = "POST") -> None:
         """What the REST transfer API does: Vobiz closes the socket (no stop, no StopStream), fetches ``url``
@@ -962,6 +974,62 @@ class SimCall:
             await self._ws.close(code)
 
     async def _start(self) -> None:
+        await self._send_start()
+        self._t0 = time.monotonic()
+        self._epoch_ms0 = int(time.time() * 1000)
+        self._last_bot_audio_end = self._t0
+        self._stream_live = True
+        self._record("start_sent", stream_id=self.stream_id, media_format=self.media_format.content_type)
+        self._status_callback("StartStream", {"ServiceURL": self.stream_url})
+        self._start_tasks()
+        self._runner = asyncio.create_task(self._run(), name=f"sim-call-{self.call_uuid}")
+
+    def _start_tasks(self) -> None:
+        self._tasks = [
+            asyncio.create_task(self._caller_loop(), name=f"sim-caller-{self.call_uuid}"),
+            asyncio.create_task(self._playout_loop(), name=f"sim-playout-{self.call_uuid}"),
+        ]
+        timeout = self.stream_attrs.get("streamTimeout")
+        if timeout and timeout.isdigit() and int(timeout) > 0:
+            self._tasks.append(asyncio.create_task(self._stream_timeout(int(timeout))))
+        for task in self._tasks:
+            task.add_done_callback(self._on_task_done)
+
+    async def _reconnect(self) -> bool:
+        """A dropped stream, as Vobiz retries it (`maxRetries`): a new socket to the same URL and a new `start` with
+        a new streamId and the same callId. What Vobiz had queued to play is lost; the caller goes on talking, and
+        what they said while the stream was down never reaches the agent."""
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._finish_playout(time.monotonic())
+        self._status_callback("DroppedStream", {"Error": "connection disconnected with the remote service"})
+        try:
+            ws = await _open_stream(self.stream_url, self.options)
+        except (OSError, InvalidHandshake, InvalidURI, TimeoutError, ConnectionClosed) as exc:
+            self._record("reconnect_failed", error=str(exc))
+            return False
+        self._ws, self._retries_used = ws, self._retries_used + 1
+        self.stream_id, self._seq, self._local_reason = str(uuid.uuid4()), 0, None
+        # Both loops pick up on the call clock where it is now; the caller's audio meanwhile was lost.
+        now_k = int((time.monotonic() - self._t0) / self._period)
+        while self._caller_k < now_k:
+            self._next_caller_frame()
+            self._caller_k += 1
+        self._chunk_base = self._caller_k
+        self._play_k = now_k + 1
+        try:
+            await self._send_start()
+        except ConnectionClosed as exc:
+            self._record("reconnect_failed", error=str(exc))
+            return False
+        self._record("stream_reconnected", stream_id=self.stream_id, attempt=self._retries_used)
+        self._status_callback("StartStream", {"ServiceURL": self.stream_url})
+        self._start_tasks()
+        self._notify()
+        return True
+
+    async def _send_start(self) -> None:
         fmt = self.media_format
         if self.options.legacy_flat_start:
             msg: dict[str, Any] = {
@@ -990,23 +1058,7 @@ class SimCall:
                 "extra_headers": self._extra_headers,
             }
             await self._send(msg, sequence=True)
-        self._t0 = time.monotonic()
-        self._epoch_ms0 = int(time.time() * 1000)
-        self._last_bot_audio_end = self._t0
-        self._stream_live = True
         self.start_message = msg
-        self._record("start_sent", stream_id=self.stream_id, media_format=fmt.content_type)
-        self._status_callback("StartStream", {"ServiceURL": self.stream_url})
-        self._tasks = [
-            asyncio.create_task(self._caller_loop(), name=f"sim-caller-{self.call_uuid}"),
-            asyncio.create_task(self._playout_loop(), name=f"sim-playout-{self.call_uuid}"),
-        ]
-        timeout = self.stream_attrs.get("streamTimeout")
-        if timeout and timeout.isdigit() and int(timeout) > 0:
-            self._tasks.append(asyncio.create_task(self._stream_timeout(int(timeout))))
-        for task in self._tasks:
-            task.add_done_callback(self._on_task_done)
-        self._runner = asyncio.create_task(self._run(), name=f"sim-call-{self.call_uuid}")
 
     def _on_task_done(self, task: asyncio.Task[None]) -> None:
         if task.cancelled() or task.exception() is None:
@@ -1086,7 +1138,7 @@ class SimCall:
         template = self._media_template()
         silence = self._encode_inbound(self._silent_frame)
         silence_b64 = base64.b64encode(silence).decode("ascii")
-        k = 0
+        k = self._caller_k
         try:
             frame = self._next_caller_frame()
             while True:
@@ -1098,7 +1150,8 @@ class SimCall:
                     raw = self._encode_inbound(frame)
                     nbytes, payload = len(raw), base64.b64encode(raw).decode("ascii")
                 async with self._send_lock:
-                    text = template % (self._seq, self._epoch_ms0 + (k + 1) * frame_ms, k + 1, payload)
+                    chunk = k + 1 - self._chunk_base  # per stream, from 1
+                    text = template % (self._seq, self._epoch_ms0 + (k + 1) * frame_ms, chunk, payload)
                     self._seq += 1
                     await self._ws.send(text)
                     if self.options.keep_sent_frames:
@@ -1108,6 +1161,7 @@ class SimCall:
                 if self.options.record_frames:
                     self._record("frame_sent", chunk=k + 1, bytes=nbytes)
                 k += 1
+                self._caller_k = k
                 self._notify()
                 frame = self._next_caller_frame()
         except ConnectionClosed:
@@ -1116,7 +1170,7 @@ class SimCall:
     # ---- playout side -------------------------------------------------------------------------------------
 
     async def _playout_loop(self) -> None:
-        k = 0
+        k = self._play_k
         try:
             while True:
                 tick_at = self._t0 + k * self._period
@@ -1128,6 +1182,7 @@ class SimCall:
                     self._play_tick(k, tick_at)
                     await self._flush_due_acks(now)
                     k += 1
+                    self._play_k = k
                 self._notify()
         except ConnectionClosed:
             return
@@ -1391,6 +1446,8 @@ class SimCall:
     async def _run(self) -> None:
         try:
             await self._read_loop()
+            while self._local_reason == "network_drop" and self._may_retry() and await self._reconnect():
+                await self._read_loop()
         except Exception as exc:  # a simulator bug must surface in wait_for, not hang the test
             self._internal_error("reader", exc)
         t_end = time.monotonic()
@@ -1451,6 +1508,26 @@ class SimCall:
 # ----------------------------------------------------------------------------------------------------------
 # The carrier
 # ----------------------------------------------------------------------------------------------------------
+
+
+async def _open_stream(url: str, opts: SimCallOptions) -> ClientConnection:
+    return await connect(
+        url,
+        open_timeout=opts.connect_timeout,
+        close_timeout=2,
+        ping_interval=None,
+        compression=None,
+        max_size=2**24,
+        user_agent_header="Vobiz",
+    )
+
+
+def _max_retries(element: ET.Element) -> int:
+    """`<Stream maxRetries>` as Vobiz reads it: 0-10, below 0 is 0, above 10 is 10, not an integer is 0."""
+    text = element.get("maxRetries", "0").strip()
+    if not text.lstrip("-").isdigit():
+        return 0
+    return min(10, max(0, int(text)))
 
 
 def _validate_stream(element: ET.Element) -> str:
@@ -1522,18 +1599,8 @@ class CarrierSim:
             raise CallEndedWithoutStream(xml_text, before)
         stream_url = _validate_stream(result.stream)
         media_format = self._stream_format(result.stream, opts, ctx)
-        if int(result.stream.get("maxRetries", "0") or 0) > 0:
-            ctx.warn("maxRetries > 0: reconnects after a drop are not emulated")
         try:
-            ws = await connect(
-                stream_url,
-                open_timeout=opts.connect_timeout,
-                close_timeout=2,
-                ping_interval=None,
-                compression=None,
-                max_size=2**24,
-                user_agent_header="Vobiz",
-            )
+            ws = await _open_stream(stream_url, opts)
         except (OSError, InvalidHandshake, InvalidURI, TimeoutError) as exc:
             raise CarrierProtocolError(f"could not open the stream WebSocket {stream_url}: {exc}") from exc
         call = SimCall(
