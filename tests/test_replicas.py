@@ -7,8 +7,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
-import secrets
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
@@ -31,7 +29,7 @@ from agent.state import AppState
 from agent.storage import CallStore, Database, sweep_expired
 from agent.storage.call_state import AnswerContext, CallStates
 from tests.harness import ROOT
-from tests.test_storage import PG_ADMIN_URL, _pg_admin
+from tests.postgres import scratch_database
 
 TOKEN = "vobiz-token-for-the-replica-tests"
 SPEAK_THEN_LISTEN = [CallerAudio.silence(900), CallerAudio.tone(300, 600, 0.4), CallerAudio.silence(8000)]
@@ -107,12 +105,9 @@ class Cluster:
 
 @pytest.fixture(scope="module")
 def pg_url() -> Iterator[str]:
-    name = f"agent_replicas_{os.getpid()}_{secrets.token_hex(4)}"
-    asyncio.run(_pg_admin(PG_ADMIN_URL, f'CREATE DATABASE "{name}"'))
-    try:
-        yield PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
-    finally:
-        asyncio.run(_pg_admin(PG_ADMIN_URL, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    """A PostgreSQL database of this module's own, dropped afterwards."""
+    with scratch_database("agent_replicas") as url:
+        yield url
 
 
 @contextlib.asynccontextmanager

@@ -22,9 +22,7 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 from sqlalchemy import exc as sa_exc
-from sqlalchemy import func, inspect, select, text
-from sqlalchemy.ext.asyncio import create_async_engine
-from sqlalchemy.pool import NullPool
+from sqlalchemy import func, inspect, select
 
 from agent.app import create_app
 from agent.calls.record import BargeIn, CallEvent, CallRecord, ToolUse, Turn, Usage
@@ -37,8 +35,8 @@ from agent.storage.recordings import CallRecorder, recording_path, run_periodica
 from agent.storage.retention import sweep_expired
 from agent.storage.writer import RecordWriter
 from agent.waiting import wait_event, within
+from tests.postgres import pg_admin, scratch_database
 
-PG_ADMIN_URL = os.environ.get("AGENT_TEST_POSTGRES", "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres")
 H0 = dt.datetime(2024, 5, 1, 10, tzinfo=dt.UTC).timestamp()  # an hour boundary: buckets are easy to predict
 TABLES = {"calls", "turns", "barge_ins", "tool_uses", "call_events", "call_tags", "prompt_versions"}
 ROOT = Path(__file__).resolve().parent.parent
@@ -47,30 +45,11 @@ ROOT = Path(__file__).resolve().parent.parent
 # --- databases -------------------------------------------------------------------------------------------------
 
 
-async def _pg_admin(url: str, *statements: str) -> None:
-    """Run statements outside a transaction (CREATE/DROP DATABASE need that) on a short-lived connection."""
-    engine = create_async_engine(url, isolation_level="AUTOCOMMIT", poolclass=NullPool, connect_args={"timeout": 5})
-    try:
-        async with engine.connect() as conn:
-            for statement in statements:
-                await conn.execute(text(statement))
-    except (OSError, TimeoutError, sa_exc.OperationalError, sa_exc.InterfaceError) as exc:
-        pytest.fail(
-            f"PostgreSQL is not reachable at {url} ({exc!r}); start it with scripts/ensure-postgres", pytrace=False
-        )
-    finally:
-        await engine.dispose()
-
-
 @pytest.fixture(scope="session")
 def pg_database() -> Iterator[str]:
     """A database of its own for this test session, dropped afterwards."""
-    name = f"agent_test_{os.getpid()}_{secrets.token_hex(4)}"
-    asyncio.run(_pg_admin(PG_ADMIN_URL, f'CREATE DATABASE "{name}"'))
-    try:
-        yield PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
-    finally:
-        asyncio.run(_pg_admin(PG_ADMIN_URL, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    with scratch_database("agent_test") as url:
+        yield url
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -89,7 +68,7 @@ async def empty_db(db_target: tuple[str, str | None]) -> AsyncIterator[Database]
     url, schema = db_target
     options: dict[str, Any] = {}
     if schema is not None:
-        await _pg_admin(url, f'CREATE SCHEMA "{schema}"')
+        await pg_admin(url, f'CREATE SCHEMA "{schema}"')
         options = {"connect_args": {"server_settings": {"search_path": schema}}}
     db = Database(url, engine_options=options)
     try:
@@ -97,7 +76,7 @@ async def empty_db(db_target: tuple[str, str | None]) -> AsyncIterator[Database]
     finally:
         await db.aclose()
         if schema is not None:
-            await _pg_admin(url, f'DROP SCHEMA "{schema}" CASCADE')
+            await pg_admin(url, f'DROP SCHEMA "{schema}" CASCADE')
 
 
 @pytest.fixture

@@ -28,7 +28,8 @@ from agent.storage.calls import CallStore
 from agent.storage.database import Database
 from agent.storage.spool import encode
 from agent.storage.writer import RecordWriter
-from tests.test_storage import H0, _pg_admin, pg_database, simple_record
+from tests.postgres import pg_admin
+from tests.test_storage import H0, pg_database, simple_record
 
 __all__ = ["pg_database"]  # the session's PostgreSQL database, shared with test_storage
 
@@ -150,7 +151,7 @@ class Target:
 @contextlib.asynccontextmanager
 async def postgres_target(url: str, outage: str) -> AsyncIterator[Target]:
     schema = f"t_{secrets.token_hex(6)}"
-    await _pg_admin(url, f'CREATE SCHEMA "{schema}"')
+    await pg_admin(url, f'CREATE SCHEMA "{schema}"')
     options: dict[str, Any] = {"connect_args": {"server_settings": {"search_path": schema}}}
     direct = Database(url, engine_options=options)
     await direct.migrate()
@@ -176,7 +177,7 @@ async def postgres_target(url: str, outage: str) -> AsyncIterator[Target]:
         await proxy.aclose()
         for db in databases:
             await db.aclose()
-        await _pg_admin(url, f'DROP SCHEMA "{schema}" CASCADE')
+        await pg_admin(url, f'DROP SCHEMA "{schema}" CASCADE')
 
 
 @contextlib.asynccontextmanager

@@ -4,8 +4,6 @@ old ones expired, and a replay refused by another replica sharing the database."
 from __future__ import annotations
 
 import asyncio
-import os
-import secrets
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -18,7 +16,7 @@ from agent.carrier.signature import signature_headers
 from agent.storage.database import Database, head_revision
 from agent.storage.nonces import NonceStore, NonceVerdict, webhook_nonces
 from tests.harness import running_stack
-from tests.test_storage import PG_ADMIN_URL, _pg_admin
+from tests.postgres import scratch_database
 
 TOKEN = "vobiz-auth-token-for-nonce-tests"
 FORM = {"CallUUID": "call-nonce-1", "From": "+911", "To": "+912", "Direction": "inbound"}
@@ -26,13 +24,9 @@ FORM = {"CallUUID": "call-nonce-1", "From": "+911", "To": "+912", "Direction": "
 
 @pytest.fixture(scope="module")
 def pg_url() -> Iterator[str]:
-    """A PostgreSQL database of this module's own (scripts/ensure-postgres), dropped afterwards."""
-    name = f"agent_nonces_{os.getpid()}_{secrets.token_hex(4)}"
-    asyncio.run(_pg_admin(PG_ADMIN_URL, f'CREATE DATABASE "{name}"'))
-    try:
-        yield PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
-    finally:
-        asyncio.run(_pg_admin(PG_ADMIN_URL, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    """A PostgreSQL database of this module's own, dropped afterwards."""
+    with scratch_database("agent_nonces") as url:
+        yield url
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
