@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import tempfile
@@ -10,12 +11,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 from fastapi import FastAPI
 
 from agent.app import create_app
 from agent.carrier.rest import VobizClient
 from agent.config import Settings
-from agent.simulation.carrier import CarrierSim
+from agent.simulation.carrier import CarrierSim, SimCall
 from agent.simulation.local_server import serve_app
 from agent.simulation.realtime_server import RealtimeServer, RealtimeSimConfig
 from agent.state import AppState
@@ -79,6 +81,29 @@ async def running_stack(
     finally:
         await engine.stop()
         workdir.cleanup()
+
+
+class VobizTransferApi:
+    """Vobiz's REST transfer API, faked for the agent's VobizClient: it records each request and, as Vobiz does,
+    ends the stream of `call` by fetching the transfer URL for the call's next XML."""
+
+    def __init__(self) -> None:
+        self.requests: list[httpx.Request] = []
+        self.call: SimCall | None = None
+        self._transfers: list[asyncio.Task[None]] = []
+
+    def client(self) -> VobizClient:
+        return VobizClient("MA_TEST", "tok", "https://api.vobiz.test/api/v1", transport=httpx.MockTransport(self._api))
+
+    def _api(self, request: httpx.Request) -> httpx.Response:
+        self.requests.append(request)
+        assert self.call is not None, "set VobizTransferApi.call to the call being transferred"
+        url = json.loads(request.content)["aleg_url"]
+        self._transfers.append(asyncio.get_running_loop().create_task(self.call.transfer_to(url)))
+        return httpx.Response(202, json={"api_id": "a", "message": "call transferred", "call_uuid": "x"})
+
+    async def aclose(self) -> None:
+        await asyncio.gather(*self._transfers, return_exceptions=True)
 
 
 def start_message(call_id: str, stream_id: str) -> str:

@@ -11,11 +11,10 @@ from typing import Any
 import httpx
 import pytest
 
-from agent.carrier.rest import VobizClient
 from agent.simulation.carrier import CallerAudio, SimCall, SimCallOptions
 from agent.simulation.realtime_server import RealtimeSimConfig
 from agent.waiting import within
-from tests.harness import ROOT, Stack, running_stack, start_message
+from tests.harness import ROOT, Stack, VobizTransferApi, running_stack, start_message
 
 SPEAK_THEN_LISTEN = [CallerAudio.silence(900), CallerAudio.tone(300, 600, 0.4), CallerAudio.silence(8000)]
 
@@ -91,34 +90,24 @@ async def test_transfer_without_rest_ends_the_stream_into_a_dial() -> None:
 
 
 async def test_transfer_through_the_rest_api() -> None:
-    requests: list[httpx.Request] = []
-    holder: dict[str, SimCall] = {}
-    transfers: list[asyncio.Task[None]] = []
-
-    def vobiz_api(request: httpx.Request) -> httpx.Response:
-        requests.append(request)
-        body = json.loads(request.content)
-        # Vobiz ends the stream and fetches the transfer URL for the call's XML.
-        transfers.append(asyncio.get_running_loop().create_task(holder["call"].transfer_to(body["aleg_url"])))
-        return httpx.Response(202, json={"api_id": "a", "message": "call transferred", "call_uuid": "x"})
-
-    vobiz = VobizClient("MA_TEST", "tok", "https://api.vobiz.test/api/v1", transport=httpx.MockTransport(vobiz_api))
-    async with running_stack(RealtimeSimConfig(reply_ms=300), vobiz=vobiz, transfer_number="+15550002222") as stack:
-        call = holder["call"] = await stack.carrier.place_call(SPEAK_THEN_LISTEN)
+    api = VobizTransferApi()
+    async with running_stack(
+        RealtimeSimConfig(reply_ms=300), vobiz=api.client(), transfer_number="+15550002222"
+    ) as stack:
+        call = api.call = await stack.carrier.place_call(SPEAK_THEN_LISTEN)
         session = await stack.engine.wait_for_session()
         await session.wait_for_server_event("response.done", timeout=5)
         session.queue_tool_call("transfer_call", {})
         session.queue_reply(reply_ms=400)
         await call.wait_ended(timeout=10)
-        assert len(requests) == 1
-        assert (
-            requests[0].method == "POST" and requests[0].url.path == f"/api/v1/Account/MA_TEST/Call/{call.call_uuid}/"
-        )
-        assert json.loads(requests[0].content)["legs"] == "aleg"
+        assert len(api.requests) == 1
+        request = api.requests[0]
+        assert request.method == "POST" and request.url.path == f"/api/v1/Account/MA_TEST/Call/{call.call_uuid}/"
+        assert json.loads(request.content)["legs"] == "aleg"
         assert verbs(call) == ["Transfer", "Dial"]
         assert "+15550002222" in str(call.after_stream[-1])
         assert call.played_ms == pytest.approx(700, abs=40)
-        await asyncio.gather(*transfers)
+        await api.aclose()
 
 
 async def test_transfer_without_a_number_tells_the_model_no_one_is_available() -> None:

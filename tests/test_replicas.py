@@ -6,10 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import time
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +19,6 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
 from agent.app import create_app
-from agent.carrier.rest import VobizClient
 from agent.config import Settings
 from agent.simulation.carrier import CallerAudio, CarrierSim, SimCall, SimCallOptions
 from agent.simulation.local_server import serve_app
@@ -28,7 +26,7 @@ from agent.simulation.realtime_server import RealtimeServer, RealtimeSimConfig
 from agent.state import AppState
 from agent.storage import CallStore, Database, sweep_expired
 from agent.storage.call_state import AnswerContext, CallStates
-from tests.harness import ROOT
+from tests.harness import ROOT, VobizTransferApi
 from tests.postgres import scratch_database
 
 TOKEN = "vobiz-token-for-the-replica-tests"
@@ -84,8 +82,7 @@ class Cluster:
     carrier: CarrierSim
     database_url: str
     balancer: RoundRobin
-    vobiz_requests: list[httpx.Request] = field(default_factory=list)
-    transferring: dict[str, SimCall] = field(default_factory=dict)  # the call Vobiz's transfer API acts on
+    vobiz: VobizTransferApi
 
     def state(self, index: int) -> AppState:
         state: AppState = self.replicas[index].state.agent
@@ -116,15 +113,7 @@ async def cluster(pg_url: str, tmp_path: Path, *, own_urls: bool = False) -> Asy
     StatefulSet pod behind a headless Service), so streams come back to the replica that answered."""
     balancer = RoundRobin()
     public_url = await balancer.start()
-    requests: list[httpx.Request] = []
-    holder: dict[str, SimCall] = {}  # the Cluster's `transferring`, shared with the fake REST API
-    transfers: list[asyncio.Task[None]] = []
-
-    def vobiz_api(request: httpx.Request) -> httpx.Response:
-        requests.append(request)
-        body = json.loads(request.content)
-        transfers.append(asyncio.get_running_loop().create_task(holder["call"].transfer_to(body["aleg_url"])))
-        return httpx.Response(202, json={"api_id": "a", "message": "call transferred", "call_uuid": "x"})
+    api = VobizTransferApi()  # both replicas' REST client: Vobiz fetches the transfer XML through the balancer
 
     engine = RealtimeServer(RealtimeSimConfig(reply_ms=300))
     await engine.start()
@@ -146,9 +135,7 @@ async def cluster(pg_url: str, tmp_path: Path, *, own_urls: bool = False) -> Asy
                 recordings_dir=tmp_path / f"recordings-{index}",
                 spool_dir=tmp_path / f"spool-{index}",
             )
-            api = httpx.MockTransport(vobiz_api)
-            vobiz = VobizClient("MA_TEST", "tok", "https://api.vobiz.test/api/v1", transport=api)
-            app = create_app(settings, vobiz=vobiz)
+            app = create_app(settings, vobiz=api.client())
             apps.append(app)
             return app
 
@@ -159,12 +146,12 @@ async def cluster(pg_url: str, tmp_path: Path, *, own_urls: bool = False) -> Asy
         async with serve_app(make_app(0)) as first, serve_app(make_app(1)) as second:
             balancer.backends = [int(first.rsplit(":", 1)[1]), int(second.rsplit(":", 1)[1])]
             carrier = CarrierSim(public_url, http=http)
-            stack = Cluster(engine, apps, carrier, pg_url, balancer, requests, holder)
+            stack = Cluster(engine, apps, carrier, pg_url, balancer, api)
             try:
                 yield stack
             finally:
                 await carrier.aclose()
-                await asyncio.gather(*transfers, return_exceptions=True)
+                await api.aclose()
     finally:
         await http.aclose()
         await balancer.aclose()
@@ -195,7 +182,7 @@ async def test_two_replicas_behind_round_robin_serve_every_call_right(pg_url: st
         assert [a.verb for a in goodbye.after_stream] == ["Redirect", "Hangup"]
         assert stack.balancer.sent_to[0] != stack.ran(goodbye)
 
-        stack.transferring["call"] = transfer = await stack.carrier.place_call(SPEAK_THEN_LISTEN, options)
+        stack.vobiz.call = transfer = await stack.carrier.place_call(SPEAK_THEN_LISTEN, options)
         session = await stack.engine.wait_for_session(1)
         await session.wait_for_server_event("response.done", timeout=5)
         session.queue_tool_call("transfer_call", {})
