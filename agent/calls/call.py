@@ -690,12 +690,14 @@ class Call:
         turn = self.record.turn_for_item(self.turns.turn_item) if self.turns.turn_item else None
         if self.turns.open and (turn is None or not turn.text.strip()) and self.turns.turn_audio:
             await fresh.send(handover.audio_turn_item(self.turns.turn_audio))  # its transcript never came
+        carried_ms = 0.0
         if self.caller_speaking and self.turns.pending:
             await fresh.send(handover.append_audio(bytes(self.turns.pending)))
+            carried_ms = len(self.turns.pending) / self.format.model_bytes_per_ms
         self.turns.new_session()
         self.session_calls.clear()
         self.model = fresh
-        self.latency.new_session(self._caller_queued_ms)
+        self.latency.new_session(self._caller_queued_ms + carried_ms)  # the new buffer starts with the carried audio
         self.model_started = time.monotonic()
         for item_id in list(self.received_ms):
             self.interrupted_items.add(item_id)  # a late delta from the old session must not play
