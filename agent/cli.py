@@ -45,9 +45,18 @@ def main() -> None:
 def serve(host: str, port: int) -> None:
     """Answer Vobiz calls. Without OPENAI_API_KEY the embedded offline engine answers instead."""
     from agent.app import create_app
+    from agent.storage.database import startup_problem
 
     settings = _settings()
-    logs.configure(settings.log_level, secrets=settings.secret_values, fmt=settings.log_format)
+    try:
+        logs.configure(settings.log_level, secrets=settings.secret_values, fmt=settings.log_format)
+    except ValueError as exc:  # logging's own check of the level name: one line, not its traceback
+        click.echo(f"invalid setting AGENT_LOG_LEVEL: {exc} (use DEBUG, INFO, WARNING, ERROR or CRITICAL)", err=True)
+        sys.exit(2)
+    problem = asyncio.run(startup_problem(settings.database_url))
+    if problem is not None:
+        click.echo(problem if problem.startswith("invalid setting") else f"cannot start: {problem}", err=True)
+        sys.exit(2)
     try:
         app = create_app(settings, embedded_engine=settings.openai_api_key is None and not settings.openai_base_url)
     except ConfigError as exc:
@@ -149,7 +158,8 @@ def prompts() -> None:
 
 def _library() -> PromptLibrary:
     settings = _settings()
-    return PromptLibrary(settings.prompts_dir, settings.default_prompt)
+    # The commands print every problem themselves; the library's own error log would repeat each one.
+    return PromptLibrary(settings.prompts_dir, settings.default_prompt, log_errors=False)
 
 
 @prompts.command("list")

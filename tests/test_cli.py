@@ -56,3 +56,31 @@ async def test_invalid_configuration_stops_with_one_line_per_problem() -> None:
         "invalid setting PUBLIC_URL: Value error, must start with http:// or https://",
         "invalid setting AGENT_PLAYOUT_LEAD_MS: Input should be greater than or equal to 40",
     ]
+
+
+@pytest.mark.parametrize(
+    ("setting", "expected"),
+    [
+        ({"AGENT_LOG_LEVEL": "LOUD"}, "invalid setting AGENT_LOG_LEVEL: Unknown level: 'LOUD'"),
+        ({"DATABASE_URL": "mysql://db/calls"}, "invalid setting DATABASE_URL: unsupported DATABASE_URL backend"),
+        # Port 1 on loopback: nothing listens there, so the connection is refused at once.
+        ({"DATABASE_URL": "postgresql://u:p@127.0.0.1:1/calls"}, "cannot start: cannot reach the database at"),
+    ],
+)
+async def test_bad_start_up_settings_stop_with_one_line(setting: dict[str, str], expected: str) -> None:
+    """Start-up failures an operator can fix from one line, not a traceback out of logging or the lifespan."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "agent",
+        "serve",
+        "--port",
+        "1",  # never bound: each case stops before serving
+        env=clean_env(**setting),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    _, err = await within(60, proc.communicate())
+    assert proc.returncode == 2
+    lines = err.decode().strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(expected), lines

@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from agent.prompts.library import PromptLibrary
-from agent.prompts.loader import PromptError
+from agent.prompts.loader import PromptError, parse_prompt
 from agent.simulation.carrier import CallerAudio, SimCallOptions
 from agent.simulation.realtime_server import RealtimeSimConfig
 from tests.harness import ROOT, running_stack
@@ -148,3 +148,44 @@ def test_prompts_cli_list_check_show_render(prompt_dir: Path, monkeypatch: pytes
     assert "+911 routes to unusable prompt 'bad'" in checked.output
     assert "bad\tINVALID" in runner.invoke(main, ["prompts", "list"]).output
     assert runner.invoke(main, ["prompts", "show", "missing"]).exit_code == 1
+
+
+def test_prompts_check_prints_each_problem_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The library's own error log used to repeat every problem the command prints."""
+    from click.testing import CliRunner
+
+    from agent.cli import main
+
+    (tmp_path / "good.md").write_text("---\nvoice: marin\n---\nHello.\n")
+    (tmp_path / "bad.md").write_text("---\nvoice: robot\n---\nHello.\n")
+    monkeypatch.setenv("AGENT_PROMPTS_DIR", str(tmp_path))
+    monkeypatch.setenv("AGENT_DEFAULT_PROMPT", "good")
+    result = CliRunner().invoke(main, ["prompts", "check"])
+    assert result.exit_code == 1
+    problems = [line for line in result.output.splitlines() if "voice" in line]
+    assert len(problems) == 1 and problems[0].startswith(f"{tmp_path / 'bad.md'}:2: voice:"), result.output
+
+
+def test_an_unclosed_quote_is_reported_on_its_own_line() -> None:
+    """PyYAML fails many lines after an unclosed quote; the operator must be sent to the quote's line."""
+    text = (
+        "---\n"  # 1
+        "description: x\n"  # 2
+        'greeting: "Hello there\n'  # 3: never closed
+        "voice: marin\n"  # 4
+        "idle:\n"  # 5
+        "  reminder_after_s: 12\n"  # 6
+        'wrap_up: "Bye now"\n'  # 7: the next quote closes line 3's value, and parsing fails here
+        "language: en\n"  # 8
+        "---\nHello.\n"
+    )
+    with pytest.raises(PromptError) as caught:
+        parse_prompt("p", text, "p.md")
+    assert str(caught.value).startswith('p.md:3: invalid YAML front matter: a "-quoted value'), caught.value
+
+
+def test_yaml_errors_elsewhere_keep_their_line() -> None:
+    with pytest.raises(PromptError) as caught:
+        parse_prompt("p", "---\ndescription: x\nvoice: [marin\n---\nHello.\n", "p.md")
+    assert str(caught.value).startswith("p.md:"), caught.value
+    assert "quoted" not in str(caught.value)

@@ -27,9 +27,11 @@ class _Cached:
 
 
 class PromptLibrary:
-    def __init__(self, directory: Path, default: str = "default") -> None:
+    def __init__(self, directory: Path, default: str = "default", *, log_errors: bool = True) -> None:
+        """`log_errors=False` for callers that report errors themselves (the CLI), so each shows once."""
         self.directory = directory
         self.default = default
+        self.log_errors = log_errors
         self._cache: dict[str, _Cached] = {}
         self._numbers: tuple[tuple[int, int], dict[str, str]] | None = None
         self._lock = threading.Lock()
@@ -56,7 +58,7 @@ class PromptLibrary:
                 cached = _Cached(stamp, previous, exc)
             except OSError as exc:
                 cached = _Cached(stamp, previous, PromptError(f"{path}: cannot read prompt file ({exc.strerror})"))
-            if cached.error is not None:
+            if cached.error is not None and self.log_errors:
                 # A broken edit is never served; calls keep getting the last good version, if there is one.
                 log.error(
                     "prompt %s is invalid%s:\n%s",
