@@ -511,8 +511,19 @@ async def test_call_detail_shows_transcript_timeline_latencies_and_barge_ins(con
     assert "+919000000777" in html and "Reply number 2." in html
     assert "interrupted — heard" in html and f"{cut.heard_ms:,.0f} ms" in html
     assert "caller audio" in html  # the caller's transcribed turn
-    assert f"latency {answer.latency_ms:,.0f} ms" in html and 'id="latencies"' in html
+    assert f"response latency {answer.latency_ms:,.0f} ms" in html and 'id="latencies"' in html
     assert 'id="barge-ins"' in html and 'class="marker barge"' in html
+    # Barge-ins name the interrupted answer as #n, as the latency table does, never by the model's item id.
+    answers = [t for t in record.record.turns if t.speaker == "assistant"]
+    number = next(i + 1 for i, t in enumerate(answers) if t.item_id == record.record.barge_ins[0].item_id)
+    barge_table = html[html.index('id="barge-ins"') :]
+    barge_table = barge_table[: barge_table.index("</table>")]
+    assert f"<td>#{number}</td>" in barge_table and str(cut.item_id) not in barge_table
+    assert "response latency: caller stopped speaking → bot audio on the line" in html
+    as_json = await client.get(f"/console/api/calls/{call_id}")
+    assert as_json.status_code == 200 and as_json.json()["end_reason"] == record.record.end_reason
+    assert [t["latency_ms"] for t in as_json.json()["turns"]] == [t.latency_ms for t in record.record.turns]
+    assert (await client.get("/console/api/calls/CA-none")).status_code == 404
     assert '<svg class="chart timeline"' in html and 'class="span interrupted"' in html
     assert '<details id="events">' in html and "stream_started" in html
     assert f'<audio id="recording" controls preload="metadata" src="/console/calls/{call_id}/recording.wav">' in html
@@ -613,7 +624,7 @@ async def test_runs_page_compares_two_eval_runs(console: Console) -> None:
     store = console.stack.state.store
     comparison = await store.compare_runs("eval_run", "run-a", "run-b")
     assert comparison.a.calls == comparison.b.calls == 4
-    assert f'<td>Latency p50</td><td class="num">{comparison.a.latency_ms.p50:,.0f} ms</td>' in table
+    assert f'<td>Response latency p50</td><td class="num">{comparison.a.latency_ms.p50:,.0f} ms</td>' in table
     assert f'<td class="num">{comparison.b.latency_ms.p50:,.0f} ms</td>' in table
     assert "<td>Barge-in rate</td>" in table and "<td>Ended: agent_end_call</td>" in table
     assert '<td>Total cost</td><td class="num">$0.0480</td><td class="num">$0.0360</td>' in table

@@ -252,11 +252,11 @@ async def test_runs_page_compares_two_tagged_runs(tab: Tab, site: Site) -> None:
     table = page.locator("#comparison")
     await expect(table.locator("thead")).to_contain_text("A: run-a")
     await expect(table.locator("thead")).to_contain_text("B: run-b")
-    p50 = table.locator("tr", has_text="Latency p50").locator("td")
+    p50 = table.locator("tr", has_text="Response latency p50").locator("td")
     assert comparison.a.latency_ms.p50 is not None and comparison.b.latency_ms.p50 is not None
     await expect(p50).to_have_text(
         [
-            "Latency p50",
+            "Response latency p50",
             f"{comparison.a.latency_ms.p50:,.0f} ms",
             f"{comparison.b.latency_ms.p50:,.0f} ms",
             f"−{comparison.a.latency_ms.p50 - comparison.b.latency_ms.p50:,.0f} ms",

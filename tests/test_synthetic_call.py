@@ -141,9 +141,18 @@ async def test_spoken_lines_are_said_and_answered(tmp_path: Path) -> None:
     assert len(m["response_ms"]) == 2 and m["unanswered_turns"] == 0
 
 
-def test_demo_starts_the_agent_and_places_one_call(tmp_path: Path) -> None:
+def test_demo_starts_the_agent_and_places_one_call(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Run from an empty folder: the demo must write nothing but its output (it used to fill ./var/agent.db and
+    # ./var/recordings, the records of whoever ran the tests).
+    workdir = tmp_path / "cwd"
+    workdir.mkdir()
+    monkeypatch.chdir(workdir)
+    for key in ("DATABASE_URL", "AGENT_RECORDINGS_DIR", "AGENT_SPOOL_DIR"):
+        monkeypatch.delenv(key, raising=False)
     out = tmp_path / "demo" / "call"
     result = CliRunner().invoke(demo_command, ["--out", str(out), "--no-transcribe"], catch_exceptions=False)
+    assert list(workdir.iterdir()) == []
+    assert (out.parent / "agent.db").is_file()
     assert result.exit_code == 0, result.output
     assert "embedded offline engine" in result.output
     assert f"recording         {out.with_suffix('.wav')}" in result.output
@@ -152,3 +161,7 @@ def test_demo_starts_the_agent_and_places_one_call(tmp_path: Path) -> None:
     assert len(m["response_ms"]) == 2 and len(m["barge_in_ms"]) == 1
     # The agent runs in-process, so the demo also knows what the model was told was heard.
     assert len(m["truncation_error_ms"]) == 1 and abs(m["truncation_error_ms"][0]) < 80
+    # The agent's own figures are printed (what its console shows): its latencies and its end reason.
+    assert m["agent_end_reason"] and f"ended             {m['agent_end_reason']}" in result.output
+    assert len(m["agent_response_ms"]) == 2
+    assert "response latency: caller stopped speaking → bot audio on the line" in result.output

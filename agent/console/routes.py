@@ -11,7 +11,6 @@ import datetime as dt
 import json
 import math
 import secrets
-import statistics
 import time
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
@@ -28,7 +27,9 @@ from agent.calls.record import CallRecord
 from agent.console import auth, charts
 from agent.console.auth import app_state
 from agent.prompts.loader import PromptError, check_name
+from agent.stats import RESPONSE_LATENCY, percentile
 from agent.storage import CallStats, CallSummary, Percentiles
+from agent.storage.calls import plain_json
 
 PAGE_SIZE = 25
 RUN_TAG = "eval_run"
@@ -123,7 +124,7 @@ _TEMPLATES.filters.update(
     pct=fmt_pct,
     seg=lambda s: quote(s, safe=""),
 )
-_TEMPLATES.globals.update(call_url=call_url)
+_TEMPLATES.globals.update(call_url=call_url, latency_label=RESPONSE_LATENCY)
 
 
 def render(request: Request, template: str, status_code: int = 200, **context: Any) -> HTMLResponse:
@@ -253,7 +254,7 @@ def call_view(record: CallRecord) -> dict[str, Any]:
         )
         tip = f"{turn.speaker} at {start:.2f} s: {turn.text[:120]}"
         if turn.latency_ms is not None:
-            tip += f" (latency {turn.latency_ms:.0f} ms)"
+            tip += f" (response latency {turn.latency_ms:.0f} ms)"
         if turn.interrupted:
             tip += f" — interrupted, heard {fmt_ms(turn.heard_ms)}"
         css = "interrupted" if turn.interrupted else turn.speaker
@@ -277,19 +278,27 @@ def call_view(record: CallRecord) -> dict[str, Any]:
     if record.tools:
         lanes.append("tools")
     latencies = [t.latency_ms for t in record.turns if t.speaker == "assistant" and t.latency_ms is not None]
+    answers = [t for t in record.turns if t.speaker == "assistant"]
+    # Answers are "#n" everywhere on the page (the nth assistant answer), never the model's item ids.
+    answer_numbers = {t.item_id: i + 1 for i, t in enumerate(answers) if t.item_id}
     return {
         "duration": duration,
         "turns": turns,
         "timeline": charts.timeline(lanes, spans, markers, duration, title="Timeline of turns"),
         "latencies": [
             {"n": i + 1, "at": t.started_at - t0, "latency_ms": t.latency_ms, "text": t.text}
-            for i, t in enumerate(x for x in record.turns if x.speaker == "assistant")
+            for i, t in enumerate(answers)
             if t.latency_ms is not None
         ],
-        "latency_median": statistics.median(latencies) if latencies else None,
+        "latency_median": percentile(latencies, 50),
         "latency_max": max(latencies) if latencies else None,
         "barge_ins": [
-            {"at": b.t - t0, "item_id": b.item_id, "heard_ms": b.heard_ms, "clear_ms": b.clear_ms}
+            {
+                "at": b.t - t0,
+                "answer": answer_numbers.get(b.item_id or ""),
+                "heard_ms": b.heard_ms,
+                "clear_ms": b.clear_ms,
+            }
             for b in record.barge_ins
         ],
         "tools": [
@@ -333,10 +342,10 @@ def stats_rows(a: CallStats, b: CallStats) -> list[tuple[str, str, str, str]]:
 
     rows = [
         row("Calls", a.calls, b.calls, count),
-        row("Answers with latency", a.latency_ms.count, b.latency_ms.count, count),
-        row("Latency p50", a.latency_ms.p50, b.latency_ms.p50, fmt_ms),
-        row("Latency p90", a.latency_ms.p90, b.latency_ms.p90, fmt_ms),
-        row("Latency p99", a.latency_ms.p99, b.latency_ms.p99, fmt_ms),
+        row("Answers with a response latency", a.latency_ms.count, b.latency_ms.count, count),
+        row("Response latency p50", a.latency_ms.p50, b.latency_ms.p50, fmt_ms),
+        row("Response latency p90", a.latency_ms.p90, b.latency_ms.p90, fmt_ms),
+        row("Response latency p99", a.latency_ms.p99, b.latency_ms.p99, fmt_ms),
         row("Assistant answers", a.assistant_turns, b.assistant_turns, count),
         row("Interrupted answers", a.interrupted_turns, b.interrupted_turns, count),
         row("Barge-ins", a.barge_ins, b.barge_ins, count),
@@ -529,6 +538,20 @@ def console_router(login_throttle: auth.LoginThrottle | None = None) -> APIRoute
             recording_missing=record.recording_path is not None and recording is None,
         )
 
+    @pages.get("/api/calls/{call_id}")
+    async def call_json(request: Request, call_id: str) -> Response:
+        """A call's record as JSON, stored or still in the process: how `voice-agent call --operator-token`
+        prints the agent's own latency and end reason, the figures this console shows."""
+        state = app_state(request)
+        detail = await state.store.get_call(call_id)
+        record = detail.record if detail is not None else state.registry.records.get(call_id)
+        live = state.registry.live.get(call_id)
+        if record is None and live is not None:
+            record = live.record
+        if record is None:
+            return JSONResponse({"detail": "no such call"}, status_code=404, headers={"Cache-Control": "no-store"})
+        return JSONResponse(plain_json(record.to_dict()), headers={"Cache-Control": "no-store"})
+
     @pages.get("/calls/{call_id}/recording.wav")
     async def recording(request: Request, call_id: str) -> Response:
         state = app_state(request)
@@ -638,7 +661,7 @@ def console_router(login_throttle: auth.LoginThrottle | None = None) -> APIRoute
             latency_chart=charts.line_chart(
                 labels,
                 _percentile_series([b.latency_ms for b in buckets]),
-                title="Response latency p50 / p90 / p99 per hour",
+                title="Response latency p50 / p90 / p99 per hour (caller stopped speaking → bot audio on the line)",
                 fmt=_ms_axis,
             ),
             barge_chart=charts.bar_chart(labels, rates, title="Barge-in rate per hour", fmt=_pct_axis, css="s3"),

@@ -31,6 +31,7 @@ from sqlalchemy.orm import selectinload
 
 from agent.calls import record as rec
 from agent.prompts.loader import Prompt, PromptError, parse_prompt
+from agent.stats import percentile
 from agent.storage import models as m
 from agent.storage.database import Database
 
@@ -40,7 +41,7 @@ Bucket = Literal["minute", "hour", "day"]
 _BUCKET_STEP = {"minute": dt.timedelta(minutes=1), "hour": dt.timedelta(hours=1), "day": dt.timedelta(days=1)}
 _SQLITE_BUCKET_FORMAT = {"minute": "%Y-%m-%d %H:%M:00", "hour": "%Y-%m-%d %H:00:00", "day": "%Y-%m-%d 00:00:00"}
 _MAX_FILLED_BUCKETS = 10_000
-_QUANTILES = (0.5, 0.9, 0.99)
+_QUANTILES = (0.5, 0.9, 0.99, 0.95)  # in the order of Percentiles' fields
 _LIKE_ESCAPE = "!"
 _REDACTED = "<redacted>"
 
@@ -97,6 +98,7 @@ class Percentiles:
     p50: float | None = None
     p90: float | None = None
     p99: float | None = None
+    p95: float | None = None  # after p99 so positional construction of older callers keeps working
 
 
 @dataclass(frozen=True)
@@ -494,7 +496,7 @@ class CallStore:
             for row in await session.execute(stmt):
                 k, rest = (row[0], row[1:]) if key is not None else (None, row)
                 if rest[0]:
-                    result[k] = Percentiles(int(rest[0]), *(round(float(v), 3) for v in rest[1:]))
+                    result[k] = Percentiles(int(rest[0]), *(round(float(v), 1) for v in rest[1:]))
             return result
         stmt = select(*keys, value).join_from(m.Turn, m.Call, m.Turn.call_id == m.Call.call_id).where(*base)
         groups: dict[Any, list[float]] = defaultdict(list)
@@ -783,18 +785,12 @@ def _floor(t: dt.datetime, bucket: Bucket) -> dt.datetime:
 
 
 def _percentiles(values: Iterable[float]) -> Percentiles:
-    """Linear interpolation between closest ranks: what PostgreSQL's percentile_cont computes."""
+    """The shared percentile (linear interpolation between closest ranks): what PostgreSQL's percentile_cont
+    computes, so SQLite and PostgreSQL give the same numbers."""
     ordered = sorted(values)
     if not ordered:
         return Percentiles(0)
-
-    def at(q: float) -> float:
-        pos = q * (len(ordered) - 1)
-        lo = math.floor(pos)
-        hi = min(lo + 1, len(ordered) - 1)
-        return round(ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo), 3)
-
-    return Percentiles(len(ordered), *(at(q) for q in _QUANTILES))
+    return Percentiles(len(ordered), *(percentile(ordered, q * 100) for q in _QUANTILES))
 
 
 def _counts(rows: Iterable[Any]) -> dict[str, int]:
