@@ -187,6 +187,9 @@ def prompts_check(names: tuple[str, ...]) -> None:
         if isinstance(result, PromptError):
             failed = True
             click.echo(str(result), err=True)
+        elif (problem := _experiment_problem(library, result)) is not None:
+            failed = True
+            click.echo(problem, err=True)
         else:
             click.echo(f"{name}: ok")
     try:
@@ -198,6 +201,21 @@ def prompts_check(names: tuple[str, ...]) -> None:
         failed = True
         click.echo(str(exc), err=True)
     sys.exit(1 if failed else 0)
+
+
+def _experiment_problem(library: PromptLibrary, prompt: Prompt) -> str | None:
+    """An experiment whose candidate could not be served would quietly stop: `check` says so."""
+    experiment = prompt.meta.experiment
+    if experiment is None:
+        return None
+    where = prompt.source or prompt.name
+    if experiment.candidate == prompt.name:
+        return f"{where}: experiment.candidate: a prompt cannot be its own candidate"
+    candidate = _get_or_error(library, experiment.candidate)
+    if isinstance(candidate, PromptError):
+        first = str(candidate).splitlines()[0]
+        return f"{where}: experiment.candidate: prompt {experiment.candidate!r} cannot be served ({first})"
+    return None
 
 
 def _get_or_error(library: PromptLibrary, name: str) -> Prompt | PromptError:

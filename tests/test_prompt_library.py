@@ -189,3 +189,48 @@ def test_yaml_errors_elsewhere_keep_their_line() -> None:
         parse_prompt("p", "---\ndescription: x\nvoice: [marin\n---\nHello.\n", "p.md")
     assert str(caught.value).startswith("p.md:"), caught.value
     assert "quoted" not in str(caught.value)
+
+
+def _experiment_library(tmp_path: Path, share: float = 0.3) -> PromptLibrary:
+    (tmp_path / "clinic.md").write_text(
+        f"---\nexperiment: {{candidate: clinic-v2, share: {share}}}\n---\nYou answer for the clinic.\n"
+    )
+    (tmp_path / "clinic-v2.md").write_text("---\nvoice: cedar\n---\nYou answer for the clinic, briefly.\n")
+    return PromptLibrary(tmp_path, default="clinic")
+
+
+def test_experiments_split_calls_by_call_id_deterministically(tmp_path: Path) -> None:
+    library = _experiment_library(tmp_path)
+    choices = {f"CA-{i}": library.select_for_call("", None, f"CA-{i}") for i in range(2000)}
+    candidates = [cid for cid, (prompt, _) in choices.items() if prompt.name == "clinic-v2"]
+    assert 0.25 < len(candidates) / len(choices) < 0.35  # about the share
+    for prompt, tags in choices.values():
+        arm = "candidate" if prompt.name == "clinic-v2" else "control"
+        assert tags == {"experiment": "clinic-vs-clinic-v2", "arm": arm}
+    # A webhook retry, or another replica with its own library, picks the same arm for the same call.
+    other = PromptLibrary(tmp_path, default="clinic")
+    assert all(other.select_for_call("", None, cid)[0].name == p.name for cid, (p, _) in list(choices.items())[:200])
+    assert library.select(call_id=candidates[0]).name == "clinic-v2"
+    assert library.select().name == "clinic"  # no call id: no experiment
+    assert library.select_for_call("", "clinic-v2", "CA-1") == (library.get("clinic-v2"), {})  # no experiment there
+
+
+def test_an_unusable_candidate_sends_calls_to_the_control_untagged(tmp_path: Path) -> None:
+    library = _experiment_library(tmp_path, share=0.99)
+    (tmp_path / "clinic-v2.md").write_text("---\nvoice: robot\n---\nBroken.\n")
+    prompt, tags = library.select_for_call("", None, "CA-1")
+    assert prompt.name == "clinic" and tags == {}
+
+
+def test_prompts_check_reports_a_broken_candidate(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from click.testing import CliRunner
+
+    from agent.cli import main
+
+    _experiment_library(tmp_path)
+    (tmp_path / "clinic.md").write_text("---\nexperiment: {candidate: nowhere, share: 0.2}\n---\nHello.\n")
+    monkeypatch.setenv("AGENT_PROMPTS_DIR", str(tmp_path))
+    monkeypatch.setenv("AGENT_DEFAULT_PROMPT", "clinic")
+    result = CliRunner().invoke(main, ["prompts", "check"])
+    assert result.exit_code == 1
+    assert "experiment.candidate: prompt 'nowhere' cannot be served" in result.output
