@@ -26,13 +26,22 @@ from agent.calls.call import Call
 from agent.calls.record import CallRecord
 from agent.console import auth, charts
 from agent.console.auth import app_state
+from agent.prompts.library import experiment_name
 from agent.prompts.loader import PromptError, check_name
-from agent.stats import RESPONSE_LATENCY, percentile
-from agent.storage import CallStats, CallSummary, Percentiles
-from agent.storage.calls import plain_json
+from agent.stats import (
+    MIN_CALLS_PER_ARM,
+    RESPONSE_LATENCY,
+    Interval,
+    bootstrap_percentile,
+    percentile,
+    proportion_interval,
+)
+from agent.storage import CallStats, CallSummary, Percentiles, PromptVersionInfo
+from agent.storage.calls import ArmData, EvalRunResult, plain_json
 
 PAGE_SIZE = 25
 RUN_TAG = "eval_run"
+EXPERIMENT_TAG = "experiment"
 RECENT_CALLS = 8
 RUN_CALLS = 100
 WINDOWS = {"24h": dt.timedelta(hours=24), "7d": dt.timedelta(days=7)}
@@ -363,6 +372,87 @@ def stats_rows(a: CallStats, b: CallStats) -> list[tuple[str, str, str, str]]:
     return rows
 
 
+def version_row(version: PromptVersionInfo, stats: CallStats | None, evals: list[EvalRunResult]) -> dict[str, Any]:
+    """One version's line on the Prompts page: how calls on it went, and its eval runs."""
+    return {
+        "v": version,
+        "stats": stats,
+        "endings": sorted(stats.end_reasons.items(), key=lambda kv: (-kv[1], kv[0])) if stats else [],
+        "evals": evals,
+    }
+
+
+def _interval_text(interval: Interval | None, fmt: Any) -> str:
+    if interval is None:
+        return "—"
+    return f"{fmt(interval.value)} ({fmt(interval.low)}–{fmt(interval.high)})"
+
+
+def experiment_rows(control: ArmData, candidate: ArmData) -> dict[str, Any]:
+    """Control and candidate side by side, each figure with its 95% interval, and a verdict per row that only
+    calls a difference when the intervals do not overlap and both arms have enough calls."""
+    enough = min(control.stats.calls, candidate.stats.calls) >= MIN_CALLS_PER_ARM
+    rows: list[dict[str, str]] = []
+
+    def add(label: str, a: Interval | None, b: Interval | None, fmt: Any) -> None:
+        if a is None or b is None:
+            verdict = "no data"
+        elif not enough:
+            verdict = "not enough calls yet"
+        elif a.overlaps(b):
+            verdict = "within noise"
+        else:
+            verdict = "candidate higher" if b.value > a.value else "candidate lower"
+        rows.append(
+            {"label": label, "control": _interval_text(a, fmt), "candidate": _interval_text(b, fmt), "verdict": verdict}
+        )
+
+    add(
+        "Response latency p50",
+        bootstrap_percentile(control.latencies_ms, 50),
+        bootstrap_percentile(candidate.latencies_ms, 50),
+        fmt_ms,
+    )
+    add(
+        "Response latency p95",
+        bootstrap_percentile(control.latencies_ms, 95),
+        bootstrap_percentile(candidate.latencies_ms, 95),
+        fmt_ms,
+    )
+    a, b = control.stats, candidate.stats
+    add(
+        "Barge-in rate (per answer)",
+        proportion_interval(a.barge_ins, a.assistant_turns),
+        proportion_interval(b.barge_ins, b.assistant_turns),
+        fmt_pct,
+    )
+    add(
+        "Calls with a barge-in",
+        proportion_interval(a.calls_with_barge_in, a.calls),
+        proportion_interval(b.calls_with_barge_in, b.calls),
+        fmt_pct,
+    )
+    for reason in sorted(a.end_reasons.keys() | b.end_reasons.keys()):
+        add(
+            f"Ended: {reason}",
+            proportion_interval(a.end_reasons.get(reason, 0), a.calls),
+            proportion_interval(b.end_reasons.get(reason, 0), b.calls),
+            fmt_pct,
+        )
+    add(
+        "Tool failures (per tool call)",
+        proportion_interval(a.tool_failures, a.tool_calls),
+        proportion_interval(b.tool_failures, b.tool_calls),
+        fmt_pct,
+    )
+    return {
+        "rows": rows,
+        "enough": enough,
+        "calls": (a.calls, b.calls),
+        "cost": (fmt_usd(a.mean_cost_usd), fmt_usd(b.mean_cost_usd)),
+    }
+
+
 def _percentile_series(points: Sequence[Percentiles]) -> list[charts.Series]:
     return [
         charts.Series("p50", [p.p50 for p in points], "s1"),
@@ -586,6 +676,10 @@ def console_router(login_throttle: auth.LoginThrottle | None = None) -> APIRoute
             except PromptError:
                 current = None
             versions = await state.store.prompt_versions(name)
+            stats = await state.store.version_stats(name)
+            evals = await state.store.eval_results(name)
+            experiment = current.meta.experiment if current is not None else None
+            rows = [version_row(v, stats.get(v.content_hash), evals.get(v.content_hash, [])) for v in versions]
             items.append(
                 {
                     "name": name,
@@ -596,7 +690,17 @@ def console_router(login_throttle: auth.LoginThrottle | None = None) -> APIRoute
                     "numbers": routed.get(name, []),
                     "default": name == library.default,
                     "versions": versions,
+                    "rows": rows,
                     "diffable": [v for v in versions if v.instructions is not None],
+                    "experiment": (
+                        {
+                            "name": experiment_name(name, experiment),
+                            "candidate": experiment.candidate,
+                            "share": experiment.share,
+                        }
+                        if experiment is not None
+                        else None
+                    ),
                 }
             )
         unrouted = sorted((name, nums) for name, nums in routed.items() if name not in names)
@@ -636,6 +740,33 @@ def console_router(login_throttle: auth.LoginThrottle | None = None) -> APIRoute
             old_hash=old,
             new_hash=new,
         )
+
+    # --- experiments ----------------------------------------------------------------------------------------
+
+    @pages.get("/experiments", response_class=HTMLResponse)
+    async def experiments_page(request: Request, name: str = Query("", max_length=200)) -> Response:
+        state = app_state(request)
+        seen = dict(await state.store.tag_values(EXPERIMENT_TAG))
+        configured: dict[str, tuple[str, str, float]] = {}
+        for prompt_name, result in state.prompts.check_all().items():
+            if not isinstance(result, PromptError) and result.meta.experiment is not None:
+                exp = result.meta.experiment
+                configured[experiment_name(prompt_name, exp)] = (prompt_name, exp.candidate, exp.share)
+        names = sorted(seen.keys() | configured.keys())
+        if not name and names:
+            name = names[0]
+        context: dict[str, Any] = {
+            "names": [(n, seen.get(n, 0), configured.get(n)) for n in names],
+            "name": name,
+            "comparison": None,
+            "min_calls": MIN_CALLS_PER_ARM,
+        }
+        if name:
+            arms = await state.store.experiment_arms(name)
+            context["comparison"] = experiment_rows(arms["control"], arms["candidate"])
+            context["arms"] = arms
+            context["configured"] = configured.get(name)
+        return render(request, "experiments.html", **context)
 
     # --- summary --------------------------------------------------------------------------------------------
 
