@@ -704,7 +704,8 @@ async def test_prompts_page_shows_numbers_and_evals_per_version(console: Console
     assert f'<td class="num v-p50">{stats[v1].latency_ms.p50:,.0f} ms</td>' in row1
     assert f'<td class="num v-p95">{stats[v1].latency_ms.p95:,.0f} ms</td>' in row1
     assert "agent_end_call 3" in row1 and "caller_hangup 1" in row1  # how the four run-a calls ended
-    assert f'<td class="num v-barge">{stats[v1].barge_in_rate * 100:.1f}%</td>' in row1
+    rate = stats[v1].barge_in_rate
+    assert rate is not None and f'<td class="num v-barge">{rate * 100:.1f}%</td>' in row1
     assert "run-a: 3/4 passed" in row1 and "run-b" not in row1
     row2 = section[section.index(f'data-hash="{v2}"') :]
     assert "run-b: 4/4 passed" in row2[: row2.index("</tr>")]
