@@ -185,7 +185,9 @@ async def _run_local(prompt: str, script: EvalScript, run_id: str, tones: bool) 
                 detail = await state.store.get_call(measured.metrics.call_uuid)
                 record = detail.record if detail is not None else None
             outcomes[conv.name] = outcome = await judge(conv, measured, record.to_dict() if record else None)
-            if conv.judged and record is not None:
+            if record is not None and (
+                conv.judged or (outcome.rubric is not None and outcome.rubric.passed is not None)
+            ):
                 # The verdict goes on the stored call, so the Prompts page shows it per prompt version.
                 await state.store.add_tags(record.call_id, {EVAL_VERDICT: "pass" if outcome.passed else "fail"})
         return outcomes
