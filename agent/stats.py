@@ -8,7 +8,6 @@ which is also what PostgreSQL's `percentile_cont` computes).
 from __future__ import annotations
 
 import math
-import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -58,14 +57,23 @@ def proportion_interval(successes: int, trials: int) -> Interval | None:
     return Interval(p, max(0.0, centre - half), min(1.0, centre + half))
 
 
-def bootstrap_percentile(values: Sequence[float], q: float, *, resamples: int = 1000, seed: int = 0) -> Interval | None:
-    """Percentile `q` with a 95% percentile-bootstrap interval; seeded, so a page shows the same numbers on
-    every load. Latencies are skewed (a long tail), where a normal approximation of a median is poor."""
-    point = percentile(values, q)
+def bootstrap_percentile(
+    calls: Sequence[Sequence[float]], q: float, *, resamples: int = 1000, seed: int = 0
+) -> Interval | None:
+    """Percentile `q` of all values with a 95% percentile-bootstrap interval, resampling whole calls.
+
+    `calls` holds each call's values (its answers' latencies): answers of one call share its network, prompt
+    and caller, so resampling answers one by one would make the interval too narrow. Seeded, so a page shows
+    the same numbers on every load; latencies are skewed (a long tail), where a normal approximation is poor.
+    """
+    groups = [np.asarray(c, dtype=np.float64) for c in calls if len(c)]
+    point = percentile([v for c in calls for v in c], q)
     if point is None:
         return None
-    data = np.asarray(values, dtype=np.float64)
-    rng = np.random.default_rng(random.Random(seed).getrandbits(32))
-    draws = np.percentile(rng.choice(data, size=(resamples, len(data)), replace=True), q, axis=1)
+    rng = np.random.default_rng(seed)
+    draws = np.empty(resamples)
+    for i in range(resamples):
+        picked = rng.integers(0, len(groups), size=len(groups))
+        draws[i] = np.percentile(np.concatenate([groups[j] for j in picked]), q)
     low, high = np.percentile(draws, [2.5, 97.5])
     return Interval(point, round(float(low), 1), round(float(high), 1))

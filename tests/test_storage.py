@@ -864,5 +864,5 @@ async def test_per_version_eval_and_experiment_queries(store: CallStore) -> None
         tagged = simple_record(f"CA-x-{i}", H0 + 20 + i, latencies=(300.0 + i,), tags={"experiment": "x", "arm": arm})
         await store.save(tagged)
     arms = await store.experiment_arms("x")
-    assert arms["control"].stats.calls == 2 and sorted(arms["control"].latencies_ms) == [300.0, 301.0]
-    assert arms["candidate"].stats.calls == 1 and arms["candidate"].latencies_ms == [302.0]
+    assert arms["control"].stats.calls == 2 and sorted(arms["control"].latencies_ms) == [[300.0], [301.0]]
+    assert arms["candidate"].stats.calls == 1 and arms["candidate"].latencies_ms == [[302.0]]

@@ -199,7 +199,7 @@ class ArmData:
 
     arm: str
     stats: CallStats
-    latencies_ms: list[float]
+    latencies_ms: list[list[float]]  # per call: the interval resamples calls, not answers
 
 
 # --- the store -----------------------------------------------------------------------------------------------
@@ -484,12 +484,16 @@ class CallStore:
                 where = [_has_tag("experiment", experiment), _has_tag("arm", arm)]
                 stats = await self._stats(session, where)
                 latencies = (
-                    select(m.Turn.latency_ms)
+                    select(m.Turn.call_id, m.Turn.latency_ms)
                     .join_from(m.Turn, m.Call, m.Turn.call_id == m.Call.call_id)
                     .where(m.Turn.speaker == "assistant", m.Turn.latency_ms.is_not(None), *where)
+                    .order_by(m.Turn.call_id, m.Turn.seq)
                 )
-                values = [float(v) for v in (await session.execute(latencies)).scalars() if v is not None]
-                out[arm] = ArmData(arm, stats, values)
+                per_call: dict[str, list[float]] = defaultdict(list)
+                for call_id, value in await session.execute(latencies):
+                    if value is not None:
+                        per_call[call_id].append(float(value))
+                out[arm] = ArmData(arm, stats, list(per_call.values()))
         return out
 
     async def add_tags(self, call_id: str, tags: Mapping[str, str]) -> None:
