@@ -723,6 +723,7 @@ async def lab(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[httpx.A
     prompts = write_prompts(tmp_path_factory.mktemp("lab-prompts"))
     (prompts / "sales.md").write_text(SALES_V2.replace("---\n", f"---\n{EXPERIMENT_FRONT}", 1), encoding="utf-8")
     (prompts / "sales-v3.md").write_text(SALES_V2, encoding="utf-8")
+    (prompts / "clinic.md").write_text("---\nexperiment: {candidate: nowhere, share: 0.5}\n---\nHello.\n")
     async with running_stack(RealtimeSimConfig(), operator_token=TOKEN, prompts_dir=prompts) as stack:
         mount_console(stack.app)
         await seed_experiments(stack.state.store, parse_prompt("sales", SALES_V2, "<seed>"), time.time() - 3600)
@@ -749,6 +750,10 @@ async def test_experiment_arms_side_by_side_with_intervals(lab: httpx.AsyncClien
     assert "Prompt <b>sales</b> (control) sends 20.0% of its calls to <b>sales-v3</b>" in html
     prompts = await lab.get("/console/prompts")
     assert f'href="/console/experiments?name={BIG_EXPERIMENT}"' in prompts.text
+    sales = prompts.text[prompts.text.index('data-prompt="sales"') :]
+    assert "experiment-problem" not in sales[: sales.index("</section>")]  # sales-v3 is a good prompt
+    clinic = prompts.text[prompts.text.index('data-prompt="clinic"') :]
+    assert "The candidate cannot be served" in clinic and "no prompt file nowhere.md" in clinic
     small = await lab.get("/console/experiments", params={"name": SMALL_EXPERIMENT})
     assert 'id="not-enough"' in small.text and "3 control and 2 candidate calls" in small.text
     assert "candidate higher" not in small.text and "not enough calls yet" in small.text

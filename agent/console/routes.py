@@ -697,6 +697,9 @@ def console_router(login_throttle: auth.LoginThrottle | None = None) -> APIRoute
                             "name": experiment_name(name, experiment),
                             "candidate": experiment.candidate,
                             "share": experiment.share,
+                            "problem": library.problem(experiment.candidate)
+                            if experiment.candidate in names
+                            else f"there is no prompt file {experiment.candidate}.md",
                         }
                         if experiment is not None
                         else None
