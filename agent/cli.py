@@ -91,9 +91,18 @@ def main() -> None:
 def serve(host: str, port: int) -> None:
     """Answer Vobiz calls. Without OPENAI_API_KEY the embedded offline engine answers instead."""
     from agent.app import create_app
+    from agent.storage.database import startup_problem
 
     settings = _settings()
-    logs.configure(settings.log_level, secrets=settings.secret_values, fmt=settings.log_format)
+    try:
+        logs.configure(settings.log_level, secrets=settings.secret_values, fmt=settings.log_format)
+    except ValueError as exc:  # logging's own check of the level name: one line, not its traceback
+        click.echo(f"invalid setting AGENT_LOG_LEVEL: {exc} (use DEBUG, INFO, WARNING, ERROR or CRITICAL)", err=True)
+        sys.exit(2)
+    problem = asyncio.run(startup_problem(settings.database_url))
+    if problem is not None:
+        click.echo(problem if problem.startswith("invalid setting") else f"cannot start: {problem}", err=True)
+        sys.exit(2)
     try:
         app = create_app(settings, embedded_engine=settings.openai_api_key is None and not settings.openai_base_url)
     except ConfigError as exc:
@@ -189,7 +198,8 @@ def prompts() -> None:
 
 def _library() -> PromptLibrary:
     settings = _settings()
-    return PromptLibrary(settings.prompts_dir, settings.default_prompt)
+    # The commands print every problem themselves; the library's own error log would repeat each one.
+    return PromptLibrary(settings.prompts_dir, settings.default_prompt, log_errors=False)
 
 
 @prompts.command("list")
@@ -217,6 +227,9 @@ def prompts_check(names: tuple[str, ...]) -> None:
         if isinstance(result, PromptError):
             failed = True
             click.echo(str(result), err=True)
+        elif (problem := _experiment_problem(library, result)) is not None:
+            failed = True
+            click.echo(problem, err=True)
         else:
             click.echo(f"{name}: ok")
     try:
@@ -228,6 +241,21 @@ def prompts_check(names: tuple[str, ...]) -> None:
         failed = True
         click.echo(str(exc), err=True)
     sys.exit(1 if failed else 0)
+
+
+def _experiment_problem(library: PromptLibrary, prompt: Prompt) -> str | None:
+    """An experiment whose candidate could not be served would quietly stop: `check` says so."""
+    experiment = prompt.meta.experiment
+    if experiment is None:
+        return None
+    where = prompt.source or prompt.name
+    if experiment.candidate == prompt.name:
+        return f"{where}: experiment.candidate: a prompt cannot be its own candidate"
+    candidate = _get_or_error(library, experiment.candidate)
+    if isinstance(candidate, PromptError):
+        first = str(candidate).splitlines()[0]
+        return f"{where}: experiment.candidate: prompt {experiment.candidate!r} cannot be served ({first})"
+    return None
 
 
 def _get_or_error(library: PromptLibrary, name: str) -> Prompt | PromptError:

@@ -74,3 +74,31 @@ def test_calls_answered_by_the_offline_engine_cost_nothing(tmp_path: Path) -> No
     assert usage.cost_usd(settings.prices) > 0  # what OpenAI would charge
     offline = create_app(settings, embedded_engine=True).state.agent.settings
     assert usage.cost_usd(offline.prices) == 0
+
+
+@pytest.mark.parametrize(
+    ("setting", "expected"),
+    [
+        ({"AGENT_LOG_LEVEL": "LOUD"}, "invalid setting AGENT_LOG_LEVEL: Unknown level: 'LOUD'"),
+        ({"DATABASE_URL": "mysql://db/calls"}, "invalid setting DATABASE_URL: unsupported DATABASE_URL backend"),
+        # Port 1 on loopback: nothing listens there, so the connection is refused at once.
+        ({"DATABASE_URL": "postgresql://u:p@127.0.0.1:1/calls"}, "cannot start: cannot reach the database at"),
+    ],
+)
+async def test_bad_start_up_settings_stop_with_one_line(setting: dict[str, str], expected: str) -> None:
+    """Start-up failures an operator can fix from one line, not a traceback out of logging or the lifespan."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "agent",
+        "serve",
+        "--port",
+        "1",  # never bound: each case stops before serving
+        env=clean_env(**setting),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    _, err = await within(60, proc.communicate())
+    assert proc.returncode == 2
+    lines = err.decode().strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(expected), lines

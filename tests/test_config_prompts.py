@@ -99,3 +99,13 @@ def test_prompt_hash_changes_with_content(tmp_path: Path) -> None:
         load_prompt(tmp_path, "../etc/passwd")
     with pytest.raises(PromptError, match="cannot read"):
         load_prompt(tmp_path, "missing")
+
+
+def test_the_default_prompt_documents_every_setting() -> None:
+    """The README says prompts/default.md documents every setting: each one appears there, set or commented."""
+    from agent.prompts.schema import PromptMeta
+
+    text = (Path(__file__).resolve().parents[1] / "prompts" / "default.md").read_text(encoding="utf-8")
+    front = text.split("\n---", 1)[0]
+    missing = [name for name in PromptMeta.model_fields if f"{name}:" not in front]
+    assert missing == []

@@ -200,7 +200,47 @@ async def seed_history(store: CallStore, recordings_dir: Path, now: float | None
         await store.save(make_record(call_id, now - 4 * hour, recording_path=path))
         saved += 1
     await store.save(make_record("CA-old", now - 3 * 24 * hour, latencies=(1500.0,), cost=0.05))
+    # The eval tool's verdicts: run-a has one conversation failing its assertions, run-b passes throughout.
+    for i in range(4):
+        await store.add_tags(f"CA-run-a-{i}", {"eval_verdict": "fail" if i == 3 else "pass"})
+        await store.add_tags(f"CA-run-b-{i}", {"eval_verdict": "pass"})
     return History(v1, v2, saved, 1, "CA-outside", "CA-missing", "CA-absolute", "CA-symlink", "CA-hostile")
+
+
+BIG_EXPERIMENT, SMALL_EXPERIMENT = "sales-vs-sales-v3", "greeting-trial"
+EXPERIMENT_FRONT = "experiment: {candidate: sales-v3, share: 0.2}\n"
+
+
+async def seed_experiments(store: CallStore, prompt: Prompt, start: float) -> int:
+    """Two experiments: a big one whose candidate is clearly slower and barged in on more often, and one with
+    too few calls to say anything yet. Returns how many calls were saved."""
+    saved = 0
+    for i in range(40):
+        for arm, base in (("control", 600.0), ("candidate", 950.0)):
+            jitter = (i * 37 % 11) * 10.0  # spread without randomness: the same numbers on every run
+            record = make_record(
+                f"CA-exp-{arm}-{i}",
+                start + i * 30 + (5 if arm == "candidate" else 0),
+                prompt=prompt,
+                latencies=(base + jitter, base + 50 + jitter),
+                barge_in=arm == "candidate" and i % 2 == 0,
+                cost=0.01,
+                tags={"experiment": BIG_EXPERIMENT, "arm": arm},
+                end_reason="agent_end_call" if i % 4 else "caller_hangup",
+            )
+            await store.save(record, prompt)
+            saved += 1
+    for i, arm in enumerate(("control", "control", "control", "candidate", "candidate")):
+        record = make_record(
+            f"CA-trial-{i}",
+            start + 2000 + i * 30,
+            prompt=prompt,
+            latencies=(500.0 + 100 * i,),
+            tags={"experiment": SMALL_EXPERIMENT, "arm": arm},
+        )
+        await store.save(record, prompt)
+        saved += 1
+    return saved
 
 
 def _refused_recordings(recordings_dir: Path) -> dict[str, str]:
@@ -511,8 +551,19 @@ async def test_call_detail_shows_transcript_timeline_latencies_and_barge_ins(con
     assert "+919000000777" in html and "Reply number 2." in html
     assert "interrupted — heard" in html and f"{cut.heard_ms:,.0f} ms" in html
     assert "caller audio" in html  # the caller's transcribed turn
-    assert f"latency {answer.latency_ms:,.0f} ms" in html and 'id="latencies"' in html
+    assert f"response latency {answer.latency_ms:,.0f} ms" in html and 'id="latencies"' in html
     assert 'id="barge-ins"' in html and 'class="marker barge"' in html
+    # Barge-ins name the interrupted answer as #n, as the latency table does, never by the model's item id.
+    answers = [t for t in record.record.turns if t.speaker == "assistant"]
+    number = next(i + 1 for i, t in enumerate(answers) if t.item_id == record.record.barge_ins[0].item_id)
+    barge_table = html[html.index('id="barge-ins"') :]
+    barge_table = barge_table[: barge_table.index("</table>")]
+    assert f"<td>#{number}</td>" in barge_table and str(cut.item_id) not in barge_table
+    assert "response latency: caller stopped speaking → bot audio on the line" in html
+    as_json = await client.get(f"/console/api/calls/{call_id}")
+    assert as_json.status_code == 200 and as_json.json()["end_reason"] == record.record.end_reason
+    assert [t["latency_ms"] for t in as_json.json()["turns"]] == [t.latency_ms for t in record.record.turns]
+    assert (await client.get("/console/api/calls/CA-none")).status_code == 404
     assert '<svg class="chart timeline"' in html and 'class="span interrupted"' in html
     assert '<details id="events">' in html and "stream_started" in html
     assert f'<audio id="recording" controls preload="metadata" src="/console/calls/{call_id}/recording.wav">' in html
@@ -613,7 +664,7 @@ async def test_runs_page_compares_two_eval_runs(console: Console) -> None:
     store = console.stack.state.store
     comparison = await store.compare_runs("eval_run", "run-a", "run-b")
     assert comparison.a.calls == comparison.b.calls == 4
-    assert f'<td>Latency p50</td><td class="num">{comparison.a.latency_ms.p50:,.0f} ms</td>' in table
+    assert f'<td>Response latency p50</td><td class="num">{comparison.a.latency_ms.p50:,.0f} ms</td>' in table
     assert f'<td class="num">{comparison.b.latency_ms.p50:,.0f} ms</td>' in table
     assert "<td>Barge-in rate</td>" in table and "<td>Ended: agent_end_call</td>" in table
     assert '<td>Total cost</td><td class="num">$0.0480</td><td class="num">$0.0360</td>' in table
@@ -637,3 +688,72 @@ async def test_every_page_renders_an_empty_database(tmp_path: Path) -> None:
                 assert page.status_code == 200, path
             assert "No calls are tagged" in (await client.get("/console/runs")).text
             assert (await client.get("/console/live.json")).json()["live"] == []
+
+
+async def test_prompts_page_shows_numbers_and_evals_per_version(console: Console) -> None:
+    page = await console.client.get("/console/prompts")
+    assert page.status_code == 200
+    html = page.text
+    section = html[html.index('data-prompt="sales"') :]
+    section = section[: section.index("</section>")]
+    store = console.stack.state.store
+    stats = await store.version_stats("sales")
+    v1, v2 = console.history.sales_v1.content_hash, console.history.sales_v2.content_hash
+    row1 = section[section.index(f'data-hash="{v1}"') :]
+    row1 = row1[: row1.index("</tr>")]
+    assert f'<td class="num v-p50">{stats[v1].latency_ms.p50:,.0f} ms</td>' in row1
+    assert f'<td class="num v-p95">{stats[v1].latency_ms.p95:,.0f} ms</td>' in row1
+    assert "agent_end_call 3" in row1 and "caller_hangup 1" in row1  # how the four run-a calls ended
+    rate = stats[v1].barge_in_rate
+    assert rate is not None and f'<td class="num v-barge">{rate * 100:.1f}%</td>' in row1
+    assert "run-a: 3/4 passed" in row1 and "run-b" not in row1
+    row2 = section[section.index(f'data-hash="{v2}"') :]
+    assert "run-b: 4/4 passed" in row2[: row2.index("</tr>")]
+    # Each version's text and settings, and a diff between any two.
+    assert f'id="version-sales-{v1}"' in section and "You sell the basic plan. Mention the price once." in section
+    assert "greeting: Hi, this is sales." in section
+    assert 'class="filters diff-form"' in section
+    assert "response latency: caller stopped speaking → bot audio on the line" in html
+
+
+@pytest_asyncio.fixture(loop_scope="module", scope="module")
+async def lab(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[httpx.AsyncClient]:
+    """A console of its own for experiments (their many calls would change the main console's counts), with
+    `sales` running one of them, so the page also shows a configured experiment."""
+    prompts = write_prompts(tmp_path_factory.mktemp("lab-prompts"))
+    (prompts / "sales.md").write_text(SALES_V2.replace("---\n", f"---\n{EXPERIMENT_FRONT}", 1), encoding="utf-8")
+    (prompts / "sales-v3.md").write_text(SALES_V2, encoding="utf-8")
+    (prompts / "clinic.md").write_text("---\nexperiment: {candidate: nowhere, share: 0.5}\n---\nHello.\n")
+    async with running_stack(RealtimeSimConfig(), operator_token=TOKEN, prompts_dir=prompts) as stack:
+        mount_console(stack.app)
+        await seed_experiments(stack.state.store, parse_prompt("sales", SALES_V2, "<seed>"), time.time() - 3600)
+        headers = {"Authorization": f"Bearer {TOKEN}"}
+        async with httpx.AsyncClient(base_url=stack.base_url, headers=headers) as client:
+            yield client
+
+
+async def test_experiment_arms_side_by_side_with_intervals(lab: httpx.AsyncClient) -> None:
+    page = await lab.get("/console/experiments", params={"name": BIG_EXPERIMENT})
+    assert page.status_code == 200
+    html = page.text
+    assert 'id="not-enough"' not in html
+    table = html[html.index('id="arms"') :]
+    table = table[: table.index("</table>")]
+    assert '<td>Calls</td><td class="num">40</td><td class="num">40</td>' in table
+    p50 = table[table.index("<td>Response latency p50</td>") :]
+    p50 = p50[: p50.index("</tr>")]
+    assert p50.count("–") == 2 and "candidate higher" in p50  # intervals shown, and they do not overlap
+    barge = table[table.index("<td>Barge-in rate (per answer)</td>") :]
+    assert "candidate higher" in barge[: barge.index("</tr>")]
+    ended = table[table.index("<td>Ended: caller_hangup</td>") :]
+    assert "within noise" in ended[: ended.index("</tr>")]  # same share of hang-ups in both arms
+    assert "Prompt <b>sales</b> (control) sends 20.0% of its calls to <b>sales-v3</b>" in html
+    prompts = await lab.get("/console/prompts")
+    assert f'href="/console/experiments?name={BIG_EXPERIMENT}"' in prompts.text
+    sales = prompts.text[prompts.text.index('data-prompt="sales"') :]
+    assert "experiment-problem" not in sales[: sales.index("</section>")]  # sales-v3 is a good prompt
+    clinic = prompts.text[prompts.text.index('data-prompt="clinic"') :]
+    assert "The candidate cannot be served" in clinic and "no prompt file nowhere.md" in clinic
+    small = await lab.get("/console/experiments", params={"name": SMALL_EXPERIMENT})
+    assert 'id="not-enough"' in small.text and "3 control and 2 candidate calls" in small.text
+    assert "candidate higher" not in small.text and "not enough calls yet" in small.text

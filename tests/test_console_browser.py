@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import re
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -23,11 +24,14 @@ from agent.simulation.carrier import CallerAudio, SimCallOptions
 from agent.simulation.realtime_server import RealtimeSimConfig
 from tests.harness import Stack, running_stack
 from tests.test_console import (
+    BIG_EXPERIMENT,
+    SMALL_EXPERIMENT,
     TOKEN,
     History,
     end_call,
     mount_console,
     place_barge_in_call,
+    seed_experiments,
     seed_history,
     settle,
     write_prompts,
@@ -73,6 +77,7 @@ async def site(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Site]:
         await end_call(stack, call)
         await settle(stack)
         history = await seed_history(stack.state.store, stack.settings.recordings_dir)
+        await seed_experiments(stack.state.store, history.sales_v2, time.time() - 3600)
         yield Site(stack, call.call_uuid, history)
 
 
@@ -224,6 +229,62 @@ async def test_prompts_show_an_invalid_prompt_and_a_diff_between_versions(tab: T
     )
 
 
+async def test_prompt_versions_show_their_numbers_text_and_a_diff_of_any_two(tab: Tab, site: Site) -> None:
+    page, store = tab.page, site.stack.state.store
+    v1, v2 = site.history.sales_v1.content_hash, site.history.sales_v2.content_hash
+    stats = await store.version_stats("sales")
+    await page.goto("/console/prompts")
+    sales = page.locator("#prompt-sales")
+    await expect(sales.locator(".latency-definition")).to_have_text(
+        "response latency: caller stopped speaking → bot audio on the line"
+    )
+    first = sales.locator(f'tr.version[data-hash="{v1}"]')
+    assert stats[v1].latency_ms.p50 is not None and stats[v1].latency_ms.p95 is not None
+    await expect(first.locator(".v-calls")).to_have_text("4")
+    await expect(first.locator(".v-p50")).to_have_text(f"{stats[v1].latency_ms.p50:,.0f} ms")
+    await expect(first.locator(".v-p95")).to_have_text(f"{stats[v1].latency_ms.p95:,.0f} ms")
+    await expect(first.locator(".v-barge")).to_have_text("16.7%")  # 2 barge-ins over 12 answers (greetings too)
+    await expect(first.locator(".v-endings .badge")).to_have_text(["agent_end_call 3", "caller_hangup 1"])
+    await expect(first.locator(".v-tools")).to_have_text("0 / 4")
+    await expect(first.locator(".v-cost")).to_have_text("$0.0120")
+    await expect(first.locator(".v-evals")).to_have_text("run-a: 3/4 passed")
+    await expect(sales.locator(f'tr.version[data-hash="{v2}"] .v-evals')).to_have_text("run-b: 4/4 passed")
+    # The text and settings of a version, folded away until asked for.
+    text = sales.locator(f"#version-sales-{v1} pre")
+    await expect(text).to_be_hidden()
+    await sales.locator(f"#version-sales-{v1} summary").click()
+    await expect(text).to_contain_text("greeting: Hi, this is sales.")
+    await expect(text).to_contain_text("You sell the basic plan. Mention the price once.")
+    # Any two versions, in either order.
+    form = sales.locator("form.diff-form")
+    await form.get_by_label("Old").select_option(v2)
+    await form.get_by_label("New").select_option(v1)
+    await form.get_by_role("button", name="Compare").click()
+    await expect(page).to_have_url(re.compile(rf"/console/prompts/sales/diff\?old={v2}&new={v1}$"))
+    await expect(page.locator("#diff .add")).to_have_text(
+        ["+greeting: Hi, this is sales.", "+You sell the basic plan. Mention the price once."]
+    )
+
+
+async def test_experiment_arms_side_by_side_with_their_uncertainty(tab: Tab) -> None:
+    page = tab.page
+    await page.goto("/console/experiments")
+    await page.get_by_label("Experiment").select_option(BIG_EXPERIMENT)
+    await page.get_by_role("button", name="Show").click()
+    await expect(page).to_have_url(re.compile(rf"name={BIG_EXPERIMENT}$"))
+    arms = page.locator("#arms")
+    await expect(arms.locator("tbody tr").first.locator("td")).to_have_text(["Calls", "40", "40", ""])
+    p50 = arms.locator("tr", has_text="Response latency p50").locator("td")
+    await expect(p50.nth(1)).to_have_text(re.compile(r"^[\d,]+ ms \([\d,]+ ms–[\d,]+ ms\)$"))
+    await expect(p50.nth(3)).to_have_text("candidate higher")
+    await expect(arms.locator("tr", has_text="Ended: caller_hangup").locator("td").nth(3)).to_have_text("within noise")
+    await expect(page.locator("#not-enough")).to_have_count(0)
+    await page.get_by_label("Experiment").select_option(SMALL_EXPERIMENT)
+    await page.get_by_role("button", name="Show").click()
+    await expect(page.locator("#not-enough")).to_contain_text("3 control and 2 candidate calls")
+    await expect(arms.locator("td.verdict", has_text="candidate")).to_have_count(0)
+
+
 async def test_summary_draws_its_charts_and_switches_window(tab: Tab, site: Site) -> None:
     page, store = tab.page, site.stack.state.store
     await page.goto("/console/summary")
@@ -252,11 +313,11 @@ async def test_runs_page_compares_two_tagged_runs(tab: Tab, site: Site) -> None:
     table = page.locator("#comparison")
     await expect(table.locator("thead")).to_contain_text("A: run-a")
     await expect(table.locator("thead")).to_contain_text("B: run-b")
-    p50 = table.locator("tr", has_text="Latency p50").locator("td")
+    p50 = table.locator("tr", has_text="Response latency p50").locator("td")
     assert comparison.a.latency_ms.p50 is not None and comparison.b.latency_ms.p50 is not None
     await expect(p50).to_have_text(
         [
-            "Latency p50",
+            "Response latency p50",
             f"{comparison.a.latency_ms.p50:,.0f} ms",
             f"{comparison.b.latency_ms.p50:,.0f} ms",
             f"−{comparison.a.latency_ms.p50 - comparison.b.latency_ms.p50:,.0f} ms",

@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from agent.prompts.library import PromptLibrary
-from agent.prompts.loader import PromptError
+from agent.prompts.loader import PromptError, parse_prompt
 from agent.simulation.carrier import CallerAudio, SimCallOptions
 from agent.simulation.realtime_server import RealtimeSimConfig
 from tests.harness import ROOT, running_stack
@@ -148,3 +148,89 @@ def test_prompts_cli_list_check_show_render(prompt_dir: Path, monkeypatch: pytes
     assert "+911 routes to unusable prompt 'bad'" in checked.output
     assert "bad\tINVALID" in runner.invoke(main, ["prompts", "list"]).output
     assert runner.invoke(main, ["prompts", "show", "missing"]).exit_code == 1
+
+
+def test_prompts_check_prints_each_problem_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The library's own error log used to repeat every problem the command prints."""
+    from click.testing import CliRunner
+
+    from agent.cli import main
+
+    (tmp_path / "good.md").write_text("---\nvoice: marin\n---\nHello.\n")
+    (tmp_path / "bad.md").write_text("---\nvoice: robot\n---\nHello.\n")
+    monkeypatch.setenv("AGENT_PROMPTS_DIR", str(tmp_path))
+    monkeypatch.setenv("AGENT_DEFAULT_PROMPT", "good")
+    result = CliRunner().invoke(main, ["prompts", "check"])
+    assert result.exit_code == 1
+    problems = [line for line in result.output.splitlines() if "voice" in line]
+    assert len(problems) == 1 and problems[0].startswith(f"{tmp_path / 'bad.md'}:2: voice:"), result.output
+
+
+def test_an_unclosed_quote_is_reported_on_its_own_line() -> None:
+    """PyYAML fails many lines after an unclosed quote; the operator must be sent to the quote's line."""
+    text = (
+        "---\n"  # 1
+        "description: x\n"  # 2
+        'greeting: "Hello there\n'  # 3: never closed
+        "voice: marin\n"  # 4
+        "idle:\n"  # 5
+        "  reminder_after_s: 12\n"  # 6
+        'wrap_up: "Bye now"\n'  # 7: the next quote closes line 3's value, and parsing fails here
+        "language: en\n"  # 8
+        "---\nHello.\n"
+    )
+    with pytest.raises(PromptError) as caught:
+        parse_prompt("p", text, "p.md")
+    assert str(caught.value).startswith('p.md:3: invalid YAML front matter: a "-quoted value'), caught.value
+
+
+def test_yaml_errors_elsewhere_keep_their_line() -> None:
+    with pytest.raises(PromptError) as caught:
+        parse_prompt("p", "---\ndescription: x\nvoice: [marin\n---\nHello.\n", "p.md")
+    assert str(caught.value).startswith("p.md:"), caught.value
+    assert "quoted" not in str(caught.value)
+
+
+def _experiment_library(tmp_path: Path, share: float = 0.3) -> PromptLibrary:
+    (tmp_path / "clinic.md").write_text(
+        f"---\nexperiment: {{candidate: clinic-v2, share: {share}}}\n---\nYou answer for the clinic.\n"
+    )
+    (tmp_path / "clinic-v2.md").write_text("---\nvoice: cedar\n---\nYou answer for the clinic, briefly.\n")
+    return PromptLibrary(tmp_path, default="clinic")
+
+
+def test_experiments_split_calls_by_call_id_deterministically(tmp_path: Path) -> None:
+    library = _experiment_library(tmp_path)
+    choices = {f"CA-{i}": library.select_for_call("", None, f"CA-{i}") for i in range(2000)}
+    candidates = [cid for cid, (prompt, _) in choices.items() if prompt.name == "clinic-v2"]
+    assert 0.25 < len(candidates) / len(choices) < 0.35  # about the share
+    for prompt, tags in choices.values():
+        arm = "candidate" if prompt.name == "clinic-v2" else "control"
+        assert tags == {"experiment": "clinic-vs-clinic-v2", "arm": arm}
+    # A webhook retry, or another replica with its own library, picks the same arm for the same call.
+    other = PromptLibrary(tmp_path, default="clinic")
+    assert all(other.select_for_call("", None, cid)[0].name == p.name for cid, (p, _) in list(choices.items())[:200])
+    assert library.select(call_id=candidates[0]).name == "clinic-v2"
+    assert library.select().name == "clinic"  # no call id: no experiment
+    assert library.select_for_call("", "clinic-v2", "CA-1") == (library.get("clinic-v2"), {})  # no experiment there
+
+
+def test_an_unusable_candidate_sends_calls_to_the_control_untagged(tmp_path: Path) -> None:
+    library = _experiment_library(tmp_path, share=0.99)
+    (tmp_path / "clinic-v2.md").write_text("---\nvoice: robot\n---\nBroken.\n")
+    prompt, tags = library.select_for_call("", None, "CA-1")
+    assert prompt.name == "clinic" and tags == {}
+
+
+def test_prompts_check_reports_a_broken_candidate(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from click.testing import CliRunner
+
+    from agent.cli import main
+
+    _experiment_library(tmp_path)
+    (tmp_path / "clinic.md").write_text("---\nexperiment: {candidate: nowhere, share: 0.2}\n---\nHello.\n")
+    monkeypatch.setenv("AGENT_PROMPTS_DIR", str(tmp_path))
+    monkeypatch.setenv("AGENT_DEFAULT_PROMPT", "clinic")
+    result = CliRunner().invoke(main, ["prompts", "check"])
+    assert result.exit_code == 1
+    assert "experiment.candidate: prompt 'nowhere' cannot be served" in result.output

@@ -370,3 +370,33 @@ async def test_tone_mode_replies_with_tones() -> None:
         events = await receive_until(conn, seen("response.done"))
         assert spoken_text(events) == "Reply number 1."
         assert engine.config.reply_source is None
+
+
+async def test_recognition_workers_ignore_ctrl_c() -> None:
+    """Ctrl-C on `make run` reaches the whole process group: a worker printed a KeyboardInterrupt traceback.
+    It must ignore SIGINT, keep answering, and exit quietly when its parent closes its stdin."""
+    import signal
+    import struct
+    import sys
+
+    from agent.waiting import within
+
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "agent.simulation.speech.asr",
+        json.dumps({"samprate": 16000, "loglevel": "ERROR"}),
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
+    assert await within(60, proc.stdout.readline()) == b"ready\n"
+    proc.send_signal(signal.SIGINT)
+    silence = np.zeros(8000, dtype="<i2").tobytes()
+    proc.stdin.write(struct.pack("<II", 16000, len(silence)) + silence)  # the worker's request: rate, size, samples
+    await proc.stdin.drain()
+    assert (await within(30, proc.stdout.readline())).endswith(b"\n")  # still answering after the signal
+    proc.stdin.close()
+    assert await within(30, proc.wait()) == 0
+    assert await proc.stderr.read() == b""

@@ -819,3 +819,30 @@ async def test_periodic_helper_runs_at_once_and_survives_failures() -> None:
     with pytest.raises(asyncio.CancelledError):
         await task
     assert runs[:2] == [0, 1]
+
+
+async def test_per_version_eval_and_experiment_queries(store: CallStore) -> None:
+    """The Prompts and Experiments pages' queries, the same on SQLite and PostgreSQL."""
+    for i in range(3):
+        record = simple_record(f"CA-v1-{i}", H0 + i, latencies=(100.0 * (i + 1),), tags={"eval_run": "r1"})
+        record.prompt_name, record.prompt_hash = "default", "v1"
+        await store.save(record)
+        await store.add_tags(record.call_id, {"eval_verdict": "fail" if i == 2 else "pass"})
+    other = simple_record("CA-v2", H0 + 10, latencies=(50.0,), barge_ins=1, end_reason="agent_end_call")
+    other.prompt_name, other.prompt_hash = "default", "v2"
+    await store.save(other)
+    await store.add_tags("CA-v2", {"eval_verdict": "pass"})
+    await store.add_tags("CA-v2", {"eval_verdict": "fail"})  # replaced, not added
+    stats = await store.version_stats("default")
+    assert set(stats) == {"v1", "v2"}
+    assert stats["v1"].calls == 3 and stats["v1"].latency_ms.p50 == 200.0 and stats["v1"].latency_ms.p95 == 290.0
+    assert stats["v2"].end_reasons == {"agent_end_call": 1} and stats["v2"].barge_in_rate == 1.0
+    evals = await store.eval_results("default")
+    assert [(r.run, r.calls, r.passed, r.failed) for r in evals["v1"]] == [("r1", 3, 2, 1)]
+    assert "v2" not in evals  # not part of an eval run
+    for i, arm in enumerate(("control", "control", "candidate")):
+        tagged = simple_record(f"CA-x-{i}", H0 + 20 + i, latencies=(300.0 + i,), tags={"experiment": "x", "arm": arm})
+        await store.save(tagged)
+    arms = await store.experiment_arms("x")
+    assert arms["control"].stats.calls == 2 and sorted(arms["control"].latencies_ms) == [[300.0], [301.0]]
+    assert arms["candidate"].stats.calls == 1 and arms["candidate"].latencies_ms == [[302.0]]

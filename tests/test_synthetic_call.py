@@ -19,6 +19,7 @@ from agent.simulation.demo import demo_command
 from agent.simulation.realtime_server import RealtimeSimConfig
 from agent.simulation.synthetic_call import call_command, run_synthetic_call, tone_line
 from tests.harness import Stack, running_stack
+from tests.test_console import mount_console
 
 TOKEN = "synthetic-call-auth-token"
 REPLY_MS = 1000
@@ -54,12 +55,27 @@ def loud(samples: np.ndarray[Any, np.dtype[np.int16]], rate: int, start_ms: floa
 
 
 async def test_call_command_barges_in_gets_answers_and_records_a_true_timeline(tmp_path: Path) -> None:
-    async with running_stack(RealtimeSimConfig(reply_ms=REPLY_MS), vobiz_auth_token=TOKEN) as stack:
+    operator = "operator-token-for-the-call-command-0123456789"
+    config = RealtimeSimConfig(reply_ms=REPLY_MS)
+    async with running_stack(config, vobiz_auth_token=TOKEN, operator_token=operator) as stack:
+        mount_console(stack.app)
         out = tmp_path / "call"
         args = ["--url", stack.base_url, "--tone", "300:700", "--tone", "400:600", "--barge-in", "500"]
         result = await invoke([*args, "--auth-token", TOKEN, "--out", str(out)])
         assert result.exit_code == 0, result.output
         record = json.loads(out.with_suffix(".json").read_text())
+        # With the console's token the command prints the agent's own figures: what the console shows.
+        agent_out = tmp_path / "agent-view"
+        seen = await invoke([*args, "--auth-token", TOKEN, "--operator-token", operator, "--out", str(agent_out)])
+        assert seen.exit_code == 0, seen.output
+        viewed = json.loads(agent_out.with_suffix(".json").read_text())["metrics"]
+        await stack.state.records.flush()
+        stored = await stack.state.store.get_call(viewed["call_uuid"])
+        assert stored is not None and viewed["agent_end_reason"] == stored.record.end_reason
+        assert f"ended             {stored.record.end_reason}\n" in seen.output
+        latencies = [t.latency_ms for t in stored.record.turns if t.speaker == "assistant" and t.latency_ms]
+        assert viewed["agent_response_ms"] == [round(v, 1) for v in latencies] and len(latencies) == 2
+        assert "(the agent's record, as on its console)" in seen.output
         # Unsigned webhooks are refused by this agent: the tool says why and exits non-zero.
         unsigned = await invoke(["--url", stack.base_url, "--out", str(tmp_path / "unsigned")])
     assert unsigned.exit_code == 1
@@ -68,7 +84,7 @@ async def test_call_command_barges_in_gets_answers_and_records_a_true_timeline(t
     m = record["metrics"]
     assert record["version"] == 1 and m["ok"], m
     text = result.output
-    for expected in ("answer webhook -> 200", "greeting", "barge-in clearAudio", "response time", "caller_hangup"):
+    for expected in ("answer webhook -> 200", "greeting", "barge-in clearAudio", "response latency", "caller_hangup"):
         assert expected in text
     assert f"recording         {out.with_suffix('.wav')}" in text
 
@@ -141,9 +157,18 @@ async def test_spoken_lines_are_said_and_answered(tmp_path: Path) -> None:
     assert len(m["response_ms"]) == 2 and m["unanswered_turns"] == 0
 
 
-def test_demo_starts_the_agent_and_places_one_call(tmp_path: Path) -> None:
+def test_demo_starts_the_agent_and_places_one_call(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Run from an empty folder: the demo must write nothing but its output (it used to fill ./var/agent.db and
+    # ./var/recordings, the records of whoever ran the tests).
+    workdir = tmp_path / "cwd"
+    workdir.mkdir()
+    monkeypatch.chdir(workdir)
+    for key in ("DATABASE_URL", "AGENT_RECORDINGS_DIR", "AGENT_SPOOL_DIR"):
+        monkeypatch.delenv(key, raising=False)
     out = tmp_path / "demo" / "call"
     result = CliRunner().invoke(demo_command, ["--out", str(out), "--no-transcribe"], catch_exceptions=False)
+    assert list(workdir.iterdir()) == []
+    assert (out.parent / "agent.db").is_file()
     assert result.exit_code == 0, result.output
     assert "embedded offline engine" in result.output
     assert f"recording         {out.with_suffix('.wav')}" in result.output
@@ -152,3 +177,7 @@ def test_demo_starts_the_agent_and_places_one_call(tmp_path: Path) -> None:
     assert len(m["response_ms"]) == 2 and len(m["barge_in_ms"]) == 1
     # The agent runs in-process, so the demo also knows what the model was told was heard.
     assert len(m["truncation_error_ms"]) == 1 and abs(m["truncation_error_ms"][0]) < 80
+    # The agent's own figures are printed (what its console shows): its latencies and its end reason.
+    assert m["agent_end_reason"] and f"ended             {m['agent_end_reason']}" in result.output
+    assert len(m["agent_response_ms"]) == 2
+    assert "response latency: caller stopped speaking → bot audio on the line" in result.output

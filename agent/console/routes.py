@@ -11,7 +11,6 @@ import datetime as dt
 import json
 import math
 import secrets
-import statistics
 import time
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
@@ -27,11 +26,22 @@ from agent.calls.call import Call
 from agent.calls.record import CallRecord
 from agent.console import auth, charts
 from agent.console.auth import app_state
+from agent.prompts.library import experiment_name
 from agent.prompts.loader import PromptError, check_name
-from agent.storage import CallStats, CallSummary, Percentiles
+from agent.stats import (
+    MIN_CALLS_PER_ARM,
+    RESPONSE_LATENCY,
+    Interval,
+    bootstrap_percentile,
+    percentile,
+    proportion_interval,
+)
+from agent.storage import CallStats, CallSummary, Percentiles, PromptVersionInfo
+from agent.storage.calls import ArmData, EvalRunResult, plain_json
 
 PAGE_SIZE = 25
 RUN_TAG = "eval_run"
+EXPERIMENT_TAG = "experiment"
 RECENT_CALLS = 8
 RUN_CALLS = 100
 WINDOWS = {"24h": dt.timedelta(hours=24), "7d": dt.timedelta(days=7)}
@@ -123,7 +133,7 @@ _TEMPLATES.filters.update(
     pct=fmt_pct,
     seg=lambda s: quote(s, safe=""),
 )
-_TEMPLATES.globals.update(call_url=call_url)
+_TEMPLATES.globals.update(call_url=call_url, latency_label=RESPONSE_LATENCY)
 
 
 def render(request: Request, template: str, status_code: int = 200, **context: Any) -> HTMLResponse:
@@ -253,7 +263,7 @@ def call_view(record: CallRecord) -> dict[str, Any]:
         )
         tip = f"{turn.speaker} at {start:.2f} s: {turn.text[:120]}"
         if turn.latency_ms is not None:
-            tip += f" (latency {turn.latency_ms:.0f} ms)"
+            tip += f" (response latency {turn.latency_ms:.0f} ms)"
         if turn.interrupted:
             tip += f" — interrupted, heard {fmt_ms(turn.heard_ms)}"
         css = "interrupted" if turn.interrupted else turn.speaker
@@ -277,19 +287,27 @@ def call_view(record: CallRecord) -> dict[str, Any]:
     if record.tools:
         lanes.append("tools")
     latencies = [t.latency_ms for t in record.turns if t.speaker == "assistant" and t.latency_ms is not None]
+    answers = [t for t in record.turns if t.speaker == "assistant"]
+    # Answers are "#n" everywhere on the page (the nth assistant answer), never the model's item ids.
+    answer_numbers = {t.item_id: i + 1 for i, t in enumerate(answers) if t.item_id}
     return {
         "duration": duration,
         "turns": turns,
         "timeline": charts.timeline(lanes, spans, markers, duration, title="Timeline of turns"),
         "latencies": [
             {"n": i + 1, "at": t.started_at - t0, "latency_ms": t.latency_ms, "text": t.text}
-            for i, t in enumerate(x for x in record.turns if x.speaker == "assistant")
+            for i, t in enumerate(answers)
             if t.latency_ms is not None
         ],
-        "latency_median": statistics.median(latencies) if latencies else None,
+        "latency_median": percentile(latencies, 50),
         "latency_max": max(latencies) if latencies else None,
         "barge_ins": [
-            {"at": b.t - t0, "item_id": b.item_id, "heard_ms": b.heard_ms, "clear_ms": b.clear_ms}
+            {
+                "at": b.t - t0,
+                "answer": answer_numbers.get(b.item_id or ""),
+                "heard_ms": b.heard_ms,
+                "clear_ms": b.clear_ms,
+            }
             for b in record.barge_ins
         ],
         "tools": [
@@ -333,10 +351,10 @@ def stats_rows(a: CallStats, b: CallStats) -> list[tuple[str, str, str, str]]:
 
     rows = [
         row("Calls", a.calls, b.calls, count),
-        row("Answers with latency", a.latency_ms.count, b.latency_ms.count, count),
-        row("Latency p50", a.latency_ms.p50, b.latency_ms.p50, fmt_ms),
-        row("Latency p90", a.latency_ms.p90, b.latency_ms.p90, fmt_ms),
-        row("Latency p99", a.latency_ms.p99, b.latency_ms.p99, fmt_ms),
+        row("Answers with a response latency", a.latency_ms.count, b.latency_ms.count, count),
+        row("Response latency p50", a.latency_ms.p50, b.latency_ms.p50, fmt_ms),
+        row("Response latency p90", a.latency_ms.p90, b.latency_ms.p90, fmt_ms),
+        row("Response latency p99", a.latency_ms.p99, b.latency_ms.p99, fmt_ms),
         row("Assistant answers", a.assistant_turns, b.assistant_turns, count),
         row("Interrupted answers", a.interrupted_turns, b.interrupted_turns, count),
         row("Barge-ins", a.barge_ins, b.barge_ins, count),
@@ -352,6 +370,87 @@ def stats_rows(a: CallStats, b: CallStats) -> list[tuple[str, str, str, str]]:
     for reason in sorted(a.end_reasons.keys() | b.end_reasons.keys()):
         rows.append(row(f"Ended: {reason}", a.end_reasons.get(reason, 0), b.end_reasons.get(reason, 0), count))
     return rows
+
+
+def version_row(version: PromptVersionInfo, stats: CallStats | None, evals: list[EvalRunResult]) -> dict[str, Any]:
+    """One version's line on the Prompts page: how calls on it went, and its eval runs."""
+    return {
+        "v": version,
+        "stats": stats,
+        "endings": sorted(stats.end_reasons.items(), key=lambda kv: (-kv[1], kv[0])) if stats else [],
+        "evals": evals,
+    }
+
+
+def _interval_text(interval: Interval | None, fmt: Any) -> str:
+    if interval is None:
+        return "—"
+    return f"{fmt(interval.value)} ({fmt(interval.low)}–{fmt(interval.high)})"
+
+
+def experiment_rows(control: ArmData, candidate: ArmData) -> dict[str, Any]:
+    """Control and candidate side by side, each figure with its 95% interval, and a verdict per row that only
+    calls a difference when the intervals do not overlap and both arms have enough calls."""
+    enough = min(control.stats.calls, candidate.stats.calls) >= MIN_CALLS_PER_ARM
+    rows: list[dict[str, str]] = []
+
+    def add(label: str, a: Interval | None, b: Interval | None, fmt: Any) -> None:
+        if a is None or b is None:
+            verdict = "no data"
+        elif not enough:
+            verdict = "not enough calls yet"
+        elif a.overlaps(b):
+            verdict = "within noise"
+        else:
+            verdict = "candidate higher" if b.value > a.value else "candidate lower"
+        rows.append(
+            {"label": label, "control": _interval_text(a, fmt), "candidate": _interval_text(b, fmt), "verdict": verdict}
+        )
+
+    add(
+        "Response latency p50",
+        bootstrap_percentile(control.latencies_ms, 50),
+        bootstrap_percentile(candidate.latencies_ms, 50),
+        fmt_ms,
+    )
+    add(
+        "Response latency p95",
+        bootstrap_percentile(control.latencies_ms, 95),
+        bootstrap_percentile(candidate.latencies_ms, 95),
+        fmt_ms,
+    )
+    a, b = control.stats, candidate.stats
+    add(
+        "Barge-in rate (per answer)",
+        proportion_interval(a.barge_ins, a.assistant_turns),
+        proportion_interval(b.barge_ins, b.assistant_turns),
+        fmt_pct,
+    )
+    add(
+        "Calls with a barge-in",
+        proportion_interval(a.calls_with_barge_in, a.calls),
+        proportion_interval(b.calls_with_barge_in, b.calls),
+        fmt_pct,
+    )
+    for reason in sorted(a.end_reasons.keys() | b.end_reasons.keys()):
+        add(
+            f"Ended: {reason}",
+            proportion_interval(a.end_reasons.get(reason, 0), a.calls),
+            proportion_interval(b.end_reasons.get(reason, 0), b.calls),
+            fmt_pct,
+        )
+    add(
+        "Tool failures (per tool call)",
+        proportion_interval(a.tool_failures, a.tool_calls),
+        proportion_interval(b.tool_failures, b.tool_calls),
+        fmt_pct,
+    )
+    return {
+        "rows": rows,
+        "enough": enough,
+        "calls": (a.calls, b.calls),
+        "cost": (fmt_usd(a.mean_cost_usd), fmt_usd(b.mean_cost_usd)),
+    }
 
 
 def _percentile_series(points: Sequence[Percentiles]) -> list[charts.Series]:
@@ -529,6 +628,20 @@ def console_router(login_throttle: auth.LoginThrottle | None = None) -> APIRoute
             recording_missing=record.recording_path is not None and recording is None,
         )
 
+    @pages.get("/api/calls/{call_id}")
+    async def call_json(request: Request, call_id: str) -> Response:
+        """A call's record as JSON, stored or still in the process: how `voice-agent call --operator-token`
+        prints the agent's own latency and end reason, the figures this console shows."""
+        state = app_state(request)
+        detail = await state.store.get_call(call_id)
+        record = detail.record if detail is not None else state.registry.records.get(call_id)
+        live = state.registry.live.get(call_id)
+        if record is None and live is not None:
+            record = live.record
+        if record is None:
+            return JSONResponse({"detail": "no such call"}, status_code=404, headers={"Cache-Control": "no-store"})
+        return JSONResponse(plain_json(record.to_dict()), headers={"Cache-Control": "no-store"})
+
     @pages.get("/calls/{call_id}/recording.wav")
     async def recording(request: Request, call_id: str) -> Response:
         state = app_state(request)
@@ -563,6 +676,10 @@ def console_router(login_throttle: auth.LoginThrottle | None = None) -> APIRoute
             except PromptError:
                 current = None
             versions = await state.store.prompt_versions(name)
+            stats = await state.store.version_stats(name)
+            evals = await state.store.eval_results(name)
+            experiment = current.meta.experiment if current is not None else None
+            rows = [version_row(v, stats.get(v.content_hash), evals.get(v.content_hash, [])) for v in versions]
             items.append(
                 {
                     "name": name,
@@ -573,7 +690,20 @@ def console_router(login_throttle: auth.LoginThrottle | None = None) -> APIRoute
                     "numbers": routed.get(name, []),
                     "default": name == library.default,
                     "versions": versions,
+                    "rows": rows,
                     "diffable": [v for v in versions if v.instructions is not None],
+                    "experiment": (
+                        {
+                            "name": experiment_name(name, experiment),
+                            "candidate": experiment.candidate,
+                            "share": experiment.share,
+                            "problem": library.problem(experiment.candidate)
+                            if experiment.candidate in names
+                            else f"there is no prompt file {experiment.candidate}.md",
+                        }
+                        if experiment is not None
+                        else None
+                    ),
                 }
             )
         unrouted = sorted((name, nums) for name, nums in routed.items() if name not in names)
@@ -614,6 +744,33 @@ def console_router(login_throttle: auth.LoginThrottle | None = None) -> APIRoute
             new_hash=new,
         )
 
+    # --- experiments ----------------------------------------------------------------------------------------
+
+    @pages.get("/experiments", response_class=HTMLResponse)
+    async def experiments_page(request: Request, name: str = Query("", max_length=200)) -> Response:
+        state = app_state(request)
+        seen = dict(await state.store.tag_values(EXPERIMENT_TAG))
+        configured: dict[str, tuple[str, str, float]] = {}
+        for prompt_name, result in state.prompts.check_all().items():
+            if not isinstance(result, PromptError) and result.meta.experiment is not None:
+                exp = result.meta.experiment
+                configured[experiment_name(prompt_name, exp)] = (prompt_name, exp.candidate, exp.share)
+        names = sorted(seen.keys() | configured.keys())
+        if not name and names:
+            name = names[0]
+        context: dict[str, Any] = {
+            "names": [(n, seen.get(n, 0), configured.get(n)) for n in names],
+            "name": name,
+            "comparison": None,
+            "min_calls": MIN_CALLS_PER_ARM,
+        }
+        if name:
+            arms = await state.store.experiment_arms(name)
+            context["comparison"] = experiment_rows(arms["control"], arms["candidate"])
+            context["arms"] = arms
+            context["configured"] = configured.get(name)
+        return render(request, "experiments.html", **context)
+
     # --- summary --------------------------------------------------------------------------------------------
 
     @pages.get("/summary", response_class=HTMLResponse)
@@ -638,7 +795,7 @@ def console_router(login_throttle: auth.LoginThrottle | None = None) -> APIRoute
             latency_chart=charts.line_chart(
                 labels,
                 _percentile_series([b.latency_ms for b in buckets]),
-                title="Response latency p50 / p90 / p99 per hour",
+                title="Response latency p50 / p90 / p99 per hour (caller stopped speaking → bot audio on the line)",
                 fmt=_ms_axis,
             ),
             barge_chart=charts.bar_chart(labels, rates, title="Barge-in rate per hour", fmt=_pct_axis, css="s3"),

@@ -19,7 +19,14 @@ from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsed
 from rich.progress import Progress as RichBar
 from rich.table import Table
 
-from agent.loadtest.results import LoadTestResults, ResultsError, load_results, merge_results, percentile
+from agent.loadtest.results import (
+    RESPONSE_MEASURED_AT,
+    LoadTestResults,
+    ResultsError,
+    load_results,
+    merge_results,
+    percentile,
+)
 from agent.loadtest.runner import Progress, RunConfig, run_load_test
 from agent.loadtest.scenarios import SCENARIOS
 from agent.loadtest.slo import SloSpec, evaluate, parse_slo
@@ -103,6 +110,7 @@ def _print_summary(results: LoadTestResults, console: Console) -> None:
     for name in ("answer", "greeting", "response", "barge_in", "truncation_error", "playout_gap", "queue_max"):
         table.add_row(name, *(cell(f"{name}_{st}_ms") for st in ("p50", "p95", "p99", "max")), cell(f"{name}_count"))
     console.print(table)
+    console.print(f"response = {RESPONSE_MEASURED_AT}")
     agent = [f"{k.removeprefix('agent_')} {s[k]:g}" for k in s if k.startswith("agent_") and s[k] is not None]
     if agent:
         console.print("agent: " + ", ".join(agent))
@@ -113,9 +121,14 @@ def _print_summary(results: LoadTestResults, console: Console) -> None:
         console.print("[red]failures:[/] " + ", ".join(f"{k} {v}" for k, v in results.failures_by_cause.items()))
 
 
-def _finish(results: LoadTestResults, slos: list[SloSpec], out: Path, html: Path | None, console: Console) -> None:
+def _finish(
+    results: LoadTestResults, slos: list[SloSpec], out: Path | None, html: Path | None, console: Console
+) -> None:
     """Check SLOs, write JSON and HTML, print the summary; exit 1 when an objective is missed."""
     from agent.loadtest.report import write_report  # matplotlib: loaded only when a report is written
+    from agent.simulation.output import run_folder
+
+    out = out or run_folder("loadtest") / "results.json"
 
     results.slo = evaluate(slos, results.summary)
     results.dump(out)
@@ -134,9 +147,7 @@ def _finish(results: LoadTestResults, slos: list[SloSpec], out: Path, html: Path
 _out_option = click.option(
     "--out",
     type=click.Path(dir_okay=False, path_type=Path),
-    default=Path("loadtest-results.json"),
-    show_default=True,
-    help="Result JSON (the HTML report goes next to it unless --html is given).",
+    help="Result JSON (default: var/out/loadtest-<time>/results.json); the HTML report goes next to it.",
 )
 _html_option = click.option("--html", type=click.Path(dir_okay=False, path_type=Path), help="HTML report path.")
 _slo_option = click.option(
@@ -173,7 +184,7 @@ def loadtest() -> None:
 @_out_option
 @_html_option
 @_slo_option
-def run(slos: list[SloSpec], out: Path, html: Path | None, progress: bool, **options: Any) -> None:
+def run(slos: list[SloSpec], out: Path | None, html: Path | None, progress: bool, **options: Any) -> None:
     """Run synthetic calls against --url and report answer, greeting, response and barge-in times."""
     options["duration_s"] = options.pop("duration")
     cfg = RunConfig(**options)
@@ -193,7 +204,7 @@ run.help = (
 @_out_option
 @_html_option
 @_slo_option
-def merge(parts: tuple[Path, ...], out: Path, html: Path | None, slos: list[SloSpec]) -> None:
+def merge(parts: tuple[Path, ...], out: Path | None, html: Path | None, slos: list[SloSpec]) -> None:
     """Merge result files from several generators (machines, pods) into one result and report."""
     try:
         results = merge_results([load_results(p) for p in parts])

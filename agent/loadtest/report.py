@@ -20,7 +20,16 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # after use(): the backend must be chosen before pyplot loads
 from jinja2 import Environment
 
-from agent.loadtest.results import AGENT_KEYS, COUNTS, DISTRIBUTIONS, STATS, LoadTestResults, percentile, samples
+from agent.loadtest.results import (
+    AGENT_KEYS,
+    COUNTS,
+    DISTRIBUTIONS,
+    RESPONSE_MEASURED_AT,
+    STATS,
+    LoadTestResults,
+    percentile,
+    samples,
+)
 from agent.simulation.call_metrics import CallMetrics
 
 __all__ = ["render_report", "write_report"]
@@ -198,6 +207,7 @@ time, {{ runs|length }} generator run(s), generated {{ generated }}.</p>
 {% for name, what in distributions.items() %}<tr><td>{{ name }} <small>({{ what }})</small></td>
 {% for st in stats %}<td>{{ num(summary[name ~ '_' ~ st ~ '_ms']) }}</td>{% endfor %}
 <td>{{ summary[name ~ '_count'] }}</td></tr>{% endfor %}</table>
+<p id="response-definition"><small>response: {{ response_definition }}</small></p>
 <img alt="latency histograms" src="data:image/png;base64,{{ figures.histograms }}">
 <h2>Over the run</h2>
 <img alt="latency over time" src="data:image/png;base64,{{ figures.over_time }}">
@@ -250,6 +260,7 @@ def render_report(results: LoadTestResults) -> str:
         agent=results.agent,
         stats=STATS,
         distributions=DISTRIBUTIONS,
+        response_definition=RESPONSE_MEASURED_AT,
         agent_keys=AGENT_KEYS,
         count_keys=COUNTS,
         failed=[c for c in results.calls if not c.ok][:MAX_FAILURE_ROWS],

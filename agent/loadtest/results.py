@@ -14,15 +14,23 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from agent.simulation.call_metrics import CallMetrics
+from agent.stats import RESPONSE_LATENCY, percentile
+
+# The load test may drive a remote agent, so it measures at its own simulated carrier; said in the report.
+RESPONSE_MEASURED_AT = (
+    f"{RESPONSE_LATENCY}. Measured at the simulated carrier (the caller's last speech frame sent -> the first "
+    "bot audio played), because the agent under test may be remote; the agent's console shows its own figure "
+    "for the same definition."
+)
 
 __all__ = [
     "AGENT_KEYS",
     "COUNTS",
     "DISTRIBUTIONS",
+    "RESPONSE_MEASURED_AT",
     "SCHEMA",
     "SCHEMA_VERSION",
     "STATS",
@@ -47,7 +55,7 @@ STATS = ("p50", "p90", "p95", "p99", "max", "mean")
 DISTRIBUTIONS: dict[str, str] = {
     "answer": "answer webhook -> 200",
     "greeting": "stream start -> greeting heard",
-    "response": "caller stops -> answer heard",
+    "response": "caller stopped speaking -> bot audio on the line, at the carrier",
     "barge_in": "caller talks over the bot -> clearAudio",
     "truncation_error": "|model truncated at - caller heard|",
     "playout_gap": "silence inside one answer",
@@ -197,11 +205,6 @@ def samples(calls: Iterable[CallMetrics], name: str) -> list[float]:
         elif name == "queue_avg" and c.queue_avg_ms is not None:
             out.append(c.queue_avg_ms)
     return out
-
-
-def percentile(values: Sequence[float], q: float) -> float | None:
-    """The one percentile definition used everywhere (numpy's linear interpolation), rounded to 0.1 ms."""
-    return round(float(np.percentile(np.asarray(values, dtype=np.float64), q)), 1) if values else None
 
 
 def _stats(values: Sequence[float]) -> dict[str, float | None]:

@@ -6,6 +6,7 @@ while a call in progress keeps the parsed version it started with.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import threading
 from dataclasses import dataclass
@@ -14,6 +15,7 @@ from pathlib import Path
 import yaml
 
 from agent.prompts.loader import Prompt, PromptError, check_name, parse_prompt
+from agent.prompts.schema import Experiment
 
 NUMBERS_FILE = "numbers.yaml"
 log = logging.getLogger("agent.prompts")
@@ -27,9 +29,11 @@ class _Cached:
 
 
 class PromptLibrary:
-    def __init__(self, directory: Path, default: str = "default") -> None:
+    def __init__(self, directory: Path, default: str = "default", *, log_errors: bool = True) -> None:
+        """`log_errors=False` for callers that report errors themselves (the CLI), so each shows once."""
         self.directory = directory
         self.default = default
+        self.log_errors = log_errors
         self._cache: dict[str, _Cached] = {}
         self._numbers: tuple[tuple[int, int], dict[str, str]] | None = None
         self._lock = threading.Lock()
@@ -56,7 +60,7 @@ class PromptLibrary:
                 cached = _Cached(stamp, previous, exc)
             except OSError as exc:
                 cached = _Cached(stamp, previous, PromptError(f"{path}: cannot read prompt file ({exc.strerror})"))
-            if cached.error is not None:
+            if cached.error is not None and self.log_errors:
                 # A broken edit is never served; calls keep getting the last good version, if there is one.
                 log.error(
                     "prompt %s is invalid%s:\n%s",
@@ -107,12 +111,57 @@ class PromptLibrary:
             self._numbers = (stamp, {_digits(str(k)): str(v) for k, v in loaded.items()})
         return self._numbers[1]
 
-    def select(self, called: str = "", requested: str | None = None) -> Prompt:
-        """Per call: an explicit `prompt` parameter, else the called number's mapping, else the default."""
+    def select(self, called: str = "", requested: str | None = None, call_id: str | None = None) -> Prompt:
+        """Per call: an explicit `prompt` parameter, else the called number's mapping, else the default; with a
+        call id, the prompt's experiment (if any) may send the call to its candidate instead."""
+        if call_id is not None:
+            return self.select_for_call(called, requested, call_id)[0]
         if requested:
             return self.get(requested)
         mapped = self.numbers().get(_digits(called)) if called else None
         return self.get(mapped or self.default)
+
+    def select_for_call(
+        self, called: str = "", requested: str | None = None, call_id: str = ""
+    ) -> tuple[Prompt, dict[str, str]]:
+        """The prompt for this call and the tags to store on it (`experiment`, `arm`; none outside experiments).
+
+        Deterministic by call id, so webhook retries and other replicas choose the same arm. A candidate that
+        cannot be served (missing or invalid file) sends the call to the control prompt, untagged, so a broken
+        candidate never reaches callers nor skews the control arm. The candidate's own experiment is not
+        followed. Raises PromptError like `select` when the control prompt cannot be served.
+        """
+        control = self.select(called, requested)
+        experiment = control.meta.experiment
+        if experiment is None or not call_id:
+            return control, {}
+        name = experiment_name(control.name, experiment)
+        if arm_of(name, call_id, experiment.share) == "control":
+            return control, {"experiment": name, "arm": "control"}
+        try:
+            candidate = self.get(experiment.candidate)
+        except PromptError as exc:
+            log.error(
+                "experiment %s: candidate %s cannot be served, call %s gets %s: %s",
+                name,
+                experiment.candidate,
+                call_id,
+                control.name,
+                str(exc).splitlines()[0],
+            )
+            return control, {}
+        return candidate, {"experiment": name, "arm": "candidate"}
+
+
+def experiment_name(prompt: str, experiment: Experiment) -> str:
+    return experiment.name or f"{prompt}-vs-{experiment.candidate}"
+
+
+def arm_of(experiment: str, call_id: str, share: float) -> str:
+    """`candidate` for a `share` of call ids, `control` for the rest: a hash of the experiment and the call id,
+    so the choice is the same on every replica and retry, and independent between experiments."""
+    digest = hashlib.sha256(f"{experiment}\x00{call_id}".encode()).digest()
+    return "candidate" if int.from_bytes(digest[:8], "big") / 2**64 < share else "control"
 
 
 def _digits(number: str) -> str:

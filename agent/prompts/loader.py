@@ -68,6 +68,39 @@ def _line_of(node: yaml.Node | None, path: tuple[int | str, ...]) -> int | None:
     return line
 
 
+def _yaml_problem(head: str, exc: yaml.YAMLError, source: str) -> str:
+    """One line for a YAML error, on the line the operator has to fix.
+
+    PyYAML reports where parsing finally failed; after a quote that was never closed that is many lines later
+    (the quoted value swallowed them). A quoted value spanning lines right before the failure is the likelier
+    culprit, so its opening line is reported instead. Lines of the front matter are the file's lines + 1.
+    """
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None) or str(exc)
+    if mark is None:
+        return f"{source}: invalid YAML front matter: {problem}"
+    opened: yaml.Token | None = None
+    try:
+        for token in yaml.scan(head):
+            if token.start_mark.index >= mark.index:
+                break
+            if opened is not None and token.start_mark.line > opened.end_mark.line:
+                opened = None  # the quoted value ended and the file went on normally: not the culprit
+            if isinstance(token, yaml.ScalarToken) and token.style in ('"', "'"):
+                opened = token if token.end_mark.line > token.start_mark.line else None
+            elif not isinstance(token, yaml.ScalarToken | yaml.ValueToken | yaml.KeyToken):
+                opened = None
+    except yaml.YAMLError:
+        pass
+    if opened is not None and opened.start_mark.line < mark.line:
+        quote = opened.style  # type: ignore[attr-defined]
+        return (
+            f"{source}:{opened.start_mark.line + 1}: invalid YAML front matter: a {quote}-quoted value opened here "
+            f"runs on to line {opened.end_mark.line + 1} (is its closing {quote} missing?); then: {problem}"
+        )
+    return f"{source}:{mark.line + 1}: invalid YAML front matter: {problem}"
+
+
 def parse_prompt(name: str, text: str, source: str = "<prompt>") -> Prompt:
     # The front matter starts right after the opening "---", so its line N is the file's line N + 1.
     front: dict[str, Any] = {}
@@ -80,10 +113,7 @@ def parse_prompt(name: str, text: str, source: str = "<prompt>") -> Prompt:
             front_node = yaml.compose(head)
             loaded = yaml.safe_load(head) or {}
         except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            line = f":{mark.line + 1}" if mark is not None else ""
-            problem = getattr(exc, "problem", None) or str(exc)
-            raise PromptError(f"{source}{line}: invalid YAML front matter: {problem}") from None
+            raise PromptError(_yaml_problem(head, exc, source)) from None
         if not isinstance(loaded, dict):
             raise PromptError(f"{source}:1: front matter must be a mapping of settings")
         front, body = loaded, rest.partition("\n")[2]

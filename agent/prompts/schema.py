@@ -91,6 +91,20 @@ class OfflineDialogue(_Strict):
     not_understood: str = "Sorry, I did not catch that. Could you say it again?"
 
 
+class Experiment(_Strict):
+    """Route a share of this prompt's calls to a candidate prompt, to compare the two on live calls.
+
+    Which calls go to the candidate is decided from the call id (a hash), so a retried webhook or another
+    replica puts the same call in the same arm; the call is tagged `experiment=<name>`, `arm=control|candidate`.
+    """
+
+    candidate: str = Field(pattern=r"^[a-zA-Z0-9][a-zA-Z0-9_-]{0,63}$", description="another prompt file's name")
+    share: float = Field(gt=0, lt=1, description="fraction of calls that get the candidate, e.g. 0.2")
+    name: str | None = Field(
+        default=None, pattern=r"^[A-Za-z0-9_.-]{1,64}$", description="the experiment's tag; default PROMPT-vs-CANDIDATE"
+    )
+
+
 class PromptMeta(_Strict):
     description: str = ""
     model: str | None = Field(default=None, description="Realtime model; unset uses OPENAI_REALTIME_MODEL")
@@ -111,6 +125,7 @@ class PromptMeta(_Strict):
     idle: IdlePolicy = Field(default_factory=IdlePolicy)
     audio_format: AudioFormat | None = Field(default=None, description="unset uses AGENT_STREAM_CONTENT_TYPE")
     offline: OfflineDialogue = Field(default_factory=OfflineDialogue)
+    experiment: Experiment | None = None
 
     @field_validator("tools")
     @classmethod

@@ -7,7 +7,10 @@ Definitions (what a caller would notice):
 
 * answer time: answer webhook sent -> HTTP response received (negative side of the call clock).
 * greeting time: ``start`` sent -> the first bot audio played on the line.
-* response time: end of a caller utterance -> the next bot answer starts playing.
+* response latency: end of a caller utterance -> the next bot answer starts playing (the caller's last speech
+  frame sent -> the first bot audio played at the carrier). The agent stores the same figure per answer
+  (`Turn.latency_ms`); when its record is at hand (`apply_agent_record`) that is what is printed, so the CLI,
+  the console and the load-test report show one number under one label (`agent.stats.RESPONSE_LATENCY`).
 * barge-in time to silence: caller starts talking over the bot -> the carrier gets ``clearAudio`` (playout stops).
 * truncation error: what the agent told the model was heard - what the carrier really played of that answer.
 * playout gaps: silent stretches inside one bot answer (the agent fell behind the line).
@@ -21,14 +24,15 @@ from __future__ import annotations
 
 import bisect
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, Field
 
 from agent.simulation.carrier import SimCall
+from agent.stats import RESPONSE_LATENCY
 
 __all__ = [
     "AnalysisOptions",
@@ -39,6 +43,7 @@ __all__ = [
     "Span",
     "Truncation",
     "analyze_call",
+    "apply_agent_record",
     "failed_call",
     "format_timeline",
 ]
@@ -145,6 +150,22 @@ class CallMetrics(BaseModel):
     protocol_errors: list[str] = Field(default_factory=list)
     webhook_errors: list[str] = Field(default_factory=list)  # the agent answered a webhook with an error
     warnings: list[str] = Field(default_factory=list)
+    # From the agent's own record of the call, when it could be read (in-process, or through the console).
+    agent_response_ms: list[float] | None = None
+    agent_end_reason: str | None = None
+
+
+def apply_agent_record(m: CallMetrics, record: Mapping[str, Any]) -> None:
+    """Take the agent's stored figures (a `CallRecord.to_dict()`, or the console's JSON of one): its response
+    latency per answer and its end reason, which are what the console shows for this call."""
+    turns = record.get("turns") or []
+    m.agent_response_ms = [
+        round(float(t["latency_ms"]), 1)
+        for t in turns
+        if isinstance(t, Mapping) and t.get("speaker") == "assistant" and t.get("latency_ms") is not None
+    ]
+    reason = record.get("end_reason")
+    m.agent_end_reason = str(reason) if reason else None
 
 
 def failed_call(call_uuid: str, cause: FailureCause, detail: str, scenario: str = "") -> CallMetrics:
@@ -500,7 +521,7 @@ def format_timeline(m: CallMetrics) -> list[str]:
         if a.kind == "greeting":
             what = f"greeting, {a.start_ms:.0f} ms after start"
         elif a.response_ms is not None:
-            what = f"answer, response time {a.response_ms:.0f} ms"
+            what = f"answer, response latency {a.response_ms:.0f} ms (at the carrier)"
         else:
             what = "speaks unprompted"
         ending = "interrupted" if a.interrupted else "finished"
@@ -531,10 +552,17 @@ def format_timeline(m: CallMetrics) -> list[str]:
         )
     if m.end_ms is not None:
         after = f"; then {', '.join(m.after_stream)}" if m.after_stream else ""
-        rows.append((m.end_ms, 4, f"call     ended ({m.end_reason}){after}"))
+        rows.append((m.end_ms, 4, f"call     ended ({end_reason_text(m)}){after}"))
     lines = [f"{_fmt_s(t)}  {text}" for t, _, text in sorted(rows, key=lambda r: (r[0], r[1]))]
     lines += ["", *_lanes(m), "", *summary_lines(m)]
     return lines
+
+
+def end_reason_text(m: CallMetrics) -> str:
+    """The agent's end reason (what its console shows) when known; the carrier's view otherwise, said so."""
+    if m.agent_end_reason is not None:
+        return m.agent_end_reason
+    return f"{m.end_reason or 'unknown'}, as the carrier saw it"
 
 
 def summary_lines(m: CallMetrics) -> list[str]:
@@ -545,11 +573,20 @@ def summary_lines(m: CallMetrics) -> list[str]:
     unseen = "not measured (the agent's model side is not visible from here)"
     trunc = ms_list(m.truncation_error_ms) if m.truncation_error_ms or not m.barge_in_ms else unseen
     queue = f"max {m.queue_max_ms:.0f} ms, avg {m.queue_avg_ms:.0f} ms" if m.queue_max_ms is not None else "-"
+    if m.agent_response_ms is not None:
+        response = [
+            f"  response latency  {ms_list(m.agent_response_ms)} (the agent's record, as on its console)",
+            f"    at the carrier  {ms_list(m.response_ms)} (caller's last speech frame sent -> first bot audio played)",
+        ]
+    else:
+        response = [f"  response latency  {ms_list(m.response_ms)} (measured at the carrier)"]
     return [
         f"  result            {status}",
+        f"  ended             {end_reason_text(m)}",
         f"  answer time       {ms_list([m.answer_ms] if m.answer_ms is not None else [])}",
         f"  greeting time     {ms_list([m.greeting_ms] if m.greeting_ms is not None else [])}",
-        f"  response times    {ms_list(m.response_ms)}",
+        f"  ({RESPONSE_LATENCY})",
+        *response,
         f"  barge-in -> quiet {ms_list(m.barge_in_ms)}",
         f"  truncation error  {trunc}",
         f"  playout gaps      {ms_list(m.playout_gaps_ms)}",

@@ -851,9 +851,13 @@ class SimCall:
         return self.clears[count - 1]
 
     async def wait_bot_silence(self, ms: float, timeout: float = 5.0) -> None:  # noqa: ASYNC109 - per-wait deadline
-        """Wait until no bot audio has played (or been queued) for ``ms`` ms, e.g. after a barge-in."""
+        """Wait until no bot audio has played (or been queued) for ``ms`` ms, e.g. after a barge-in. An ended
+        call is silent: audio still queued when the agent hung up will never play (waiting for it used to hold
+        every eval conversation the agent ended for the full timeout)."""
 
         def quiet() -> bool:
+            if self.ended.is_set():
+                return True
             if self._bot_active or self._queued_samples:
                 return False
             return (time.monotonic() - max(self._last_bot_audio_end, self._t0)) * 1000 >= ms

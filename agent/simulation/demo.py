@@ -18,9 +18,10 @@ from fastapi import FastAPI
 
 from agent.config import ConfigError, load_settings
 from agent.observability import logs
-from agent.simulation.call_metrics import Truncation
+from agent.simulation.call_metrics import Truncation, apply_agent_record
 from agent.simulation.carrier import Segment, SimCall
 from agent.simulation.local_server import serve_app
+from agent.simulation.output import run_folder
 from agent.simulation.synthetic_call import Measured, build_utterances, run_synthetic_call, save_and_report, tone_line
 
 __all__ = ["DEMO_LINES", "demo_command"]
@@ -54,7 +55,9 @@ def _agent_truncations(app: FastAPI) -> Callable[[SimCall], list[Truncation]]:
     return get
 
 
-async def run_demo(utterances: Sequence[Segment], barge_in_ms: float | None) -> Measured:
+async def run_demo(utterances: Sequence[Segment], barge_in_ms: float | None, data_dir: Path) -> Measured:
+    """One call against a private agent whose database, recordings and spool live in `data_dir`: a demo never
+    writes into the operator's own records (`var/agent.db`), wherever it is run from."""
     holder: dict[str, FastAPI] = {}
 
     def make_app(base_url: str) -> FastAPI:
@@ -66,6 +69,9 @@ async def run_demo(utterances: Sequence[Segment], barge_in_ms: float | None) -> 
             "openai_api_key": None,
             "openai_base_url": None,
             "insecure_webhooks": True,
+            "database_url": f"sqlite+aiosqlite:///{(data_dir / 'agent.db').resolve()}",
+            "recordings_dir": data_dir / "recordings",
+            "spool_dir": data_dir / "spool",
         }
         if not Path("prompts").is_dir():
             overrides["prompts_dir"] = _REPO_PROMPTS
@@ -74,7 +80,7 @@ async def run_demo(utterances: Sequence[Segment], barge_in_ms: float | None) -> 
 
     async with serve_app(make_app) as base_url:
         click.echo(f"agent listening on {base_url} (embedded offline engine); placing a call...\n")
-        return await run_synthetic_call(
+        measured = await run_synthetic_call(
             base_url,
             utterances,
             barge_in_ms=barge_in_ms,
@@ -82,6 +88,13 @@ async def run_demo(utterances: Sequence[Segment], barge_in_ms: float | None) -> 
             max_duration_s=120,
             truncations=_agent_truncations(holder["app"]),
         )
+        state = holder["app"].state.agent
+        await state.registry.wait_idle(timeout_s=10)  # the agent has finished its record of the call
+        record = state.registry.records.get(measured.metrics.call_uuid)
+        if record is not None:
+            apply_agent_record(measured.metrics, record.to_dict())
+        await state.records.flush()
+        return measured
 
 
 @click.command("demo")
@@ -97,9 +110,8 @@ async def run_demo(utterances: Sequence[Segment], barge_in_ms: float | None) -> 
 @click.option(
     "--out",
     type=click.Path(dir_okay=False, path_type=Path),
-    default=Path("voice-agent-demo/call"),
-    show_default=True,
-    help="Writes OUT.wav and OUT.json.",
+    help="Writes OUT.wav and OUT.json (default: var/out/demo-<time>/call); the demo agent's own database and "
+    "recordings go next to them.",
 )
 @click.option(
     "--transcribe/--no-transcribe",
@@ -108,14 +120,18 @@ async def run_demo(utterances: Sequence[Segment], barge_in_ms: float | None) -> 
     help="Recognise what the bot said, when the speech module is installed.",
 )
 @click.option("--log-level", default="ERROR", show_default=True, help="The agent's log level.")
-def demo_command(lines: tuple[str, ...], barge_in_ms: float, out: Path, transcribe: bool, log_level: str) -> None:
+def demo_command(
+    lines: tuple[str, ...], barge_in_ms: float, out: Path | None, transcribe: bool, log_level: str
+) -> None:
     """Start the agent on its embedded offline engine and place one synthetic call against it, end to end."""
     logs.configure(log_level)
+    out = out or run_folder("demo") / "call"
     utterances = build_utterances((), lines, ()) if lines else _default_utterances()
     try:
-        measured = asyncio.run(run_demo(utterances, barge_in_ms or None))
+        measured = asyncio.run(run_demo(utterances, barge_in_ms or None, out.parent))
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from None
     save_and_report(measured, out, transcribe)
+    click.echo(f"  agent's records   {out.parent / 'agent.db'} (the demo agent's own database and recordings)")
     if not measured.metrics.ok:
         raise SystemExit(1)

@@ -23,7 +23,7 @@ from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, quote
 
 import click
 import httpx
@@ -35,6 +35,7 @@ from agent.simulation.call_metrics import (
     FailureCause,
     Truncation,
     analyze_call,
+    apply_agent_record,
     failed_call,
     format_timeline,
 )
@@ -50,6 +51,7 @@ from agent.simulation.carrier import (
     SimCallOptions,
     SimulationError,
 )
+from agent.simulation.output import run_folder
 
 __all__ = [
     "RECORD_VERSION",
@@ -61,6 +63,7 @@ __all__ = [
     "call_command",
     "conversation",
     "during_answer",
+    "fetch_agent_record",
     "finish_conversation",
     "place_and_measure",
     "run_synthetic_call",
@@ -400,6 +403,33 @@ async def run_synthetic_call(
         )
 
 
+async def fetch_agent_record(
+    url: str, call_uuid: str, operator_token: str, *, timeout_s: float = 15.0
+) -> dict[str, Any] | str:
+    """The agent's stored record of a call from its console's JSON (`/console/api/calls/ID`), once the call
+    has ended there (the agent finishes its record a moment after the carrier hangs up); a reason when not."""
+    endpoint = f"{url.rstrip('/')}/console/api/calls/{quote(call_uuid, safe='')}"
+    headers = {"Authorization": f"Bearer {operator_token}"}
+    deadline = time.monotonic() + timeout_s
+    async with httpx.AsyncClient(timeout=5.0) as http:
+        while True:
+            try:
+                response = await http.get(endpoint, headers=headers)
+            except httpx.HTTPError as exc:
+                return f"cannot read it ({type(exc).__name__})"
+            if response.status_code in (401, 403, 429):
+                return f"refused (HTTP {response.status_code}): check --operator-token"
+            if response.status_code == 200:
+                record = response.json()
+                if isinstance(record, dict) and record.get("ended_at") is not None:
+                    return record
+            elif response.status_code != 404:
+                return f"HTTP {response.status_code}"
+            if time.monotonic() >= deadline:
+                return f"not finished after {timeout_s:g} s"
+            await asyncio.sleep(0.25)  # polling a remote agent; nothing to wait on from here
+
+
 def save_and_report(measured: Measured, out: Path, transcribe: bool) -> None:
     """The tail shared by `call` and `demo`: transcribe (optional), write WAV + JSON, print the timeline."""
     wav = None
@@ -432,12 +462,15 @@ def save_and_report(measured: Measured, out: Path, transcribe: bool) -> None:
 @click.option(
     "--out",
     type=click.Path(dir_okay=False, path_type=Path),
-    default=Path("call"),
-    show_default=True,
-    help="Writes OUT.wav and OUT.json.",
+    help="Writes OUT.wav and OUT.json (default: var/out/call-<time>/call).",
 )
 @click.option("--transcribe/--no-transcribe", default=False, help="Recognise what the bot said (pocketsphinx).")
 @click.option("--max-duration", type=float, default=300.0, show_default=True, help="Give up after this many s.")
+@click.option(
+    "--operator-token",
+    envvar="AGENT_OPERATOR_TOKEN",
+    help="The agent's console token: print the agent's own latency and end reason (what its console shows).",
+)
 def call_command(
     url: str,
     wavs: tuple[Path, ...],
@@ -445,9 +478,10 @@ def call_command(
     tones: tuple[str, ...],
     barge_in_ms: float | None,
     auth_token: str | None,
-    out: Path,
+    out: Path | None,
     transcribe: bool,
     max_duration: float,
+    operator_token: str | None,
 ) -> None:
     """Place one synthetic call against a running agent; print its timeline and record it.
 
@@ -459,6 +493,12 @@ def call_command(
     measured = asyncio.run(
         run_synthetic_call(url, utterances, barge_in_ms=barge_in_ms, auth_token=auth_token, max_duration_s=max_duration)
     )
-    save_and_report(measured, out, transcribe)
+    if measured.call is not None and operator_token:
+        record = asyncio.run(fetch_agent_record(url, measured.metrics.call_uuid, operator_token))
+        if isinstance(record, str):
+            click.echo(f"(the agent's own record: {record}; showing the carrier's figures)", err=True)
+        else:
+            apply_agent_record(measured.metrics, record)
+    save_and_report(measured, out or run_folder("call") / "call", transcribe)
     if not measured.metrics.ok:
         raise SystemExit(1)

@@ -27,10 +27,11 @@ import yaml
 from sqlalchemy import ColumnElement, Table, case, delete, exists, func, literal_column, or_, select, type_coerce
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm import selectinload
+from sqlalchemy.orm import aliased, selectinload
 
 from agent.calls import record as rec
 from agent.prompts.loader import Prompt, PromptError, parse_prompt
+from agent.stats import percentile
 from agent.storage import models as m
 from agent.storage.database import Database
 
@@ -40,9 +41,10 @@ Bucket = Literal["minute", "hour", "day"]
 _BUCKET_STEP = {"minute": dt.timedelta(minutes=1), "hour": dt.timedelta(hours=1), "day": dt.timedelta(days=1)}
 _SQLITE_BUCKET_FORMAT = {"minute": "%Y-%m-%d %H:%M:00", "hour": "%Y-%m-%d %H:00:00", "day": "%Y-%m-%d 00:00:00"}
 _MAX_FILLED_BUCKETS = 10_000
-_QUANTILES = (0.5, 0.9, 0.99)
+_QUANTILES = (0.5, 0.9, 0.99, 0.95)  # in the order of Percentiles' fields
 _LIKE_ESCAPE = "!"
 _REDACTED = "<redacted>"
+EVAL_VERDICT = "eval_verdict"
 
 
 # --- results -------------------------------------------------------------------------------------------------
@@ -97,6 +99,7 @@ class Percentiles:
     p50: float | None = None
     p90: float | None = None
     p99: float | None = None
+    p95: float | None = None  # after p99 so positional construction of older callers keeps working
 
 
 @dataclass(frozen=True)
@@ -176,6 +179,27 @@ class PromptVersionInfo:
             return None
         front = yaml.safe_dump(self.meta or {}, sort_keys=True, allow_unicode=True).rstrip("\n")
         return f"---\n{front}\n---\n{self.instructions}\n"
+
+
+@dataclass(frozen=True)
+class EvalRunResult:
+    """One eval run's calls on one prompt version, with how many passed their assertions (the eval tool tags
+    each call `eval_verdict=pass|fail`; calls without a verdict are runs that had no assertions)."""
+
+    run: str
+    calls: int
+    passed: int
+    failed: int
+    first_call: dt.datetime
+
+
+@dataclass(frozen=True)
+class ArmData:
+    """One arm of an experiment: its aggregates and the raw numbers its confidence intervals need."""
+
+    arm: str
+    stats: CallStats
+    latencies_ms: list[list[float]]  # per call: the interval resamples calls, not answers
 
 
 # --- the store -----------------------------------------------------------------------------------------------
@@ -414,6 +438,79 @@ class CallStore:
             b = await self._stats(session, [_has_tag(tag_key, run_b)])
         return RunComparison(tag_key, run_a, run_b, a, b)
 
+    async def version_stats(self, name: str) -> dict[str, CallStats]:
+        """The call aggregates of every version of a prompt (by content hash): what the Prompts page shows per
+        version, so an edit's effect on latency, barge-ins, endings, tool failures and cost is visible."""
+        async with self.db.sessions() as session:
+            hashes = list(
+                (
+                    await session.execute(select(m.Call.prompt_hash).where(m.Call.prompt_name == name).distinct())
+                ).scalars()
+            )
+            return {
+                h: await self._stats(session, [m.Call.prompt_name == name, m.Call.prompt_hash == h]) for h in hashes
+            }
+
+    async def eval_results(self, name: str, run_key: str = "eval_run") -> dict[str, list[EvalRunResult]]:
+        """Eval runs per version of a prompt (newest run first), with their assertion verdicts."""
+        run_tag, verdict_tag = aliased(m.CallTag), aliased(m.CallTag)
+        stmt = (
+            select(
+                m.Call.prompt_hash,
+                run_tag.value,
+                func.count(),
+                func.coalesce(func.sum(case((verdict_tag.value == "pass", 1), else_=0)), 0),
+                func.coalesce(func.sum(case((verdict_tag.value == "fail", 1), else_=0)), 0),
+                func.min(m.Call.started_at),
+            )
+            .join(run_tag, (run_tag.call_id == m.Call.call_id) & (run_tag.key == run_key))
+            .outerjoin(verdict_tag, (verdict_tag.call_id == m.Call.call_id) & (verdict_tag.key == EVAL_VERDICT))
+            .where(m.Call.prompt_name == name)
+            .group_by(m.Call.prompt_hash, run_tag.value)
+        )
+        out: dict[str, list[EvalRunResult]] = defaultdict(list)
+        async with self.db.sessions() as session:
+            for content_hash, run, calls, passed, failed, first in await session.execute(stmt):
+                out[content_hash].append(EvalRunResult(run, int(calls), int(passed), int(failed), first))
+        for runs in out.values():
+            runs.sort(key=lambda r: (r.first_call, r.run), reverse=True)
+        return dict(out)
+
+    async def experiment_arms(self, experiment: str) -> dict[str, ArmData]:
+        """Both arms of an experiment (calls tagged `experiment=<name>` and `arm=control|candidate`)."""
+        out: dict[str, ArmData] = {}
+        async with self.db.sessions() as session:
+            for arm in ("control", "candidate"):
+                where = [_has_tag("experiment", experiment), _has_tag("arm", arm)]
+                stats = await self._stats(session, where)
+                latencies = (
+                    select(m.Turn.call_id, m.Turn.latency_ms)
+                    .join_from(m.Turn, m.Call, m.Turn.call_id == m.Call.call_id)
+                    .where(m.Turn.speaker == "assistant", m.Turn.latency_ms.is_not(None), *where)
+                    .order_by(m.Turn.call_id, m.Turn.seq)
+                )
+                per_call: dict[str, list[float]] = defaultdict(list)
+                for call_id, value in await session.execute(latencies):
+                    if value is not None:
+                        per_call[call_id].append(float(value))
+                out[arm] = ArmData(arm, stats, list(per_call.values()))
+        return out
+
+    async def add_tags(self, call_id: str, tags: Mapping[str, str]) -> None:
+        """Add (or replace) tags on a stored call: the eval tool's verdict, known only after the call ended."""
+        table = _table(m.CallTag)
+        rows = [
+            {"call_id": call_id, "key": _cut(str(k), m.SHORT_LEN), "value": _cut(str(v), m.TAG_VALUE_LEN)}
+            for k, v in tags.items()
+        ]
+        if not rows:
+            return
+        async with self.db.engine.begin() as conn:
+            await conn.execute(
+                delete(table).where(table.c.call_id == call_id, table.c.key.in_([r["key"] for r in rows]))
+            )
+            await conn.execute(self._insert(table), rows)
+
     async def tag_values(self, tag_key: str) -> list[tuple[str, int]]:
         """Values of a tag with their call counts, most calls first: the eval runs there are to compare."""
         stmt = (
@@ -494,7 +591,7 @@ class CallStore:
             for row in await session.execute(stmt):
                 k, rest = (row[0], row[1:]) if key is not None else (None, row)
                 if rest[0]:
-                    result[k] = Percentiles(int(rest[0]), *(round(float(v), 3) for v in rest[1:]))
+                    result[k] = Percentiles(int(rest[0]), *(round(float(v), 1) for v in rest[1:]))
             return result
         stmt = select(*keys, value).join_from(m.Turn, m.Call, m.Turn.call_id == m.Call.call_id).where(*base)
         groups: dict[Any, list[float]] = defaultdict(list)
@@ -783,18 +880,12 @@ def _floor(t: dt.datetime, bucket: Bucket) -> dt.datetime:
 
 
 def _percentiles(values: Iterable[float]) -> Percentiles:
-    """Linear interpolation between closest ranks: what PostgreSQL's percentile_cont computes."""
+    """The shared percentile (linear interpolation between closest ranks): what PostgreSQL's percentile_cont
+    computes, so SQLite and PostgreSQL give the same numbers."""
     ordered = sorted(values)
     if not ordered:
         return Percentiles(0)
-
-    def at(q: float) -> float:
-        pos = q * (len(ordered) - 1)
-        lo = math.floor(pos)
-        hi = min(lo + 1, len(ordered) - 1)
-        return round(ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo), 3)
-
-    return Percentiles(len(ordered), *(at(q) for q in _QUANTILES))
+    return Percentiles(len(ordered), *(percentile(ordered, q * 100) for q in _QUANTILES))
 
 
 def _counts(rows: Iterable[Any]) -> dict[str, int]:
@@ -878,12 +969,15 @@ def _json_object(value: Any) -> dict[str, Any]:
 
 
 __all__ = [
+    "EVAL_VERDICT",
+    "ArmData",
     "Bucket",
     "CallDetail",
     "CallPage",
     "CallStats",
     "CallStore",
     "CallSummary",
+    "EvalRunResult",
     "Percentiles",
     "PromptVersionInfo",
     "RunComparison",

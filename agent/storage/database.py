@@ -123,3 +123,38 @@ def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
         cursor.execute("PRAGMA synchronous=NORMAL")
     finally:
         cursor.close()
+
+
+async def startup_problem(url: str, timeout_s: float = 10.0) -> str | None:
+    """Why the service could not use this database, in one line, or None; checked before serving.
+
+    Without it, an unsupported scheme or an unreachable PostgreSQL only shows up as a traceback out of the
+    application's start-up. SQLite is not probed: its file (and folder) is created by the first migration.
+    """
+    try:
+        parsed = normalise_url(url)
+    except ValueError as exc:
+        return f"invalid setting DATABASE_URL: {exc}"
+    except Exception as exc:  # sqlalchemy's ArgumentError and friends for a URL it cannot parse at all
+        return f"invalid setting DATABASE_URL: cannot parse it ({type(exc).__name__})"
+    if parsed.get_backend_name() != "postgresql":
+        return None
+    from agent.waiting import within
+
+    where = f"{parsed.host or 'localhost'}:{parsed.port or 5432}/{parsed.database or ''}"
+    engine = create_async_engine(parsed, hide_parameters=True)
+
+    async def probe() -> None:
+        async with engine.connect() as conn:
+            await conn.execute(text("SELECT 1"))
+
+    try:
+        await within(timeout_s, probe())
+    except TimeoutError:
+        return f"cannot reach the database at {where}: no answer within {timeout_s:g} s (DATABASE_URL)"
+    except Exception as exc:  # refused, unknown host, bad password, no such database: all one line
+        reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0] if str(exc).strip() else ""
+        return f"cannot reach the database at {where}: {reason or type(exc).__name__} (DATABASE_URL)"
+    finally:
+        await engine.dispose()
+    return None

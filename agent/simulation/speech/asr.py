@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import json
 import os
+import signal
 import struct
 import subprocess
 import sys
@@ -246,5 +247,13 @@ def recognize(samples: Int16Array, rate: int) -> str:
     return shared_recognizer().recognize(samples, rate)
 
 
+def _worker_main() -> None:
+    """A worker shares the terminal's process group, so Ctrl-C on `make run` reaches it too: it ignores SIGINT
+    (its parent decides when to stop, by closing its stdin) and leaves without a traceback if the pipe breaks."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    with contextlib.suppress(BrokenPipeError, KeyboardInterrupt):
+        _serve(json.loads(sys.argv[1]))
+
+
 if __name__ == "__main__":
-    _serve(json.loads(sys.argv[1]))
+    _worker_main()
