@@ -9,9 +9,11 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from fastapi import FastAPI, Request
 
+from agent.prompts.library import arm_of
 from agent.simulation.carrier import CallerAudio
 from agent.simulation.local_server import serve_app
 from agent.simulation.realtime_server import RealtimeSimConfig
@@ -168,3 +170,24 @@ async def test_max_call_duration_ends_with_a_spoken_wrap_up(tmp_path: Path) -> N
         assert "Time is up." in last["response"]["instructions"]
         assert call.played_ms == pytest.approx(800, abs=60)  # the wrap-up was heard in full
         assert stack.state.registry.records[call.call_uuid].end_reason == "max_duration"
+
+
+async def test_an_experiment_routes_its_share_of_answered_calls_to_the_candidate(tmp_path: Path) -> None:
+    shutil.copy(ROOT / "prompts" / "default.md", tmp_path / "default.md")
+    (tmp_path / "clinic.md").write_text("---\nexperiment: {candidate: clinic-v2, share: 0.5}\n---\nClinic, control.\n")
+    (tmp_path / "clinic-v2.md").write_text("---\ngreeting: Hi.\n---\nClinic, candidate.\n")
+    async with running_stack(RealtimeSimConfig(reply_ms=300), prompts_dir=tmp_path) as stack:
+        async with httpx.AsyncClient() as http:
+            arms: dict[str, str] = {}
+            for i in range(16):
+                call_id = f"exp-call-{i}"
+                form = {"CallUUID": call_id, "From": "+911", "To": "+912", "Event": "StartApp", "prompt": "clinic"}
+                reply = await http.post(f"{stack.base_url}/vobiz/answer", params={"prompt": "clinic"}, data=form)
+                assert "<Stream" in reply.text
+                tags = stack.state.registry.records[call_id].tags
+                expected = arm_of("clinic-vs-clinic-v2", call_id, 0.5)
+                assert tags == {"experiment": "clinic-vs-clinic-v2", "arm": expected}
+                assert ("prompt=clinic-v2" in reply.text) == (expected == "candidate")
+                arms[call_id] = expected
+        assert set(arms.values()) == {"control", "candidate"}
+        await stack.state.registry.shutdown()

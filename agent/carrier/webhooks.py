@@ -207,9 +207,9 @@ async def _answer(request: Request, state: AppState) -> Response:
     caller, called = params.get("From", ""), params.get("To", "")
     variables = {k[4:]: v for k, v in params.items() if k.startswith("var_")}  # outbound-call variables
     try:
-        prompt = state.prompts.select(called, params.get("prompt")).render(
-            {"caller": caller, "called": called} | variables
-        )
+        # An experiment routes a share of calls to a candidate prompt, by call id (retries and replicas agree).
+        chosen, experiment_tags = state.prompts.select_for_call(called, params.get("prompt"), call_id)
+        prompt = chosen.render({"caller": caller, "called": called} | variables)
     except PromptError as exc:
         log.error("cannot serve call %s: %s", call_id, exc)
         return _xml(xml.speak_then(settings.apology_text, dial=settings.transfer_number))
@@ -218,6 +218,7 @@ async def _answer(request: Request, state: AppState) -> Response:
     )
     # `tag_KEY=VALUE` on the answer URL labels the call (an eval run, a campaign) for the console and queries.
     record.tags |= {k[4:]: v[:200] for k, v in params.items() if k.startswith("tag_") and len(k) <= 64}
+    record.tags |= experiment_tags
     record.event("answer_webhook", event=event, status=params.get("CallStatus", ""), prompt=prompt.name)
     content_type = prompt.meta.audio_format or settings.stream_content_type
     context = AnswerContext(call_id, prompt.name, caller, called, record.direction, variables, dict(record.tags))
