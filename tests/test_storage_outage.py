@@ -148,6 +148,20 @@ class Target:
     reconnect: Callable[[], Database]  # a fresh Database the way the writer reaches it: a "restarted" process
 
 
+async def saves_abandoned_during_the_outage() -> None:
+    """A save the writer gave up on goes on in the background until the database answers (or its connection is
+    closed); wait for those to end before the engines are disposed under them, which could leave them hanging."""
+    current = asyncio.current_task()
+    leftovers = {
+        task
+        for task in asyncio.all_tasks()
+        if task is not current
+        and (task.get_name() == "record-save" or "_terminate_graceful_close" in repr(task.get_coro()))
+    }
+    if leftovers:
+        await asyncio.wait(leftovers, timeout=15)
+
+
 @contextlib.asynccontextmanager
 async def postgres_target(url: str, outage: str) -> AsyncIterator[Target]:
     schema = f"t_{secrets.token_hex(6)}"
@@ -174,6 +188,8 @@ async def postgres_target(url: str, outage: str) -> AsyncIterator[Target]:
     try:
         yield Target(f"postgresql-{outage}", reconnect(), direct, begin, proxy.recover, reconnect)
     finally:
+        await proxy.recover()
+        await saves_abandoned_during_the_outage()
         await proxy.aclose()
         for db in databases:
             await db.aclose()
@@ -218,6 +234,7 @@ async def sqlite_target(tmp_path: Path, outage: str) -> AsyncIterator[Target]:
         yield Target(f"sqlite-{outage}", writer_db, direct, begin, end, reconnect)
     finally:
         await end()
+        await saves_abandoned_during_the_outage()
         for db in databases:
             await db.aclose()
 
