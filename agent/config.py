@@ -228,14 +228,11 @@ class Settings(BaseSettings):
         return bool(self.webhook_tokens or self.main_webhook_tokens)
 
     @property
-    def public_ws_url(self) -> str:
-        """https gives wss, http gives ws: Vobiz needs wss in production."""
-        return _ws(self.public_url)
-
-    @property
     def stream_ws_url(self) -> str:
-        """Where Vobiz opens a call's stream: this very replica when it has a URL of its own, else the service."""
-        return _ws(self.replica_public_url or self.public_url)
+        """Where Vobiz opens a call's stream: this very replica when it has a URL of its own, else the service.
+        https gives wss, http gives ws: Vobiz needs wss in production."""
+        scheme, rest = (self.replica_public_url or self.public_url).split("://", 1)
+        return ("wss" if scheme == "https" else "ws") + "://" + rest
 
     @property
     def prewarm_here(self) -> bool:
@@ -283,11 +280,6 @@ class Settings(BaseSettings):
     @property
     def vobiz_rest_enabled(self) -> bool:
         return bool(self.vobiz_auth_id and self.vobiz_auth_token)
-
-
-def _ws(url: str) -> str:
-    scheme, rest = url.split("://", 1)
-    return ("wss" if scheme == "https" else "ws") + "://" + rest
 
 
 class ConfigError(Exception):

@@ -36,7 +36,7 @@ def test_vendor_variables_and_derived_urls(monkeypatch: pytest.MonkeyPatch) -> N
     monkeypatch.setenv("VOBIZ_AUTH_TOKEN", "tok")
     s = load_settings()
     assert s.openai_base_url == "http://127.0.0.1:9000/v1"
-    assert s.public_ws_url == "wss://agent.example.com"
+    assert s.stream_ws_url == "wss://agent.example.com"
     assert s.vobiz_rest_enabled and s.webhook_tokens == ["tok"]
     assert "sk-test-secret" not in repr(s) and "tok'" not in repr(s)
 

@@ -135,12 +135,11 @@ class ResponseQueue:
             await self._next()
         return True
 
-    def reset(self, *, requeue_unheard: bool = False) -> bool:
-        """A new model session: nothing is active there. Returns whether a response was under way.
+    def reset(self, *, requeue_unheard: bool = False) -> None:
+        """A new model session: nothing is active there.
 
         A request the old session never started is asked again of the new one. With `requeue_unheard`, so is
         ours that it started but that never produced audio (the greeting, a reminder cut off by the switch)."""
-        was_busy = self.busy
         again: list[_Request] = []
         if self._in_flight is not None:
             again.append(self._in_flight)
@@ -157,7 +156,6 @@ class ResponseQueue:
         self._in_flight = None
         self.active, self.active_id = False, None
         self._changed.set()
-        return was_busy
 
     async def resume(self) -> None:
         """Send what was waiting, on the new session."""
