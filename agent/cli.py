@@ -20,7 +20,7 @@ from agent.heap import freeze_startup_heap
 from agent.observability import logs
 from agent.prompts.library import PromptLibrary
 from agent.prompts.loader import Prompt, PromptError
-from agent.state import AppState
+from agent.web.state import AppState
 
 SIM_EXTRA_HINT: Final = "pip install 'vobiz-voice-agent[sim]'"
 
@@ -90,8 +90,8 @@ def main() -> None:
 @click.option("--port", default=8080, show_default=True, type=int, help="Port to bind.")
 def serve(host: str, port: int) -> None:
     """Answer Vobiz calls. Without OPENAI_API_KEY the embedded offline engine answers instead."""
-    from agent.app import create_app
     from agent.storage.database import startup_problem
+    from agent.web.app import create_app
 
     settings = _settings()
     try:

@@ -14,13 +14,13 @@ from typing import Any
 import httpx
 from fastapi import FastAPI
 
-from agent.app import create_app
 from agent.carrier.rest import VobizClient
 from agent.config import Settings
 from agent.simulation.carrier import CarrierSim, SimCall
 from agent.simulation.local_server import serve_app
 from agent.simulation.realtime_server import RealtimeServer, RealtimeSimConfig
-from agent.state import AppState
+from agent.web.app import create_app
+from agent.web.state import AppState
 
 ROOT = Path(__file__).resolve().parent.parent
 

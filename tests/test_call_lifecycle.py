@@ -338,7 +338,7 @@ async def test_a_stalled_model_endpoint_bounds_the_caller_queue_then_apologises(
 async def test_stream_without_a_prewarm_connects_at_start() -> None:
     from websockets.asyncio.client import connect
 
-    from agent.carrier import stream_token
+    from agent.protocol.vobiz import stream_token
 
     async with running_stack(RealtimeSimConfig(reply_ms=300)) as stack:
         token = stream_token.issue("test-stream-secret", "no-answer-webhook", 60)

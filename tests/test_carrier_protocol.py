@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from agent.carrier import messages, stream_token, xml
-from agent.carrier.messages import InboundError, parse_inbound
+from agent.protocol.vobiz import messages, stream_token, xml
+from agent.protocol.vobiz.messages import InboundError, parse_inbound
 
 NESTED_START: dict[str, Any] = {
     "sequenceNumber": 0,

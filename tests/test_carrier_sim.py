@@ -650,9 +650,9 @@ async def test_transfer_runs_the_target_xml(agent: FakeAgent, sim: CarrierSim) -
 
 async def test_webhooks_are_signed_when_a_token_is_set(agent: FakeAgent, sim: CarrierSim) -> None:
     try:
-        from agent.carrier.signature import verify_signature
+        from agent.protocol.vobiz.signature import verify_signature
     except ImportError:
-        pytest.skip("agent.carrier.signature is not available yet")
+        pytest.skip("agent.protocol.vobiz.signature is not available yet")
     call = await sim.place_call(options=SimCallOptions(auth_token="s3cret"))
     await until_media(call, agent)
     await call.hangup()

@@ -60,9 +60,9 @@ async def test_invalid_configuration_stops_with_one_line_per_problem() -> None:
 
 
 def test_calls_answered_by_the_offline_engine_cost_nothing(tmp_path: Path) -> None:
-    from agent.app import create_app
-    from agent.calls.record import Usage
     from agent.config import Settings
+    from agent.records.record import Usage
+    from agent.web.app import create_app
 
     settings = Settings(
         insecure_webhooks=True,

@@ -21,7 +21,8 @@ import httpx
 import pytest
 from pydantic import ValidationError
 
-from agent.carrier.messages import (
+from agent.protocol.realtime import server_events
+from agent.protocol.vobiz.messages import (
     ClearedAudioEvent,
     DtmfEvent,
     MediaEvent,
@@ -30,8 +31,7 @@ from agent.carrier.messages import (
     StopEvent,
     parse_inbound,
 )
-from agent.carrier.signature import verify_signature
-from agent.model import server_events
+from agent.protocol.vobiz.signature import verify_signature
 from agent.simulation.carrier import CallerAudio, SimCallOptions, vobiz_signature_headers
 from agent.simulation.realtime_server import RealtimeSimConfig
 from agent.simulation.sdk_types import SERVER_EVENT_TYPES, validate_server_event

@@ -11,10 +11,10 @@ from hypothesis import strategies as st
 
 from agent.audio.formats import MediaFormat
 from agent.audio.transcode import CallerAudioConverter
-from agent.carrier import stream_token
-from agent.carrier.messages import InboundError, parse_inbound
-from agent.carrier.signature import verify_signature
 from agent.prompts.loader import PromptError, parse_prompt
+from agent.protocol.vobiz import stream_token
+from agent.protocol.vobiz.messages import InboundError, parse_inbound
+from agent.protocol.vobiz.signature import verify_signature
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),

@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Any, ClassVar, cast
 
 from agent.calls.responses import ResponseQueue
-from agent.model.session_config import guided
 from agent.prompts.loader import load_prompt
+from agent.protocol.realtime.session_config import guided
 from agent.simulation.carrier import CallerAudio
 from agent.simulation.realtime_server import RealtimeSimConfig, ReplyRequest, SimSession
 from agent.simulation.speech.dialogue import DialogueIndex, SpeechReplySource

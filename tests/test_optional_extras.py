@@ -44,11 +44,11 @@ def test_serve_import_path_leaves_out_the_sim_extra_and_load_test_tooling() -> N
     code = textwrap.dedent(
         """
         import json, sys
-        import agent.app, agent.cli
+        import agent.web.app, agent.cli
         from agent.config import load_settings
 
         settings = load_settings()
-        app = agent.app.create_app(settings, embedded_engine=settings.openai_api_key is None)
+        app = agent.web.app.create_app(settings, embedded_engine=settings.openai_api_key is None)
         serve = agent.cli.main.get_command(None, "serve")
         assert serve is not None
         print(json.dumps(sorted(sys.modules)))

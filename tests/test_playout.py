@@ -8,7 +8,7 @@ import json
 import pytest
 
 from agent.audio.formats import MediaFormat
-from agent.calls.playout import Playout
+from agent.carrier.playout import Playout
 
 MULAW = MediaFormat("audio/x-mulaw", 8000)
 

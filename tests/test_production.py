@@ -70,13 +70,13 @@ def test_json_logs_carry_the_call_id_and_no_secrets() -> None:
         logs.configure("INFO", secrets=["s3cr3t-value"], stream=out, fmt="json")
         log = logging.LoggerAdapter(logging.getLogger("agent.call"), {"call_id": "c-42"})
         log.info("token is %s", "s3cr3t-value")
-        logging.getLogger("agent.app").warning("plain line")
+        logging.getLogger("agent.web.app").warning("plain line")
     finally:
         root.handlers[:] = saved[0]
         root.setLevel(saved[1])
     first, second = (json.loads(line) for line in out.getvalue().splitlines())
     assert first["call_id"] == "c-42" and first["message"] == "token is ***" and first["level"] == "INFO"
-    assert second["call_id"] == "-" and second["logger"] == "agent.app"
+    assert second["call_id"] == "-" and second["logger"] == "agent.web.app"
 
 
 async def test_sigterm_drains_live_calls_then_exits() -> None:

@@ -22,9 +22,9 @@ from openai.resources.realtime.realtime import AsyncRealtimeConnection
 
 from agent.audio.codecs import Int16Array, mulaw_to_pcm16, pcm16_to_mulaw
 from agent.audio.formats import MediaFormat
-from agent.model.session_config import greeting_response, session_update
 from agent.prompts.loader import load_prompt
 from agent.prompts.schema import OfflineDialogue, ScriptedAnswer
+from agent.protocol.realtime.session_config import greeting_response, session_update
 from agent.simulation.engine import EngineOptions, build_engine
 from agent.simulation.realtime_server import RealtimeServer, ReplyRequest, SimSession
 from agent.simulation.speech.asr import recognize, shared_recognizer

@@ -24,10 +24,9 @@ import pytest
 from sqlalchemy import exc as sa_exc
 from sqlalchemy import func, inspect, select
 
-from agent.app import create_app
-from agent.calls.record import BargeIn, CallEvent, CallRecord, ToolUse, Turn, Usage
 from agent.config import Settings
 from agent.prompts.loader import Prompt, load_prompt, parse_prompt
+from agent.records.record import BargeIn, CallEvent, CallRecord, ToolUse, Turn, Usage
 from agent.storage import models as m
 from agent.storage.calls import CallStore
 from agent.storage.database import Database, head_revision, normalise_url
@@ -35,6 +34,7 @@ from agent.storage.recordings import CallRecorder, recording_path, run_periodica
 from agent.storage.retention import sweep_expired
 from agent.storage.writer import RecordWriter
 from agent.waiting import wait_event, within
+from agent.web.app import create_app
 from tests.postgres import pg_admin, scratch_database
 
 H0 = dt.datetime(2024, 5, 1, 10, tzinfo=dt.UTC).timestamp()  # an hour boundary: buckets are easy to predict

@@ -22,7 +22,7 @@ import pytest
 from sqlalchemy import func, select
 from sqlalchemy.engine import make_url
 
-from agent.calls.record import CallRecord
+from agent.records.record import CallRecord
 from agent.storage import models as m
 from agent.storage.calls import CallStore
 from agent.storage.database import Database

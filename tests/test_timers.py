@@ -9,8 +9,8 @@ from typing import Any, cast
 
 import agent.calls.call  # noqa: F401 - watch_idle imports it lazily: a cold import would eat the span
 from agent.audio.formats import MediaFormat
-from agent.calls.playout import Playout
 from agent.calls.timers import watch_idle
+from agent.carrier.playout import Playout
 from agent.prompts.schema import IdlePolicy
 
 

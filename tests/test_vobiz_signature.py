@@ -11,7 +11,7 @@ from collections.abc import Callable
 import pytest
 from starlette.datastructures import Headers
 
-from agent.carrier.signature import (
+from agent.protocol.vobiz.signature import (
     SignatureCheck,
     base_url,
     new_nonce,

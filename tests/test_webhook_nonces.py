@@ -12,7 +12,7 @@ import httpx
 import pytest
 from sqlalchemy import func, inspect, select
 
-from agent.carrier.signature import signature_headers
+from agent.protocol.vobiz.signature import signature_headers
 from agent.storage.database import Database, head_revision
 from agent.storage.nonces import NonceStore, NonceVerdict, webhook_nonces
 from tests.harness import running_stack

@@ -18,16 +18,16 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
-from agent.app import create_app
-from agent.carrier import stream_token
-from agent.carrier.signature import signature_headers
-from agent.carrier.webhooks import INSECURE_REFUSAL
 from agent.config import ConfigError, Settings, load_settings
 from agent.observability import logs
 from agent.observability.logs import RedactSecrets
+from agent.protocol.vobiz import stream_token
+from agent.protocol.vobiz.signature import signature_headers
 from agent.simulation.carrier import CallerAudio, SimCallOptions
 from agent.simulation.realtime_server import RealtimeSimConfig
 from agent.waiting import within
+from agent.web.app import create_app
+from agent.web.webhooks import INSECURE_REFUSAL
 from tests.agent_process import agent_process, clean_env
 from tests.harness import ROOT, running_stack, start_message
 

@@ -32,24 +32,24 @@ from agent.audio.speech_onset import SpeechOnset
 from agent.audio.transcode import BotAudioConverter, CallerAudioConverter
 from agent.calls import handover
 from agent.calls.latency import ResponseLatency
-from agent.calls.playout import Playout
-from agent.calls.record import BargeIn, CallRecord
 from agent.calls.responses import ResponseQueue
 from agent.calls.timers import watch_duration, watch_idle, watch_model_liveness, watch_session_age, wrap_up
 from agent.calls.tools import ToolCall, run_tool
-from agent.carrier import messages
 from agent.carrier.clock import CarrierClock
 from agent.carrier.frames import CarrierClosed, receive_text
 from agent.carrier.inbound_rate import InboundRateLimiter
-from agent.carrier.messages import InboundError, StartInfo, parse_inbound
+from agent.carrier.playout import Playout
 from agent.carrier.rest import VobizApiError, VobizClient
 from agent.config import Settings
-from agent.model import server_events as ev
-from agent.model import session_config
 from agent.model.connection import ModelConnector, ModelSocket, discard
 from agent.observability.metrics import Metrics
 from agent.observability.tracing import CallTracer
 from agent.prompts.loader import Prompt
+from agent.protocol.realtime import server_events as ev
+from agent.protocol.realtime import session_config
+from agent.protocol.vobiz import messages
+from agent.protocol.vobiz.messages import InboundError, StartInfo, parse_inbound
+from agent.records.record import BargeIn, CallRecord
 from agent.storage.recordings import CallRecorder, recording_path
 from agent.storage.writer import RecordWriter
 from agent.waiting import wait_event, within

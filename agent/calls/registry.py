@@ -21,11 +21,11 @@ from starlette.websockets import WebSocket
 
 from agent.audio.formats import MediaFormat
 from agent.calls.call import Call, CallDeps, EndAction, Outcome
-from agent.calls.record import CallRecord
-from agent.carrier.messages import StartInfo
-from agent.model import session_config
 from agent.model.connection import ModelSocket, discard
 from agent.prompts.loader import Prompt
+from agent.protocol.realtime import session_config
+from agent.protocol.vobiz.messages import StartInfo
+from agent.records.record import CallRecord
 from agent.storage.call_state import AnswerContext, CallStates, StoredCall
 from agent.waiting import within
 

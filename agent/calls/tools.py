@@ -16,9 +16,9 @@ from typing import TYPE_CHECKING, Any
 import httpx
 
 from agent.calls import handover
-from agent.calls.record import ToolUse
 from agent.carrier.rest import VobizApiError
 from agent.prompts.schema import HttpTool
+from agent.records.record import ToolUse
 from agent.waiting import cancel_and_wait, within
 
 if TYPE_CHECKING:

@@ -19,7 +19,7 @@ from urllib.parse import quote
 
 from fastapi import HTTPException, Request
 
-from agent.state import AppState
+from agent.web.state import AppState
 
 COOKIE_NAME = "agent_console"
 COOKIE_PATH = "/console"

@@ -23,11 +23,11 @@ from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Redirect
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
 from agent.calls.call import Call
-from agent.calls.record import CallRecord
 from agent.console import auth, charts
 from agent.console.auth import app_state
 from agent.prompts.library import experiment_name
 from agent.prompts.loader import PromptError, check_name
+from agent.records.record import CallRecord
 from agent.stats import (
     MIN_CALLS_PER_ARM,
     RESPONSE_LATENCY,

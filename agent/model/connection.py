@@ -20,7 +20,7 @@ from openai.resources.realtime.realtime import AsyncRealtimeConnection
 from websockets.exceptions import ConnectionClosed
 
 from agent.config import Settings
-from agent.model import server_events
+from agent.protocol.realtime import server_events
 from agent.waiting import within
 
 log = logging.getLogger("agent.model")

@@ -11,7 +11,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
 from opentelemetry.trace import Span, Tracer, set_span_in_context
 
-from agent.calls.record import CallRecord
+from agent.records.record import CallRecord
 
 
 def _ns(t: float) -> int:

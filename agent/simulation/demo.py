@@ -61,7 +61,7 @@ async def run_demo(utterances: Sequence[Segment], barge_in_ms: float | None, dat
     holder: dict[str, FastAPI] = {}
 
     def make_app(base_url: str) -> FastAPI:
-        from agent.app import create_app
+        from agent.web.app import create_app
 
         # A private agent on loopback for this one synthetic call: unsigned webhooks are expected.
         overrides: dict[str, object] = {

@@ -161,8 +161,8 @@ async def judge(
 
 
 async def _run_local(prompt: str, script: EvalScript, run_id: str, tones: bool) -> dict[str, Outcome]:
-    from agent.app import create_app
     from agent.config import load_settings
+    from agent.web.app import create_app
 
     holder: dict[str, FastAPI] = {}
 

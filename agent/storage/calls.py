@@ -29,8 +29,8 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased, selectinload
 
-from agent.calls import record as rec
 from agent.prompts.loader import Prompt, PromptError, parse_prompt
+from agent.records import record as rec
 from agent.stats import percentile
 from agent.storage import models as m
 from agent.storage.database import Database

@@ -25,8 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from agent.calls import record as rec
 from agent.prompts.loader import Prompt
+from agent.records import record as rec
 from agent.storage.calls import plain_json, redact_headers
 
 FORMAT = 1

@@ -31,9 +31,9 @@ from typing import Any, Protocol
 
 from sqlalchemy import exc as sa_exc
 
-from agent.calls.record import CallRecord
 from agent.observability.metrics import Metrics
 from agent.prompts.loader import Prompt
+from agent.records.record import CallRecord
 from agent.storage.spool import Spool, SpoolEntry, SpoolError, encode, spool_key
 from agent.waiting import cancel_and_wait, wait_event
 

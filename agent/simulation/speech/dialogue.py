@@ -38,7 +38,7 @@ GENERIC_DIALOGUE: Final = OfflineDialogue(
 )
 """For sessions whose instructions match no prompt file when there is no usable default prompt either."""
 
-# What response-level instructions ask for (the agent's wording is in agent/model/session_config.py and
+# What response-level instructions ask for (the agent's wording is in agent/protocol/realtime/session_config.py and
 # agent/calls/call.py; a real model would follow any wording, these cover the usual ones).
 _SAY_EXACTLY: Final = re.compile(r"\bsay(?:ing)?\s+exactly\s+this\b[^:]*:\s*(.+)", re.IGNORECASE | re.DOTALL)
 _GREET: Final = re.compile(r"\bgreet", re.IGNORECASE)

@@ -7,12 +7,12 @@ import logging
 
 from fastapi import APIRouter, WebSocket
 
-from agent.carrier import stream_token
 from agent.carrier.frames import CarrierClosed, receive_text
-from agent.carrier.messages import InboundError, StartEvent, StartInfo, parse_inbound
 from agent.prompts.loader import PromptError
-from agent.state import AppState
+from agent.protocol.vobiz import stream_token
+from agent.protocol.vobiz.messages import InboundError, StartEvent, StartInfo, parse_inbound
 from agent.waiting import within
+from agent.web.state import AppState
 
 log = logging.getLogger("agent.stream")
 router = APIRouter()

@@ -20,15 +20,15 @@ from fastapi.routing import APIRoute
 
 from agent.audio.formats import MediaFormat
 from agent.calls.call import EndAction
-from agent.calls.record import CallRecord
-from agent.carrier import stream_token, xml
-from agent.carrier.signature import HEADER_V2_NONCE, HEADER_V3_NONCE, verify_signature
 from agent.config import ConfigError, Settings
 from agent.prompts.loader import PromptError
-from agent.state import AppState
+from agent.protocol.vobiz import stream_token, xml
+from agent.protocol.vobiz.signature import HEADER_V2_NONCE, HEADER_V3_NONCE, verify_signature
+from agent.records.record import CallRecord
 from agent.storage.call_state import AnswerContext
 from agent.storage.nonces import NonceStore, NonceVerdict
 from agent.waiting import within
+from agent.web.state import AppState
 
 log = logging.getLogger("agent.webhooks")
 # `Event` values that mean "the call is answered: tell me what to do". Older docs and examples post none.

@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from agent.audio.formats import MediaFormat
-from agent.carrier import messages
+from agent.protocol.vobiz import messages
 from agent.waiting import wait_event
 
 Clock = Callable[[], float]

@@ -1,20 +1,17 @@
-"""The FastAPI application: Vobiz webhooks, the stream socket, health and metrics."""
+"""The FastAPI application: wires settings, storage and the call registry to the routes of `agent.web`."""
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import httpx
-from fastapi import FastAPI, Response
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from fastapi import FastAPI
 
 from agent.calls.call import CallDeps, Outcome
 from agent.calls.registry import CallRegistry
-from agent.carrier import stream_socket, webhooks
 from agent.carrier.rest import VobizClient
 from agent.config import Settings
 from agent.console import console_router
@@ -23,11 +20,12 @@ from agent.observability.health import ModelReachability
 from agent.observability.metrics import Metrics
 from agent.observability.tracing import CallTracer
 from agent.prompts.library import PromptLibrary
-from agent.state import AppState
 from agent.storage import CallStore, Database, RecordWriter, start_retention_sweeper
 from agent.storage.call_state import CallStates
+from agent.web import health, stream_route, webhooks
+from agent.web.state import AppState
 
-log = logging.getLogger("agent.app")
+log = logging.getLogger("agent.web.app")
 
 
 async def _outcome_not_shared(call_id: str, outcome: Outcome) -> None:
@@ -123,35 +121,13 @@ def create_app(
     app = FastAPI(title="Vobiz voice agent", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.agent = state
     app.include_router(webhooks.router)
-    app.include_router(stream_socket.router)
+    app.include_router(stream_route.router)
+    app.include_router(health.router)
     app.include_router(console_router())
     if settings.fault_injection:
         from agent.simulation import faults
 
         log.warning("fault injection is on: POST /debug/stall blocks the event loop")
         app.include_router(faults.router)
-
-    @app.get("/healthz")
-    async def healthz() -> dict[str, str]:
-        """Alive: the process answers. Restart it only when this fails."""
-        return {"status": "ok"}
-
-    @app.get("/readyz")
-    async def readyz() -> Response:
-        """Ready for new calls: not draining, and the model endpoint is reachable."""
-        model = await probe.check()
-        ready = model.ok and not state.draining
-        body = {
-            "ready": ready,
-            "draining": state.draining,
-            "model": model.detail,
-            "live_calls": len(registry.live),
-            "max_calls": settings.max_concurrent_calls,
-        }
-        return Response(json.dumps(body), status_code=200 if ready else 503, media_type="application/json")
-
-    @app.get("/metrics")
-    async def prometheus() -> Response:
-        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     return app
