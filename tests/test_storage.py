@@ -12,6 +12,8 @@ import datetime as dt
 import logging
 import os
 import secrets
+import subprocess
+import sys
 import time
 import wave
 from collections.abc import AsyncIterator, Iterator
@@ -190,6 +192,33 @@ async def test_migrations_create_schema_from_empty_and_are_idempotent(empty_db: 
     await store.save(realistic_record())
     await empty_db.migrate()
     assert (await store.list_calls()).total == 1
+
+
+def test_head_revision_read_from_the_files_is_alembics_head() -> None:
+    from alembic.script import ScriptDirectory
+
+    from agent.storage.migrator import alembic_config
+
+    assert head_revision() == ScriptDirectory.from_config(alembic_config()).get_current_head()
+
+
+def test_a_current_schema_starts_without_loading_alembic(tmp_path: Path) -> None:
+    """Alembic costs every replica ~10 MB; it is loaded only when the schema is behind."""
+    url = f"sqlite+aiosqlite:///{tmp_path / 'calls.db'}"
+    script = (
+        "import asyncio, sys\n"
+        "from agent.storage.database import Database\n"
+        "async def main():\n"
+        f"    db = Database({url!r})\n"
+        "    await db.migrate()\n"
+        "    await db.aclose()\n"
+        "asyncio.run(main())\n"
+        "print(any(m == 'alembic' or m.startswith('alembic.') for m in sys.modules))\n"
+    )
+    first = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    again = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    assert first.stdout.strip() == "True"  # an empty database: Alembic creates the schema
+    assert again.stdout.strip() == "False"  # at the head already: nothing to load
 
 
 def test_database_urls_map_onto_the_bundled_async_drivers() -> None:

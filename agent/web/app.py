@@ -6,6 +6,7 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING
 
 import httpx
 from fastapi import FastAPI
@@ -18,18 +19,29 @@ from agent.console import console_router
 from agent.model.connection import ModelConnector
 from agent.observability.health import ModelReachability
 from agent.observability.metrics import Metrics
-from agent.observability.tracing import CallTracer
 from agent.prompts.library import PromptLibrary
 from agent.storage import CallStore, Database, RecordWriter, start_retention_sweeper
 from agent.storage.call_state import CallStates
 from agent.web import health, stream_route, webhooks
 from agent.web.state import AppState
 
+if TYPE_CHECKING:
+    from agent.observability.tracing import CallTracer
+
 log = logging.getLogger("agent.web.app")
 
 
 async def _outcome_not_shared(call_id: str, outcome: Outcome) -> None:
     """Until the registry takes over this hook, outcomes stay with their call."""
+
+
+def _otlp_tracer(settings: Settings) -> CallTracer | None:
+    """OpenTelemetry is loaded only when traces go somewhere."""
+    if not settings.otel_endpoint:
+        return None
+    from agent.observability.tracing import CallTracer
+
+    return CallTracer.otlp(settings.otel_endpoint)
 
 
 def create_app(
@@ -67,7 +79,7 @@ def create_app(
         vobiz=vobiz,
         http=http,
         records=writer,
-        tracer=tracer or (CallTracer.otlp(settings.otel_endpoint) if settings.otel_endpoint else None),
+        tracer=tracer or _otlp_tracer(settings),
         transfer_url=lambda call_id: f"{settings.public_url}/vobiz/transfer?call={call_id}",
         on_outcome=_outcome_not_shared,
     )
