@@ -12,7 +12,8 @@ import httpx
 from fastapi import FastAPI, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from agent.calls.call import CallDeps, Outcome
+from agent.calls.context import CallDeps
+from agent.calls.outcome import Outcome
 from agent.calls.registry import CallRegistry
 from agent.carrier import stream_socket, webhooks
 from agent.carrier.rest import VobizClient

@@ -19,7 +19,7 @@ from fastapi import APIRouter, HTTPException, Request, Response
 from fastapi.routing import APIRoute
 
 from agent.audio.formats import MediaFormat
-from agent.calls.call import EndAction
+from agent.calls.outcome import EndAction
 from agent.calls.record import CallRecord
 from agent.carrier import stream_token, xml
 from agent.carrier.signature import HEADER_V2_NONCE, HEADER_V3_NONCE, verify_signature
