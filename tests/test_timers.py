@@ -7,7 +7,6 @@ import time
 from types import SimpleNamespace
 from typing import Any, cast
 
-import agent.calls.call  # noqa: F401 - watch_idle imports it lazily: a cold import would eat the span
 from agent.audio.formats import MediaFormat
 from agent.calls.timers import watch_idle
 from agent.carrier.playout import Playout
@@ -37,7 +36,7 @@ async def test_the_idle_watcher_polls_instead_of_spinning_while_audio_is_held() 
         prompt=SimpleNamespace(meta=SimpleNamespace(idle=IdlePolicy(reminder_after_s=5, hangup_after_s=10))),
         activity=asyncio.Event(),
         caller_speaking=False,
-        responses=SimpleNamespace(busy=False),
+        responding=lambda: False,
         playout=playout,
     )
     task = asyncio.create_task(watch_idle(cast(Any, call)))

@@ -6,13 +6,11 @@ turn until a response answers it; a fresh session has neither. So the agent keep
 sent since the last commit (an utterance in progress) and the audio of the last committed turn until an answer to
 it is heard or completes. At a switch the new session is given the turn (as text when its transcript is known,
 else as the caller's audio) and asked to answer it, and the utterance in progress is appended to its buffer so
-its VAD carries on where the old one was.
+its VAD carries on where the old one was. (The commands that do so are `client_commands.user_audio` and
+`append_audio`, sent by `ModelSession`.)
 """
 
 from __future__ import annotations
-
-import base64
-from typing import Any
 
 
 class CallerTurns:
@@ -40,20 +38,3 @@ class CallerTurns:
     def new_session(self) -> None:
         """The old session's buffer is gone; what was pending has been handed to the new one."""
         self.pending.clear()
-
-
-def audio_turn_item(audio: bytes) -> dict[str, Any]:
-    """The caller's turn as a user message carrying its audio (GA `input_audio` content, the session's format)."""
-    content = [{"type": "input_audio", "audio": base64.b64encode(audio).decode()}]
-    return {"type": "conversation.item.create", "item": {"type": "message", "role": "user", "content": content}}
-
-
-def append_audio(audio: bytes) -> dict[str, Any]:
-    return {"type": "input_audio_buffer.append", "audio": base64.b64encode(audio).decode()}
-
-
-def tool_result_note(name: str, output: str) -> dict[str, Any]:
-    """A tool's result for a session that never saw the call (it was asked of the session before a switch)."""
-    text = f"The {name} tool you called earlier returned: {output}"
-    content = [{"type": "input_text", "text": text}]
-    return {"type": "conversation.item.create", "item": {"type": "message", "role": "system", "content": content}}

@@ -20,10 +20,12 @@ from typing import TypeVar
 from starlette.websockets import WebSocket
 
 from agent.audio.formats import MediaFormat
-from agent.calls.call import Call, CallDeps, EndAction, Outcome
+from agent.calls.call import Call
+from agent.calls.context import CallDeps
+from agent.calls.model_session import open_session
+from agent.calls.outcome import EndAction, Outcome
 from agent.model.connection import ModelSocket, discard
 from agent.prompts.loader import Prompt
-from agent.protocol.realtime import session_config
 from agent.protocol.vobiz.messages import StartInfo
 from agent.records.record import CallRecord
 from agent.storage.call_state import AnswerContext, CallStates, StoredCall
@@ -99,21 +101,12 @@ class CallRegistry:
             self._remember(record)
             return
         self._remember(record)
-        task = asyncio.create_task(self._open(prompt, fmt), name=f"prewarm-{call_id}")
+        can_transfer = bool(prompt.meta.transfer_number or self.deps.settings.transfer_number)
+        opening = open_session(self.deps.connector, prompt, fmt, can_transfer=can_transfer, greet=True)
+        task = asyncio.create_task(opening, name=f"prewarm-{call_id}")
         timer = asyncio.get_running_loop().call_later(self.deps.settings.prewarm_timeout_s, self._expire, call_id)
         self._prewarms[call_id] = _Prewarm(task, timer, prompt, record, fmt)
         record.event("prewarm_started")
-
-    async def _open(self, prompt: Prompt, fmt: MediaFormat) -> ModelSocket:
-        model = await self.deps.connector.connect(prompt.meta.model)
-        try:
-            can_transfer = bool(prompt.meta.transfer_number or self.deps.settings.transfer_number)
-            await model.send(session_config.session_update(prompt, fmt, can_transfer=can_transfer))
-            await model.send(session_config.greeting_response(prompt))
-        except BaseException:
-            await model.close()
-            raise
-        return model
 
     def _expire(self, call_id: str) -> None:
         prewarm = self._prewarms.pop(call_id, None)

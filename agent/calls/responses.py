@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from agent.protocol.realtime import client_commands
 from agent.waiting import wait_event
 
 Send = Callable[[dict[str, Any]], Awaitable[None]]
@@ -74,7 +75,7 @@ class ResponseQueue:
         self._changed.set()
         response = dict(request.response or {})
         response["metadata"] = {**response.get("metadata", {}), REQUEST_KEY: request.event_id}
-        await self._send({"type": "response.create", "event_id": request.event_id, "response": response})
+        await self._send(client_commands.response_create(response, event_id=request.event_id))
 
     def progress(self) -> None:
         """The model said something: an active response is not stuck."""
@@ -197,5 +198,5 @@ class ResponseQueue:
             self.active = False  # refused as busy, but the other response's end never came
             await self._next()
             return
-        await self._send({"type": "response.cancel", "response_id": response_id})
+        await self._send(client_commands.response_cancel(response_id))
         await self.finished(response_id)

@@ -11,18 +11,17 @@ import contextlib
 import json
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import httpx
 
-from agent.calls import handover
+from agent.calls.control import CallControl
+from agent.calls.outcome import EndAction, Outcome
 from agent.carrier.rest import VobizApiError
 from agent.prompts.schema import HttpTool
+from agent.protocol.realtime import client_commands
 from agent.records.record import ToolUse
 from agent.waiting import cancel_and_wait, within
-
-if TYPE_CHECKING:
-    from agent.calls.call import Call
 
 _MAX_RESULT_CHARS = 4000
 _MAX_BODY_BYTES = 64 * 1024  # an HTTP tool's answer past this is refused, never read into memory whole
@@ -44,7 +43,7 @@ class ToolCall:
         return cls(call_id, name, value if isinstance(value, dict) else {"_value": value}, response_id)
 
 
-async def run_tool(call: Call, tool: ToolCall) -> None:
+async def run_tool(call: CallControl, tool: ToolCall) -> None:
     call.record.event("tool_call", name=tool.name, arguments=tool.arguments)
     use = ToolUse(tool.name, tool.arguments, time.time())
     call.record.tools.append(use)
@@ -63,19 +62,19 @@ async def run_tool(call: Call, tool: ToolCall) -> None:
         await call.request_response()
 
 
-async def _result(call: Call, tool: ToolCall, result: dict[str, Any]) -> None:
+async def _result(call: CallControl, tool: ToolCall, result: dict[str, Any]) -> None:
     output = json.dumps(result)[:_MAX_RESULT_CHARS]
-    if tool.call_id not in call.session_calls:  # asked of a session since replaced: it never saw the call
-        await call.model_send(handover.tool_result_note(tool.name, output))
+    if not call.session_knows(tool.call_id):  # asked of a session since replaced: it never saw the call
+        note = f"The {tool.name} tool you called earlier returned: {output}"
+        await call.send_model(client_commands.message("system", note))
         return
-    item = {"type": "function_call_output", "call_id": tool.call_id, "output": output}
-    await call.model_send({"type": "conversation.item.create", "item": item})
+    await call.send_model(client_commands.function_output(tool.call_id, output))
 
 
-async def _announce(call: Call, tool: ToolCall, fallback: str) -> None:
+async def _announce(call: CallControl, tool: ToolCall, fallback: str) -> None:
     """Let the caller hear what the model said with the tool call, or ask it for words if it said none."""
-    call.closing = True
-    items = call.response_audio_items.get(tool.response_id, [])
+    call.begin_closing()
+    items = call.response_items(tool.response_id)
     if items:
         heard = await call.wait_heard(items)
     else:
@@ -84,16 +83,12 @@ async def _announce(call: Call, tool: ToolCall, fallback: str) -> None:
     call.record.event("announcement_heard" if heard else "announcement_timeout", tool=tool.name)
 
 
-async def _end_call(call: Call, tool: ToolCall) -> None:
-    from agent.calls.call import EndAction
-
+async def _end_call(call: CallControl, tool: ToolCall) -> None:
     await _announce(call, tool, "Say a short, friendly goodbye to the caller.")
     await call.finish(EndAction.HANGUP, "agent_end_call")
 
 
-async def _transfer(call: Call, tool: ToolCall) -> None:
-    from agent.calls.call import EndAction, Outcome
-
+async def _transfer(call: CallControl, tool: ToolCall) -> None:
     if not call.transfer_number:
         await _result(call, tool, {"ok": False, "error": "No human colleague is available right now."})
         await call.request_response()
@@ -105,7 +100,7 @@ async def _transfer(call: Call, tool: ToolCall) -> None:
         try:
             await vobiz.transfer_call(call.call_id, call.deps.transfer_url(call.call_id))
             call.record.event("transfer_requested", via="rest")
-            call.end_reason = "agent_transfer"
+            call.begin_closing("agent_transfer")
             # Vobiz now fetches the transfer XML and closes the stream; ending it ourselves is the fallback.
             await asyncio.sleep(call.settings.goodbye_timeout_s)
         except VobizApiError as exc:
@@ -114,7 +109,7 @@ async def _transfer(call: Call, tool: ToolCall) -> None:
     await call.finish(EndAction.TRANSFER, "agent_transfer")
 
 
-async def _http_tool(call: Call, spec: HttpTool, tool: ToolCall) -> dict[str, Any]:
+async def _http_tool(call: CallControl, spec: HttpTool, tool: ToolCall) -> dict[str, Any]:
     """Run the request; if it is slow, cover the wait with the prompt's filler line."""
     request = asyncio.ensure_future(_request(call.deps.http, spec, tool, call.call_id))
     filler: asyncio.Future[str | None] | None = None

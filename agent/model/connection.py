@@ -15,7 +15,7 @@ import logging
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-from openai import AsyncOpenAI
+from openai import AsyncOpenAI, OpenAIError
 from openai.resources.realtime.realtime import AsyncRealtimeConnection
 from websockets.exceptions import ConnectionClosed
 
@@ -160,3 +160,22 @@ def discard(pending: asyncio.Future[ModelSocket]) -> None:
     if not pending.done():
         pending.cancel()
     pending.add_done_callback(close)
+
+
+class ModelLink:
+    """The socket a call talks to now: replaced on reconnect and rollover, empty in between. `ready` is set while
+    the socket may take caller audio; a send that fails is logged and dropped (the reader notices the drop)."""
+
+    def __init__(self, log: logging.LoggerAdapter[logging.Logger]) -> None:
+        self.socket: ModelSocket | None = None
+        self.ready = asyncio.Event()
+        self._log = log
+
+    async def send(self, command: dict[str, Any]) -> None:
+        socket = self.socket
+        if socket is None:
+            return
+        try:
+            await socket.send(command)
+        except (ConnectionClosed, OpenAIError, OSError) as exc:
+            self._log.warning("model send failed (%s): %r", command.get("type"), exc)

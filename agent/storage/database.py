@@ -21,9 +21,10 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.pool import StaticPool
 
+from agent.storage.migrations import MIGRATIONS_DIR
+
 log = logging.getLogger("agent.storage")
 
-MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 # Any constant will do: it only has to be the same for every replica of this service.
 _MIGRATION_LOCK_ID = 0x766F_627A_6D69_6772 & 0x7FFF_FFFF_FFFF_FFFF
 
@@ -108,7 +109,7 @@ class Database:
             if await conn.run_sync(_current_revision) != head_revision():
                 from agent.storage import migrator
 
-                await conn.run_sync(migrator.upgrade, self.url)
+                await conn.run_sync(migrator.upgrade, self.url.render_as_string(hide_password=False))
         log.info("database schema at revision %s (%s)", await self.revision(), self.dialect)
 
     async def revision(self) -> str | None:

@@ -11,7 +11,8 @@ from typing import TYPE_CHECKING
 import httpx
 from fastapi import FastAPI
 
-from agent.calls.call import CallDeps, Outcome
+from agent.calls.context import CallDeps
+from agent.calls.outcome import Outcome
 from agent.calls.registry import CallRegistry
 from agent.carrier.rest import VobizClient
 from agent.config import Settings

@@ -19,7 +19,7 @@ from fastapi import APIRouter, HTTPException, Request, Response
 from fastapi.routing import APIRoute
 
 from agent.audio.formats import MediaFormat
-from agent.calls.call import EndAction
+from agent.calls.outcome import EndAction
 from agent.config import ConfigError, Settings
 from agent.prompts.loader import PromptError
 from agent.protocol.vobiz import stream_token, xml

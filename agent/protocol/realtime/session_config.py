@@ -6,6 +6,7 @@ from typing import Any
 
 from agent.audio.formats import MediaFormat
 from agent.prompts.loader import Prompt
+from agent.protocol.realtime import client_commands
 
 END_CALL_TOOL: dict[str, Any] = {
     "type": "function",
@@ -65,9 +66,8 @@ def session_update(prompt: Prompt, fmt: MediaFormat, *, can_transfer: bool) -> d
         {"type": "function", "name": t.name, "description": t.description, "parameters": t.parameters}
         for t in settings.tools
     ]
-    return {
-        "type": "session.update",
-        "session": {
+    return client_commands.session_update(
+        {
             "type": "realtime",
             "output_modalities": ["audio"],
             "instructions": prompt.instructions,
@@ -78,8 +78,8 @@ def session_update(prompt: Prompt, fmt: MediaFormat, *, can_transfer: bool) -> d
             "tools": tools,
             "tool_choice": "auto",
             "max_output_tokens": settings.max_output_tokens,
-        },
-    }
+        }
+    )
 
 
 GUIDANCE_HEADING = "For your next reply only:"
@@ -102,7 +102,7 @@ def greeting_response(prompt: Prompt) -> dict[str, Any]:
         guidance = f"Greet the caller by saying exactly this, and nothing else: {prompt.meta.greeting}"
     else:
         guidance = "Greet the caller briefly and ask how you can help."
-    return {"type": "response.create", "response": guided(prompt, guidance)}
+    return client_commands.response_create(guided(prompt, guidance))
 
 
 def vad_silence_ms(prompt: Prompt) -> float:

@@ -1,0 +1,135 @@
+"""The caller's side of a call: their audio from the carrier into the model, their key presses, and when they last
+made a sound (what the idle watcher and the session switch need to know)."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import time
+from collections import deque
+from collections.abc import Callable
+
+from openai import OpenAIError
+from websockets.exceptions import ConnectionClosed
+
+from agent.audio.speech_onset import SpeechOnset
+from agent.audio.transcode import CallerAudioConverter
+from agent.calls.context import CallContext, pcm16
+from agent.calls.interruption import Interruption, Spawn
+from agent.carrier.inbound_rate import InboundRateLimiter
+from agent.protocol.realtime import client_commands
+
+Drop = Callable[[str, str], None]  # (reason, detail): an inbound message counted and dropped
+
+
+class CallerAudio:
+    def __init__(self, ctx: CallContext, interruption: Interruption, drop: Drop, spawn: Spawn) -> None:
+        self._ctx = ctx
+        self._interruption = interruption
+        self._drop = drop
+        self._spawn = spawn
+        settings = ctx.settings
+        self._converter = CallerAudioConverter(ctx.format, settings.l16_byte_order)
+        # A token holder must not pump audio into the model session (and the bill) faster than a phone line can.
+        self._rate = InboundRateLimiter(settings.inbound_audio_max_rate, settings.inbound_audio_burst_s)
+        self._onset = SpeechOnset(onset_ms=settings.early_barge_in_onset_ms) if settings.early_barge_in else None
+        self._queue: deque[bytes] = deque()
+        self.queued_ms = 0.0
+        self._data = asyncio.Event()
+        self._bytes_per_ms = ctx.format.model_bytes_per_ms
+        self._dtmf: list[str] = []
+        self._dtmf_task: asyncio.Task[None] | None = None
+        self.speaking = False
+        self.last_sound = time.monotonic()
+
+    @property
+    def queued(self) -> bool:
+        return bool(self._queue)
+
+    def active(self, *, speaking: bool | None = None) -> None:
+        """The caller made a sound (or the model's VAD says they started or stopped talking)."""
+        if speaking is not None:
+            self.speaking = speaking
+        self.last_sound = time.monotonic()
+        self._ctx.activity.set()
+
+    async def on_media(self, payload_b64: str) -> None:
+        ctx = self._ctx
+        try:
+            payload = base64.b64decode(payload_b64, validate=True)
+        except (binascii.Error, ValueError) as exc:
+            self._drop("bad_audio", str(exc))
+            return
+        if not self._rate.admit(len(payload) / ctx.format.bytes_per_ms / 1000, time.monotonic()):
+            self._drop("too_fast", "caller audio arriving faster than real time")
+            return
+        try:
+            audio = self._converter.convert(payload)
+        except ValueError as exc:
+            self._drop("bad_audio", str(exc))
+            return
+        self._enqueue(audio)
+        if ctx.recorder is not None or self._onset is not None:
+            pcm = pcm16(ctx.format, payload, self._converter.big_endian)
+            if ctx.recorder is not None:
+                ctx.recorder.caller(pcm, ctx.format.rate)
+            if self._onset is not None and self._onset.feed(pcm, ctx.format.rate):
+                await self._interruption.on_onset(caller_speaking=self.speaking)
+
+    def _enqueue(self, audio: bytes) -> None:
+        """Bounded: if the model side stalls, the oldest caller audio goes first and is counted."""
+        if not audio:
+            return
+        self._queue.append(audio)
+        ms = len(audio) / self._bytes_per_ms
+        self.queued_ms += ms
+        self._ctx.latency.caller_frame(ms, self._ctx.playout.clock())
+        while self.queued_ms > self._ctx.settings.caller_queue_ms and len(self._queue) > 1:
+            dropped = self._queue.popleft()
+            ms = len(dropped) / self._bytes_per_ms
+            self.queued_ms -= ms
+            self._ctx.metrics.caller_audio_dropped_ms.inc(ms)
+        self._data.set()
+
+    async def pump(self) -> None:
+        """Forward caller audio as it arrives; frames that queued up during a stall go out together."""
+        link = self._ctx.link
+        while True:
+            await self._data.wait()
+            await link.ready.wait()
+            model = link.socket
+            if model is None or not self._queue:
+                self._data.clear()
+                continue
+            audio = b"".join(self._queue)
+            self._queue.clear()
+            self.queued_ms = 0.0
+            self._data.clear()
+            try:
+                await model.send_text(client_commands.append_audio_json(audio))
+                self._ctx.turns.sent(audio)
+            except (ConnectionClosed, OpenAIError, OSError):
+                # The model reader notices the drop and reconnects; keep this audio for the new session.
+                self._queue.appendleft(audio)
+                self.queued_ms += len(audio) / self._bytes_per_ms
+                link.ready.clear()
+
+    def on_dtmf(self, digit: str) -> None:
+        """Collect key presses and hand them to the model together, after a pause or on '#'."""
+        self._ctx.record.event("dtmf", digit=digit)
+        self.active()
+        self._dtmf.append(digit)
+        if self._dtmf_task is not None:
+            self._dtmf_task.cancel()
+        delay = 0.0 if digit == "#" else self._ctx.settings.dtmf_flush_s
+        self._dtmf_task = self._spawn(self._flush_dtmf(delay), "dtmf")
+
+    async def _flush_dtmf(self, delay: float) -> None:
+        await asyncio.sleep(delay)
+        digits, self._dtmf = "".join(self._dtmf), []
+        if not digits:
+            return
+        self._ctx.record.system_note(f"keypad: {digits}")
+        await self._ctx.link.send(client_commands.message("user", f"[The caller pressed keypad keys: {digits}]"))
+        await self._ctx.responses.request()
