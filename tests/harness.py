@@ -17,10 +17,10 @@ from fastapi import FastAPI
 from agent.app import create_app
 from agent.carrier.rest import VobizClient
 from agent.config import Settings
-from agent.simulation.carrier import CarrierSim, SimCall
-from agent.simulation.local_server import serve_app
-from agent.simulation.realtime_server import RealtimeServer, RealtimeSimConfig
+from agent.engine import RealtimeServer, RealtimeSimConfig
 from agent.state import AppState
+from agent.testkit.carrier import CarrierSim, SimCall
+from agent.testkit.local_server import serve_app
 
 ROOT = Path(__file__).resolve().parent.parent
 

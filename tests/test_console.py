@@ -28,10 +28,10 @@ from agent.app import create_app
 from agent.calls.record import BargeIn, CallRecord, ToolUse, Turn, Usage
 from agent.config import ConfigError, Settings, load_settings
 from agent.console import auth, console_router
+from agent.engine import RealtimeSimConfig
 from agent.prompts.loader import Prompt, parse_prompt
-from agent.simulation.carrier import CallerAudio, SimCall, SimCallOptions
-from agent.simulation.realtime_server import RealtimeSimConfig
 from agent.storage import CallStore, recordings
+from agent.testkit.carrier import CallerAudio, SimCall, SimCallOptions
 from tests.agent_process import agent_process
 from tests.harness import ROOT, Stack, running_stack
 

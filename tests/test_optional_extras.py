@@ -12,11 +12,11 @@ import subprocess
 import sys
 import textwrap
 
-from agent.simulation.carrier import CallerAudio, CarrierSim
+from agent.testkit.carrier import CallerAudio, CarrierSim
 from agent.waiting import within
 from tests.agent_process import clean_env, free_port, read_until
 
-SIM_ONLY = ("matplotlib", "pocketsphinx", "espeakng_loader", "agent.loadtest")
+SIM_ONLY = ("matplotlib", "pocketsphinx", "espeakng_loader", "agent.testkit.loadtest")
 """Modules `serve` must not load: the sim extra's packages, and the load-test tooling."""
 
 _BLOCK_SIM = textwrap.dedent(

@@ -20,12 +20,12 @@ from websockets.exceptions import InvalidStatus
 
 from agent.app import create_app
 from agent.config import Settings
-from agent.simulation.carrier import CallerAudio, CarrierSim, SimCall, SimCallOptions
-from agent.simulation.local_server import serve_app
-from agent.simulation.realtime_server import RealtimeServer, RealtimeSimConfig
+from agent.engine import RealtimeServer, RealtimeSimConfig
 from agent.state import AppState
 from agent.storage import CallStore, Database, sweep_expired
 from agent.storage.call_state import AnswerContext, CallStates
+from agent.testkit.carrier import CallerAudio, CarrierSim, SimCall, SimCallOptions
+from agent.testkit.local_server import serve_app
 from tests.harness import ROOT, VobizTransferApi
 from tests.postgres import scratch_database
 

@@ -23,10 +23,10 @@ from agent.carrier import stream_token
 from agent.carrier.signature import signature_headers
 from agent.carrier.webhooks import INSECURE_REFUSAL
 from agent.config import ConfigError, Settings, load_settings
+from agent.engine import RealtimeSimConfig
 from agent.observability import logs
 from agent.observability.logs import RedactSecrets
-from agent.simulation.carrier import CallerAudio, SimCallOptions
-from agent.simulation.realtime_server import RealtimeSimConfig
+from agent.testkit.carrier import CallerAudio, SimCallOptions
 from agent.waiting import within
 from tests.agent_process import agent_process, clean_env
 from tests.harness import ROOT, running_stack, start_message
