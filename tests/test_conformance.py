@@ -383,7 +383,9 @@ _PRODUCT_PROTOCOL = ("agent.carrier", "agent.model", "agent.calls", "agent.web",
 
 @pytest.mark.parametrize(
     "module",
-    sorted(str(p.relative_to(ROOT)) for d in ("agent/testkit/carrier", "agent/engine") for p in (ROOT / d).rglob("*.py")),
+    sorted(
+        str(p.relative_to(ROOT)) for d in ("agent/testkit/carrier", "agent/engine") for p in (ROOT / d).rglob("*.py")
+    ),
 )
 def test_the_stand_ins_do_not_borrow_the_products_protocol_code(module: str) -> None:
     tree = ast.parse(Path(ROOT / module).read_text())

@@ -30,7 +30,7 @@ from agent.testkit.scenarios import tone_line
 __all__ = ["DEMO_LINES", "demo_command"]
 
 DEMO_LINES = ("What are your opening hours?", "How much does the basic plan cost?")
-_REPO_PROMPTS = Path(__file__).resolve().parents[2] / "prompts"
+_REPO_PROMPTS = Path(__file__).resolve().parents[3] / "prompts"
 
 
 def _default_utterances() -> list[Segment]:
