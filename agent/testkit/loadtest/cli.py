@@ -19,6 +19,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsed
 from rich.progress import Progress as RichBar
 from rich.table import Table
 
+from agent.stats import percentile
 from agent.testkit.analysis.call import CallMetrics
 from agent.testkit.loadtest.results import (
     RESPONSE_MEASURED_AT,
@@ -26,7 +27,6 @@ from agent.testkit.loadtest.results import (
     ResultsError,
     load_results,
     merge_results,
-    percentile,
 )
 from agent.testkit.loadtest.run import Progress, RunConfig, run_load_test
 from agent.testkit.loadtest.slo import SloSpec, evaluate, parse_slo

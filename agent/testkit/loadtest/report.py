@@ -20,6 +20,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # after use(): the backend must be chosen before pyplot loads
 from jinja2 import Environment
 
+from agent.stats import percentile
 from agent.testkit.analysis.call import CallMetrics
 from agent.testkit.loadtest.results import (
     AGENT_KEYS,
@@ -28,7 +29,6 @@ from agent.testkit.loadtest.results import (
     RESPONSE_MEASURED_AT,
     STATS,
     LoadTestResults,
-    percentile,
     samples,
 )
 
