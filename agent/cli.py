@@ -28,10 +28,10 @@ _SIM_MODULES: Final = frozenset({"espeakng_loader", "pocketsphinx", "matplotlib"
 """Top-level modules of the optional `sim` extra's packages."""
 
 _LAZY_COMMANDS: Final = {
-    "call": ("agent.simulation.synthetic_call", "call_command"),
-    "demo": ("agent.simulation.demo", "demo_command"),
-    "eval": ("agent.simulation.evaluate", "eval_command"),
-    "loadtest": ("agent.loadtest.cli", "loadtest"),
+    "call": ("agent.testkit.commands.call", "call_command"),
+    "demo": ("agent.testkit.commands.demo", "demo_command"),
+    "eval": ("agent.testkit.commands.eval", "eval_command"),
+    "loadtest": ("agent.testkit.loadtest.cli", "loadtest"),
 }
 """Simulation and load-test commands, imported only when run (or listed by --help), so that `serve` starts
 without their tooling and without the `sim` extra some of them need."""
@@ -141,7 +141,7 @@ def realtime_sim(
     Point an agent at it with OPENAI_BASE_URL=http://HOST:PORT/v1. Replies follow each prompt's scripted
     dialogue in synthesised speech (eSpeak NG); callers are recognised with PocketSphinx.
     """
-    from agent.simulation.engine import EngineOptions, run_engine
+    from agent.engine.engine import EngineOptions, run_engine
 
     logs.configure("INFO")
     options = EngineOptions(

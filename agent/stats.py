@@ -1,4 +1,5 @@
-"""Shared numbers: the one percentile definition, the one latency label, and the uncertainty of a comparison.
+"""Shared numbers: the one percentile definition (and the one summary of a sample built on it), the one latency
+label, and the uncertainty of a comparison.
 
 The console, the CLI and the load-test report all show "response latency"; it means one thing everywhere
 (`RESPONSE_LATENCY`), and every percentile of it is computed by `percentile` (numpy's linear interpolation,
@@ -20,6 +21,7 @@ __all__ = [
     "bootstrap_percentile",
     "percentile",
     "proportion_interval",
+    "summary",
 ]
 
 RESPONSE_LATENCY = "response latency: caller stopped speaking → bot audio on the line"
@@ -28,9 +30,22 @@ MIN_CALLS_PER_ARM = 30
 _Z95 = 1.959964
 
 
-def percentile(values: Sequence[float], q: float) -> float | None:
-    """The one percentile definition used everywhere (numpy's linear interpolation), rounded to 0.1 ms."""
-    return round(float(np.percentile(np.asarray(values, dtype=np.float64), q)), 1) if values else None
+def percentile(values: Sequence[float], q: float, *, digits: int = 1) -> float | None:
+    """The one percentile definition used everywhere (numpy's linear interpolation), rounded to 0.1 ms unless
+    ``digits`` asks for finer (the bench keeps microseconds)."""
+    return round(float(np.percentile(np.asarray(values, dtype=np.float64), q)), digits) if values else None
+
+
+def summary(values: Sequence[float], *, digits: int = 1) -> dict[str, float | int | None]:
+    """n, p50, p95, p99, max and mean of a sample (all None when it is empty), percentiles by :func:`percentile`."""
+    if not values:
+        return {"n": 0, "p50": None, "p95": None, "p99": None, "max": None, "mean": None}
+    return {
+        "n": len(values),
+        **{f"p{q}": percentile(values, q, digits=digits) for q in (50, 95, 99)},
+        "max": round(float(max(values)), digits),
+        "mean": round(float(np.mean(np.asarray(values, dtype=np.float64))), digits),
+    }
 
 
 @dataclass(frozen=True)

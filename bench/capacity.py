@@ -27,11 +27,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import analysis
-import calls
-import procs
-from wire import CONTENT_TYPES, MULAW_8K
-from workload import STAGGER_S, WorkloadConfig
+from agent.testkit import procs
+from agent.testkit.analysis import hops
+from agent.testkit.bench import sides as kit
+from agent.testkit.bench.wire import CONTENT_TYPES, MULAW_8K
+from agent.testkit.bench.workload import STAGGER_S, WorkloadConfig
 
 BARGE_P99_LIMIT_MS = 50.0
 # The generator's own lag (p99) beyond which it cannot judge a 50 ms criterion: half of it.
@@ -105,12 +105,12 @@ def judge(rep: dict[str, Any], n: int) -> tuple[list[str], list[str]]:
         misses.append(f"barge-in p99 {barge['p99']:.1f} ms >= {BARGE_P99_LIMIT_MS:g} (max {barge['max']:.0f})")
     not_cleared = rep["counts"].get("barge_ins_not_cleared", 0)
     if not_cleared:
-        misses.append(f"{not_cleared} barge-ins got no clearAudio within {analysis.BARGE_WINDOW_S:g} s")
+        misses.append(f"{not_cleared} barge-ins got no clearAudio within {hops.BARGE_WINDOW_S:g} s")
     timeouts = sum(v for k, v in rep["turns"].items() if k.endswith("_timeout"))
     if timeouts:
         misses.append(f"{timeouts} caller turns waited in vain for bot audio")
     sent_late = _p99(rep, "carrier_lag_ms", "caller_frames_sent_late")
-    if sent_late is not None and sent_late > analysis.LAG_LIMIT_MS:
+    if sent_late is not None and sent_late > hops.LAG_LIMIT_MS:
         misses.append(f"caller frames left the carrier late (p99 {sent_late:.0f} ms): socket back-pressure")
     generator: list[str] = []
     if gaps["count"] and gaps["during_generator_stalls"] == gaps["count"]:
@@ -136,33 +136,33 @@ def judge(rep: dict[str, Any], n: int) -> tuple[list[str], list[str]]:
 # ------------------------------------------------------------------------------------------------------------
 
 
-async def active_calls(target: calls.Target) -> float | None:
+async def active_calls(target: kit.Target) -> float | None:
     """The agent's agent_active_calls gauge, None for the relay (or when /metrics does not answer)."""
     if target.name != "agent":
         return None
-    metrics = await calls.scrape_metrics(f"{target.base_url}/metrics", nonzero_only=False)
+    metrics = await kit.scrape_metrics(f"{target.base_url}/metrics", nonzero_only=False)
     return metrics.get("agent_active_calls")
 
 
 async def run_step(
-    target: calls.Target, meter: procs.CpuMeter, others: procs.OtherProcesses, n: int, args: argparse.Namespace
+    target: kit.Target, meter: procs.CpuMeter, others: procs.OtherProcesses, n: int, args: argparse.Namespace
 ) -> Step:
     t_start = time.monotonic()
     others.start()
     before = await active_calls(target)
-    idle, idle_cpu = await calls.measure_idle(meter, 0.5)
+    idle, idle_cpu = await kit.measure_idle(meter, 0.5)
     cfg = WorkloadConfig(calls=n, seconds=args.seconds, content_type=args.content_type, seed=args.seed)
     marks = {"start": target.log_size()}
     notes_before = len(target.notes)
     try:
         async with asyncio.timeout(n * STAGGER_S + args.seconds + STEP_OVERHEAD_S):
-            run = await calls.run_workload(target, cfg, meter, idle, idle_cpu, marks)
+            run = await kit.run_workload(target, cfg, meter, idle, idle_cpu, marks)
     except TimeoutError:
         limit = n * STAGGER_S + args.seconds + STEP_OVERHEAD_S
         return Step(target.name, n, "fail", [f"the step did not finish within {limit:.0f} s"], [], 0.0)
     marks["stopping"] = marks["end"] = target.log_size()
     run.notes = target.notes[notes_before:]
-    rep = calls.side_report(run, args.content_type, n)
+    rep = kit.side_report(run, args.content_type, n)
     rep["other_processes"] = others.top()
     del run
     misses, generator = judge(rep, n)
@@ -196,10 +196,10 @@ def _estimate_s(n: int, args: argparse.Namespace, last: Step | None) -> float:
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
-    calls.cancel_on_signals()
+    kit.cancel_on_signals()
     t_begin = time.monotonic()
-    opts = calls.ServerOptions.from_args(args)
-    sides = calls.SIDES if args.only == "both" else (args.only,)
+    opts = kit.ServerOptions.from_args(args)
+    sides = kit.SIDES if args.only == "both" else (args.only,)
     levels = list(range(args.start, args.max_calls + 1, args.step))
     config = {
         "levels": levels,
@@ -214,15 +214,15 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         },
         "workload": asdict(WorkloadConfig(levels[0], args.seconds, args.content_type, seed=args.seed)),
     }
-    report, stem = calls.start_report("capacity", args, config)
+    report, stem = kit.start_report("capacity", args, config)
     report["background"] = await background_load()
     results = {name: SideResult(name) for name in sides}
     print(render_header(report), flush=True)
     async with contextlib.AsyncExitStack() as stack:
-        targets: dict[str, calls.Target] = {}
+        targets: dict[str, kit.Target] = {}
         for name in sides:
             print(f"[capacity] starting the {name} side ...", file=sys.stderr, flush=True)
-            targets[name] = await stack.enter_async_context(calls.start_side(name, opts, stem))
+            targets[name] = await stack.enter_async_context(kit.start_side(name, opts, stem))
         meters = {name: t.meter() for name, t in targets.items()}
         ours = {pid for t in targets.values() for pid in (t.server.pid, t.engine.pid)}
         others = procs.OtherProcesses(ours)
@@ -301,7 +301,7 @@ def summarize(results: dict[str, SideResult]) -> dict[str, Any]:
     agent, base = results.get("agent"), results.get("baseline")
     if agent is None or base is None:
         return out
-    ratio = analysis.ratio(float(agent.max_calls), float(base.max_calls)) if base.max_calls else None
+    ratio = hops.ratio(float(agent.max_calls), float(base.max_calls)) if base.max_calls else None
     if agent.exact and base.exact:
         kind = "="
     elif agent.exact:
@@ -311,12 +311,12 @@ def summarize(results: dict[str, SideResult]) -> dict[str, Any]:
     else:
         kind = "?"  # both are lower bounds: no ratio can be claimed
     out["max_calls_ratio"] = {"value": ratio, "kind": kind}
-    out["cpu_per_call_ratio_at_max"] = analysis.ratio(agent.cpu_per_call_pct, base.cpu_per_call_pct)
+    out["cpu_per_call_ratio_at_max"] = hops.ratio(agent.cpu_per_call_pct, base.cpu_per_call_pct)
     # At the same load (the agent's max) the comparison does not depend on where each side stopped.
     same = agent.max_calls
     out["cpu_per_call_ratio_at_same_load"] = {
         "calls": same,
-        "value": analysis.ratio(_cpu_at(agent, same), _cpu_at(base, same)) if same else None,
+        "value": hops.ratio(_cpu_at(agent, same), _cpu_at(base, same)) if same else None,
     }
     return out
 
@@ -391,7 +391,7 @@ def render_step(step: Step) -> str:
 def render_result(report: dict[str, Any]) -> str:
     res, sides = report["result"], report["sides"]
     lines = ["", "result"]
-    for name in calls.SIDES:
+    for name in kit.SIDES:
         if name not in res:
             continue
         r, s = res[name], sides[name]
@@ -443,8 +443,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--seconds", type=float, default=12.0, help="length of each call in a step (default 12)")
     parser.add_argument("--budget", type=float, default=240.0, help="total wall-clock limit in seconds (default 240)")
     parser.add_argument("--content-type", default=MULAW_8K, choices=CONTENT_TYPES, help="stream audio format")
-    parser.add_argument("--only", choices=("both", *calls.SIDES), default="both", help="run one side only")
-    calls.add_server_args(parser)
+    parser.add_argument("--only", choices=("both", *kit.SIDES), default="both", help="run one side only")
+    kit.add_server_args(parser)
     parser.add_argument("--out", type=Path, default=None, help="JSON (default bench/results/capacity-<time>.json)")
     args = parser.parse_args(argv)
     if args.start is None:
@@ -458,7 +458,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    calls.run_and_print(lambda: run(args), render_result, "capacity")
+    kit.run_and_print(lambda: run(args), render_result, "capacity")
 
 
 if __name__ == "__main__":

@@ -29,11 +29,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import procs
-
-from agent.loadtest.results import percentile
-from agent.simulation.carrier import CallerAudio, CarrierSim, SimCall, SimCallOptions
-from agent.simulation.realtime_server import RealtimeServer, RealtimeSimConfig, SimSession
+from agent.engine import RealtimeServer, RealtimeSimConfig, SimSession
+from agent.stats import percentile
+from agent.testkit import procs
+from agent.testkit.carrier import CallerAudio, CarrierSim, SimCall, SimCallOptions
 
 RESULTS = procs.BENCH_DIR / "results"
 _FROM_SOURCE = "import runpy, sys; sys.path.insert(0, {src!r}); runpy.run_module('agent', run_name='__main__')"
@@ -169,7 +168,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     dropper = Dropper(args.drop_after_ms, args.silent)
     config = RealtimeSimConfig(reply_ms=args.reply_ms, speed=args.speed, first_audio_delay_ms=args.first_audio_ms)
     if args.speech:  # the offline engine's voice: answers from the prompt's dialogue in eSpeak NG speech
-        from agent.simulation.engine import EngineOptions, build_reply_source
+        from agent.engine.engine import EngineOptions, build_reply_source
 
         config.reply_source = build_reply_source(EngineOptions(prompts_dir=procs.ROOT / "prompts", asr=False))
     stamp = time.strftime("%Y%m%d-%H%M%S")

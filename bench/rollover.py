@@ -23,9 +23,9 @@ from typing import Any
 
 from model_drop import RESULTS, agent_process
 
-from agent.simulation.call_metrics import analyze_call
-from agent.simulation.carrier import CallerAudio, SimCall, SimCallOptions
-from agent.simulation.realtime_server import RealtimeServer, RealtimeSimConfig
+from agent.engine import RealtimeServer, RealtimeSimConfig
+from agent.testkit.analysis.call import analyze_call
+from agent.testkit.carrier import CallerAudio, SimCall, SimCallOptions
 
 
 def script(turns: int, reply_ms: int) -> list[Any]:

@@ -30,14 +30,15 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import analysis
-import calls
 import httpx
 import numpy as np
-import procs
 import psutil
-from wire import MULAW_8K
-from workload import CallResult, LoopLag, WorkloadConfig, run_back_to_back
+
+from agent.testkit import procs
+from agent.testkit.analysis import hops
+from agent.testkit.bench import sides as kit
+from agent.testkit.bench.wire import MULAW_8K
+from agent.testkit.bench.workload import CallResult, LoopLag, WorkloadConfig, run_back_to_back_calls
 
 SAMPLE_S = 2.0
 CHUNK_S = 30.0
@@ -233,7 +234,7 @@ class SoakState:
         data = data[: data.rfind(b"\n") + 1]
         self._log_offset += len(data)
         # Start-up collections (imports, before the freeze) are not what calls hear: count from the first call.
-        self.server_gc += [p for p in analysis.gc_pauses(data.decode(errors="replace")) if p[0] >= self.t0]
+        self.server_gc += [p for p in hops.gc_pauses(data.decode(errors="replace")) if p[0] >= self.t0]
 
     def absorb(self, engine: dict[str, Any], final: bool) -> dict[str, Any]:
         """Match the calls that ended with the sessions that closed; returns this batch's figures."""
@@ -242,7 +243,7 @@ class SoakState:
         closed = [s for s in engine.get("sessions", []) if not s.get("open_at_drain")]
         sessions = self._carry + closed
         pending = [c for _, c in self._pending]
-        pairing = analysis.match_side(pending, {"sessions": sessions}, MULAW_8K)
+        pairing = hops.match_side(pending, {"sessions": sessions}, MULAW_8K)
         paired_calls = set(pairing.session_call.values())
         batch_calls = [c for c in pending if c.index in paired_calls]
         batch_sessions = [sessions[i] for i in sorted(pairing.session_call)]
@@ -266,13 +267,13 @@ class SoakState:
                 sess["_carried"] = True
                 self._carry.append(sess)
         batch = {"sessions": batch_sessions}
-        m = analysis.match_side(batch_calls, batch, MULAW_8K)
+        m = hops.match_side(batch_calls, batch, MULAW_8K)
         self.engine_spikes += [(float(t), float(lag)) for t, lag in engine.get("loop_lag_spikes", [])]
-        stalled = analysis.gaps_during_stalls(m.gap_spans, [*self.lag.spikes, *self.engine_spikes])
+        stalled = hops.gaps_during_stalls(m.gap_spans, [*self.lag.spikes, *self.engine_spikes])
         q.gaps_during_stalls += stalled
-        in_gc = analysis.gaps_during_stalls(m.gap_spans, [(t, ms) for t, ms, _ in self.server_gc])
+        in_gc = hops.gaps_during_stalls(m.gap_spans, [(t, ms) for t, ms, _ in self.server_gc])
         q.gaps_during_server_gc += in_gc
-        problems, _tallies = analysis.collect_problems(batch_calls, batch, m, self.name)
+        problems, _tallies = hops.collect_problems(batch_calls, batch, m, self.name)
         q.problems.update(
             _NUMBER.sub("N", p) for p in problems if "calls had errors" not in p and "webhooks answered" not in p
         )
@@ -287,13 +288,13 @@ class SoakState:
         q.engine_internal_errors += engine.get("internal_errors", [])[:5]
         return {
             "calls_analyzed": len(batch_calls),
-            "barge_in_ms": analysis.stats(m.barge_ms),
+            "barge_in_ms": hops.stats(m.barge_ms),
             "gaps": len(m.gaps_ms),
             "gaps_during_stalls": stalled,
             "gaps_during_server_gc": in_gc,
-            "caller_to_model_p99": analysis.stats(m.frame_ms)["p99"],
-            "model_to_caller_p99": analysis.stats(m.delta_ms)["p99"],
-            "engine_lag_p99": analysis.stats(engine.get("loop_lag_ms", []))["p99"],
+            "caller_to_model_p99": hops.stats(m.frame_ms)["p99"],
+            "model_to_caller_p99": hops.stats(m.delta_ms)["p99"],
+            "engine_lag_p99": hops.stats(engine.get("loop_lag_ms", []))["p99"],
         }
 
     def close_window(self, batch: dict[str, Any], label: str, now: Sample | None) -> None:
@@ -304,7 +305,7 @@ class SoakState:
             "t": round(time.monotonic() - self.t0, 1),
             "calls_ok": w["calls_ok"],
             "calls_failed": w["calls_failed"],
-            "bench_lag_p99": analysis.stats(self.lag.samples_ms)["p99"],
+            "bench_lag_p99": hops.stats(self.lag.samples_ms)["p99"],
             **batch,
         }
         prev: Sample | None = w.get("sample")
@@ -330,7 +331,7 @@ class SoakState:
         if not live:
             return
         calls_left = [c for _, c in self._pending] + self._orphans
-        pairing = analysis.match_side(calls_left, {"sessions": live}, MULAW_8K)
+        pairing = hops.match_side(calls_left, {"sessions": live}, MULAW_8K)
         by_index = {c.index: c for c in calls_left}
         for i, sess in enumerate(live):
             call = by_index.get(pairing.session_call.get(i, -1))
@@ -360,14 +361,14 @@ class SoakState:
 # ------------------------------------------------------------------------------------------------------------
 
 
-async def _gauge(target: calls.Target) -> float | None:
+async def _gauge(target: kit.Target) -> float | None:
     if target.name != "agent":
         return None
-    metrics = await calls.scrape_metrics(f"{target.base_url}/metrics", nonzero_only=False)
+    metrics = await kit.scrape_metrics(f"{target.base_url}/metrics", nonzero_only=False)
     return metrics.get("agent_active_calls")
 
 
-async def _wait_gauge_zero(target: calls.Target) -> tuple[float | None, float]:
+async def _wait_gauge_zero(target: kit.Target) -> tuple[float | None, float]:
     """(agent_active_calls once it reads 0 or after SETTLE_S, seconds it took)."""
     t = time.monotonic()
     value = await _gauge(target)
@@ -379,9 +380,9 @@ async def _wait_gauge_zero(target: calls.Target) -> tuple[float | None, float]:
 
 async def soak_side(name: str, args: argparse.Namespace, stem: Path, minutes: float, warmup_s: float) -> dict[str, Any]:
     duration = minutes * 60
-    opts = calls.ServerOptions.from_args(args, MULAW_8K)
+    opts = kit.ServerOptions.from_args(args, MULAW_8K)
     cfg = WorkloadConfig(calls=args.concurrency, seconds=CALL_SECONDS[1], content_type=MULAW_8K, seed=args.seed)
-    async with calls.start_side(name, opts, stem) as target:
+    async with kit.start_side(name, opts, stem) as target:
         server = psutil.Process(target.server.pid)
         others = {"engine": psutil.Process(target.engine.pid), "bench": psutil.Process(os.getpid())}
         await asyncio.sleep(1.0)
@@ -414,7 +415,7 @@ async def soak_side(name: str, args: argparse.Namespace, stem: Path, minutes: fl
             while t0 + k * CHUNK_S <= until + 0.5:
                 await asyncio.sleep(max(0.0, t0 + k * CHUNK_S - time.monotonic()))
                 try:
-                    engine = await calls.drain_engine(target.engine_port, wait_idle_s=0)
+                    engine = await kit.drain_engine(target.engine_port, wait_idle_s=0)
                 except (httpx.HTTPError, ValueError) as exc:  # the next batch (or the last) picks these up
                     target.notes.append(f"could not collect the engine's records at {k * CHUNK_S:.0f} s: {exc!r}")
                     engine = {"sessions": []}
@@ -423,7 +424,7 @@ async def soak_side(name: str, args: argparse.Namespace, stem: Path, minutes: fl
                 k += 1
 
         load = asyncio.create_task(
-            run_back_to_back(target.base_url, target.answer_path, cfg, until, state.on_result, CALL_SECONDS)
+            run_back_to_back_calls(target.base_url, target.answer_path, cfg, until, state.on_result, CALL_SECONDS)
         )
         helpers = [asyncio.create_task(f) for f in (sample_loop(), chunk_loop(), state.lag.watch())]
         try:
@@ -435,7 +436,7 @@ async def soak_side(name: str, args: argparse.Namespace, stem: Path, minutes: fl
             await asyncio.gather(load, *helpers, return_exceptions=True)
         print(f"[soak] {name}: load done, collecting ...", file=sys.stderr, flush=True)
         try:
-            engine = await calls.drain_engine(target.engine_port)  # waits (bounded) for the model sockets to close
+            engine = await kit.drain_engine(target.engine_port)  # waits (bounded) for the model sockets to close
         except (httpx.HTTPError, ValueError) as exc:
             engine = {"sessions": [], "internal_errors": [f"could not collect the engine's records: {exc!r}"]}
         state.identify_stuck(engine)
@@ -447,7 +448,7 @@ async def soak_side(name: str, args: argparse.Namespace, stem: Path, minutes: fl
         after.active_calls = gauge_end
         if not target.server.alive():
             target.notes.append(f"the {target.server.name} exited with code {target.server.popen.returncode}")
-        metrics = await calls.scrape_metrics(f"{target.base_url}/metrics") if name == "agent" else {}
+        metrics = await kit.scrape_metrics(f"{target.base_url}/metrics") if name == "agent" else {}
         log_mark = target.log_size()
     log_bytes = target.log_path.read_bytes() if target.log_path.exists() else b""
     during, shutdown = log_bytes[:log_mark].decode(errors="replace"), log_bytes[log_mark:].decode(errors="replace")
@@ -467,7 +468,7 @@ def side_json(
     metrics: dict[str, float],
     log_during: str,
     log_shutdown: str,
-    target: calls.Target,
+    target: kit.Target,
     concurrency: int,
 ) -> dict[str, Any]:
     steady = [s for s in state.samples if warmup_s <= s.t <= duration]
@@ -498,7 +499,7 @@ def side_json(
         problems.append(f"agent_active_calls is {after.active_calls:g} {gauge_wait_s:g} s after the last call ended")
     if engine.get("still_open"):
         problems.append(
-            f"{engine['still_open']} model sessions still open {analysis.ENGINE_IDLE_S:g}+ s after the last call "
+            f"{engine['still_open']} model sessions still open {hops.ENGINE_IDLE_S:g}+ s after the last call "
             f"ended: {[{k: v for k, v in x.items() if k != 'client_events'} for x in state.stuck[:3]]}"
         )
     if after.fds - before.fds >= FDS_FLAT:
@@ -520,7 +521,7 @@ def side_json(
     problems += [f"{p} (x{n} batches)" if n > 1 else p for p, n in q.problems.most_common(8)]
     problems += [f"engine internal error: {e}" for e in q.engine_internal_errors[:3]]
     problems += [f"note: {n}" for n in target.notes]
-    late = analysis.summarize_log(log_shutdown)
+    late = hops.summarize_log(log_shutdown)
     if late["tracebacks"] or {"ERROR", "CRITICAL"} & set(late["levels"]):
         problems.append(f"errors in the server log while it shut down: {late['top'][:3]}")
     return {
@@ -548,14 +549,14 @@ def side_json(
         "active_calls_end": after.active_calls,
         "active_calls_wait_s": gauge_wait_s,
         "quality": {
-            "barge_in_ms": analysis.stats(q.barge_ms),
-            "caller_to_model_ms": analysis.stats(np.concatenate(q.frame_ms).tolist() if q.frame_ms else []),
-            "model_to_caller_ms": analysis.stats(q.delta_ms),
+            "barge_in_ms": hops.stats(q.barge_ms),
+            "caller_to_model_ms": hops.stats(np.concatenate(q.frame_ms).tolist() if q.frame_ms else []),
+            "model_to_caller_ms": hops.stats(q.delta_ms),
             "playout_gaps": len(q.gaps_ms),
             "playout_gaps_during_generator_stalls": q.gaps_during_stalls,
             "playout_gaps_during_server_gc": q.gaps_during_server_gc,
-            "server_gc_pauses_ms": analysis.stats(ms for _, ms, _ in state.server_gc) if state.server_gc else None,
-            "playout_gap_ms": analysis.stats(q.gaps_ms),
+            "server_gc_pauses_ms": hops.stats(ms for _, ms, _ in state.server_gc) if state.server_gc else None,
+            "playout_gap_ms": hops.stats(q.gaps_ms),
             "barge_ins_not_cleared": q.counts.get("barge_ins_not_cleared", 0),
             "turn_timeouts": sum(v for k, v in q.turns.items() if k.endswith("_timeout")),
             "turns": dict(q.turns),
@@ -564,7 +565,7 @@ def side_json(
         "stuck_sessions": state.stuck,
         "windows": state.windows,
         "problems": problems,
-        "server_log": {"path": str(target.log_path), **analysis.summarize_log(log_during)},
+        "server_log": {"path": str(target.log_path), **hops.summarize_log(log_during)},
         "server_log_at_shutdown": late,
         "server_metrics": metrics,
         "samples": [asdict(s) for s in state.samples],
@@ -697,7 +698,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--baseline-minutes", type=float, default=1.0, help="baseline relay soak (default 1; 0: skip)")
     parser.add_argument("--concurrency", type=int, default=10, help="calls up at any time (default 10)")
     parser.add_argument("--warmup", type=float, default=30.0, help="seconds of samples discarded (default 30)")
-    calls.add_server_args(parser)
+    kit.add_server_args(parser)
     parser.add_argument("--out", type=Path, default=None, help="JSON (default bench/results/soak-<time>.json)")
     args = parser.parse_args(argv)
     if args.concurrency < 1 or args.minutes * 60 < args.warmup + 6 * SAMPLE_S:
@@ -706,7 +707,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
-    calls.cancel_on_signals()
+    kit.cancel_on_signals()
     t_begin = time.monotonic()
     config = {
         "minutes": args.minutes,
@@ -717,7 +718,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "sample_s": SAMPLE_S,
         "flat_if": {"rss_growth_pct_below": RSS_FLAT_PCT, "fds_growth_below": FDS_FLAT},
     }
-    report, stem = calls.start_report("soak", args, config)
+    report, stem = kit.start_report("soak", args, config)
     report["sides"] = {}
     plan = [("agent", args.minutes, args.warmup)]
     if args.baseline_minutes > 0:
@@ -732,7 +733,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    calls.run_and_print(lambda: run(args), render, "soak")
+    kit.run_and_print(lambda: run(args), render, "soak")
 
 
 if __name__ == "__main__":

@@ -6,19 +6,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import socket
 import sys
 import tempfile
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
+from agent.testkit.procs import free_port
+
+__all__ = ["READY_LINE", "AgentProcess", "agent_process", "clean_env", "free_port", "read_until"]
+
 READY_LINE = "Uvicorn running on"  # logged once the socket listens (after start-up)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def clean_env(**extra: str) -> dict[str, str]:

@@ -16,9 +16,9 @@ from fastapi import FastAPI
 
 from agent.carrier.rest import VobizClient
 from agent.config import Settings
-from agent.simulation.carrier import CarrierSim, SimCall
-from agent.simulation.local_server import serve_app
-from agent.simulation.realtime_server import RealtimeServer, RealtimeSimConfig
+from agent.engine import RealtimeServer, RealtimeSimConfig
+from agent.testkit.carrier import CarrierSim, SimCall
+from agent.testkit.local_server import serve_app
 from agent.web.app import create_app
 from agent.web.state import AppState
 

@@ -11,9 +11,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from agent.simulation.call_metrics import analyze_call
-from agent.simulation.carrier import CallerAudio, SimCall, SimCallOptions
-from agent.simulation.realtime_server import RealtimeSimConfig, SimSession
+from agent.engine import RealtimeSimConfig, SimSession
+from agent.testkit.analysis.call import analyze_call
+from agent.testkit.carrier import CallerAudio, SimCall, SimCallOptions
 from tests.harness import Stack, running_stack
 from tests.signals import dominant_hz, max_step_ratio
 

@@ -11,8 +11,8 @@ from typing import Any
 import httpx
 import pytest
 
-from agent.simulation.carrier import CallerAudio, SimCall, SimCallOptions
-from agent.simulation.realtime_server import RealtimeSimConfig
+from agent.engine import RealtimeSimConfig
+from agent.testkit.carrier import CallerAudio, SimCall, SimCallOptions
 from agent.waiting import within
 from tests.harness import ROOT, Stack, VobizTransferApi, running_stack, start_message
 

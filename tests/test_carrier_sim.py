@@ -31,7 +31,7 @@ from agent.audio.codecs import (
     pcm16_to_l16,
     pcm16_to_mulaw,
 )
-from agent.simulation.carrier import (
+from agent.testkit.carrier import (
     CallEndedWithoutStream,
     CallerAudio,
     CarrierProtocolError,

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.simulation.carrier import CallerAudio, CarrierSim
+from agent.testkit.carrier import CallerAudio, CarrierSim
 from agent.waiting import within
 from tests.agent_process import agent_process, clean_env
 
@@ -22,7 +22,7 @@ async def serve_process() -> AsyncIterator[tuple[str, list[str]]]:
 
 async def test_serve_without_keys_runs_the_embedded_engine(serve_process: tuple[str, list[str]]) -> None:
     """The README's run command: a caller hears the prompt's greeting, spoken, and intelligible."""
-    from agent.simulation.speech.asr import recognize
+    from agent.engine.speech.asr import recognize
 
     base, lines = serve_process
     assert any("embedded offline" in line for line in lines)

@@ -8,9 +8,9 @@ import pytest
 
 from agent.audio.formats import MediaFormat
 from agent.config import ConfigError, load_settings
+from agent.engine.sdk_types import validate_client_event
 from agent.prompts.loader import PromptError, load_prompt, parse_prompt
 from agent.protocol.realtime import session_config
-from agent.simulation.sdk_types import validate_client_event
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -21,6 +21,8 @@ import httpx
 import pytest
 from pydantic import ValidationError
 
+from agent.engine import RealtimeSimConfig
+from agent.engine.sdk_types import SERVER_EVENT_TYPES, validate_server_event
 from agent.protocol.realtime import server_events
 from agent.protocol.vobiz.messages import (
     ClearedAudioEvent,
@@ -32,9 +34,7 @@ from agent.protocol.vobiz.messages import (
     parse_inbound,
 )
 from agent.protocol.vobiz.signature import verify_signature
-from agent.simulation.carrier import CallerAudio, SimCallOptions, vobiz_signature_headers
-from agent.simulation.realtime_server import RealtimeSimConfig
-from agent.simulation.sdk_types import SERVER_EVENT_TYPES, validate_server_event
+from agent.testkit.carrier import CallerAudio, SimCallOptions, vobiz_signature_headers
 from tests.harness import ROOT, running_stack
 
 # --- Vobiz stream events (Vobiz -> app), every documented revision ---------------------------------------------
@@ -383,7 +383,9 @@ _PRODUCT_PROTOCOL = ("agent.carrier", "agent.model", "agent.calls", "agent.web",
 
 @pytest.mark.parametrize(
     "module",
-    ["agent/simulation/carrier.py", "agent/simulation/realtime_server.py", "agent/simulation/sdk_types.py"],
+    sorted(
+        str(p.relative_to(ROOT)) for d in ("agent/testkit/carrier", "agent/engine") for p in (ROOT / d).rglob("*.py")
+    ),
 )
 def test_the_stand_ins_do_not_borrow_the_products_protocol_code(module: str) -> None:
     tree = ast.parse(Path(ROOT / module).read_text())

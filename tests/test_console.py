@@ -26,11 +26,11 @@ from starlette.routing import NoMatchFound
 
 from agent.config import ConfigError, Settings, load_settings
 from agent.console import auth, console_router
+from agent.engine import RealtimeSimConfig
 from agent.prompts.loader import Prompt, parse_prompt
 from agent.records.record import BargeIn, CallRecord, ToolUse, Turn, Usage
-from agent.simulation.carrier import CallerAudio, SimCall, SimCallOptions
-from agent.simulation.realtime_server import RealtimeSimConfig
 from agent.storage import CallStore, recordings
+from agent.testkit.carrier import CallerAudio, SimCall, SimCallOptions
 from agent.web.app import create_app
 from tests.agent_process import agent_process
 from tests.harness import ROOT, Stack, running_stack

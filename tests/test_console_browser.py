@@ -20,8 +20,8 @@ import pytest_asyncio
 from playwright.async_api import BrowserContext, ConsoleMessage, Page, async_playwright, expect
 
 from agent.console import auth
-from agent.simulation.carrier import CallerAudio, SimCallOptions
-from agent.simulation.realtime_server import RealtimeSimConfig
+from agent.engine import RealtimeSimConfig
+from agent.testkit.carrier import CallerAudio, SimCallOptions
 from tests.harness import Stack, running_stack
 from tests.test_console import (
     BIG_EXPERIMENT,

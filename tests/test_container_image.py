@@ -31,9 +31,9 @@ import httpx
 import pytest
 import yaml
 
-from agent.simulation.carrier import CallerAudio, CarrierSim, SimCallOptions
-from agent.simulation.realtime_server import RealtimeServer, RealtimeSimConfig
+from agent.engine import RealtimeServer, RealtimeSimConfig
 from agent.storage import CallStore, Database
+from agent.testkit.carrier import CallerAudio, CarrierSim, SimCallOptions
 from agent.waiting import within
 from tests.agent_process import free_port
 

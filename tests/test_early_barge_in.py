@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import pytest
 
-from agent.simulation.carrier import CallerAudio, ScriptItem, SimCall
-from agent.simulation.realtime_server import RealtimeSimConfig
+from agent.engine import RealtimeSimConfig
+from agent.testkit.carrier import CallerAudio, ScriptItem, SimCall
 from tests.harness import running_stack
 from tests.signals import dominant_hz
 

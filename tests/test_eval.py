@@ -10,8 +10,8 @@ import click
 import pytest
 from pydantic import ValidationError
 
-from agent.simulation.evaluate import EvalScript, load_script, run_eval
-from agent.simulation.realtime_server import RealtimeSimConfig
+from agent.engine import RealtimeSimConfig
+from agent.testkit.commands.eval import EvalScript, load_script, run_eval
 from agent.waiting import within
 from tests.harness import ROOT, running_stack
 
@@ -80,7 +80,7 @@ conversations:
 async def test_judged_eval_against_the_offline_engine(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Spoken lines, the embedded engine's scripted dialogue: the true assertions hold, the false one fails,
     the verdict is stored on the call, and the rubric is skipped (no key) without any network call."""
-    from agent.simulation.evaluate import _run_local
+    from agent.testkit.commands.eval import _run_local
 
     for key in ("OPENAI_API_KEY", "OPENAI_BASE_URL"):
         monkeypatch.delenv(key, raising=False)
@@ -113,7 +113,7 @@ async def test_judged_eval_against_the_offline_engine(tmp_path: Path, monkeypatc
 
 def test_assertions_on_a_record() -> None:
     """Each line's answer is what the assistant said and did between that line's start and the next one's."""
-    from agent.simulation.judge import judge_turns, turns_of
+    from agent.testkit.judge import judge_turns, turns_of
 
     script = EvalScript.model_validate(
         {

@@ -12,9 +12,9 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 
-from agent.simulation.call_metrics import analyze_call
-from agent.simulation.carrier import CallerAudio, CarrierSim
-from agent.simulation.realtime_server import RealtimeServer, RealtimeSimConfig
+from agent.engine import RealtimeServer, RealtimeSimConfig
+from agent.testkit.analysis.call import analyze_call
+from agent.testkit.carrier import CallerAudio, CarrierSim
 from tests.agent_process import agent_process
 
 STALL_MS = 700.0

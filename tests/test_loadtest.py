@@ -10,14 +10,14 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner, Result
 
-from agent.loadtest.cli import loadtest
-from agent.loadtest.report import write_report
-from agent.loadtest.results import SCHEMA, LoadTestResults, ResultsError, load_results
-from agent.loadtest.runner import RunConfig, run_load_test
-from agent.loadtest.scenarios import SCENARIOS
-from agent.loadtest.slo import evaluate, parse_slo
-from agent.simulation.call_metrics import format_timeline
-from agent.simulation.realtime_server import RealtimeSimConfig
+from agent.engine import RealtimeSimConfig
+from agent.testkit.analysis.call import format_timeline
+from agent.testkit.loadtest.cli import loadtest
+from agent.testkit.loadtest.report import write_report
+from agent.testkit.loadtest.results import SCHEMA, LoadTestResults, ResultsError, load_results
+from agent.testkit.loadtest.run import RunConfig, run_load_test
+from agent.testkit.loadtest.slo import evaluate, parse_slo
+from agent.testkit.scenarios import SCENARIOS
 from tests.harness import running_stack
 
 PNG = re.compile(r'<img alt="([^"]+)" src="data:image/png;base64,[A-Za-z0-9+/=]{2000,}')

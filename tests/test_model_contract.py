@@ -12,11 +12,11 @@ from pathlib import Path
 from typing import Any, ClassVar, cast
 
 from agent.calls.responses import ResponseQueue
+from agent.engine import RealtimeSimConfig, ReplyRequest, SimSession
+from agent.engine.speech.dialogue import DialogueIndex, SpeechReplySource
 from agent.prompts.loader import load_prompt
 from agent.protocol.realtime.session_config import guided
-from agent.simulation.carrier import CallerAudio
-from agent.simulation.realtime_server import RealtimeSimConfig, ReplyRequest, SimSession
-from agent.simulation.speech.dialogue import DialogueIndex, SpeechReplySource
+from agent.testkit.carrier import CallerAudio
 from agent.waiting import within
 from tests.harness import ROOT, running_stack
 

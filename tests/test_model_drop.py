@@ -6,9 +6,9 @@ from __future__ import annotations
 import asyncio
 import itertools
 
-from agent.simulation.carrier import CallerAudio, SimCall
-from agent.simulation.realtime_server import RealtimeSimConfig, SimSession
-from agent.simulation.speech.dialogue import DialogueIndex, SpeechReplySource
+from agent.engine import RealtimeSimConfig, SimSession
+from agent.engine.speech.dialogue import DialogueIndex, SpeechReplySource
+from agent.testkit.carrier import CallerAudio, SimCall
 from tests.harness import ROOT, Stack, running_stack
 
 QUESTION = [CallerAudio.silence(3500), CallerAudio.tone(300, 600, 0.4), CallerAudio.silence(12000)]

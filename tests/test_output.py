@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.simulation.output import OUT_DIR, run_folder
+from agent.testkit.output import OUT_DIR, run_folder
 
 
 def test_each_run_gets_its_own_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -13,11 +13,11 @@ import pytest
 from fastapi import FastAPI, Request, Response
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
+from agent.engine import RealtimeSimConfig
 from agent.observability import logs
-from agent.simulation.call_metrics import analyze_call
-from agent.simulation.carrier import CallEndedWithoutStream, CallerAudio, CarrierSim
-from agent.simulation.local_server import serve_app
-from agent.simulation.realtime_server import RealtimeSimConfig
+from agent.testkit.analysis.call import analyze_call
+from agent.testkit.carrier import CallEndedWithoutStream, CallerAudio, CarrierSim
+from agent.testkit.local_server import serve_app
 from agent.waiting import within
 from tests.agent_process import agent_process, read_until
 from tests.harness import running_stack

@@ -13,10 +13,10 @@ import httpx
 import pytest
 from fastapi import FastAPI, Request
 
+from agent.engine import RealtimeSimConfig
 from agent.prompts.library import arm_of
-from agent.simulation.carrier import CallerAudio
-from agent.simulation.local_server import serve_app
-from agent.simulation.realtime_server import RealtimeSimConfig
+from agent.testkit.carrier import CallerAudio
+from agent.testkit.local_server import serve_app
 from tests.harness import ROOT, running_stack
 
 TOOL_PROMPT = """---

@@ -9,10 +9,10 @@ from pathlib import Path
 import httpx
 import pytest
 
+from agent.engine import RealtimeSimConfig
 from agent.prompts.library import PromptLibrary
 from agent.prompts.loader import PromptError, parse_prompt
-from agent.simulation.carrier import CallerAudio, SimCallOptions
-from agent.simulation.realtime_server import RealtimeSimConfig
+from agent.testkit.carrier import CallerAudio, SimCallOptions
 from tests.harness import ROOT, running_stack
 
 SALES = """---

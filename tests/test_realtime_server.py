@@ -23,7 +23,7 @@ from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import ConnectionClosed, ConnectionClosedError, InvalidStatus
 
 from agent.audio.codecs import Int16Array, float_to_pcm16, mulaw_to_pcm16, pcm16_to_mulaw
-from agent.simulation.realtime_server import RealtimeServer, RealtimeSimConfig, SimSession, describe_audio
+from agent.engine import RealtimeServer, RealtimeSimConfig, SimSession, describe_audio
 from agent.waiting import within
 
 pytestmark = pytest.mark.timeout(30)
@@ -702,7 +702,7 @@ async def test_a_reachability_probe_is_not_logged_as_a_failed_handshake(make_ser
         writer.close()
 
     handler = Collect(logging.ERROR)
-    ws_log = logging.getLogger("agent.simulation.realtime_server.ws")
+    ws_log = logging.getLogger("agent.engine.server.ws")
     ws_log.addHandler(handler)
     try:
         await send_and_hang_up(b"")  # the probe: logged first, if at all

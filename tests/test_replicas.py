@@ -19,11 +19,11 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
 from agent.config import Settings
-from agent.simulation.carrier import CallerAudio, CarrierSim, SimCall, SimCallOptions
-from agent.simulation.local_server import serve_app
-from agent.simulation.realtime_server import RealtimeServer, RealtimeSimConfig
+from agent.engine import RealtimeServer, RealtimeSimConfig
 from agent.storage import CallStore, Database, sweep_expired
 from agent.storage.call_state import AnswerContext, CallStates
+from agent.testkit.carrier import CallerAudio, CarrierSim, SimCall, SimCallOptions
+from agent.testkit.local_server import serve_app
 from agent.web.app import create_app
 from agent.web.state import AppState
 from tests.harness import ROOT, VobizTransferApi

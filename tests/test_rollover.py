@@ -13,9 +13,9 @@ from typing import Any
 import pytest
 
 from agent.calls.call import Call
-from agent.simulation.call_metrics import analyze_call
-from agent.simulation.carrier import CallerAudio, SimCall
-from agent.simulation.realtime_server import Event, RealtimeSimConfig, SimSession
+from agent.engine import Event, RealtimeSimConfig, SimSession
+from agent.testkit.analysis.call import analyze_call
+from agent.testkit.carrier import CallerAudio, SimCall
 from tests.harness import Stack, running_stack
 from tests.test_prompt_behaviour import TOOL_PROMPT, OrderService, order_service, prompt_dir_with  # noqa: F401
 

@@ -22,14 +22,14 @@ from openai.resources.realtime.realtime import AsyncRealtimeConnection
 
 from agent.audio.codecs import Int16Array, mulaw_to_pcm16, pcm16_to_mulaw
 from agent.audio.formats import MediaFormat
+from agent.engine import RealtimeServer, ReplyRequest, SimSession
+from agent.engine.engine import EngineOptions, build_engine
+from agent.engine.speech.asr import recognize, shared_recognizer
+from agent.engine.speech.dialogue import DialogueIndex, ScriptedDialogue, SpeechReplySource, guidance_of
+from agent.engine.speech.tts import CLEAR_VOICE, Speaker, synthesize
 from agent.prompts.loader import load_prompt
 from agent.prompts.schema import OfflineDialogue, ScriptedAnswer
 from agent.protocol.realtime.session_config import greeting_response, session_update
-from agent.simulation.engine import EngineOptions, build_engine
-from agent.simulation.realtime_server import RealtimeServer, ReplyRequest, SimSession
-from agent.simulation.speech.asr import recognize, shared_recognizer
-from agent.simulation.speech.dialogue import DialogueIndex, ScriptedDialogue, SpeechReplySource, guidance_of
-from agent.simulation.speech.tts import CLEAR_VOICE, Speaker, synthesize
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -384,7 +384,7 @@ async def test_recognition_workers_ignore_ctrl_c() -> None:
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "agent.simulation.speech.asr",
+        "agent.engine.speech.asr",
         json.dumps({"samprate": 16000, "loglevel": "ERROR"}),
         stdin=asyncio.subprocess.PIPE,
         stdout=asyncio.subprocess.PIPE,

@@ -2,12 +2,24 @@
 
 from __future__ import annotations
 
-from agent.loadtest import results
+import re
+from pathlib import Path
+
 from agent.stats import bootstrap_percentile, percentile, proportion_interval
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_one_percentile_everywhere() -> None:
-    assert results.percentile is percentile  # the load test's name for it is the same function
+    """Every figure (console, load test, bench) comes from agent.stats: no other module computes percentiles."""
+    own = re.compile(r"def _?percentile\b|np\.percentile|np\.quantile|\.quantile\(")
+    others = [
+        str(path.relative_to(ROOT))
+        for folder in ("agent", "bench")
+        for path in (ROOT / folder).rglob("*.py")
+        if path != ROOT / "agent" / "stats.py" and own.search(path.read_text())
+    ]
+    assert others == []
     assert percentile([100.0, 200.0, 300.0, 400.0], 50) == 250.0 and percentile([], 50) is None
 
 

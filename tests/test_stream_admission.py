@@ -13,8 +13,8 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
-from agent.simulation.carrier import CallerAudio, SimCallOptions
-from agent.simulation.realtime_server import RealtimeSimConfig
+from agent.engine import RealtimeSimConfig
+from agent.testkit.carrier import CallerAudio, SimCallOptions
 from agent.waiting import within
 from tests.harness import running_stack, start_message
 

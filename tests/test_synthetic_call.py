@@ -13,11 +13,12 @@ import numpy as np
 import pytest
 from click.testing import CliRunner, Result
 
-from agent.simulation.call_metrics import Truncation
-from agent.simulation.carrier import SimCall
-from agent.simulation.demo import demo_command
-from agent.simulation.realtime_server import RealtimeSimConfig
-from agent.simulation.synthetic_call import call_command, run_synthetic_call, tone_line
+from agent.engine import RealtimeSimConfig
+from agent.testkit.analysis.call import Truncation
+from agent.testkit.carrier import SimCall
+from agent.testkit.commands.call import call_command, run_synthetic_call
+from agent.testkit.commands.demo import demo_command
+from agent.testkit.scenarios import tone_line
 from tests.harness import Stack, running_stack
 from tests.test_console import mount_console
 
@@ -27,13 +28,13 @@ REPLY_MS = 1000
 
 def has_tts() -> bool:
     try:
-        importlib.import_module("agent.simulation.speech.tts")
+        importlib.import_module("agent.engine.speech.tts")
     except ImportError:
         return False
     return True
 
 
-needs_tts = pytest.mark.skipif(not has_tts(), reason="agent.simulation.speech.tts is not there yet")
+needs_tts = pytest.mark.skipif(not has_tts(), reason="agent.engine.speech.tts is not there yet")
 
 
 async def invoke(args: list[str]) -> Result:

@@ -19,12 +19,12 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
 from agent.config import ConfigError, Settings, load_settings
+from agent.engine import RealtimeSimConfig
 from agent.observability import logs
 from agent.observability.logs import RedactSecrets
 from agent.protocol.vobiz import stream_token
 from agent.protocol.vobiz.signature import signature_headers
-from agent.simulation.carrier import CallerAudio, SimCallOptions
-from agent.simulation.realtime_server import RealtimeSimConfig
+from agent.testkit.carrier import CallerAudio, SimCallOptions
 from agent.waiting import within
 from agent.web.app import create_app
 from agent.web.webhooks import INSECURE_REFUSAL

@@ -97,7 +97,7 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         engine = None
         if embedded_engine:
-            from agent.simulation.engine import EngineOptions, build_engine
+            from agent.engine.engine import EngineOptions, build_engine
 
             engine = build_engine(
                 EngineOptions(prompts_dir=settings.prompts_dir, default_prompt=settings.default_prompt)
@@ -138,7 +138,7 @@ def create_app(
     app.include_router(health.router)
     app.include_router(console_router())
     if settings.fault_injection:
-        from agent.simulation import faults
+        from agent.testkit import faults
 
         log.warning("fault injection is on: POST /debug/stall blocks the event loop")
         app.include_router(faults.router)

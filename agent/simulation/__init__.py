@@ -1,1 +1,0 @@
-"""Local, protocol-faithful stand-ins for the external services the agent talks to."""
