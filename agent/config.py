@@ -77,7 +77,7 @@ class Settings(BaseSettings):
     prompts_dir: Path = Path("prompts")
     default_prompt: str = "default"
     playout_lead_ms: int = Field(default=200, ge=40, le=2000)
-    playout_chunk_ms: int = Field(default=20, ge=10, le=100)
+    playout_chunk_ms: int = Field(default=100, ge=10, le=200)  # the most one playAudio carries (see playout.py)
     checkpoint_interval_ms: int = Field(default=1000, ge=100)
     prewarm_timeout_s: float = Field(default=10.0, gt=0)
     prewarm: Literal["auto", "on", "off"] = Field(

@@ -208,3 +208,63 @@ async def test_hold_keeps_the_end_marker_of_an_item_that_ended_on_a_whole_chunk(
     final = sink.checkpoints()[-1]
     assert final.startswith("item_a.100.") and playout.on_played(final)
     assert await playout.wait_played("item_a", 0.01)
+
+
+def play_sizes(sink: Sink) -> list[int]:
+    return [
+        len(base64.b64decode(m["media"]["payload"]))  # type: ignore[index]
+        for m in sink.messages
+        if m["event"] == "playAudio"
+    ]
+
+
+async def test_large_chunks_join_small_deltas_into_few_messages() -> None:
+    """20 ms deltas queued ahead leave as 100 ms messages: a fifth of the sends, with the same lead."""
+    clock, sink = Clock(), Sink()
+    playout = make(clock, sink, chunk_ms=100, lead_ms=200)
+    for _ in range(50):  # one second of audio in 20 ms deltas, faster than real time
+        playout.enqueue("item_a", b"\x11" * 160)
+    playout.finish_item("item_a")
+    await pace(playout, clock, 60)
+    assert play_sizes(sink) == [800] * 10
+    assert sink.audio_ms() == pytest.approx(1000)
+
+
+async def test_large_chunks_never_wait_for_a_chunk_to_fill() -> None:
+    """The first delta of a response leaves at once, however short: chunk size must not add response latency."""
+    clock, sink = Clock(), Sink()
+    playout = make(clock, sink, chunk_ms=100, lead_ms=200)
+    playout.enqueue("item_a", b"\x11" * 160)
+    await playout.step()
+    assert play_sizes(sink) == [160]
+    playout.enqueue("item_a", b"\x11" * 240)
+    await playout.step()
+    assert play_sizes(sink) == [160, 240]
+
+
+async def test_large_chunks_keep_the_heard_position_to_the_millisecond() -> None:
+    """Truncation uses the clock's interpolation inside a 100 ms message, not the message boundaries."""
+    clock, sink = Clock(), Sink()
+    playout = make(clock, sink, chunk_ms=100, lead_ms=200)
+    playout.enqueue("item_a", b"\x11" * 8 * 1000)
+    await playout.step()
+    assert play_sizes(sink) == [800, 800, 800]  # 200 ms lead plus the message that crosses it
+    clock.t += 0.137
+    assert playout.heard_ms("item_a") == pytest.approx(137, abs=0.5)
+    assert playout.clear() == {"item_a": pytest.approx(137, abs=0.5)}
+
+
+async def test_hold_and_release_with_large_chunks_resume_mid_message() -> None:
+    clock, sink = Clock(), Sink()
+    playout = make(clock, sink, chunk_ms=100, lead_ms=200)
+    audio = bytes(range(256)) * 4  # 1024 bytes: 128 ms, each byte telling where it was
+    playout.enqueue("item_a", audio)
+    playout.finish_item("item_a")
+    await playout.step()
+    clock.t += 0.05
+    assert playout.hold() == {"item_a": pytest.approx(50, abs=0.5)}
+    sink.messages.clear()
+    playout.release()
+    await pace(playout, clock, 5)
+    sent = b"".join(base64.b64decode(m["media"]["payload"]) for m in sink.messages if m["event"] == "playAudio")  # type: ignore[index]
+    assert sent == audio[400:]

@@ -2,9 +2,14 @@
 
 The model streams audio faster than real time. Sending it all at once would put seconds of audio in Vobiz's
 queue, so an interruption would have to claw it back and nobody would know what the caller heard. Instead
-audio leaves in small chunks, keeping only `lead_ms` queued at the carrier; every chunk's scheduled play time
+audio leaves paced, keeping only about `lead_ms` queued at the carrier; every message's scheduled play time
 is recorded, `checkpoint` acknowledgements (`playedStream`) correct the schedule when the carrier runs late,
 and the clock interpolates between acknowledgements.
+
+How big each `playAudio` is does not bound how fast the caller stops hearing the bot: `clearAudio` empties the
+carrier's whole queue. So audio that is due leaves in messages of up to `chunk_ms` (whatever has arrived, never
+waiting for a message to fill up), which keeps the number of messages, each a trip through the ASGI stack,
+close to the model's own delta rate, while the lead stays as shallow as with small chunks.
 """
 
 from __future__ import annotations
@@ -120,31 +125,37 @@ class Playout:
         info = self.item(item_id)
         if info.complete:
             return  # its end was already played (or it was cleared): a straggler from a closed session
-        buf = self._partial.setdefault(item_id, bytearray())
-        buf += data
-        while len(buf) >= self._chunk_bytes:
-            self._push(info, bytes(buf[: self._chunk_bytes]), final=False)
-            del buf[: self._chunk_bytes]
+        partial = self._partial.pop(item_id, None)
+        if partial:
+            data = bytes(partial) + data
+        if not self.format.is_mulaw and len(data) % 2:  # L16: whole samples only, the odd byte waits
+            self._partial[item_id] = bytearray(data[-1:])
+            data = data[:-1]
+        step = self._chunk_bytes
+        for at in range(0, len(data), step):
+            self._push(info, data[at : at + step], final=False)
 
     def finish_item(self, item_id: str, tail: bytes = b"") -> None:
         """The model sent the item's last audio: flush the remainder and mark the end with a checkpoint."""
         info = self.item(item_id)
         if info.complete:
             return
-        buf = self._partial.pop(item_id, bytearray()) + tail
+        buf = bytes(self._partial.pop(item_id, b"")) + tail
         info.complete = True
-        while len(buf) > self._chunk_bytes:
-            self._push(info, bytes(buf[: self._chunk_bytes]), final=False)
-            del buf[: self._chunk_bytes]
         if len(buf) % 2 and not self.format.is_mulaw:
             buf = buf[:-1]
-        self._push(info, bytes(buf), final=True)
+        step = self._chunk_bytes
+        while len(buf) > step:
+            self._push(info, buf[:step], final=False)
+            buf = buf[step:]
+        self._push(info, buf, final=True)
 
     def finish_all(self) -> None:
         """The session these items came from is gone (reconnect, rollover): their ends will never arrive, so play
         what is left of each and close it, or the call would look audible forever."""
-        for item_id in list(self._partial):
-            self.finish_item(item_id)
+        for item_id, info in list(self._items.items()):
+            if not info.complete and (info.queued_ms > 0 or item_id in self._partial):
+                self.finish_item(item_id)
 
     def _push(self, info: ItemPlayback, data: bytes, *, final: bool) -> None:
         duration = len(data) / self.format.bytes_per_ms
@@ -171,8 +182,30 @@ class Playout:
             ahead = self._play_end - now
             if ahead > self.lead_s:
                 return ahead - self.lead_s
-            await self._send_chunk(self._queue.popleft(), now)
+            await self._send_chunk(self._take(), now)
         return None
+
+    def _take(self) -> _Chunk:
+        """The next message's audio: the head of the queue joined with what follows it of the same item, up to
+        `chunk_ms` (the model's deltas rarely line up with it)."""
+        first = self._queue.popleft()
+        if first.final or len(first.data) >= self._chunk_bytes or not self._queue:
+            return first
+        parts, size, duration, final = [first.data], len(first.data), first.duration_ms, False
+        while self._queue:
+            nxt = self._queue[0]
+            if nxt.item_id != first.item_id or size + len(nxt.data) > self._chunk_bytes:
+                break
+            self._queue.popleft()
+            parts.append(nxt.data)
+            size += len(nxt.data)
+            duration += nxt.duration_ms
+            if nxt.final:
+                final = True
+                break
+        if len(parts) == 1:
+            return first
+        return _Chunk(first.item_id, b"".join(parts), first.offset_ms, duration, final)
 
     async def _send_chunk(self, chunk: _Chunk, now: float) -> None:
         info = self.item(chunk.item_id)
@@ -253,7 +286,7 @@ class Playout:
         for chunk, seg in self._recent:
             if seg.end <= now:
                 continue
-            played = int(max(0.0, now - seg.start) * 1000 * self.format.bytes_per_ms)
+            played = round(max(0.0, now - seg.start) * 1000 * self.format.bytes_per_ms)
             played -= played % (1 if self.format.is_mulaw else 2)
             cut_ms = played / self.format.bytes_per_ms
             unheard.append(
