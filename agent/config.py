@@ -79,6 +79,11 @@ class Settings(BaseSettings):
     playout_lead_ms: int = Field(default=200, ge=40, le=2000)
     playout_chunk_ms: int = Field(default=100, ge=10, le=200)  # the most one playAudio carries (see playout.py)
     checkpoint_interval_ms: int = Field(default=1000, ge=100)
+    model_strict_events: bool = Field(
+        default=False,
+        description="also check each model event the agent handles against the openai SDK's strict types and count "
+        "those outside them (agent_model_events_off_contract, outcome lenient); loads the SDK (~18 MB)",
+    )
     prewarm_timeout_s: float = Field(default=10.0, gt=0)
     prewarm: Literal["auto", "on", "off"] = Field(
         default="auto",

@@ -46,9 +46,29 @@ def test_sdk_connects_to_the_openai_base_url_given(monkeypatch: pytest.MonkeyPat
 
     monkeypatch.setenv("OPENAI_BASE_URL", "http://127.0.0.1:9000/v1")
     connector = ModelConnector(load_settings())
-    manager = connector._client.realtime.connect(model="gpt-realtime")
-    url = str(manager._prepare_url())
-    assert url == "ws://127.0.0.1:9000/v1/realtime"
+    assert connector.url("gpt-realtime") == "ws://127.0.0.1:9000/v1/realtime?model=gpt-realtime"
+
+
+@pytest.mark.parametrize(
+    ("base", "expected"),
+    [
+        (None, "wss://api.openai.com/v1/realtime?model=gpt-realtime"),
+        ("https://proxy.example.com/openai/v1/", "wss://proxy.example.com/openai/v1/realtime?model=gpt-realtime"),
+        ("http://127.0.0.1:9000/v1?tenant=a", "ws://127.0.0.1:9000/v1/realtime?tenant=a&model=gpt-realtime"),
+        ("wss://edge.example.com/v1", "wss://edge.example.com/v1/realtime?model=gpt-realtime"),
+    ],
+)
+def test_realtime_url_is_the_one_the_sdk_builds(base: str | None, expected: str) -> None:
+    """The agent opens the socket without the SDK; the SDK, given the same base, builds the same URL."""
+    from openai import AsyncOpenAI
+
+    from agent.model.connection import DEFAULT_BASE_URL, realtime_url
+
+    assert realtime_url(base or DEFAULT_BASE_URL, "gpt-realtime") == expected
+    kwargs = {"websocket_base_url": base} if base and base.startswith("ws") else {"base_url": base or DEFAULT_BASE_URL}
+    manager = AsyncOpenAI(api_key="k", **kwargs).realtime.connect(model="gpt-realtime")  # type: ignore[arg-type]
+    sdk = str(manager._prepare_url())  # its base + /realtime; it adds ?model= (and any base query) the same way
+    assert expected.startswith(sdk.split("?")[0])
 
 
 def test_default_prompt_loads_and_builds_a_valid_ga_session() -> None:

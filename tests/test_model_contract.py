@@ -104,7 +104,7 @@ async def test_offline_engine_honours_the_instruction_override(tmp_path: Path) -
 
 async def test_a_newer_server_still_ends_the_call_with_its_tool() -> None:
     """Unknown event types are skipped and a response.done with an unlisted reason still runs its end_call."""
-    async with running_stack(RealtimeSimConfig(reply_ms=300, newer_server=True)) as stack:
+    async with running_stack(RealtimeSimConfig(reply_ms=300, newer_server=True), model_strict_events=True) as stack:
         call = await stack.carrier.place_call(SPEAK_THEN_LISTEN)
         session = await stack.engine.wait_for_session()
         await session.wait_for_server_event("response.done", timeout=5)  # the greeting

@@ -10,8 +10,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 
-from openai import OpenAIError
-from websockets.exceptions import ConnectionClosed
+from websockets.exceptions import ConnectionClosed, WebSocketException
 
 from agent.audio.speech_onset import SpeechOnset
 from agent.audio.transcode import CallerAudioConverter
@@ -109,7 +108,7 @@ class CallerAudio:
             try:
                 await model.send_text(client_commands.append_audio_json(audio))
                 self._ctx.turns.sent(audio)
-            except (ConnectionClosed, OpenAIError, OSError):
+            except (ConnectionClosed, WebSocketException, OSError):
                 # The model reader notices the drop and reconnects; keep this audio for the new session.
                 self._queue.appendleft(audio)
                 self.queued_ms += len(audio) / self._bytes_per_ms

@@ -10,7 +10,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
@@ -26,12 +26,14 @@ from agent.carrier.rest import VobizClient
 from agent.config import Settings
 from agent.model.connection import ModelConnector, ModelLink
 from agent.observability.metrics import Metrics
-from agent.observability.tracing import CallTracer
 from agent.prompts.loader import Prompt
 from agent.protocol.realtime import session_config
 from agent.records.record import CallRecord
 from agent.storage.recordings import CallRecorder
 from agent.storage.writer import RecordWriter
+
+if TYPE_CHECKING:  # OpenTelemetry is loaded only when traces go somewhere (agent.web.app)
+    from agent.observability.tracing import CallTracer
 
 Log = logging.LoggerAdapter[logging.Logger]
 

@@ -12,8 +12,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from openai import OpenAIError
-from websockets.exceptions import ConnectionClosed
+from websockets.exceptions import ConnectionClosed, WebSocketException
 
 from agent.audio.formats import MediaFormat
 from agent.calls.caller_audio import CallerAudio
@@ -25,7 +24,7 @@ from agent.protocol.realtime import client_commands, server_events, session_conf
 from agent.records.record import Turn
 from agent.waiting import wait_event
 
-_FAILURES = (ConnectionClosed, OpenAIError, OSError, TimeoutError)
+_FAILURES = (ConnectionClosed, WebSocketException, OSError, TimeoutError)
 
 
 async def open_session(
@@ -111,7 +110,7 @@ class ModelSession:
                 if ctx.ending.closing:
                     return
                 ctx.log.warning("model closed the session")
-            except (ConnectionClosed, OpenAIError, OSError) as exc:
+            except (ConnectionClosed, WebSocketException, OSError) as exc:
                 if link.socket is not model:
                     continue
                 if ctx.ending.closing:
@@ -166,7 +165,7 @@ class ModelSession:
         in_flight = self._in_flight()
         try:
             history = await self._seed(fresh)
-        except (ConnectionClosed, OpenAIError, OSError) as exc:
+        except (ConnectionClosed, WebSocketException, OSError) as exc:
             ctx.log.warning("could not seed the new session: %r", exc)
             ctx.link.ready.set()
             await fresh.close()

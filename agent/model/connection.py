@@ -1,9 +1,12 @@
-"""OpenAI Realtime (GA) sockets: opened by the openai SDK, then driven directly on the hot path.
+"""OpenAI Realtime (GA) sockets, opened and driven with `websockets` directly.
 
-The SDK does the connecting (URL from OPENAI_BASE_URL, auth headers, GA only: no beta header). Per event,
-though, it builds pydantic objects without validation (~170 µs each) and routes sends through a queue; a call
-handles ~60 events a second, so reading and writing go straight to the websocket, and the events the call acts
-on are parsed with narrow, tolerant models (`server_events`) behind a real discriminator (a few µs each).
+The URL and headers are the ones the openai SDK builds (`<base>/realtime?model=…`, the base from OPENAI_BASE_URL
+with its scheme turned to ws/wss, or a ws:// base as it is; `Authorization: Bearer`; GA only, no beta header;
+no cross-origin redirect), so the SDK is not needed to connect, and a plain `serve` never imports it (~18 MB of
+types). Per event the SDK would also build pydantic objects without validation (~170 µs each) and route sends
+through a queue; a call handles ~60 events a second, so reading and writing go straight to the websocket, and
+the events the call acts on are parsed with narrow, tolerant models (`server_events`) behind a real
+discriminator (a few µs each).
 """
 
 from __future__ import annotations
@@ -12,12 +15,15 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 from collections.abc import AsyncIterator, Callable
 from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from openai import AsyncOpenAI, OpenAIError
-from openai.resources.realtime.realtime import AsyncRealtimeConnection
-from websockets.exceptions import ConnectionClosed
+from websockets.asyncio.client import ClientConnection
+from websockets.asyncio.client import connect as ws_connect
+from websockets.exceptions import ConnectionClosed, SecurityError, WebSocketException
+from websockets.uri import parse_uri
 
 from agent.config import Settings
 from agent.protocol.realtime import server_events
@@ -53,9 +59,9 @@ _logged: set[tuple[str, str]] = set()  # (outcome, type) pairs already logged by
 class ModelSocket:
     """One call's realtime socket."""
 
-    def __init__(self, sdk: AsyncRealtimeConnection) -> None:
-        self.sdk = sdk
-        self._ws = sdk._connection  # the websockets connection the SDK opened
+    def __init__(self, ws: ClientConnection) -> None:
+        self._ws = ws
+        self.strict = False  # also check each handled event against the SDK's types (`server_events.conforms`)
         self.on_off_contract: Callable[[str], None] = lambda outcome: None
 
     async def send(self, event: dict[str, Any]) -> None:
@@ -78,7 +84,7 @@ class ModelSocket:
                 elif exc.kind not in _IGNORED_QUIETLY:
                     self._off_contract("ignored", exc.kind, "not an event the agent acts on")
                 continue
-            if not server_events.conforms(event, raw):
+            if self.strict and not server_events.conforms(event, raw):
                 self._off_contract("lenient", event.type, "outside the SDK's types, handled from its fields")
             yield event
 
@@ -108,40 +114,71 @@ class ModelSocket:
         """Close politely, but never wait long: a socket whose unread events fill its buffer cannot finish the
         closing handshake, so after `grace_s` the transport is aborted."""
         with contextlib.suppress(Exception):  # whatever went wrong, the socket must end
-            await within(grace_s, self.sdk.close())
+            await within(grace_s, self._ws.close())
         self.abort()
 
 
+DEFAULT_BASE_URL = "https://api.openai.com/v1"  # the SDK's default
+# Failures of the model socket, opening or open: the socket closed, the handshake was refused (401, 429, …),
+# the network failed.
+MODEL_ERRORS: tuple[type[BaseException], ...] = (WebSocketException, OSError)
+
+
+def realtime_url(base_url: str, model: str) -> str:
+    """`<base>/realtime?model=…` with the base's scheme as a WebSocket scheme, as the openai SDK builds it."""
+    parts = urlsplit(base_url)
+    scheme = {"http": "ws", "https": "wss"}.get(parts.scheme, parts.scheme)
+    query = urlencode([*parse_qsl(parts.query, keep_blank_values=True), ("model", model)])
+    return urlunsplit((scheme, parts.netloc, parts.path.rstrip("/") + "/realtime", query, ""))
+
+
+class _SameOriginConnect(ws_connect):
+    """Follow a redirect only within the origin: the API key must not travel elsewhere (as the SDK does)."""
+
+    def process_redirect(self, exc: Exception) -> Exception | str:
+        target = super().process_redirect(exc)
+        if isinstance(target, str):
+            here, there = parse_uri(self.uri), parse_uri(target)
+            if (here.secure, here.host, here.port) != (there.secure, there.host, there.port):
+                return SecurityError("Cross-origin WebSocket redirects are not allowed")
+        return target
+
+
 class ModelConnector:
-    """One SDK client per process; each call opens its own GA realtime socket through it."""
+    """Opens each call's GA realtime socket."""
 
     def __init__(self, settings: Settings, *, api_key: str | None = None, base_url: str | None = None) -> None:
         key = api_key or (settings.openai_api_key.get_secret_value() if settings.openai_api_key else None)
-        url = base_url or settings.openai_base_url
-        kwargs: dict[str, Any] = {"api_key": key or "offline", "max_retries": 0}
-        if url and url.startswith(("ws://", "wss://")):
-            kwargs["websocket_base_url"] = url
-        elif url:
-            kwargs["base_url"] = url
-        self._client = AsyncOpenAI(**kwargs)
+        self._headers = {"Authorization": f"Bearer {key or 'offline'}", "User-Agent": "vobiz-voice-agent"}
+        # The SDK reads these from the environment too; they scope usage to an organization or project.
+        for header, env in (("OpenAI-Organization", "OPENAI_ORG_ID"), ("OpenAI-Project", "OPENAI_PROJECT_ID")):
+            if value := os.environ.get(env):
+                self._headers[header] = value
+        self.base_url = base_url or settings.openai_base_url or DEFAULT_BASE_URL
         self.model = settings.openai_realtime_model
         self.timeout = settings.model_connect_timeout_s
-        self.base_url = str(self._client.websocket_base_url or self._client.base_url)
+        self.strict = settings.model_strict_events
         self.on_off_contract: Callable[[str], None] = lambda outcome: None  # a metric, set by the app
 
     def retarget(self, base_url: str) -> None:
         """Point at another server (the embedded offline engine once its port is known)."""
-        self._client = self._client.with_options(base_url=base_url)
         self.base_url = base_url
 
+    def url(self, model: str | None = None) -> str:
+        return realtime_url(self.base_url, model or self.model)
+
     async def connect(self, model: str | None = None) -> ModelSocket:
-        manager = self._client.realtime.connect(model=model or self.model)
-        socket = ModelSocket(await within(self.timeout, manager.enter()))
+        # No size limit and no compression, as the SDK opens it: audio deltas are large and incompressible.
+        opening = _SameOriginConnect(
+            self.url(model), additional_headers=self._headers, user_agent_header=None, max_size=None, compression=None
+        )
+        socket = ModelSocket(await within(self.timeout, opening))
         socket.on_off_contract = self.on_off_contract
+        socket.strict = self.strict
         return socket
 
     async def aclose(self) -> None:
-        await self._client.close()
+        """Nothing process-wide to close: each socket is its call's."""
 
 
 _closing: set[asyncio.Task[None]] = set()
@@ -177,5 +214,5 @@ class ModelLink:
             return
         try:
             await socket.send(command)
-        except (ConnectionClosed, OpenAIError, OSError) as exc:
+        except MODEL_ERRORS as exc:
             self._log.warning("model send failed (%s): %r", command.get("type"), exc)

@@ -5,15 +5,16 @@ them. Validating every event against the SDK's types and dropping what fails los
 `response.done` carrying the `end_call` function call, and the call hangs. So the call reads each event it
 handles through these narrow models: only the fields it uses are required, enums are plain strings, extra keys
 are ignored, and event types it does not handle are skipped. Whether an event also matches the SDK's own types
-is checked on the side (`conforms`) and only counted, never used to drop it.
+can be checked on the side (`conforms`) and only counted, never used to drop it; that check loads the openai SDK
+(~18 MB of types), so it runs only when asked for (AGENT_MODEL_STRICT_EVENTS, and the tests).
 """
 
 from __future__ import annotations
 
+import functools
 import typing
 from typing import Annotated, Any, Literal, Union
 
-from openai.types.realtime import RealtimeServerEvent
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 
@@ -187,12 +188,14 @@ def parse(raw: str | bytes) -> ServerEvent:
         return _raise(kind, str(exc).splitlines()[0] + ": " + first["msg"], known=True)
 
 
-# The SDK's own union, re-tagged with a real pydantic discriminator (its own tag is SDK-internal metadata that
-# pydantic ignores): strict, and about a microsecond an event.
-_SDK_MEMBERS = typing.get_args(typing.get_args(RealtimeServerEvent)[0])
-SDK_SERVER_EVENTS: TypeAdapter[Any] = TypeAdapter(
-    Annotated[Union[_SDK_MEMBERS], Field(discriminator="type")]  # type: ignore[arg-type]  # noqa: UP007
-)
+@functools.cache
+def sdk_server_events() -> TypeAdapter[Any]:
+    """The SDK's own union, re-tagged with a real pydantic discriminator (its own tag is SDK-internal metadata that
+    pydantic ignores): strict, and about a microsecond an event. Built on first use: it imports the SDK."""
+    from openai.types.realtime import RealtimeServerEvent
+
+    members = typing.get_args(typing.get_args(RealtimeServerEvent)[0])
+    return TypeAdapter(Annotated[Union[members], Field(discriminator="type")])  # type: ignore[arg-type]  # noqa: UP007
 
 
 def _raise(kind: str, detail: str, *, known: bool) -> ServerEvent:
@@ -204,7 +207,7 @@ def conforms(event: ServerEvent, raw: str | bytes) -> bool:
     if event.type in _NOT_CHECKED:
         return True
     try:
-        SDK_SERVER_EVENTS.validate_json(raw)
+        sdk_server_events().validate_json(raw)
     except ValidationError:
         return False
     return True

@@ -1,0 +1,68 @@
+"""What a plain `serve` costs: the modules it leaves out, and the model socket it opens without the openai SDK."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from typing import Any
+
+import websockets
+from websockets.asyncio.server import ServerConnection
+
+from agent.config import Settings
+from agent.model.connection import ModelConnector
+from tests.agent_process import clean_env
+
+NOT_IN_SERVE = ("openai", "alembic", "opentelemetry.sdk", "agent.observability.tracing")
+"""Loaded only when used: the SDK (strict event types, opt-in), migrations (schema behind), tracing (an endpoint)."""
+
+
+def test_serve_import_path_leaves_out_the_sdk_migrations_and_tracing() -> None:
+    code = textwrap.dedent(
+        """
+        import json, sys
+        import agent.web.app, agent.cli
+        from agent.config import load_settings
+
+        settings = load_settings()
+        app = agent.web.app.create_app(settings)
+        print(json.dumps(sorted(sys.modules)))
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        env=clean_env(OPENAI_API_KEY="sk-test-not-used", OPENAI_BASE_URL="http://127.0.0.1:9/v1"),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    loaded = json.loads(done.stdout.splitlines()[-1])
+    leaked = [m for m in loaded if any(m == name or m.startswith(name + ".") for name in NOT_IN_SERVE)]
+    assert leaked == []
+
+
+async def test_model_socket_carries_the_sdk_url_and_bearer_key() -> None:
+    seen: dict[str, Any] = {}
+
+    async def handler(ws: ServerConnection) -> None:
+        assert ws.request is not None
+        seen["path"] = ws.request.path
+        seen["headers"] = dict(ws.request.headers.raw_items())
+        await ws.send(json.dumps({"type": "session.created", "session": {}}))
+        await ws.wait_closed()
+
+    async with websockets.serve(handler, "127.0.0.1", 0) as server:
+        port = server.sockets[0].getsockname()[1]
+        settings = Settings(openai_api_key="sk-abc", openai_base_url=f"http://127.0.0.1:{port}/v1")  # type: ignore[call-arg]
+        socket = await ModelConnector(settings).connect("gpt-realtime")
+        events = socket.events()
+        first = await anext(events)
+        await socket.close()
+    assert first.type == "session.created"
+    assert seen["path"] == "/v1/realtime?model=gpt-realtime"
+    assert seen["headers"]["Authorization"] == "Bearer sk-abc"
+    assert "OpenAI-Beta" not in seen["headers"]  # GA only
