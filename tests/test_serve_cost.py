@@ -56,8 +56,8 @@ async def test_model_socket_carries_the_sdk_url_and_bearer_key() -> None:
         await ws.wait_closed()
 
     async with websockets.serve(handler, "127.0.0.1", 0) as server:
-        port = server.sockets[0].getsockname()[1]
-        settings = Settings(openai_api_key="sk-abc", openai_base_url=f"http://127.0.0.1:{port}/v1")  # type: ignore[call-arg]
+        port = next(iter(server.sockets)).getsockname()[1]
+        settings = Settings(openai_api_key="sk-abc", openai_base_url=f"http://127.0.0.1:{port}/v1")
         socket = await ModelConnector(settings).connect("gpt-realtime")
         events = socket.events()
         first = await anext(events)
