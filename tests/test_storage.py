@@ -26,6 +26,7 @@ import pytest
 from sqlalchemy import exc as sa_exc
 from sqlalchemy import func, inspect, select
 
+from agent.audio.codecs import mulaw_to_pcm16
 from agent.config import Settings
 from agent.prompts.loader import Prompt, load_prompt, parse_prompt
 from agent.records.record import BargeIn, CallEvent, CallRecord, ToolUse, Turn, Usage
@@ -676,6 +677,34 @@ async def test_recording_excludes_audio_cut_by_barge_in(tmp_path: Path, memory: 
     assert dominant_hz(span(right, 2.62, 2.88), 8000) == pytest.approx(1500, abs=3)
     assert not span(right, 2.9, 3.0).any()
     assert band_energy(span(right, 0.6, 1.4), 8000, 440) < 0.001 * band_energy(span(right, 0.6, 1.4), 8000, 1000)
+
+
+@pytest.mark.parametrize("memory", [256 << 10, 2 << 10], ids=["in-memory", "spilled"])
+async def test_mulaw_recording_keeps_the_wire_bytes_and_decodes_them_off_the_loop(tmp_path: Path, memory: int) -> None:
+    """A μ-law call is recorded from the bytes that crossed the wire (no numpy per frame): the WAV holds exactly
+    their decoding, silence where nothing played, and nothing of what a barge-in cleared."""
+    clock = FakeClock()
+    origin = clock.now
+    recorder = CallRecorder(8000, clock=clock, max_memory_bytes=memory, mulaw=True)
+    rng = np.random.default_rng(7)
+    caller = rng.integers(0, 255, 8000, dtype=np.uint8).tobytes()  # 1 s, every byte a code other than silence
+    bot = rng.integers(0, 255, 8000, dtype=np.uint8).tobytes()
+    for i in range(50):  # caller frames, 20 ms each, from 0 to 1 s
+        clock.now = origin + (i + 1) * 0.02
+        recorder.caller_mulaw(caller[i * 160 : (i + 1) * 160])
+        if i % 5 == 0 and i < 40:  # bot audio in 100 ms messages from 0.3 s on, sent 200 ms ahead
+            k = i // 5
+            recorder.bot_mulaw(bot[k * 800 : (k + 1) * 800], origin + 0.3 + k * 0.1)
+    recorder.cut(origin + 0.75)  # barge-in: the caller heard the bot from 0.3 s to 0.75 s
+    assert recorder.spilled == (memory < 16 << 10)
+    path = await recorder.write(tmp_path / "mulaw.wav", end_at=origin + 1.0)
+    with wave.open(str(path), "rb") as wav:
+        assert (wav.getnchannels(), wav.getsampwidth(), wav.getframerate()) == (2, 2, 8000)
+        frames = np.frombuffer(wav.readframes(wav.getnframes()), dtype="<i2").reshape(-1, 2)
+    assert len(frames) == 8000
+    assert np.array_equal(frames[:, 0], mulaw_to_pcm16(caller))
+    assert not frames[:2400, 1].any() and not frames[6000:, 1].any()
+    assert np.array_equal(frames[2400:6000, 1], mulaw_to_pcm16(bot[:3600]))
 
 
 async def test_recording_of_a_call_that_ends_mid_answer(tmp_path: Path) -> None:

@@ -69,10 +69,14 @@ class CallerAudio:
             self._drop("bad_audio", str(exc))
             return
         self._enqueue(audio)
-        if ctx.recorder is not None or self._onset is not None:
+        recorder = ctx.recorder
+        if recorder is not None and recorder.mulaw:
+            recorder.caller_mulaw(payload)  # as it came: decoded when the file is written, off the event loop
+            recorder = None
+        if recorder is not None or self._onset is not None:
             pcm = pcm16(ctx.format, payload, self._converter.big_endian)
-            if ctx.recorder is not None:
-                ctx.recorder.caller(pcm, ctx.format.rate)
+            if recorder is not None:
+                recorder.caller(pcm, ctx.format.rate)
             if self._onset is not None and self._onset.feed(pcm, ctx.format.rate):
                 await self._interruption.on_onset(caller_speaking=self.speaking)
 

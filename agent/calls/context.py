@@ -111,9 +111,12 @@ def new_context(
         lead_ms=settings.playout_lead_ms,
         checkpoint_interval_ms=settings.checkpoint_interval_ms,
     )
-    recorder = CallRecorder(fmt.rate) if settings.record_calls else None
+    recorder = CallRecorder(fmt.rate, mulaw=fmt.is_mulaw) if settings.record_calls else None
     if recorder is not None:
-        playout.on_scheduled = lambda data, start: recorder.bot(pcm16(fmt, data), fmt.rate, start)
+        if recorder.mulaw:  # kept as the μ-law that went out: no decoding on the event loop
+            playout.on_scheduled = recorder.bot_mulaw
+        else:
+            playout.on_scheduled = lambda data, start: recorder.bot(pcm16(fmt, data), fmt.rate, start)
         playout.on_late = recorder.shift
     link = ModelLink(log)
     responses = ResponseQueue(

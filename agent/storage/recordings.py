@@ -7,8 +7,9 @@ from that moment on: it was cleared from the carrier's queue and never heard. To
 stay in a short in-memory window (`commit_after_s`, well beyond the playout lead) before they are committed.
 
 Committed audio goes to a per-channel buffer that moves from memory to an anonymous temporary file once it
-grows past a limit, so an hour-long call costs a bounded amount of memory. Feeding does only small numpy work
-and buffered appends; `write` interleaves the channels into the WAV in a worker thread.
+grows past a limit (256 KB a call by default: 16 s of μ-law), so a call costs a small, bounded amount of memory.
+A μ-law call is recorded as the μ-law bytes that crossed the wire (`mulaw=True`): feeding is a bytes append, with
+no decoding on the event loop; `write` decodes and interleaves the channels into a 16-bit WAV in a worker thread.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from typing import IO, Any
 import numpy as np
 import soxr
 
-from agent.audio.codecs import Int16Array
+from agent.audio.codecs import MULAW_SILENCE, Int16Array, mulaw_to_pcm16
 
 log = logging.getLogger("agent.recordings")
 
@@ -44,38 +45,43 @@ _background_writes: set[asyncio.Task[Path | None]] = set()
 
 
 class _Channel:
-    """A growing mono int16 stream at the recording's rate: memory first, a temporary file past `spill_bytes`."""
+    """A growing mono stream at the recording's rate: int16 samples, or μ-law bytes (`mulaw`); memory first, a
+    temporary file past `spill_bytes`."""
 
-    def __init__(self, spill_bytes: int) -> None:
+    def __init__(self, spill_bytes: int, *, mulaw: bool = False) -> None:
         self._spill_bytes = spill_bytes
         self._file: IO[bytes] = io.BytesIO()
         self.spilled = False
+        self.mulaw = mulaw
+        self._width = 1 if mulaw else 2
         self.length = 0  # samples
 
-    def append(self, samples: Int16Array) -> None:
+    def append(self, samples: Int16Array | bytes) -> None:
         if not len(samples):
             return
-        data = samples.astype("<i2", copy=False).tobytes()
+        data = samples if isinstance(samples, bytes) else samples.astype("<i2", copy=False).tobytes()
         if not self.spilled and self._file.tell() + len(data) > self._spill_bytes:
             spill = tempfile.TemporaryFile(prefix="call-recording-")  # noqa: SIM115 - lives as long as the channel
             assert isinstance(self._file, io.BytesIO)
             spill.write(self._file.getbuffer())
             self._file, self.spilled = spill, True
         self._file.write(data)
-        self.length += len(samples)
+        self.length += len(data) // self._width
 
     def pad_to(self, index: int) -> None:
         while self.length < index:
-            self.append(np.zeros(min(index - self.length, _BLOCK), dtype=np.int16))
+            count = min(index - self.length, _BLOCK)
+            self.append(bytes([MULAW_SILENCE]) * count if self.mulaw else np.zeros(count, dtype=np.int16))
 
     def read(self, start: int, count: int) -> Int16Array:
-        """Samples [start, start+count), zero-filled past the end."""
+        """Samples [start, start+count) as int16, zero-filled past the end."""
         out = np.zeros(count, dtype=np.int16)
         available = max(0, min(count, self.length - start))
         if available:
             self._file.flush()
-            self._file.seek(start * 2)
-            out[:available] = np.frombuffer(self._file.read(available * 2), dtype="<i2")
+            self._file.seek(start * self._width)
+            data = self._file.read(available * self._width)
+            out[:available] = mulaw_to_pcm16(data) if self.mulaw else np.frombuffer(data, dtype="<i2")
             self._file.seek(0, os.SEEK_END)
         return out
 
@@ -114,7 +120,7 @@ class _Resampler:
 @dataclass
 class _BotChunk:
     start: int  # sample index on the recording's timeline
-    samples: Int16Array
+    samples: Int16Array | bytes  # bytes: μ-law, one a sample
 
     @property
     def end(self) -> int:
@@ -134,15 +140,17 @@ class CallRecorder:
         *,
         origin: float | None = None,
         clock: Clock = time.monotonic,
-        max_memory_bytes: int = 4 << 20,
+        max_memory_bytes: int = 256 << 10,
         commit_after_s: float = 2.0,
         caller_jitter_s: float = 0.25,
+        mulaw: bool = False,
     ) -> None:
         self.rate = rate
         self.clock = clock
         self.origin = clock() if origin is None else origin
-        self._caller = _Channel(max_memory_bytes // 2)
-        self._bot = _Channel(max_memory_bytes // 2)
+        self.mulaw = mulaw  # fed with `caller_mulaw` / `bot_mulaw`: μ-law bytes at `rate`, kept as they are
+        self._caller = _Channel(max_memory_bytes // 2, mulaw=mulaw)
+        self._bot = _Channel(max_memory_bytes // 2, mulaw=mulaw)
         self._caller_resampler = _Resampler(rate)
         self._bot_resampler = _Resampler(rate)
         self._pending: deque[_BotChunk] = deque()
@@ -182,16 +190,40 @@ class CallRecorder:
             self._caller.pad_to(start)
         self._caller.append(self._caller_resampler(samples, rate))
 
+    def caller_mulaw(self, data: bytes, at: float | None = None) -> None:
+        """A μ-law caller frame (a `mulaw` recorder at the carrier's rate), as `caller`, kept as μ-law."""
+        if self._closed or not data:
+            return
+        at = self.clock() if at is None else at
+        start = self._index(at - len(data) / self.rate)
+        if not self._caller_started or start > self._caller.length + self._caller_jitter:
+            self._caller_started = True
+            self._caller.pad_to(start)
+        self._caller.append(data)
+
     def bot(self, samples: Int16Array, rate: int, start: float) -> None:
         """A bot chunk the playout scheduled to start playing at `start`."""
         if self._closed or not len(samples):
             return
+        index, contiguous = self._bot_start(start)
+        self._queue_bot(index, self._bot_resampler(samples, rate, fresh=not contiguous))
+
+    def bot_mulaw(self, data: bytes, start: float) -> None:
+        """A μ-law bot chunk (a `mulaw` recorder at the carrier's rate), as `bot`, kept as μ-law."""
+        if self._closed or not data:
+            return
+        index, _ = self._bot_start(start)
+        self._queue_bot(index, data)
+
+    def _bot_start(self, start: float) -> tuple[int, bool]:
         index = self._index(start)
         contiguous = self._bot_end is not None and abs(index - self._bot_end) <= self._contiguous
         if contiguous:
             assert self._bot_end is not None
             index = self._bot_end
-        out = self._bot_resampler(samples, rate, fresh=not contiguous)
+        return index, contiguous
+
+    def _queue_bot(self, index: int, out: Int16Array | bytes) -> None:
         self._pending.append(_BotChunk(index, out))
         self._bot_end = index + len(out)
         self._commit(self._index(self.clock()) - self._commit_after)
@@ -240,7 +272,8 @@ class CallRecorder:
             return
         if end_at is not None:
             self.cut(end_at)
-        self._caller.append(self._caller_resampler.flush())
+        if not self.mulaw:
+            self._caller.append(self._caller_resampler.flush())
         self._commit(1 << 62)
         self._closed = True
 
