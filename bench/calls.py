@@ -108,6 +108,7 @@ def render(report: dict[str, Any]) -> str:
         "server RSS idle -> steady (MB)",
         [f"{sides[n]['rss_mb']['idle']:.0f} -> {sides[n]['rss_mb']['steady']:.0f}" for n in names],
     )
+    row("server RSS growth per concurrent call (MB)", [_fmt(sides[n]["rss_mb"]["per_call"], 2) for n in names])
     hops = {
         "caller_to_model": "caller frame -> model (after the first 1 s)",
         "model_to_caller": "model delta -> caller (all but greetings)",
