@@ -14,6 +14,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from agent.calls.call import CallDeps, Outcome
 from agent.calls.registry import CallRegistry
+from agent.campaigns.routes import outbound_router
 from agent.carrier import stream_socket, webhooks
 from agent.carrier.rest import VobizClient
 from agent.config import Settings
@@ -125,6 +126,7 @@ def create_app(
     app.include_router(webhooks.router)
     app.include_router(stream_socket.router)
     app.include_router(console_router())
+    app.include_router(outbound_router())  # POST /calls, /campaigns, outbound callbacks, the campaign dialler
     if settings.fault_injection:
         from agent.simulation import faults
 

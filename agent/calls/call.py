@@ -30,7 +30,7 @@ from agent.audio.codecs import Int16Array, l16_to_pcm16, mulaw_to_pcm16
 from agent.audio.formats import MediaFormat
 from agent.audio.speech_onset import SpeechOnset
 from agent.audio.transcode import BotAudioConverter, CallerAudioConverter
-from agent.calls import handover
+from agent.calls import handover, voicemail
 from agent.calls.latency import ResponseLatency
 from agent.calls.playout import Playout
 from agent.calls.record import BargeIn, CallRecord
@@ -183,6 +183,7 @@ class Call:
         self._tools_running = 0
         self.playout.on_item_started = self._on_line
         self._greeted = False
+        self.voicemail = voicemail.for_call(self)  # [voicemail hook] an answering machine gets the prompt's message
 
     # --- lifecycle -----------------------------------------------------------------------------------------
 
@@ -204,6 +205,8 @@ class Call:
                 tg.create_task(watch_session_age(self), name="session-age-watch")
                 tg.create_task(self.responses.watch(), name="response-watch")
                 tg.create_task(watch_model_liveness(self), name="model-liveness")
+                if self.voicemail is not None:  # [voicemail hook]
+                    tg.create_task(self.voicemail.run(), name="voicemail")
         except* _CallOver:
             pass
         except* Exception as group:
@@ -414,7 +417,10 @@ class Call:
             except ValueError as exc:
                 self._drop("bad_audio", str(exc))
                 return
-            self._queue_caller_audio(audio)
+            if self.voicemail is not None:  # [voicemail hook] a machine's greeting is no turn for the model
+                self.voicemail.feed(_decode(self.format, payload, self.caller_audio.big_endian))
+            else:
+                self._queue_caller_audio(audio)
             if self.recorder is not None or self.onset is not None:
                 pcm = _decode(self.format, payload, self.caller_audio.big_endian)
                 if self.recorder is not None:
@@ -551,7 +557,8 @@ class Call:
                 self.model = await pending
             else:
                 self.model = await self._open_model()
-                await self.request_response(session_config.greeting_response(self.prompt)["response"])
+                if self.voicemail is None:  # [voicemail hook] no greeting for an answering machine
+                    await self.request_response(session_config.greeting_response(self.prompt)["response"])
         except (ConnectionClosed, OpenAIError, OSError, TimeoutError) as exc:
             self.log.error("could not open the model session: %r", exc)
             self.record.event("model_connect_failed", error=repr(exc))
@@ -772,6 +779,8 @@ class Call:
 
     def _on_audio_delta(self, event: ev.AudioDelta) -> None:
         item_id: str = event.item_id
+        if self.voicemail is not None and self.voicemail.mutes(event.response_id, item_id):  # [voicemail hook]
+            return
         if item_id in self.interrupted_items or event.response_id in self.interrupted_responses:
             return  # late audio of an interrupted answer: the caller must never hear it
         audio = base64.b64decode(event.delta)
