@@ -31,11 +31,11 @@ def _store(state: AppState) -> CampaignStore:
     return CampaignStore(state.store.db)
 
 
-async def _note(state: AppState, attempt_id: str | None, call_id: str, **values: str | None) -> None:
+async def _note(app: AppState, attempt_id: str | None, call_id: str, **values: str | None) -> None:
     if not attempt_id:
         return
     try:
-        await within(_DEADLINE_S, _store(state).note(attempt_id, call_id, **values))
+        await within(_DEADLINE_S, _store(app).note(attempt_id, call_id, **values))
     except Exception as exc:  # the hangup callback settles the attempt anyway
         log.warning("could not note attempt %s progress: %r", attempt_id, exc)
 
