@@ -840,4 +840,7 @@ def console_router(login_throttle: auth.LoginThrottle | None = None) -> APIRoute
 
     router.include_router(public)
     router.include_router(pages)
+    from agent.console.campaigns import campaign_pages  # here: it imports agent.campaigns, which imports auth
+
+    router.include_router(campaign_pages(throttle))
     return router
