@@ -7,8 +7,10 @@ and a missed progress note costs nothing that the hangup callback does not settl
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
+from collections import OrderedDict
 
 from agent.calls import voicemail
 from agent.calls.record import CallRecord
@@ -31,11 +33,38 @@ def _store(state: AppState) -> CampaignStore:
     return CampaignStore(state.store.db)
 
 
+# What this replica learnt at answer time, for its own hangup callbacks: a progress note may still be waiting for
+# the database (SQLite under load) when the hangup of a short call arrives.
+_recent: OrderedDict[str, str] = OrderedDict()
+_KEEP_RECENT = 5000
+_late_notes: set[asyncio.Task[None]] = set()
+
+
+def recent_answer(call_id: str) -> str | None:
+    """'machine' or 'person' (answered; the detection verdict when there was one), or None if not seen here."""
+    return _recent.get(call_id)
+
+
+def _remember(call_id: str, answered_by: str) -> None:
+    _recent[call_id] = answered_by
+    _recent.move_to_end(call_id)
+    while len(_recent) > _KEEP_RECENT:
+        _recent.popitem(last=False)
+
+
 async def _note(app: AppState, attempt_id: str | None, call_id: str, **values: str | None) -> None:
+    """Note progress within the answer budget; a write that takes longer finishes in the background."""
     if not attempt_id:
         return
+    task = asyncio.create_task(_write_note(app, attempt_id, call_id, values))
+    _late_notes.add(task)
+    task.add_done_callback(_late_notes.discard)
+    await asyncio.wait({task}, timeout=_DEADLINE_S)
+
+
+async def _write_note(app: AppState, attempt_id: str, call_id: str, values: dict[str, str | None]) -> None:
     try:
-        await within(_DEADLINE_S, _store(app).note(attempt_id, call_id, **values))
+        await within(30.0, _store(app).note(attempt_id, call_id, **values))
     except Exception as exc:  # the hangup callback settles the attempt anyway
         log.warning("could not note attempt %s progress: %r", attempt_id, exc)
 
@@ -53,6 +82,7 @@ async def on_answer(
         record.event("machine_detection", result=verdict, mode="sync")
     if attempt_id is None and verdict is None:
         return None
+    _remember(call_id, verdict or "person")
     await _note(state, attempt_id, call_id, state="answered", answered_by=verdict)
     policy = prompt.meta.answering_machine
     if verdict == "machine" and policy is not None and policy.action == "hangup":
@@ -78,6 +108,7 @@ async def machine_detected(
     """Asynchronous machine detection: the call may be talking already. A machine is hung up on, or the live call
     switches to voicemail mode (when its stream is on this replica; elsewhere it is hung up, as no message
     could be left in time)."""
+    _remember(call_id, verdict)
     await _note(state, attempt_id, call_id, answered_by=verdict)
     if verdict != "machine":
         return

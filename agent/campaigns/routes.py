@@ -220,8 +220,12 @@ def outbound_router(login_throttle: auth.LoginThrottle | None = None) -> APIRout
         store = store_of(request)
         attempt_id = request.query_params.get("attempt") or None
         attempt = await store.attempt(attempt_id) if attempt_id else None
-        answered = attempt is not None and (attempt["state"] == "answered" or attempt["answered_by"] is not None)
-        result = classify(params, answered=answered)
+        seen_here = hooks.recent_answer(call_id)
+        answered_by = (attempt["answered_by"] if attempt is not None else None) or seen_here
+        answered = seen_here is not None or (attempt is not None and attempt["state"] == "answered")
+        result = classify(params, answered=answered or answered_by is not None)
+        if result == "person" and answered_by == "machine":
+            result = "machine"
         settled = await store.settle(
             attempt_id, call_id, result, cause=params.get("HangupCause", ""), duration_s=duration_of(params)
         )

@@ -500,6 +500,7 @@ class CampaignStore:
         cause: str = "",
         duration_s: float | None = None,
         error: str | None = None,
+        retry: bool = True,
         now: float | None = None,
     ) -> Settled | None:
         """A final result for an attempt (hangup callback, a refused make-call, a lost lease); idempotent: the
@@ -532,7 +533,7 @@ class CampaignStore:
                 return None
             if row.number_id is None:
                 return Settled(row.attempt_id, result, None, None, True)
-            return await self._settle_number(conn, row, result, cause, duration_s, call_id, now)
+            return await self._settle_number(conn, row, result, cause, duration_s, call_id, now, retry)
 
     async def _settle_number(
         self,
@@ -543,6 +544,7 @@ class CampaignStore:
         duration_s: float | None,
         call_id: str,
         now: float,
+        retry: bool,
     ) -> Settled:
         joined = (
             await conn.execute(
@@ -563,7 +565,8 @@ class CampaignStore:
         if call_id:
             common["call_id"] = call_id
         retry_at = None
-        if joined is not None and result in (joined.retry_on or []) and joined.attempts < joined.max_attempts:
+        retryable = retry and joined is not None and result in (joined.retry_on or [])
+        if joined is not None and retryable and joined.attempts < joined.max_attempts:
             retry_at = now + retry_delay(float(joined.retry_delay_s), int(joined.attempts))
             values = common | {"state": "pending", "next_attempt_at": retry_at}
         else:
@@ -604,7 +607,10 @@ class CampaignStore:
         closed = 0
         for row in expired:
             if row.state != "claimed":
-                settled = await self.settle(row.attempt_id, row.call_id or "", "failed", cause="no_callback", now=now)
+                # Vobiz may have placed it: closed for good, a retry could ring the callee a second time.
+                settled = await self.settle(
+                    row.attempt_id, row.call_id or "", "failed", cause="no_callback", retry=False, now=now
+                )
                 closed += settled is not None
         return released, closed
 
