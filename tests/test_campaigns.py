@@ -248,3 +248,230 @@ async def test_a_person_is_not_taken_for_a_machine(tmp_path: Path) -> None:
         attempt = await run_one(api, stack, "reminder")
         assert attempt["result"] == "person" and attempt["answered_by"] == "person"
         assert sim.dials[0].body["machine_detection"] == "true"
+
+
+# --- rules, at the store ------------------------------------------------------------------------------------
+
+
+@contextlib.asynccontextmanager
+async def sqlite_store(tmp_path: Path) -> AsyncIterator[CampaignStore]:
+    db = Database(f"sqlite+aiosqlite:///{tmp_path}/campaigns.db")
+    await db.migrate()
+    try:
+        yield CampaignStore(db)
+    finally:
+        await db.aclose()
+
+
+def spec(**changes: Any) -> CampaignSpec:
+    values: dict[str, Any] = {"name": "c", "prompt": "default", "from_number": FROM, "window": "00:00-00:00"}
+    return CampaignSpec(**(values | changes))
+
+
+def rows(n: int, tz: str | None = None) -> list[NumberRow]:
+    return [NumberRow(number(i), {"name": f"n{i}"}, tz) for i in range(n)]
+
+
+async def test_calling_windows_follow_the_callees_local_time(tmp_path: Path) -> None:
+    # 2026-03-02 10:00 UTC: 15:30 in Kolkata (inside 09:00-20:00), 05:00 in New York (before it).
+    now = 1772445600.0
+    assert next_opening(now, "09:00", "20:00", "Asia/Kolkata") == now
+    ny_opens = next_opening(now, "09:00", "20:00", "America/New_York")
+    assert ny_opens - now == 4 * 3600
+    assert next_opening(now, "22:00", "06:00", "Asia/Kolkata") > now  # a window past midnight, not open now
+    async with sqlite_store(tmp_path) as store:
+        campaign = await store.create(
+            spec(window="09:00-20:00", concurrency=10),
+            [NumberRow(number(1), {}, "Asia/Kolkata"), NumberRow(number(2), {}, "America/New_York")],
+            now=now,
+        )
+        claims = await store.claim(campaign, "d1", limit=10, lease_s=60, now=now)
+        assert [c.number for c in claims] == [number(1)]
+        waiting = {r["number"]: r for r in await store.numbers(campaign)}[number(2)]
+        assert waiting["state"] == "pending" and waiting["next_attempt_at"] == ny_opens
+        assert await store.claim(campaign, "d1", limit=10, lease_s=60, now=ny_opens - 1) == []
+        assert [c.number for c in await store.claim(campaign, "d1", limit=10, lease_s=60, now=ny_opens)] == [
+            number(2)
+        ]
+
+
+async def test_retries_back_off_and_stop_at_the_limit(tmp_path: Path) -> None:
+    assert [retry_delay(60, n) for n in (1, 2, 3)] == [60, 120, 240]
+    async with sqlite_store(tmp_path) as store:
+        campaign = await store.create(spec(max_attempts=3, retry_delay_s=60, retry_on=("busy", "no_answer")), rows(2))
+        now = time.time()
+        results = []
+        for attempt in range(1, 4):
+            claims = await store.claim(campaign, "d", limit=5, lease_s=60, now=now)
+            assert [c.attempt_no for c in claims] == [attempt, attempt]
+            settled = [await store.settle(c.attempt_id, "", "busy", now=now) for c in claims]
+            results.append([s.retry_at - now if s and s.retry_at else None for s in settled])
+            # A retried callback changes nothing.
+            assert await store.settle(claims[0].attempt_id, "", "person", now=now) is None
+            assert await store.claim(campaign, "d", limit=5, lease_s=60, now=now + 1) == []  # not due yet
+            now += 1000
+        assert results == [[60, 60], [120, 120], [None, None]]
+        assert {r["outcome"] for r in await store.numbers(campaign)} == {"busy"}
+        # A result that is not retried is final at once.
+        other = await store.create(spec(name="d", retry_on=("busy",)), rows(1))
+        claim = (await store.claim(other, "d", limit=5, lease_s=60))[0]
+        settled = await store.settle(claim.attempt_id, "", "failed")
+        assert settled is not None and settled.final
+
+
+async def test_do_not_call_numbers_are_never_dialled(tmp_path: Path) -> None:
+    async with sqlite_store(tmp_path) as store:
+        assert await store.dnc_add(["+91 98 0000 0001", number(1)], "asked") == 1
+        campaign = await store.create(spec(concurrency=10), rows(3))
+        claims = await store.claim(campaign, "d", limit=10, lease_s=60)
+        assert sorted(c.number for c in claims) == [number(0), number(2)]
+        assert {r["number"]: r["outcome"] for r in await store.numbers(campaign)}[number(1)] == "dnc"
+        assert await store.single(number(1), "default", {}) == ("", False)
+        assert await store.dnc_remove(number(1)) and (await store.single(number(1), "default", {}))[1]
+
+
+async def test_pause_resume_stop(tmp_path: Path) -> None:
+    async with sqlite_store(tmp_path) as store:
+        campaign = await store.create(spec(concurrency=1), rows(3))
+        first_claim = await store.claim(campaign, "d", limit=5, lease_s=60)
+        assert len(first_claim) == 1
+        assert await store.claim(campaign, "d", limit=5, lease_s=60) == []  # concurrency 1
+        assert await store.set_state("c", "pause") == "paused"
+        await store.settle(first_claim[0].attempt_id, "", "person")
+        assert await store.claim(campaign, "d", limit=5, lease_s=60) == []  # paused: nothing new
+        assert await store.set_state(campaign, "resume") == "running"
+        assert len(await store.claim(campaign, "d", limit=5, lease_s=60)) == 1
+        assert await store.set_state(campaign, "stop") == "stopped"
+        assert await store.claim(campaign, "d", limit=5, lease_s=60) == []
+        with pytest.raises(ValueError, match="cannot pause"):
+            await store.set_state(campaign, "pause")
+        assert not await store.complete_finished(campaign)  # stopped stays stopped, with numbers left
+
+
+async def test_rate_limit_spaces_dials(tmp_path: Path) -> None:
+    async with sqlite_store(tmp_path) as store:
+        campaign = await store.create(spec(concurrency=10, rate_per_min=30), rows(5))
+        now = time.time()
+        assert len(await store.claim(campaign, "d", limit=10, lease_s=60, now=now)) == 1
+        assert await store.claim(campaign, "d", limit=10, lease_s=60, now=now + 1.9) == []
+        assert len(await store.claim(campaign, "d", limit=10, lease_s=60, now=now + 2.0)) == 1
+
+
+async def test_expired_leases_release_unsent_claims_and_close_sent_ones_without_redialling(tmp_path: Path) -> None:
+    async with sqlite_store(tmp_path) as store:
+        campaign = await store.create(spec(concurrency=10), rows(2))
+        unsent, sent = await store.claim(campaign, "crashed", limit=10, lease_s=60)
+        assert await store.placing(sent.attempt_id, lease_s=600)
+        assert await store.reconcile(now=time.time() + 120) == (1, 0)  # the unsent claim is free again
+        assert await store.reconcile(now=time.time() + 700) == (0, 1)  # the sent one is closed, not retried
+        by_number = {r["number"]: r for r in await store.numbers(campaign)}
+        assert by_number[unsent.number]["state"] == "pending" and by_number[unsent.number]["attempts"] == 0
+        assert (by_number[sent.number]["outcome"], by_number[sent.number]["hangup_cause"]) == ("failed", "no_callback")
+
+
+def test_csv_rows_are_checked() -> None:
+    parsed = parse_csv("number,name,timezone\n+91 98765 43210,Asha,Asia/Kolkata\n0091 98765 43211,Ravi,\n")
+    assert [(r.number, r.variables, r.timezone) for r in parsed] == [
+        ("+919876543210", {"name": "Asha"}, "Asia/Kolkata"),
+        ("+919876543211", {"name": "Ravi"}, None),
+    ]
+    with pytest.raises(ValueError, match="already on line 2"):
+        parse_csv("number\n+919876543210\n+91 9876543210\n")
+    with pytest.raises(ValueError, match="not a phone number"):
+        parse_csv("number\nhello\n")
+    with pytest.raises(ValueError, match="'number' column"):
+        parse_csv("name\nAsha\n")
+
+
+async def claim_all(store: CampaignStore, campaign: str, owner: str) -> list[int]:
+    got: list[int] = []
+    while claims := await store.claim(campaign, owner, limit=7, lease_s=60):
+        got += [c.number_id for c in claims if c.number_id is not None]
+    return got
+
+
+async def test_claims_are_exactly_once_under_concurrency_on_sqlite(tmp_path: Path) -> None:
+    async with sqlite_store(tmp_path) as first:
+        campaign = await first.create(spec(concurrency=1000), rows(300))
+        others = [CampaignStore(Database(first.db.url)) for _ in range(3)]  # separate engines: like processes
+        try:
+            stores = [first, *others]
+            claimed = await asyncio.gather(*(claim_all(s, campaign, f"d{i}") for i, s in enumerate(stores * 2)))
+        finally:
+            for store in others:
+                await store.db.aclose()
+        every = [n for got in claimed for n in got]
+        assert len(every) == 300 and len(set(every)) == 300
+        assert {r["attempts"] for r in await first.numbers(campaign)} == {1}
+
+
+# --- stopping and restarting -----------------------------------------------------------------------------------
+
+
+async def start_campaign(api: httpx.AsyncClient, n: int, concurrency: int, name: str = "restart") -> str:
+    csv_text = "number,name\n" + "".join(f"{number(i)},N{i}\n" for i in range(n))
+    body = {"name": name, "csv": csv_text, "concurrency": concurrency, "window": "00:00-00:00"}
+    created = await api.post("/campaigns", json=body)
+    assert created.status_code == 201, created.text
+    return str(created.json()["id"])
+
+
+async def test_sigterm_mid_campaign_then_restart_dials_nobody_twice(tmp_path: Path) -> None:
+    sim = OutboundSim(Callee("person", ring_ms=20, talk_ms=300))
+    async with outbound_stack(sim) as (stack, api):
+        campaign = await start_campaign(api, 60, concurrency=8)
+        await sim.wait_for(lambda: len(sim.dials) >= 15, timeout=20, what="15 dials")
+        # SIGTERM: the service's shutdown stops its dialler (stop claiming, give back unsent claims, let sends
+        # finish); calls already placed go on and their callbacks still settle them.
+        first = stack.app.state.campaign_dialler
+        await first.stop()
+        dialled_before = len(sim.dials)
+        await sim.wait_for(lambda: sim.live == 0, timeout=20, what="placed calls to end")
+        assert len(sim.dials) == dialled_before  # a stopped dialler places nothing more
+        # The restarted service: a new dialler over the same database carries on.
+        from agent.campaigns.dialler import Dialler
+
+        state = stack.state
+        second = Dialler(campaign_store(stack), sim.client(), state.settings, state.prompts)
+        second.start()
+        try:
+            await wait_campaign(stack, campaign, timeout=30)
+        finally:
+            await second.stop()
+        assert sorted(d.to for d in sim.dials) == sorted(number(i) for i in range(60))  # each exactly once
+        assert {r["outcome"] for r in await campaign_store(stack).numbers(campaign)} == {"person"}
+
+
+async def test_a_crashed_dialler_is_reconciled_not_redialled(tmp_path: Path) -> None:
+    sim = OutboundSim(Callee("person", ring_ms=20, talk_ms=300))
+    from agent.campaigns.dialler import Dialler
+
+    async with outbound_stack(sim, campaign_dialler=False) as (stack, api):
+        campaign = await start_campaign(api, 40, concurrency=10, name="crash")
+        # The dialler of a process that will die: its own database connections, as another process has.
+        doomed_db = Database(stack.state.store.db.url)
+        crashed = Dialler(CampaignStore(doomed_db), sim.client(), stack.settings, stack.state.prompts)
+        crashed.start()
+        await sim.wait_for(lambda: len(sim.dials) >= 5, timeout=20, what="5 dials")
+        # A hard crash: the dialler's tasks die wherever they are, nothing is given back, its connections drop.
+        assert crashed._task is not None
+        for task in [crashed._task, *crashed._sends]:
+            task.cancel()
+        await asyncio.gather(crashed._task, *crashed._sends, return_exceptions=True)
+        await doomed_db.aclose()
+        await sim.wait_for(lambda: sim.live == 0, timeout=20, what="placed calls to end")
+        # Time passes beyond every lease: unsent claims return to the queue, sends with no callback are closed.
+        store = campaign_store(stack)
+        await store.reconcile(now=time.time() + stack.settings.campaign_call_lease_s + 1)
+        state = stack.state
+        second = Dialler(store, sim.client(), state.settings, state.prompts)
+        second.start()
+        try:
+            await wait_campaign(stack, campaign, timeout=30)
+        finally:
+            await second.stop()
+        dialled = [d.to for d in sim.dials]
+        assert len(dialled) == len(set(dialled))  # nobody twice
+        for row in await store.numbers(campaign):
+            expected = "person" if row["number"] in dialled else "failed"  # failed: sent, never confirmed
+            assert row["outcome"] == expected, row
