@@ -475,3 +475,34 @@ async def test_a_crashed_dialler_is_reconciled_not_redialled(tmp_path: Path) -> 
         for row in await store.numbers(campaign):
             expected = "person" if row["number"] in dialled else "failed"  # failed: sent, never confirmed
             assert row["outcome"] == expected, row
+
+
+# --- command line -------------------------------------------------------------------------------------------
+
+
+def test_campaign_commands(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from click.testing import CliRunner
+
+    from agent.campaigns.cli import campaign, dial
+
+    monkeypatch.setenv("DATABASE_URL", f"sqlite+aiosqlite:///{tmp_path}/cli.db")
+    monkeypatch.setenv("AGENT_PROMPTS_DIR", str(Path(__file__).resolve().parent.parent / "prompts"))
+    monkeypatch.setenv("AGENT_OUTBOUND_FROM_NUMBER", FROM)
+    monkeypatch.delenv("VOBIZ_AUTH_ID", raising=False)
+    monkeypatch.chdir(tmp_path)
+    numbers_csv = tmp_path / "june.csv"
+    numbers_csv.write_text("number,name\n+919800000001,Asha\n+919800000002,Ravi\n")
+    runner = CliRunner()
+    run = runner.invoke(campaign, ["run", str(numbers_csv), "--rate", "30/min", "--detach"])
+    assert run.exit_code == 0, run.output
+    assert "campaign 'june'" in run.output and "2 numbers" in run.output
+    again = runner.invoke(campaign, ["run", str(numbers_csv), "--detach"])
+    assert "resuming campaign 'june'" in again.output
+    assert runner.invoke(campaign, ["pause", "june"]).output.strip() == "paused"
+    assert "june" in runner.invoke(campaign, ["status"]).output
+    assert runner.invoke(campaign, ["dnc", "+919800000009", "--reason", "asked"]).output.strip() == "added 1"
+    assert "+919800000009" in runner.invoke(campaign, ["dnc"]).output
+    export = runner.invoke(campaign, ["export", "june"])
+    assert export.exit_code == 0 and export.output.count("\n") == 3
+    no_vobiz = runner.invoke(dial, ["+919800000003"])
+    assert no_vobiz.exit_code != 0 and "VOBIZ_AUTH_ID" in no_vobiz.output
