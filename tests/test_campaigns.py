@@ -33,19 +33,21 @@ async def outbound_stack(sim: OutboundSim, **overrides: Any) -> AsyncIterator[tu
         "campaign_poll_s": 0.05,
         "record_calls": False,
     }
-    async with running_stack(FAST, vobiz=sim.client(), **(values | overrides)) as stack:
-        async with httpx.AsyncClient(base_url=stack.base_url, headers=AUTH, timeout=10) as api:
-            try:
-                yield stack, api
-            finally:
-                await sim.aclose()
+    async with (
+        running_stack(FAST, vobiz=sim.client(), **(values | overrides)) as stack,
+        httpx.AsyncClient(base_url=stack.base_url, headers=AUTH, timeout=10) as api,
+    ):
+        try:
+            yield stack, api
+        finally:
+            await sim.aclose()
 
 
 def campaign_store(stack: Stack) -> CampaignStore:
     return CampaignStore(stack.state.store.db)
 
 
-async def wait_settled(stack: Stack, attempt_id: str, timeout: float = 10.0) -> dict[str, Any]:
+async def wait_settled(stack: Stack, attempt_id: str, timeout: float = 10.0) -> dict[str, Any]:  # noqa: ASYNC109
     store = campaign_store(stack)
     deadline = time.monotonic() + timeout
     while True:
@@ -93,7 +95,8 @@ def write_prompts(folder: Path) -> Path:
             "  silence_ms: 1500\n---\nYou remind {{name}} of an appointment.\n"
         )
     (folder / "screen-async.md").write_text(
-        "---\ngreeting: Hello, this is the clinic.\n" + QUIET
+        "---\ngreeting: Hello, this is the clinic.\n"
+        + QUIET
         + "answering_machine:\n  detection: async\n  action: hangup\n---\nYou call {{name}}.\n"
     )
     return folder
@@ -119,17 +122,17 @@ def mixed(to: str, nth: int) -> Callee:
     """Every 10th number busy once then answers; then: never answers; fails, then busy twice; a machine;
     the rest answer at once."""
     i = int(to[-8:])
-    fast = {"ring_ms": 20, "talk_ms": 400}
     kind = i % 10
+    answer: Any = "person"
     if kind == 0:
-        return Callee("busy" if nth == 1 else "person", **fast)
-    if kind == 1:
-        return Callee("no_answer", **fast)
-    if kind == 2:
-        return Callee("failed" if nth == 1 else "busy", **fast)
-    if kind == 3:
-        return Callee("machine", **fast)
-    return Callee("person", **fast)
+        answer = "busy" if nth == 1 else "person"
+    elif kind == 1:
+        answer = "no_answer"
+    elif kind == 2:
+        answer = "failed" if nth == 1 else "busy"
+    elif kind == 3:
+        answer = "machine"
+    return Callee(answer, ring_ms=20, talk_ms=400)
 
 
 EXPECTED = {0: ("person", 2), 1: ("no_answer", 3), 2: ("busy", 3), 3: ("machine", 1)}
@@ -290,9 +293,7 @@ async def test_calling_windows_follow_the_callees_local_time(tmp_path: Path) -> 
         waiting = {r["number"]: r for r in await store.numbers(campaign)}[number(2)]
         assert waiting["state"] == "pending" and waiting["next_attempt_at"] == ny_opens
         assert await store.claim(campaign, "d1", limit=10, lease_s=60, now=ny_opens - 1) == []
-        assert [c.number for c in await store.claim(campaign, "d1", limit=10, lease_s=60, now=ny_opens)] == [
-            number(2)
-        ]
+        assert [c.number for c in await store.claim(campaign, "d1", limit=10, lease_s=60, now=ny_opens)] == [number(2)]
 
 
 async def test_retries_back_off_and_stop_at_the_limit(tmp_path: Path) -> None:
@@ -315,8 +316,8 @@ async def test_retries_back_off_and_stop_at_the_limit(tmp_path: Path) -> None:
         # A result that is not retried is final at once.
         other = await store.create(spec(name="d", retry_on=("busy",)), rows(1))
         claim = (await store.claim(other, "d", limit=5, lease_s=60))[0]
-        settled = await store.settle(claim.attempt_id, "", "failed")
-        assert settled is not None and settled.final
+        once = await store.settle(claim.attempt_id, "", "failed")
+        assert once is not None and once.final
 
 
 async def test_do_not_call_numbers_are_never_dialled(tmp_path: Path) -> None:

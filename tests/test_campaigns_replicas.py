@@ -125,7 +125,9 @@ async def test_two_replicas_share_a_campaign_without_a_duplicate_dial(pg_url: st
                 assert created.status_code == 201, created.text
                 campaign = created.json()["id"]
                 deadline = time.monotonic() + 45
-                while (progress := (await api.get(f"/campaigns/{campaign}")).json())["campaign"]["state"] != "completed":
+                while (progress := (await api.get(f"/campaigns/{campaign}")).json())["campaign"][
+                    "state"
+                ] != "completed":
                     assert time.monotonic() < deadline, progress
                     await asyncio.sleep(0.1)
                 page = await api.get(f"/console/campaigns/{campaign}")

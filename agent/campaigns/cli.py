@@ -156,6 +156,8 @@ def campaign_run(
         retry_on=tuple(r.strip() for r in retry_on.split(",") if r.strip()),
     )
 
+    text = csv_file.read_text(encoding="utf-8-sig")
+
     async def job() -> None:
         prompts = PromptLibrary(settings.prompts_dir, settings.default_prompt)
         prompts.get(spec.prompt)
@@ -164,7 +166,7 @@ def campaign_run(
                 campaign_id = str((await store.find(spec.name))["id"])
                 click.echo(f"resuming campaign {spec.name!r} ({campaign_id})")
             except CampaignError:
-                rows = parse_csv(csv_file.read_text(encoding="utf-8-sig"))
+                rows = parse_csv(text)
                 campaign_id = await store.create(spec, rows)
                 click.echo(f"campaign {spec.name!r} ({campaign_id}): {len(rows)} numbers")
             if detach:

@@ -508,9 +508,7 @@ class CampaignStore:
         now = time.time() if now is None else now
         async with self.db.engine.begin() as conn:
             row = (
-                await conn.execute(
-                    select(outbound_calls).where(_attempt_match(attempt_id, call_id)).limit(1)
-                )
+                await conn.execute(select(outbound_calls).where(_attempt_match(attempt_id, call_id)).limit(1))
             ).first()
             if row is None or row.state == "ended":
                 return None

@@ -107,6 +107,13 @@ class Dial:
     webhooks: list[tuple[str, str, int | None]] = field(default_factory=list)  # (event, url, status)
 
 
+def _always(callee: Callee) -> Behaviour:
+    def behaviour(_number: str, _nth: int) -> Callee:
+        return callee
+
+    return behaviour
+
+
 class OutboundSim:
     def __init__(
         self,
@@ -115,7 +122,7 @@ class OutboundSim:
         auth_token: str | None = None,
         http: httpx.AsyncClient | None = None,
     ) -> None:
-        self.behaviour: Behaviour = behaviour if callable(behaviour) else (lambda _n, _k, c=behaviour: c)
+        self.behaviour: Behaviour = behaviour if callable(behaviour) else _always(behaviour)
         self.auth_token = auth_token
         self._owns_http = http is None
         self._http = http or httpx.AsyncClient(timeout=10.0)
