@@ -157,7 +157,7 @@ async def test_campaign_of_200_numbers_at_concurrency_20(tmp_path: Path) -> None
         created = await api.post("/campaigns", json=body)
         assert created.status_code == 201, created.text
         campaign_id = created.json()["id"]
-        await wait_campaign(stack, campaign_id, timeout=45)
+        await wait_campaign(stack, campaign_id, timeout=80)
         # Every number reached exactly one final outcome, by the rules, and was dialled as often as they allow.
         store = campaign_store(stack)
         rows = await store.numbers(campaign_id)
@@ -184,7 +184,7 @@ async def test_campaign_of_200_numbers_at_concurrency_20(tmp_path: Path) -> None
         assert "/console/calls/" in lines[6]  # row 5: a person
         progress = (await api.get(f"/campaigns/{campaign_id}")).json()
         assert progress["outcomes"]["dnc"] == 5 and sum(progress["outcomes"].values()) == 200
-    assert time.monotonic() - started < 60
+    assert time.monotonic() - started < 90  # ~20 s on an idle 2-core machine
 
 
 # --- machine detection and voicemail -----------------------------------------------------------------------

@@ -19,17 +19,19 @@ was provably never sent and goes back to `pending`; one `placing` or later with 
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import io
 import math
 import secrets
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import and_, case, delete, func, insert, literal, select, update
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from agent.campaigns.tables import campaign_numbers, campaigns, do_not_call, outbound_calls
@@ -40,6 +42,8 @@ RESULTS = ("person", "machine", "busy", "no_answer", "failed")
 OUTCOMES = (*RESULTS, "dnc")
 RETRYABLE = ("busy", "no_answer", "failed")
 CAMPAIGN_STATES = ("running", "paused", "stopped", "completed")
+_T = TypeVar("_T")
+_LOCKED_RETRIES = 6
 _SCAN_FACTOR = 4  # due rows looked at per slot: some may be outside their window or on the do-not-call list
 
 
@@ -276,6 +280,11 @@ class CampaignStore:
         self, campaign_id: str, owner: str, *, limit: int, lease_s: float, now: float | None = None
     ) -> list[Claim]:
         """Claim up to `limit` numbers of a running campaign for dialling (see the module docstring)."""
+        return await self._again_if_locked(lambda: self._claim_once(campaign_id, owner, limit, lease_s, now))
+
+    async def _claim_once(
+        self, campaign_id: str, owner: str, limit: int, lease_s: float, now: float | None
+    ) -> list[Claim]:
         now = time.time() if now is None else now
         async with self.db.engine.begin() as conn:
             locked = (
@@ -505,6 +514,33 @@ class CampaignStore:
     ) -> Settled | None:
         """A final result for an attempt (hangup callback, a refused make-call, a lost lease); idempotent: the
         first one counts, a retried callback finds the attempt ended and changes nothing."""
+        return await self._again_if_locked(
+            lambda: self._settle_once(attempt_id, call_id, result, cause, duration_s, error, retry, now)
+        )
+
+    async def _again_if_locked(self, operation: Callable[[], Awaitable[_T]]) -> _T:
+        """SQLite has one writer: past its busy timeout (a long save elsewhere, a starved host) a write fails
+        with "database is locked". The transaction was rolled back whole, so it is simply tried again."""
+        for attempt in range(_LOCKED_RETRIES):
+            try:
+                return await operation()
+            except OperationalError as exc:
+                if self._pg or "locked" not in str(exc) or attempt == _LOCKED_RETRIES - 1:
+                    raise
+                await asyncio.sleep(0.05 * 2**attempt)
+        raise AssertionError("unreachable")
+
+    async def _settle_once(
+        self,
+        attempt_id: str | None,
+        call_id: str,
+        result: str,
+        cause: str,
+        duration_s: float | None,
+        error: str | None,
+        retry: bool,
+        now: float | None,
+    ) -> Settled | None:
         now = time.time() if now is None else now
         async with self.db.engine.begin() as conn:
             row = (

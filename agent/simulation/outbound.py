@@ -185,14 +185,24 @@ class OutboundSim:
 
     async def _post(self, dial: Dial, url: str, fields: Mapping[str, str], event: str) -> None:
         headers = {"User-Agent": "Vobiz"}
-        if self.auth_token:
-            headers |= vobiz_signature_headers(self.auth_token, url)
         status: int | None = None
-        try:
-            response = await self._http.post(url, data=dict(fields), headers=headers)
-            status = response.status_code
-        except httpx.HTTPError as exc:
-            self.errors.append(f"{event} {url}: {exc!r}")
+        for retry in range(4):  # like Vobiz: a failed callback is retried up to 3 times, backing off
+            if retry:
+                await asyncio.sleep(0.1 * 2**retry)
+            if self.auth_token:
+                headers |= vobiz_signature_headers(self.auth_token, url)  # a fresh nonce for each try
+            try:
+                response = await self._http.post(url, data=dict(fields), headers=headers)
+                status = response.status_code
+            except httpx.HTTPError as exc:
+                status = None
+                error = f"{event} {url}: {exc!r}"
+            else:
+                error = f"{event} {url}: HTTP {status}"
+                if 200 <= status < 300:
+                    break
+        else:
+            self.errors.append(error)
         dial.webhooks.append((event, url, status))
 
     def _fields(self, dial: Dial, status: str, event: str) -> dict[str, str]:
