@@ -32,9 +32,11 @@ _LAZY_COMMANDS: Final = {
     "demo": ("agent.testkit.commands.demo", "demo_command"),
     "eval": ("agent.testkit.commands.eval", "eval_command"),
     "loadtest": ("agent.testkit.loadtest.cli", "loadtest"),
+    "dial": ("agent.campaigns.cli", "dial"),
+    "campaign": ("agent.campaigns.cli", "campaign"),
 }
-"""Simulation and load-test commands, imported only when run (or listed by --help), so that `serve` starts
-without their tooling and without the `sim` extra some of them need."""
+"""Commands imported only when run (or listed by --help), so that `serve` starts without their code: the
+simulation and load-test tooling (and the `sim` extra some of it needs), and the outbound dialling commands."""
 
 
 class _LazyGroup(click.Group):

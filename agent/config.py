@@ -166,6 +166,24 @@ class Settings(BaseSettings):
         default="127.0.0.1,::1",
         description="proxies trusted for X-Forwarded-For/-Proto (uvicorn forwarded_allow_ips; '*' trusts all)",
     )
+    # Outbound calls and campaigns (agent.campaigns).
+    outbound_from_number: str | None = Field(
+        default=None,
+        description="caller ID (a Vobiz number of yours) for outbound calls that name none",
+    )
+    campaign_dialler: bool = Field(
+        default=True, description="this replica dials running campaigns (needs VOBIZ_AUTH_ID/VOBIZ_AUTH_TOKEN)"
+    )
+    campaign_poll_s: float = Field(default=1.0, gt=0, le=60, description="how often an idle dialler looks again")
+    campaign_claim_lease_s: float = Field(
+        default=60.0, gt=0, description="a claimed number not sent within this goes back to the queue"
+    )
+    campaign_call_lease_s: float = Field(
+        default=7200.0,
+        gt=0,
+        description="a placed call with no final Vobiz callback within this is closed as failed (never re-dialled)",
+    )
+    campaign_timezone: str = Field(default="Asia/Kolkata", description="callees' time zone when a row names none")
     # USD per million tokens, for the per-call cost estimate (gpt-realtime list prices; override as they change).
     price_input_text: float = 4.0
     price_input_audio: float = 32.0

@@ -25,7 +25,8 @@ from fastapi import FastAPI
 from starlette.routing import NoMatchFound
 
 from agent.config import ConfigError, Settings, load_settings
-from agent.console import auth, console_router
+from agent.console import auth
+from agent.console.routes import console_router
 from agent.engine import RealtimeSimConfig
 from agent.prompts.loader import Prompt, parse_prompt
 from agent.records.record import BargeIn, CallRecord, ToolUse, Turn, Usage

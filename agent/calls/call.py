@@ -19,13 +19,14 @@ from typing import Any, NoReturn
 from starlette.websockets import WebSocket
 
 from agent.audio.formats import MediaFormat
+from agent.calls import voicemail
 from agent.calls.caller_audio import CallerAudio
 from agent.calls.carrier_stream import CarrierStream, InboundDrops
 from agent.calls.context import CallDeps, Log, new_context
 from agent.calls.interruption import Interruption
 from agent.calls.model_events import ModelEvents
 from agent.calls.model_session import ModelSession
-from agent.calls.outcome import CallOver, EndAction, Ending, Outcome
+from agent.calls.outcome import CallOver, EndAction, Ending, Outcome, raise_over
 from agent.calls.timers import watch_duration, watch_idle, wrap_up
 from agent.calls.tools import ToolCall, run_tool
 from agent.carrier.rest import VobizApiError
@@ -75,6 +76,7 @@ class Call:
         self.carrier = CarrierStream(ctx, start.streamId, drops)
         self.interruption = Interruption(ctx, self.carrier.clear_line, self._spawn)
         self.caller = CallerAudio(ctx, self.interruption, drops, self._spawn)
+        machine = voicemail.at_answer(ctx)
         self.session = ModelSession(
             ctx,
             self.caller,
@@ -83,7 +85,9 @@ class Call:
             quiet=self.quiet,
             unavailable=self._unavailable,
             pending=model,
+            greet=machine is None,  # an answering machine gets the prompt's message, once its greeting is over
         )
+        self.voicemail = None if machine is None else voicemail.Voicemail(self, machine)
         self.events = ModelEvents(
             ctx,
             self.interruption,
@@ -108,10 +112,6 @@ class Call:
     @property
     def barge_ins(self) -> int:
         return self.interruption.barge_ins
-
-    @property
-    def awaiting_stream(self) -> bool:
-        return self.carrier.awaiting
 
     @property
     def caller_speaking(self) -> bool:
@@ -158,6 +158,8 @@ class Call:
                 tg.create_task(self.session.watch_age(), name="session-age-watch")
                 tg.create_task(self.ctx.responses.watch(), name="response-watch")
                 tg.create_task(self.session.watch_liveness(), name="model-liveness")
+                if self.voicemail is not None:
+                    tg.create_task(self.voicemail.run(), name="voicemail")
         except* CallOver:
             pass
         except* Exception as group:
@@ -205,7 +207,7 @@ class Call:
         if self.done.is_set():
             return
         self.ending.begin(reason)
-        self._spawn(self._raise_over(), "hang-up")
+        self._spawn(raise_over(), "hang-up")
 
     def wrap_up(self, reason: str) -> None:
         """End the call from outside, politely: a spoken wrap-up, then the stream stops."""
@@ -214,12 +216,14 @@ class Call:
         self.ending.begin()
         self._spawn(wrap_up(self, reason), "wrap-up")
 
+    def engage_voicemail(self) -> None:
+        """A machine answered after all (asynchronous detection): leave the prompt's message, if it has one."""
+        if (policy := voicemail.policy_for(self.ctx, answered_by_machine=True)) and not self.voicemail:
+            self.voicemail = voicemail.Voicemail(self, policy)
+            self._spawn(self.voicemail.run(), "voicemail")
+
     def begin_closing(self, reason: str | None = None) -> None:
         self.ending.begin(reason)
-
-    @staticmethod
-    async def _raise_over() -> None:
-        raise CallOver
 
     async def resume(self, ws: WebSocket, start: StartInfo) -> bool:
         """Hand a reconnected stream to this call; returns once the call is over (the socket's lifetime)."""

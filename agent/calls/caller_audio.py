@@ -12,6 +12,7 @@ from collections.abc import Callable
 
 from websockets.exceptions import ConnectionClosed, WebSocketException
 
+from agent.audio.codecs import Int16Array
 from agent.audio.speech_onset import SpeechOnset
 from agent.audio.transcode import CallerAudioConverter
 from agent.calls.context import CallContext, pcm16
@@ -41,6 +42,8 @@ class CallerAudio:
         self._dtmf_task: asyncio.Task[None] | None = None
         self.speaking = False
         self.last_sound = time.monotonic()
+        # Set while the callee's audio is no turn for the model (an answering machine's greeting): frames go here.
+        self.divert: Callable[[Int16Array], None] | None = None
 
     @property
     def queued(self) -> bool:
@@ -68,7 +71,10 @@ class CallerAudio:
         except ValueError as exc:
             self._drop("bad_audio", str(exc))
             return
-        self._enqueue(audio)
+        if self.divert is not None:
+            self.divert(pcm16(ctx.format, payload, self._converter.big_endian))
+        else:
+            self._enqueue(audio)
         recorder = ctx.recorder
         if recorder is not None and recorder.mulaw:
             recorder.caller_mulaw(payload)  # as it came: decoded when the file is written, off the event loop

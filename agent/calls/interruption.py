@@ -89,6 +89,7 @@ class Interruption:
         self._items: dict[str, _Item] = {}  # in order of first audio
         self._by_response: dict[str, list[str]] = {}
         self._dropped_responses: set[str] = set()
+        self._admit: Callable[[str], bool] = lambda _response_id: True
         self.barge_ins = 0
 
     # --- questions -----------------------------------------------------------------------------------------
@@ -123,6 +124,9 @@ class Interruption:
     def audio(self, item_id: str, response_id: str, ms: float) -> Audio:
         """An audio delta arrived: count it, unless it belongs to what was interrupted."""
         item = self._items.get(item_id)
+        if response_id not in self._dropped_responses and not self._admit(response_id):
+            self._dropped_responses.add(response_id)  # cancelled once; its audio never plays
+            self._spawn(self._ctx.link.send(client_commands.response_cancel(response_id)), "refused-response")
         if response_id in self._dropped_responses or (item is not None and item.fate is not Fate.PLAYING):
             return Audio.DROP
         if item is None:
@@ -228,6 +232,25 @@ class Interruption:
         cut = next((k for k, v in reversed(heard.items()) if v < self.received_ms(k) - 1), None)
         heard_ms = round(heard.get(cut, 0.0) if cut else 0.0)
         record.barge_ins.append(BargeIn(time.time(), cut, heard_ms, round(clear_ms, 2)))
+
+    def admit_only(self, admit: Callable[[str], bool]) -> None:
+        """From now on, a response `admit` refuses is never heard and is cancelled (a voicemail: nothing but the
+        message may play)."""
+        self._admit = admit
+
+    async def silence(self) -> None:
+        """Stop the bot for good although nobody interrupted it: clear the line, cancel what it is saying, and
+        let the model forget what the callee did not hear."""
+        ctx = self._ctx
+        audible = ctx.playout.is_audible() or ctx.playout.held
+        self._unhold()
+        heard = ctx.playout.clear()
+        if audible:
+            await self._clear_line()
+        active = ctx.responses.active_id
+        await self._drop_unheard(heard, unwanted=active)
+        if active:
+            await ctx.link.send(client_commands.response_cancel(active))
 
     # --- the carrier stream drops and comes back (PLAYING/HELD → LOST → PLAYING) ---------------------------
 

@@ -62,8 +62,10 @@ class ModelSession:
         quiet: Callable[[], bool],
         unavailable: Callable[[], Awaitable[None]],
         pending: asyncio.Future[ModelSocket] | None = None,
+        greet: bool = True,
     ) -> None:
         self._ctx = ctx
+        self._greet = greet
         self._caller = caller
         self._interruption = interruption
         self._can_transfer = can_transfer
@@ -88,7 +90,8 @@ class ModelSession:
                 link.socket = await pending
             else:
                 link.socket = await self._open()
-                await ctx.responses.request(session_config.greeting_response(ctx.prompt)["response"])
+                if self._greet:
+                    await ctx.responses.request(session_config.greeting_response(ctx.prompt)["response"])
         except _FAILURES as exc:
             ctx.log.error("could not open the model session: %r", exc)
             ctx.record.event("model_connect_failed", error=repr(exc))

@@ -47,3 +47,8 @@ class Ending:
         """The far side ended the call: its reason counts only if we were not already ending it ourselves."""
         if not self._closing:
             self.reason = reason
+
+
+async def raise_over() -> None:
+    """A task that ends its call's task group: the way to hang up from outside the group."""
+    raise CallOver

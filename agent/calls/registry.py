@@ -41,6 +41,7 @@ _KEEP_ENDED = 10_000  # call ids only: answer-loop protection and after-stream o
 # the database has them. Each is ~90 KB of RSS and many objects that every full garbage collection walks
 # (the soak bench: full collections of 30-110 ms with 200 kept), so keep only the recent few.
 _KEEP_RECORDS = 50
+_KEEP_ANSWERS = 2000  # answer contexts of recent calls (a few hundred bytes each), for their streams
 
 
 @dataclass
@@ -62,6 +63,7 @@ class CallRegistry:
         self.records: OrderedDict[str, CallRecord] = OrderedDict()
         self._prewarms: dict[str, _Prewarm] = {}
         self._outcomes: OrderedDict[str, Outcome] = OrderedDict()
+        self._answers: OrderedDict[str, AnswerContext] = OrderedDict()
         self._ended: OrderedDict[str, float] = OrderedDict()
         deps.on_outcome = self.set_outcome
 
@@ -82,7 +84,7 @@ class CallRegistry:
             return "call_ended"
         call = self.live.get(call_id)
         if call is not None:
-            return None if call.awaiting_stream else "stream_in_use"
+            return None if call.carrier.awaiting else "stream_in_use"
         return "token_expired" if token_expired else None
 
     def knows(self, call_id: str) -> bool:
@@ -206,13 +208,22 @@ class CallRegistry:
 
     async def remember_answer(self, context: AnswerContext) -> None:
         """Share how the call was answered before the XML goes back, so its stream may land on any replica."""
+        # Kept here too: a stream landing on this replica renders its prompt with the same variables, with no
+        # database read (and on SQLite, where nothing is shared, this is the only copy).
+        self._answers[context.call_id] = context
+        while len(self._answers) > _KEEP_ANSWERS:
+            self._answers.popitem(last=False)
         if self.states is not None:
             await self._shared(self.states.answered(context), "answer context")
+
+    def answer_here(self, call_id: str) -> AnswerContext | None:
+        return self._answers.get(call_id)
 
     async def stored(self, call_id: str) -> StoredCall | None:
         """What the replicas shared about a call; None when nothing was, or the database did not answer in time."""
         if self.states is None:
-            return None
+            answer = self._answers.get(call_id)
+            return StoredCall(answer, None, False) if answer is not None else None
         return await self._shared(self.states.get(call_id), "call state")
 
     async def _shared(self, operation: Awaitable[_T], what: str) -> _T | None:

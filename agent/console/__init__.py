@@ -3,7 +3,3 @@
 Server-rendered pages (jinja2, autoescaped) with inline SVG charts and a few lines of JavaScript for the live
 view. Everything lives under `/console` and is off (404) unless `AGENT_OPERATOR_TOKEN` is set.
 """
-
-from agent.console.routes import console_router
-
-__all__ = ["console_router"]

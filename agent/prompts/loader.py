@@ -48,7 +48,17 @@ class Prompt(BaseModel):
             text = _TEMPLATES.from_string(self.instructions).render(values)
         except UndefinedError as exc:
             raise PromptError(f"{self.source}: instructions use an undefined variable: {exc.message}") from None
-        return self.model_copy(update={"instructions": text.strip()})
+        update: dict[str, Any] = {"instructions": text.strip()}
+        machine = self.meta.answering_machine
+        if machine is not None and machine.message:  # the voicemail text takes the same variables
+            try:
+                message = _TEMPLATES.from_string(machine.message).render(values).strip()
+            except (UndefinedError, TemplateSyntaxError) as exc:
+                raise PromptError(f"{self.source}: answering_machine.message: {exc.message}") from None
+            update["meta"] = self.meta.model_copy(
+                update={"answering_machine": machine.model_copy(update={"message": message})}
+            )
+        return self.model_copy(update=update)
 
 
 def _line_of(node: yaml.Node | None, path: tuple[int | str, ...]) -> int | None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, HttpUrl, field_validator
+from pydantic import BaseModel, ConfigDict, Field, HttpUrl, field_validator, model_validator
 
 Voice = Literal["alloy", "ash", "ballad", "coral", "echo", "sage", "shimmer", "verse", "marin", "cedar"]
 AudioFormat = Literal["audio/x-mulaw;rate=8000", "audio/x-l16;rate=8000", "audio/x-l16;rate=16000"]
@@ -105,6 +105,36 @@ class Experiment(_Strict):
     )
 
 
+class AnsweringMachine(_Strict):
+    """Outbound calls: ask Vobiz to detect answering machines, and what to do when one answers.
+
+    `detection`: `sync` holds the answer webhook until Vobiz has decided (it then carries `Machine`); `async`
+    answers at once and reports the result later to a separate URL (the call may already be talking).
+    `action`: `hangup` ends the call at once; `voicemail` waits for the greeting (and its beep) to end, has the
+    model say `message` (a template with the call's variables), and hangs up once it has played.
+    """
+
+    detection: Literal["sync", "async"] = "sync"
+    detection_time_ms: int = Field(default=5000, ge=2000, le=10000, description="Vobiz machine_detection_time")
+    action: Literal["hangup", "voicemail"] = "hangup"
+    message: str | None = Field(default=None, description="the voicemail text; required with action: voicemail")
+    silence_ms: int = Field(default=1500, ge=200, le=10000, description="quiet after the greeting that ends it")
+    max_wait_s: float = Field(default=30.0, gt=0, le=120, description="speak the message after this at the latest")
+
+    @field_validator("message")
+    @classmethod
+    def _not_blank(cls, value: str | None) -> str | None:
+        if value is not None and not value.strip():
+            raise ValueError("must not be empty")
+        return value
+
+    @model_validator(mode="after")
+    def _message_for_voicemail(self) -> AnsweringMachine:
+        if self.action == "voicemail" and not self.message:
+            raise ValueError("action: voicemail needs a message")
+        return self
+
+
 class PromptMeta(_Strict):
     description: str = ""
     model: str | None = Field(default=None, description="Realtime model; unset uses OPENAI_REALTIME_MODEL")
@@ -126,6 +156,9 @@ class PromptMeta(_Strict):
     audio_format: AudioFormat | None = Field(default=None, description="unset uses AGENT_STREAM_CONTENT_TYPE")
     offline: OfflineDialogue = Field(default_factory=OfflineDialogue)
     experiment: Experiment | None = None
+    answering_machine: AnsweringMachine | None = Field(
+        default=None, description="outbound calls: machine detection and the voicemail policy; unset = no detection"
+    )
 
     @field_validator("tools")
     @classmethod

@@ -14,9 +14,10 @@ from fastapi import FastAPI
 from agent.calls.context import CallDeps
 from agent.calls.outcome import Outcome
 from agent.calls.registry import CallRegistry
+from agent.campaigns.routes import outbound_router
 from agent.carrier.rest import VobizClient
 from agent.config import Settings
-from agent.console import console_router
+from agent.console.routes import console_router
 from agent.model.connection import ModelConnector
 from agent.observability.health import ModelReachability
 from agent.observability.metrics import Metrics
@@ -137,6 +138,7 @@ def create_app(
     app.include_router(stream_route.router)
     app.include_router(health.router)
     app.include_router(console_router())
+    app.include_router(outbound_router())  # POST /calls, /campaigns, outbound callbacks, the campaign dialler
     if settings.fault_injection:
         from agent.testkit import faults
 

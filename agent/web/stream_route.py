@@ -52,7 +52,7 @@ async def stream(ws: WebSocket) -> None:
         log.warning("stream token for call %s presented with start.callId %s", call_id, start.callId[:64])
         await _close(ws)
         return
-    answer = stored.answer if stored is not None else None
+    answer = stored.answer if stored is not None else state.registry.answer_here(call_id)
     try:
         # Used only when this replica did not pre-warm the call: the prompt the answering replica chose, with
         # the same variables, or else the one named in the stream URL.

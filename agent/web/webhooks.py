@@ -20,6 +20,7 @@ from fastapi.routing import APIRoute
 
 from agent.audio.formats import MediaFormat
 from agent.calls.outcome import EndAction
+from agent.campaigns import hooks as outbound
 from agent.config import ConfigError, Settings
 from agent.prompts.loader import PromptError
 from agent.protocol.vobiz import stream_token, xml
@@ -194,6 +195,7 @@ async def _answer(request: Request, state: AppState) -> Response:
         # Ring (an outbound call still ringing), MachineDetection, ...: nobody to talk to yet, so no stream and
         # no model session; Vobiz posts StartApp once the call is answered.
         _log_event(state, call_id, "call_event", params)
+        await outbound.on_event(state, call_id, params)  # [campaigns] attempt progress, async machine detection
         return _xml(xml.empty())
     if registry.is_ended(call_id):
         # Vobiz re-posts the answer URL after a stream ends; never start a second conversation.
@@ -220,6 +222,9 @@ async def _answer(request: Request, state: AppState) -> Response:
     record.tags |= {k[4:]: v[:200] for k, v in params.items() if k.startswith("tag_") and len(k) <= 64}
     record.tags |= experiment_tags
     record.event("answer_webhook", event=event, status=params.get("CallStatus", ""), prompt=prompt.name)
+    machine_xml = await outbound.on_answer(state, call_id, params, prompt, record)  # [campaigns] machine policy
+    if machine_xml is not None:
+        return _xml(machine_xml)
     content_type = prompt.meta.audio_format or settings.stream_content_type
     context = AnswerContext(call_id, prompt.name, caller, called, record.direction, variables, dict(record.tags))
     await registry.remember_answer(context)  # before the XML goes back: the stream may land on another replica

@@ -15,6 +15,7 @@ from sqlalchemy import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.pool import NullPool
 
+import agent.campaigns.tables
 import agent.storage.call_state
 import agent.storage.nonces  # noqa: F401 - registers the webhook_nonces table on Base.metadata for autogenerate
 from agent.storage.database import normalise_url
