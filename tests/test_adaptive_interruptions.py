@@ -84,7 +84,7 @@ async def test_a_backchannel_pauses_the_bot_which_resumes_at_the_exact_sample() 
         stopped = round(clear.played_ms_at_clear * 8)
         resumed_at = stopped - (len(played) - len(sent))
         [pause] = [e.detail for e in stack.state.registry.records[call.call_uuid].events if e.kind == "pause"]
-        assert resumed_at == pytest.approx(list(pause["heard"].values())[0] * 8, abs=8)
+        assert resumed_at == pytest.approx(next(iter(pause["heard"].values())) * 8, abs=8)
         assert 0 <= stopped - resumed_at <= 40 * 8
         assert np.array_equal(played[:stopped], sent[:stopped]) and np.array_equal(played[stopped:], sent[resumed_at:])
         # The model's memory: its answer untouched, the murmur deleted, and no reply to it started.
@@ -120,7 +120,7 @@ async def test_a_real_interruption_after_a_false_one_is_cut_and_answered_at_once
         # Cut to what the caller heard of the answer: the carrier's count, less what it played twice at the first
         # pause (the first clear's flight time).
         events = stack.state.registry.records[call.call_uuid].events
-        first_pause = [list(e.detail["heard"].values())[0] for e in events if e.kind == "pause"][0]
+        first_pause = next(next(iter(e.detail["heard"].values())) for e in events if e.kind == "pause")
         twice = call.clears[0].played_ms_at_clear - first_pause
         assert truncate["audio_end_ms"] == pytest.approx(call.clears[1].played_ms_at_clear - twice, abs=60)
         assert client(session, "response.cancel")  # the agent, not the server, cancels the answer
@@ -162,8 +162,11 @@ async def test_an_ordinary_turn_while_the_bot_is_silent_is_answered_at_once() ->
     config = RealtimeSimConfig(reply_ms=600, speed=4.0, transcribe=said("hello", "what are your opening hours"))
     async with running_stack(config) as stack:
         call = await stack.carrier.place_call(
-            [CallerAudio.after_bot_audio(600, CallerAudio.silence(500)), CallerAudio.tone(300, 1200, 0.4)]
-            + [CallerAudio.silence(3000)]
+            [
+                CallerAudio.after_bot_audio(600, CallerAudio.silence(500)),
+                CallerAudio.tone(300, 1200, 0.4),
+                CallerAudio.silence(3000),
+            ]
         )
         session = await stack.engine.wait_for_session()
         answer = await session.wait_for_client_event("response.create", ours, timeout=8)

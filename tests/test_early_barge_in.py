@@ -1,5 +1,6 @@
-"""Early barge-in (AGENT_INTERRUPTIONS=early, or the older AGENT_EARLY_BARGE_IN=true): the bot goes silent on the caller's own speech onset, before the model's
-VAD has said anything; the VAD then confirms it, or the bot carries on from exactly where it stopped.
+"""Early barge-in (AGENT_INTERRUPTIONS=early, or the older AGENT_EARLY_BARGE_IN=true): the bot goes silent on the
+caller's own speech onset, before the model's VAD has said anything; the VAD then confirms it, or the bot carries
+on from exactly where it stopped.
 
 The engine's VAD is slowed to 400 ms here, about what a caller on another continent waits for OpenAI's.
 """
@@ -50,10 +51,10 @@ async def test_the_bot_is_silenced_on_the_onset_and_the_vad_confirms_the_barge_i
 
 
 async def test_agent_early_barge_in_true_is_an_alias_of_the_early_policy() -> None:
-    settings = Settings(_env_file=None, early_barge_in=True)  # type: ignore[call-arg]
+    settings = Settings(_env_file=None, early_barge_in=True)
     assert settings.interruption_mode == "early"
-    assert Settings(_env_file=None).interruption_mode == "adaptive"  # type: ignore[call-arg]
-    explicit = Settings(_env_file=None, early_barge_in=True, interruptions="immediate")  # type: ignore[call-arg]
+    assert Settings(_env_file=None).interruption_mode == "adaptive"
+    explicit = Settings(_env_file=None, early_barge_in=True, interruptions="immediate")
     assert explicit.interruption_mode == "immediate"
 
 

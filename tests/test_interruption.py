@@ -24,8 +24,8 @@ from agent.calls.interruption import EARLY_BACKOFF_S, Audio, Fate, Interruption,
 from agent.calls.latency import ResponseLatency
 from agent.calls.outcome import Ending
 from agent.calls.responses import ResponseQueue
-from agent.config import Settings
 from agent.carrier.playout import Playout
+from agent.config import Settings
 from agent.model.connection import ModelLink
 from agent.observability.metrics import Metrics
 from agent.prompts.schema import PromptMeta, TurnDetection
@@ -69,7 +69,7 @@ class Rig:
         link = ModelLink(log)
         link.socket = cast(Any, self.model)
         settings = Settings.model_construct(
-            **(Settings(_env_file=None).model_dump() | {"interruptions": mode, "early_barge_in_confirm_ms": confirm_ms})  # type: ignore[call-arg]
+            **(Settings(_env_file=None).model_dump() | {"interruptions": mode, "early_barge_in_confirm_ms": confirm_ms})
         )
         deps = SimpleNamespace(settings=settings, metrics=Metrics(CollectorRegistry()))
         td = TurnDetection(interrupt_response=server_cancels)

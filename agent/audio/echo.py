@@ -160,7 +160,10 @@ class EchoEstimator:
         if sum(valid) < 0.8 * len(valid):
             return
         inbound = np.array(
-            [self._in_db[slot % _RING] if ok else _FLOOR_DB for slot, ok in zip(range(first, last + 1), valid)]
+            [
+                self._in_db[slot % _RING] if ok else _FLOOR_DB
+                for slot, ok in zip(range(first, last + 1), valid, strict=True)
+            ]
         )
         ref = self._ref(first - self._max_lag, last)
         if (ref[self._max_lag :] > _ACTIVE_DB).mean() < 0.3:

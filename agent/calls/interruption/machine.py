@@ -33,7 +33,6 @@ EARLY_BACKOFF_S = 3.0  # after an early clear the VAD did not confirm, onsets ar
 _SHORTER_THAN = re.compile(r"Audio content of (\d+)ms is already shorter than (\d+)ms")
 
 
-
 @dataclass
 class _Item:
     response_id: str
