@@ -9,12 +9,13 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import httpx
 
 from agent.audio.codecs import Int16Array, l16_to_pcm16, mulaw_to_pcm16
+from agent.audio.echo import EchoEstimator
 from agent.audio.formats import MediaFormat
 from agent.audio.transcode import BotAudioConverter
 from agent.calls.handover import CallerTurns
@@ -72,6 +73,8 @@ class CallContext:
     bot_audio: BotAudioConverter
     recorder: CallRecorder | None
     activity: asyncio.Event
+    echo: EchoEstimator | None = None  # the adaptive policy's echo model: the bot's playout and the caller's line
+    sound: LineSound = field(default_factory=lambda: LineSound())
 
     @property
     def settings(self) -> Settings:
@@ -84,6 +87,18 @@ class CallContext:
     async def ask(self, guidance: str, **response: Any) -> asyncio.Future[str | None]:
         """Ask for a reply steered by `guidance`, in the prompt's persona (see `session_config.guided`)."""
         return await self.responses.request(session_config.guided(self.prompt, guidance, **response))
+
+
+@dataclass
+class LineSound:
+    """When the caller's line last carried sound of its own, and sound that was only the bot's echo (monotonic)."""
+
+    caller_at: float = float("-inf")
+    echo_at: float = float("-inf")
+
+    def echo_only(self, now: float, within_s: float = 1.0) -> bool:
+        """Lately the line carried the bot's echo and nothing of the caller's own."""
+        return self.echo_at > now - within_s and self.caller_at <= now - within_s
 
 
 _KEEP_UTTERANCE_MS = 15_000  # caller audio kept for a session switch: the longest utterance carried over
@@ -112,12 +127,30 @@ def new_context(
         checkpoint_interval_ms=settings.checkpoint_interval_ms,
     )
     recorder = CallRecorder(fmt.rate, mulaw=fmt.is_mulaw) if settings.record_calls else None
-    if recorder is not None:
-        if recorder.mulaw:  # kept as the μ-law that went out: no decoding on the event loop
-            playout.on_scheduled = recorder.bot_mulaw
-        else:
-            playout.on_scheduled = lambda data, start: recorder.bot(pcm16(fmt, data), fmt.rate, start)
-        playout.on_late = recorder.shift
+    adaptive = settings.interruption_mode == "adaptive"
+    echo = EchoEstimator(fmt.rate) if adaptive and settings.echo_detection else None
+    if recorder is not None or echo is not None:
+
+        def scheduled(data: bytes, start: float) -> None:
+            samples = None
+            if echo is not None:
+                samples = pcm16(fmt, data)
+                echo.played(samples, start)
+            if recorder is None:
+                return
+            if recorder.mulaw:  # kept as the μ-law that went out: no decoding on the event loop
+                recorder.bot_mulaw(data, start)
+            else:
+                recorder.bot(pcm16(fmt, data) if samples is None else samples, fmt.rate, start)
+
+        def late(expected_at: float, delay: float) -> None:
+            if recorder is not None:
+                recorder.shift(expected_at, delay)
+            if echo is not None:
+                echo.shift(expected_at, delay)
+
+        playout.on_scheduled = scheduled
+        playout.on_late = late
     link = ModelLink(log)
     responses = ResponseQueue(
         link.send,
@@ -141,6 +174,7 @@ def new_context(
         bot_audio=BotAudioConverter(fmt),
         recorder=recorder,
         activity=asyncio.Event(),
+        echo=echo,
     )
 
 

@@ -222,6 +222,18 @@ def call_view(record: CallRecord) -> dict[str, Any]:
             }
             for u in record.tools
         ],
+        "interruptions": [
+            {
+                "at": e.t - t0,
+                "outcome": str(e.detail.get("outcome", "")),
+                "reason": str(e.detail.get("reason", "")),
+                "paused_ms": e.detail.get("paused_ms"),
+                "transcript": e.detail.get("transcript"),
+                "source": str(e.detail.get("source", "")),
+            }
+            for e in record.events
+            if e.kind == "interruption"
+        ],
         "events": [{"at": e.t - t0, "kind": e.kind, "detail": fmt_json(e.detail)} for e in record.events],
         "usage": record.usage,
         "cost_usd": record.cost_usd,
