@@ -26,13 +26,14 @@ from model_drop import RESULTS, agent_process
 from agent.engine import RealtimeServer, RealtimeSimConfig
 from agent.testkit.analysis.call import analyze_call
 from agent.testkit.carrier import CallerAudio, SimCall, SimCallOptions
+from agent.testkit.carrier.audio import CallView
 
 
 def script(turns: int, reply_ms: int) -> list[Any]:
     """Each question once the greeting and every answer before it have played in full (and a pause)."""
 
     def heard(answers: int) -> Any:
-        def ready(call: SimCall) -> bool:
+        def ready(call: CallView) -> bool:
             return call.played_ms >= (answers + 1) * reply_ms - 40 and not call.bot_playing
 
         return CallerAudio.when(ready, CallerAudio.silence(300))
