@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from model_drop import RESULTS, agent_process
+from model_drop import RESULTS, agent_against
 
 from agent.engine import RealtimeServer, RealtimeSimConfig
 from agent.testkit.analysis.call import analyze_call
@@ -50,7 +50,7 @@ async def side(args: argparse.Namespace, rollover: bool, stamp: str) -> dict[str
     name = "rollover" if rollover else "baseline"
     async with RealtimeServer(config) as engine:
         log = RESULTS / f"rollover-{stamp}-{name}.log"
-        async with agent_process(engine, log, args.agent_src, **(settings if rollover else {})) as carrier:
+        async with agent_against(engine, log, args.agent_src, settings if rollover else None) as carrier:
             deadline_s = args.turns * (args.reply_ms / 1000 * 2 + 2) + 20
 
             async def one(index: int) -> SimCall:

@@ -14,11 +14,9 @@ import json
 import math
 import os
 import platform
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Coroutine
@@ -142,21 +140,17 @@ def _engine_args(opts: ServerOptions, port: int) -> list[str]:
     ]
 
 
-def agent_env(engine_port: int, port: int, workdir: Path, content_type: str) -> dict[str, str]:
-    """The agent's settings for a bench run: its database and call recordings go to a scratch directory."""
-    return procs.clean_env(
-        {
-            "DATABASE_URL": f"sqlite+aiosqlite:///{workdir}/agent.db",
-            "AGENT_RECORDINGS_DIR": str(workdir / "recordings"),
-            "OPENAI_API_KEY": "dummy",
-            "OPENAI_BASE_URL": f"http://127.0.0.1:{engine_port}/v1",
-            "PUBLIC_URL": f"http://127.0.0.1:{port}",
-            "AGENT_LOG_LEVEL": "WARNING",
-            "AGENT_STREAM_CONTENT_TYPE": content_type,
-            "AGENT_PROMPTS_DIR": str(procs.ROOT / "prompts"),
-            "AGENT_INSECURE_WEBHOOKS": "true",  # loopback agent; the simulated carrier does not sign
-        }
-    )
+def agent_settings(engine_port: int, opts: ServerOptions) -> dict[str, str]:
+    """The agent's settings for a bench run, on top of the launcher's scratch environment."""
+    settings = {
+        "OPENAI_API_KEY": "dummy",
+        "OPENAI_BASE_URL": f"http://127.0.0.1:{engine_port}/v1",
+        "AGENT_LOG_LEVEL": "WARNING",
+        "AGENT_STREAM_CONTENT_TYPE": opts.content_type,
+        "AGENT_PROMPTS_DIR": str(procs.ROOT / "prompts"),
+        "AGENT_EARLY_BARGE_IN": "true" if opts.early_barge_in else "false",
+    }
+    return settings | _gc_probe_env(opts)
 
 
 async def _get_json(url: str, limit_s: float = 10.0) -> dict[str, Any]:
@@ -196,10 +190,10 @@ async def scrape_metrics(url: str, nonzero_only: bool = True) -> dict[str, float
     return out
 
 
-def _with_gc_probe(env: dict[str, str], opts: ServerOptions) -> dict[str, str]:
-    if opts.gc_probe:
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(GC_PROBE_DIR), env.get("PYTHONPATH")]))
-    return env
+def _gc_probe_env(opts: ServerOptions) -> dict[str, str]:
+    if not opts.gc_probe:
+        return {}
+    return {"PYTHONPATH": os.pathsep.join(filter(None, [str(GC_PROBE_DIR), os.environ.get("PYTHONPATH")]))}
 
 
 @contextlib.asynccontextmanager
@@ -210,25 +204,27 @@ async def start_side(name: str, opts: ServerOptions, stem: Path) -> AsyncIterato
     that had to be killed) is appended to `Target.notes`, which callers may have shared with their results.
     """
     engine_port = procs.free_port()
-    engine = procs.start(
-        "engine", _engine_args(opts, engine_port), procs.clean_env({}), Path(f"{stem}-engine-{name}.log")
-    )
-    target: Target | None = None
-    server: procs.Child | None = None
-    workdir: Path | None = None
-    try:
+    notes: list[str] = []
+    log_path = Path(f"{stem}-{name}.log")
+    async with contextlib.AsyncExitStack() as stack:
+        engine = procs.start(
+            "engine", _engine_args(opts, engine_port), procs.clean_env({}), Path(f"{stem}-engine-{name}.log")
+        )
+
+        def stop_engine() -> None:
+            if procs.stop(engine):
+                notes.append("the engine did not exit within 5 s of SIGTERM and was killed")
+
+        stack.callback(stop_engine)
         await procs.wait_ready(engine, f"http://127.0.0.1:{engine_port}/bench/health")
-        port = procs.free_port()
-        log_path = Path(f"{stem}-{name}.log")
         if name == "agent":
-            workdir = Path(tempfile.mkdtemp(prefix="bench-agent-"))
-            env = _with_gc_probe(agent_env(engine_port, port, workdir, opts.content_type), opts)
-            env["AGENT_EARLY_BARGE_IN"] = "true" if opts.early_barge_in else "false"
-            server = procs.start(
-                "agent", ["-m", "agent", "serve", "--host", "127.0.0.1", "--port", str(port)], env, log_path
+            agent = await stack.enter_async_context(
+                procs.agent_process(agent_settings(engine_port, opts), log_path=log_path)
             )
-            answer_path = "/vobiz/answer"
+            stack.callback(lambda: notes.extend(agent.notes))  # runs before the engine stops, after the agent
+            server, base_url, answer_path = agent.child, agent.base_url, "/vobiz/answer"
         else:
+            port = procs.free_port()
             relay_args = [
                 "-m",
                 "agent.testkit.bench.relay",
@@ -239,25 +235,20 @@ async def start_side(name: str, opts: ServerOptions, stem: Path) -> AsyncIterato
                 "--content-type",
                 opts.content_type,
             ]
-            relay_env = _with_gc_probe(procs.clean_env({}), opts)
-            server = procs.start("baseline relay", relay_args, relay_env, log_path)
-            answer_path = "/answer"
-        base_url = f"http://127.0.0.1:{port}"
-        await procs.wait_ready(server, f"{base_url}/healthz")
-        target = Target(name, engine, engine_port, server, base_url, answer_path)
-        yield target
-    finally:
-        notes = target.notes if target is not None else []
-        if target is not None:
-            target.log_marks["stopping"] = target.log_size()
+            server = procs.start("baseline relay", relay_args, procs.clean_env(_gc_probe_env(opts)), log_path)
+
+            def stop_relay() -> None:
+                if procs.stop(server):
+                    notes.append(f"the {server.name} did not exit within 5 s of SIGTERM and was killed")
+
+            stack.callback(stop_relay)
+            base_url, answer_path = f"http://127.0.0.1:{port}", "/answer"
+            await procs.wait_ready(server, f"{base_url}/healthz")
+        target = Target(name, engine, engine_port, server, base_url, answer_path, notes)
         try:
-            if server is not None and procs.stop(server):
-                notes.append(f"the {server.name} did not exit within 5 s of SIGTERM and was killed")
+            yield target
         finally:
-            if procs.stop(engine):
-                notes.append("the engine did not exit within 5 s of SIGTERM and was killed")
-            if workdir is not None:
-                shutil.rmtree(workdir, ignore_errors=True)
+            target.log_marks["stopping"] = target.log_size()
 
 
 async def measure_idle(meter: procs.CpuMeter, seconds: float = 1.0) -> tuple[procs.CpuSnapshot, float]:
