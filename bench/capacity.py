@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.testkit import procs
-from agent.testkit.analysis import hops
+from agent.testkit.analysis import health, hops
 from agent.testkit.bench import sides as kit
 from agent.testkit.bench.wire import CONTENT_TYPES, MULAW_8K
 from agent.testkit.bench.workload import STAGGER_S, WorkloadConfig
@@ -110,7 +110,7 @@ def judge(rep: dict[str, Any], n: int) -> tuple[list[str], list[str]]:
     if timeouts:
         misses.append(f"{timeouts} caller turns waited in vain for bot audio")
     sent_late = _p99(rep, "carrier_lag_ms", "caller_frames_sent_late")
-    if sent_late is not None and sent_late > hops.LAG_LIMIT_MS:
+    if sent_late is not None and sent_late > health.LAG_LIMIT_MS:
         misses.append(f"caller frames left the carrier late (p99 {sent_late:.0f} ms): socket back-pressure")
     generator: list[str] = []
     if gaps["count"] and gaps["during_generator_stalls"] == gaps["count"]:

@@ -35,7 +35,7 @@ import numpy as np
 import psutil
 
 from agent.testkit import procs
-from agent.testkit.analysis import hops
+from agent.testkit.analysis import health, hops
 from agent.testkit.bench import sides as kit
 from agent.testkit.bench.wire import MULAW_8K
 from agent.testkit.bench.workload import CallResult, LoopLag, WorkloadConfig, run_back_to_back_calls
@@ -234,7 +234,7 @@ class SoakState:
         data = data[: data.rfind(b"\n") + 1]
         self._log_offset += len(data)
         # Start-up collections (imports, before the freeze) are not what calls hear: count from the first call.
-        self.server_gc += [p for p in hops.gc_pauses(data.decode(errors="replace")) if p[0] >= self.t0]
+        self.server_gc += [p for p in health.gc_pauses(data.decode(errors="replace")) if p[0] >= self.t0]
 
     def absorb(self, engine: dict[str, Any], final: bool) -> dict[str, Any]:
         """Match the calls that ended with the sessions that closed; returns this batch's figures."""
@@ -269,11 +269,11 @@ class SoakState:
         batch = {"sessions": batch_sessions}
         m = hops.match_side(batch_calls, batch, MULAW_8K)
         self.engine_spikes += [(float(t), float(lag)) for t, lag in engine.get("loop_lag_spikes", [])]
-        stalled = hops.gaps_during_stalls(m.gap_spans, [*self.lag.spikes, *self.engine_spikes])
+        stalled = health.gaps_during_stalls(m.gap_spans, [*self.lag.spikes, *self.engine_spikes])
         q.gaps_during_stalls += stalled
-        in_gc = hops.gaps_during_stalls(m.gap_spans, [(t, ms) for t, ms, _ in self.server_gc])
+        in_gc = health.gaps_during_stalls(m.gap_spans, [(t, ms) for t, ms, _ in self.server_gc])
         q.gaps_during_server_gc += in_gc
-        problems, _tallies = hops.collect_problems(batch_calls, batch, m, self.name)
+        problems, _tallies = health.collect_problems(batch_calls, batch, m, self.name)
         q.problems.update(
             _NUMBER.sub("N", p) for p in problems if "calls had errors" not in p and "webhooks answered" not in p
         )
@@ -499,7 +499,7 @@ def side_json(
         problems.append(f"agent_active_calls is {after.active_calls:g} {gauge_wait_s:g} s after the last call ended")
     if engine.get("still_open"):
         problems.append(
-            f"{engine['still_open']} model sessions still open {hops.ENGINE_IDLE_S:g}+ s after the last call "
+            f"{engine['still_open']} model sessions still open {health.ENGINE_IDLE_S:g}+ s after the last call "
             f"ended: {[{k: v for k, v in x.items() if k != 'client_events'} for x in state.stuck[:3]]}"
         )
     if after.fds - before.fds >= FDS_FLAT:
@@ -521,7 +521,7 @@ def side_json(
     problems += [f"{p} (x{n} batches)" if n > 1 else p for p, n in q.problems.most_common(8)]
     problems += [f"engine internal error: {e}" for e in q.engine_internal_errors[:3]]
     problems += [f"note: {n}" for n in target.notes]
-    late = hops.summarize_log(log_shutdown)
+    late = health.summarize_log(log_shutdown)
     if late["tracebacks"] or {"ERROR", "CRITICAL"} & set(late["levels"]):
         problems.append(f"errors in the server log while it shut down: {late['top'][:3]}")
     return {
@@ -565,7 +565,7 @@ def side_json(
         "stuck_sessions": state.stuck,
         "windows": state.windows,
         "problems": problems,
-        "server_log": {"path": str(target.log_path), **hops.summarize_log(log_during)},
+        "server_log": {"path": str(target.log_path), **health.summarize_log(log_during)},
         "server_log_at_shutdown": late,
         "server_metrics": metrics,
         "samples": [asdict(s) for s in state.samples],

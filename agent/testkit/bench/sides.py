@@ -27,7 +27,7 @@ from typing import Any, TypeVar
 import httpx
 
 from agent.testkit import procs
-from agent.testkit.analysis import hops
+from agent.testkit.analysis import health, hops
 from agent.testkit.bench.wire import MULAW_8K
 from agent.testkit.bench.workload import CallResult, LoopLag, WorkloadConfig, run_calls
 
@@ -161,7 +161,7 @@ async def _get_json(url: str, limit_s: float = 10.0) -> dict[str, Any]:
         return data
 
 
-async def drain_engine(port: int, wait_idle_s: float = hops.ENGINE_IDLE_S) -> dict[str, Any]:
+async def drain_engine(port: int, wait_idle_s: float = health.ENGINE_IDLE_S) -> dict[str, Any]:
     """Wait (at most `wait_idle_s`) for the server under test to close its model sockets, then collect the
     summaries: every closed session's (forgotten by the engine from then on) and every open one's so far."""
     base = f"http://127.0.0.1:{port}/bench"
@@ -360,7 +360,7 @@ async def run_side(name: str, args: argparse.Namespace, stem: Path) -> SideRun:
 
 def side_report(run: SideRun, content_type: str, calls: int) -> dict[str, Any]:
     m = hops.match_side(run.calls, run.engine, content_type)
-    problems, tallies = hops.collect_problems(run.calls, run.engine, m, run.name)
+    problems, tallies = health.collect_problems(run.calls, run.engine, m, run.name)
     problems = [f"note ({run.name}): {n}" for n in run.notes] + problems
     turns: Counter[str] = Counter()
     for call in run.calls:
@@ -372,9 +372,9 @@ def side_report(run: SideRun, content_type: str, calls: int) -> dict[str, Any]:
     stop_at = run.log_marks.get("stopping", end)
     during = log_bytes[begin:stop_at].decode(errors="replace")
     shutdown = log_bytes[stop_at:end].decode(errors="replace")
-    gc_pauses = hops.gc_pauses(during)
+    gc_pauses = health.gc_pauses(during)
     return {
-        "overloaded": hops.overload(m, run.engine),
+        "overloaded": health.overload(m, run.engine),
         "cpu": {
             "per_call_pct": run.cpu["server"] / calls,
             "server_pct": run.cpu["server"],
@@ -408,7 +408,7 @@ def side_report(run: SideRun, content_type: str, calls: int) -> dict[str, Any]:
         "truncation_signed_error_ms": hops.stats(m.trunc_signed_ms),
         "playout_gaps": {
             "count": len(m.gaps_ms),
-            "during_generator_stalls": hops.gaps_during_stalls(
+            "during_generator_stalls": health.gaps_during_stalls(
                 m.gap_spans,
                 [*run.bench_lag_spikes, *((float(t), float(lag)) for t, lag in run.engine.get("loop_lag_spikes", []))],
             ),
@@ -417,7 +417,7 @@ def side_report(run: SideRun, content_type: str, calls: int) -> dict[str, Any]:
             "duration_ms": hops.stats(m.gaps_ms),
             "first": m.gap_where[:20],  # (call, seconds into the call, ms)
             # With --gc-probe: gaps that began during (or up to 50 ms after) a GC pause of the server.
-            "during_server_gc": hops.gaps_during_stalls(m.gap_spans, [(t, ms) for t, ms, _ in gc_pauses]),
+            "during_server_gc": health.gaps_during_stalls(m.gap_spans, [(t, ms) for t, ms, _ in gc_pauses]),
         },
         "counts": dict(m.counts),
         "turns": dict(turns),
@@ -434,8 +434,8 @@ def side_report(run: SideRun, content_type: str, calls: int) -> dict[str, Any]:
         "engine_max_rss_mb": round(run.engine.get("max_rss_kb", 0) / 1024, 1),
         "problems": problems,
         "tallies": tallies,
-        "server_log": {"path": str(run.log_path), **hops.summarize_log(during)},
-        "server_log_at_shutdown": hops.summarize_log(shutdown),
+        "server_log": {"path": str(run.log_path), **health.summarize_log(during)},
+        "server_log_at_shutdown": health.summarize_log(shutdown),
         "server_metrics": run.metrics,
         "server_gc_pauses_ms": hops.stats(ms for _, ms, _ in gc_pauses) if gc_pauses else None,
         "call_errors": [c.error for c in run.calls if c.error][:10],
