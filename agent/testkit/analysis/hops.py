@@ -8,6 +8,10 @@ several per append); responses by the base64 prefix of their first audio delta, 
 ``playAudio`` of that response. For L16 the bytes change on the way (resampling), so sessions are paired with
 calls by opening order, frames by audio duration (a frame has arrived once the model audio so far covers its end,
 so resampler buffering counts) and responses by time; those numbers are marked approximate.
+
+The call figures themselves (answers and playout gaps, talk-over, barge-in reaction, truncation error) are
+computed by :mod:`agent.testkit.analysis.measures`, as for the per-call report; this module supplies what only
+the engine's record tells: which response each playout belongs to and when the model heard the caller.
 """
 
 from __future__ import annotations

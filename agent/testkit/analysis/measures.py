@@ -10,6 +10,7 @@ carrier, the engine and the agent on Linux); durations come back in milliseconds
 from __future__ import annotations
 
 import bisect
+import itertools
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -115,7 +116,7 @@ class Answer:
 
     def gap_spans(self) -> list[tuple[float, float]]:
         """(the carrier ran dry, the answer went on) for each playout gap inside the answer."""
-        return [(a.end, b.start) for a, b in zip(self.runs, self.runs[1:], strict=False)]
+        return [(a.end, b.start) for a, b in itertools.pairwise(self.runs)]
 
     def gaps_ms(self) -> list[float]:
         return [(b - a) * 1000 for a, b in self.gap_spans()]
