@@ -30,12 +30,10 @@ from agent.testkit.bench.sides import (
     SIDE_OVERHEAD_S,
     SIDES,
     add_server_args,
-    cancel_on_signals,
-    run_and_print,
     run_side,
     side_report,
-    start_report,
 )
+from agent.testkit.bench.tool import cancel_on_signals, run_and_print, start_report
 from agent.testkit.bench.wire import CONTENT_TYPES, MULAW_8K
 from agent.testkit.bench.workload import STAGGER_S, WorkloadConfig
 

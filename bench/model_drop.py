@@ -21,8 +21,6 @@ import argparse
 import asyncio
 import contextlib
 import json
-import shutil
-import tempfile
 import time
 from collections.abc import AsyncIterator
 from dataclasses import asdict, dataclass
@@ -108,38 +106,24 @@ def _went_on(drop: float, reconnects: list[SimSession]) -> bool:
 
 
 @contextlib.asynccontextmanager
-async def agent_process(
-    engine: RealtimeServer, log_path: Path, agent_src: Path | None = None, **settings: str
+async def agent_against(
+    engine: RealtimeServer, log_path: Path, agent_src: Path | None, extra: dict[str, str] | None = None
 ) -> AsyncIterator[CarrierSim]:
-    """The agent in its own process against `engine`, on a scratch database; yields a carrier pointed at it."""
-    workdir = Path(tempfile.mkdtemp(prefix="bench-agent-"))
-    port = procs.free_port()
-    env = procs.clean_env(
-        {
-            "DATABASE_URL": f"sqlite+aiosqlite:///{workdir}/agent.db",
-            "AGENT_RECORDINGS_DIR": str(workdir / "recordings"),
-            "AGENT_SPOOL_DIR": str(workdir / "spool"),
-            "AGENT_INSECURE_WEBHOOKS": "true",
-            "OPENAI_API_KEY": "dummy",
-            "OPENAI_BASE_URL": engine.http_base_url,
-            "PUBLIC_URL": f"http://127.0.0.1:{port}",
-            "AGENT_LOG_LEVEL": "WARNING",
-            "AGENT_PROMPTS_DIR": str(procs.ROOT / "prompts"),
-        }
-        | settings
-    )
-    serve = ["serve", "--host", "127.0.0.1", "--port", str(port)]
+    """The agent in its own process (the test kit's launcher) against `engine`; a carrier pointed at it."""
     # `-m agent` would put the bench's own checkout first on sys.path; another checkout goes in front of it.
-    launch = ["-m", "agent"] if agent_src is None else ["-c", _FROM_SOURCE.format(src=str(agent_src))]
+    launch = ("-m", "agent") if agent_src is None else ("-c", _FROM_SOURCE.format(src=str(agent_src)))
     RESULTS.mkdir(exist_ok=True)
-    agent = procs.start("agent", [*launch, *serve], env, log_path)
-    try:
-        await procs.wait_ready(agent, f"http://127.0.0.1:{port}/healthz")
-        async with CarrierSim(f"http://127.0.0.1:{port}") as carrier:
-            yield carrier
-    finally:
-        procs.stop(agent)
-        shutil.rmtree(workdir, ignore_errors=True)
+    settings = {
+        "OPENAI_API_KEY": "dummy",
+        "OPENAI_BASE_URL": engine.http_base_url,
+        "AGENT_LOG_LEVEL": "WARNING",
+        "AGENT_PROMPTS_DIR": str(procs.ROOT / "prompts"),
+    } | (extra or {})
+    async with (
+        procs.agent_process(settings, log_path=log_path, launch=launch) as agent,
+        CarrierSim(agent.base_url) as carrier,
+    ):
+        yield carrier
 
 
 def measure(call: SimCall, watched: Watched, reconnects: list[SimSession], reply_ms: int) -> CallResult:
@@ -174,7 +158,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     stamp = time.strftime("%Y%m%d-%H%M%S")
     async with RealtimeServer(config) as engine:
         engine.on_session = dropper
-        async with agent_process(engine, RESULTS / f"model-drop-{stamp}-agent.log", args.agent_src) as carrier:
+        async with agent_against(engine, RESULTS / f"model-drop-{stamp}-agent.log", args.agent_src) as carrier:
             script = [
                 CallerAudio.silence(args.reply_ms + 1000),
                 CallerAudio.tone(300, 600, 0.4),

@@ -21,18 +21,19 @@ import time
 from pathlib import Path
 from typing import Any
 
-from model_drop import RESULTS, agent_process
+from model_drop import RESULTS, agent_against
 
 from agent.engine import RealtimeServer, RealtimeSimConfig
 from agent.testkit.analysis.call import analyze_call
 from agent.testkit.carrier import CallerAudio, SimCall, SimCallOptions
+from agent.testkit.carrier.audio import CallView
 
 
 def script(turns: int, reply_ms: int) -> list[Any]:
     """Each question once the greeting and every answer before it have played in full (and a pause)."""
 
     def heard(answers: int) -> Any:
-        def ready(call: SimCall) -> bool:
+        def ready(call: CallView) -> bool:
             return call.played_ms >= (answers + 1) * reply_ms - 40 and not call.bot_playing
 
         return CallerAudio.when(ready, CallerAudio.silence(300))
@@ -49,7 +50,7 @@ async def side(args: argparse.Namespace, rollover: bool, stamp: str) -> dict[str
     name = "rollover" if rollover else "baseline"
     async with RealtimeServer(config) as engine:
         log = RESULTS / f"rollover-{stamp}-{name}.log"
-        async with agent_process(engine, log, args.agent_src, **(settings if rollover else {})) as carrier:
+        async with agent_against(engine, log, args.agent_src, settings if rollover else None) as carrier:
             deadline_s = args.turns * (args.reply_ms / 1000 * 2 + 2) + 20
 
             async def one(index: int) -> SimCall:

@@ -437,9 +437,9 @@ async def test_the_throttle_keys_on_the_client_behind_a_trusted_proxy() -> None:
                 (await http.get("/console/live.json", headers=operator)).status_code,
             )
 
-    async with agent_process(AGENT_OPERATOR_TOKEN=TOKEN, AGENT_FORWARDED_ALLOW_IPS="127.0.0.1") as agent:
+    async with agent_process({"AGENT_OPERATOR_TOKEN": TOKEN, "AGENT_FORWARDED_ALLOW_IPS": "127.0.0.1"}) as agent:
         assert await guess_then_try(agent.base_url) == (429, 200)  # the proxy (loopback) is trusted
-    async with agent_process(AGENT_OPERATOR_TOKEN=TOKEN, AGENT_FORWARDED_ALLOW_IPS="192.0.2.1") as agent:
+    async with agent_process({"AGENT_OPERATOR_TOKEN": TOKEN, "AGENT_FORWARDED_ALLOW_IPS": "192.0.2.1"}) as agent:
         assert await guess_then_try(agent.base_url) == (429, 429)  # loopback is not a trusted proxy here
 
 

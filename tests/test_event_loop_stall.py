@@ -33,7 +33,7 @@ async def engine() -> AsyncIterator[RealtimeServer]:
 
 async def test_a_stall_costs_one_gap_loses_no_caller_audio_and_truncation_stays_honest(engine: RealtimeServer) -> None:
     env = {"OPENAI_API_KEY": "sk-test-not-a-real-key", "OPENAI_BASE_URL": engine.http_base_url}
-    async with agent_process(AGENT_FAULT_INJECTION="true", **env) as agent, CarrierSim(agent.base_url) as carrier:
+    async with agent_process({"AGENT_FAULT_INJECTION": "true", **env}) as agent, CarrierSim(agent.base_url) as carrier:
         call = await carrier.place_call(
             [CallerAudio.after_bot_audio(2600, CallerAudio.tone(300, 1500, 0.4)), CallerAudio.silence(4000)]
         )

@@ -19,7 +19,7 @@ from agent.testkit.analysis.call import analyze_call
 from agent.testkit.carrier import CallEndedWithoutStream, CallerAudio, CarrierSim
 from agent.testkit.local_server import serve_app
 from agent.waiting import within
-from tests.agent_process import agent_process, read_until
+from tests.agent_process import agent_process
 from tests.harness import running_stack
 
 
@@ -80,15 +80,14 @@ def test_json_logs_carry_the_call_id_and_no_secrets() -> None:
 
 
 async def test_sigterm_drains_live_calls_then_exits() -> None:
-    async with agent_process(AGENT_DRAIN_TIMEOUT_S="2.5") as agent, CarrierSim(agent.base_url) as carrier:
-        base, proc = agent.base_url, agent.proc
-        assert proc.stdout is not None
+    async with agent_process({"AGENT_DRAIN_TIMEOUT_S": "2.5"}) as agent, CarrierSim(agent.base_url) as carrier:
+        base = agent.base_url
         short = await carrier.place_call([CallerAudio.silence(1500)])
         long = await carrier.place_call([CallerAudio.silence(30000)])
         await short.wait_bot_audio(500, timeout=10)
         played_before = short.played_ms
-        proc.send_signal(signal.SIGTERM)
-        await read_until(proc.stdout, "draining before shutdown", timeout=5)
+        agent.send_signal(signal.SIGTERM)
+        await agent.wait_for_log("draining before shutdown", timeout=5)
         async with httpx.AsyncClient() as http:
             assert (await http.get(f"{base}/readyz")).status_code == 503
             refused = await http.post(f"{base}/vobiz/answer", data={"CallUUID": "late-caller"})
@@ -100,7 +99,7 @@ async def test_sigterm_drains_live_calls_then_exits() -> None:
         await long.wait_ended(timeout=15)
         assert [a.verb for a in long.after_stream][:1] == ["Redirect"]
         assert any(e.kind == "stop_received" for e in long.timeline)
-        assert await within(15, proc.wait()) == 0
+        assert await within(15, agent.wait_exit()) == 0
 
 
 async def test_a_flood_of_malformed_frames_on_one_call_leaves_the_others_alone() -> None:

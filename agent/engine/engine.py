@@ -16,7 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from agent.engine import RealtimeServer, RealtimeSimConfig, ReplySource
+from agent.engine.replies import RealtimeSimConfig, ReplySource
+from agent.engine.server import RealtimeServer
 from agent.engine.speech import SIM_EXTRA_HINT, missing_packages
 from agent.engine.speech.asr import shared_recognizer
 from agent.engine.speech.dialogue import DialogueIndex, SpeechReplySource

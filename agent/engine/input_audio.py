@@ -153,7 +153,7 @@ class InputAudio(ResponseGeneration):
         """One recognition per caller item, shared by the transcription events and the reply (ASR may be costly)."""
         task = self._transcripts.get(item_id)
         if task is None:
-            task = self._spawn(self._transcriber(audio, rate), f"recognise {item_id}")
+            task = self._spawn(self._transcribe_audio(audio, rate), f"recognise {item_id}")
             self._transcripts[item_id] = task
         return task
 

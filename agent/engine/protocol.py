@@ -62,7 +62,7 @@ NEWER_EVENT_TYPE = "response.reasoning_summary.started"  # not in the GA SDK's s
 NEWER_STATUS_REASON = "server_shutdown"  # not in RealtimeResponseStatus.reason
 
 
-def _newer(wire: Event) -> Event:
+def newer_wire(wire: Event) -> Event:
     """What a newer server adds to an event the SDK already describes."""
     wire = {**wire, "sequence_number": 1}
     if wire["type"] == "response.done":
@@ -108,10 +108,10 @@ def default_session(session_id: str, model: str) -> dict[str, Any]:
 
 # Objects that an update replaces wholesale rather than merges key by key.
 _REPLACED_WHOLE = frozenset({"format", "transcription", "tools", "tool_choice", "prompt", "tracing", "include"})
-_READ_ONLY_SESSION_KEYS = frozenset({"id", "object", "expires_at", "model"})
+READ_ONLY_SESSION_KEYS = frozenset({"id", "object", "expires_at", "model"})
 
 
-def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+def merge_session(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
     """Deep-merge a partial session update: only fields present change, ``null`` clears."""
     out = dict(base)
     for key, value in update.items():
@@ -120,13 +120,13 @@ def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
             isinstance(value, dict) and isinstance(current, dict) and value.get("type") == current.get("type")
         )
         if isinstance(value, dict) and isinstance(current, dict) and key not in _REPLACED_WHOLE and same_vad:
-            out[key] = _merge(current, value)
+            out[key] = merge_session(current, value)
         else:
             out[key] = copy.deepcopy(value)
     return out
 
 
-def _normalise_session(session: dict[str, Any]) -> None:
+def normalise_session(session: dict[str, Any]) -> None:
     """Fill the defaults the API reports for partially specified sub-objects."""
     audio = session.setdefault("audio", {})
     inp = audio.setdefault("input", {})
@@ -158,7 +158,7 @@ def _param_path(loc: tuple[int | str, ...]) -> str:
     return "".join(parts)
 
 
-def _describe_validation_error(event: Event, exc: ValidationError) -> tuple[str, str, str | None]:
+def describe_validation_error(event: Event, exc: ValidationError) -> tuple[str, str, str | None]:
     """Map a pydantic failure to the API's (code, message, param) vocabulary."""
     err = exc.errors()[0]
     etype = err["type"]
@@ -175,7 +175,7 @@ def _describe_validation_error(event: Event, exc: ValidationError) -> tuple[str,
     return "invalid_value", f"Invalid value for '{param}': {err['msg']}.", param
 
 
-class _EventLog:
+class EventLog:
     """Append-only event record that coroutines can wait on (futures resolved on append; never polled)."""
 
     def __init__(self, kind: str) -> None:
@@ -226,7 +226,7 @@ class _EventLog:
 
 
 @dataclass
-class _Response:
+class ResponseState:
     """Server-side state of one response, from ``response.created`` to ``response.done``."""
 
     id: str
@@ -247,7 +247,7 @@ class _Response:
 
 
 @dataclass(frozen=True)
-class _ScriptedReply:
+class ScriptedReply:
     transcript: str | None
     reply_ms: int | None
 

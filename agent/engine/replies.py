@@ -5,14 +5,10 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from typing import Any, Literal, Protocol
 
 from agent.audio.codecs import Int16Array
 from agent.engine.formats import AudioFormat, describe_audio, sine_tone
-
-if TYPE_CHECKING:
-    from agent.engine.session import SimSession
-    from agent.engine.session_core import SessionCore
 
 
 @dataclass
@@ -35,7 +31,7 @@ class RealtimeSimConfig:
     """Continuous speech needed before ``speech_started``."""
     transcribe: Callable[[Int16Array, int], str] | None = None
     """Caller audio (int16, rate) -> transcript; overrides the reply source. Default: "caller audio 1520 ms"."""
-    reply_text: Callable[[SimSession], str] | None = None
+    reply_text: Callable[[ReplySession], str] | None = None
     """Transcript of the next reply; default "Reply number N."."""
     transcription_delay_ms: int = 20
     """Commit -> ``input_audio_transcription.completed``; > 0 so it lands after ``response.created`` as live."""
@@ -54,6 +50,18 @@ class RealtimeSimConfig:
     SDK's types first, so the fake's own mistakes are caught before the additions are made."""
 
 
+class ReplySession(Protocol):
+    """What a reply source may read of the session it speaks in (a :class:`~agent.engine.session.SimSession`).
+
+    A protocol rather than the class, so that this module stays below the session that imports it."""
+
+    id: str
+    model: str
+    sim_config: RealtimeSimConfig
+    session_config: dict[str, Any]
+    items: list[dict[str, Any]]
+
+
 @dataclass(frozen=True)
 class ToolCall:
     """A function call the simulated model makes."""
@@ -70,7 +78,7 @@ class ToolCall:
 class ReplyRequest:
     """Everything a reply source may use to produce one response."""
 
-    session: SimSession
+    session: ReplySession
     response_id: str
     number: int
     """1-based count of responses started in this session."""
@@ -137,16 +145,3 @@ class ToneReplySource:
         if request.audio_format is not None and request.reply_ms > 0:
             audio = sine_tone(cfg.tone_hz, cfg.tone_amplitude, request.reply_ms, request.audio_format.sample_rate)
         return Reply(transcript=text, audio=audio)
-
-
-class _ConfiguredTranscriber:
-    """Applies ``RealtimeSimConfig.transcribe`` on top of any reply source."""
-
-    def __init__(self, session: SessionCore) -> None:
-        self._session = session
-
-    async def __call__(self, audio: Int16Array, sample_rate: int) -> str:
-        fn = self._session.sim_config.transcribe
-        if fn is not None:
-            return fn(audio, sample_rate)
-        return await self._session.reply_source.transcribe(audio, sample_rate)

@@ -5,17 +5,14 @@ from __future__ import annotations
 import asyncio
 import base64
 import copy
-from typing import TYPE_CHECKING, Any, Literal, cast
+from typing import Any, Literal
 
 import numpy as np
 
 from agent.engine.formats import AudioFormat, new_id
-from agent.engine.protocol import Event, _Response
+from agent.engine.protocol import Event, ResponseState
 from agent.engine.replies import Reply, ReplyRequest, ToolCall
 from agent.engine.session_core import SessionCore
-
-if TYPE_CHECKING:
-    from agent.engine.session import SimSession
 
 
 class ResponseGeneration(SessionCore):
@@ -49,7 +46,7 @@ class ResponseGeneration(SessionCore):
         cfg = self.session_config
         out_params = (params.get("audio") or {}).get("output") or {}
         self.responses_started += 1
-        response = _Response(
+        response = ResponseState(
             id=new_id("resp_"),
             number=self.responses_started,
             params=params,
@@ -74,7 +71,7 @@ class ResponseGeneration(SessionCore):
         if response.task is not None:
             await asyncio.wait([response.task])
 
-    async def _pause_until(self, response: _Response, deadline: float) -> None:
+    async def _pause_until(self, response: ResponseState, deadline: float) -> None:
         """Emulated generation clock; returns early when the response is stopped."""
         delay = deadline - asyncio.get_running_loop().time()
         if response.stop.is_set():
@@ -88,7 +85,9 @@ class ResponseGeneration(SessionCore):
         except TimeoutError:
             pass
 
-    def _response_object(self, response: _Response, status: str, details: Event | None, usage: Event | None) -> Event:
+    def _response_object(
+        self, response: ResponseState, status: str, details: Event | None, usage: Event | None
+    ) -> Event:
         max_tokens = response.params.get("max_output_tokens", self.session_config.get("max_output_tokens", "inf"))
         return {
             "object": "realtime.response",
@@ -104,7 +103,7 @@ class ResponseGeneration(SessionCore):
             "metadata": response.params.get("metadata"),
         }
 
-    async def _run_response(self, response: _Response) -> None:
+    async def _run_response(self, response: ResponseState) -> None:
         loop = asyncio.get_running_loop()
         created_at = loop.time()
         await self._send(
@@ -114,7 +113,7 @@ class ResponseGeneration(SessionCore):
         audio_out = "audio" in response.modalities
         caller_text, caller_waiting = await self._caller_turn()
         request = ReplyRequest(
-            session=cast("SimSession", self),  # the mixins only ever run as part of a SimSession
+            session=self,
             response_id=response.id,
             number=response.number,
             audio_format=response.audio_format if audio_out else None,
@@ -175,7 +174,7 @@ class ResponseGeneration(SessionCore):
             return tuple(n for n in names if n == choice["name"])
         return names
 
-    async def _emit_item_added(self, response: _Response, item: Event, output_index: int) -> str | None:
+    async def _emit_item_added(self, response: ResponseState, item: Event, output_index: int) -> str | None:
         await self._send(
             {
                 "type": "response.output_item.added",
@@ -193,7 +192,9 @@ class ResponseGeneration(SessionCore):
             )
         return previous
 
-    async def _emit_item_done(self, response: _Response, item: Event, output_index: int, previous: str | None) -> None:
+    async def _emit_item_done(
+        self, response: ResponseState, item: Event, output_index: int, previous: str | None
+    ) -> None:
         await self._send(
             {
                 "type": "response.output_item.done",
@@ -208,7 +209,7 @@ class ResponseGeneration(SessionCore):
             )
 
     async def _stream_message(
-        self, response: _Response, reply: Reply, audio_out: bool, reply_ms: int, first_delta_at: float
+        self, response: ResponseState, reply: Reply, audio_out: bool, reply_ms: int, first_delta_at: float
     ) -> None:
         """§4 steps 7-14: the assistant message with paced, interleaved transcript and audio deltas."""
         cfg = self.sim_config
@@ -282,7 +283,7 @@ class ResponseGeneration(SessionCore):
         item["status"] = "incomplete" if response.stop.is_set() else "completed"
         await self._emit_item_done(response, item, output_index, previous)
 
-    async def _emit_tool_call(self, response: _Response, call: ToolCall) -> None:
+    async def _emit_tool_call(self, response: ResponseState, call: ToolCall) -> None:
         """§6: function_call item; emitted without pauses, so it is all-or-nothing with respect to barge-in."""
         output_index = len(response.output)
         arguments = call.arguments_json()
@@ -314,7 +315,7 @@ class ResponseGeneration(SessionCore):
         item["status"] = "completed"
         await self._emit_item_done(response, item, output_index, previous)
 
-    def _usage(self, response: _Response) -> Event:
+    def _usage(self, response: ResponseState) -> Event:
         """Plausible token counts: ~10 input audio tokens/s, ~20 output audio tokens/s, ~4 chars a text token."""
         text_chars = len(response.instructions) + sum(
             len(str(part.get("text") or part.get("transcript") or ""))
@@ -344,7 +345,7 @@ class ResponseGeneration(SessionCore):
             "output_token_details": {"text_tokens": out_text, "audio_tokens": out_audio},
         }
 
-    async def _finish_response(self, response: _Response) -> None:
+    async def _finish_response(self, response: ResponseState) -> None:
         cancelled = response.stop.is_set()
         status = "cancelled" if cancelled else "completed"
         details = {"type": "cancelled", "reason": response.stop_reason} if cancelled else None

@@ -38,7 +38,6 @@ from websockets.http11 import Request, Response
 from agent.engine.protocol import DEFAULT_MODEL, REALTIME_PATH
 from agent.engine.replies import RealtimeSimConfig
 from agent.engine.session import SimSession
-from agent.engine.session_core import SessionCore
 
 log = logging.getLogger(__name__)
 
@@ -159,8 +158,8 @@ class RealtimeServer:
         finally:
             self._idle_waiters.remove(fut)
 
-    def _record_internal_error(self, session: SessionCore | None, exc: BaseException) -> None:
-        where = session.id if session else "server"
+    def record_internal_error(self, where: str, exc: BaseException) -> None:
+        """A bug in the fake itself (``where``: the session id): kept for tests to assert on, and logged."""
         self.internal_errors.append(f"{where}: {type(exc).__name__}: {exc}")
         log.error("realtime simulator bug in %s", where, exc_info=exc)
 
@@ -209,7 +208,7 @@ class RealtimeServer:
         except ConnectionClosed:
             pass
         except Exception as exc:
-            self._record_internal_error(session, exc)
+            self.record_internal_error(session.id, exc)
             await ws.close(1011, "realtime simulator error")
         finally:
             await session._shutdown()
@@ -218,7 +217,7 @@ class RealtimeServer:
                 try:
                     self.on_session_closed(session)
                 except Exception as exc:  # a hook's bug is reported like the fake's own, never raised into websockets
-                    self._record_internal_error(session, exc)
+                    self.record_internal_error(session.id, exc)
             if not self._live:
                 for fut_idle in self._idle_waiters:
                     if not fut_idle.done():

@@ -11,7 +11,7 @@ import json
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 from pydantic import ValidationError
@@ -21,25 +21,29 @@ from websockets.exceptions import ConnectionClosed
 from agent.audio.codecs import Int16Array
 from agent.engine.formats import AudioFormat, SimulatorBug, new_id
 from agent.engine.protocol import (
-    _READ_ONLY_SESSION_KEYS,
-    _T,
     NEWER_EVENT_TYPE,
+    READ_ONLY_SESSION_KEYS,
     Event,
+    EventLog,
     EventPredicate,
-    _describe_validation_error,
-    _EventLog,
-    _merge,
-    _newer,
-    _normalise_session,
-    _Response,
-    _ScriptedReply,
+    ResponseState,
+    ScriptedReply,
     default_session,
+    describe_validation_error,
+    merge_session,
+    newer_wire,
+    normalise_session,
 )
-from agent.engine.replies import RealtimeSimConfig, ReplySource, ToneReplySource, ToolCall, _ConfiguredTranscriber
+from agent.engine.replies import RealtimeSimConfig, ReplySource, ToneReplySource, ToolCall
 from agent.engine.sdk_types import BETA_SESSION_KEYS, validate_client_event, validate_server_event
 
-if TYPE_CHECKING:
-    from agent.engine.server import RealtimeServer
+_T = TypeVar("_T")
+
+
+class SessionOwner(Protocol):
+    """What a session needs from the server that accepted it: somewhere to report the fake's own bugs."""
+
+    def record_internal_error(self, where: str, exc: BaseException) -> None: ...
 
 
 class SessionCore:
@@ -47,7 +51,7 @@ class SessionCore:
 
     def __init__(
         self,
-        server: RealtimeServer,
+        server: SessionOwner,
         ws: ServerConnection,
         *,
         model: str,
@@ -76,15 +80,14 @@ class SessionCore:
         self._stalled = asyncio.Event()
         self.responses_started = 0
         self.close_code: int | None = None
-        self._client_log = _EventLog("client")
-        self._server_log = _EventLog("server")
+        self._client_log = EventLog("client")
+        self._server_log = EventLog("server")
         self._send_lock = asyncio.Lock()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._transcripts: dict[str, asyncio.Task[str]] = {}
-        self._active: _Response | None = None
+        self._active: ResponseState | None = None
         self._queued_tool_calls: list[ToolCall] = []
-        self._scripted_replies: deque[_ScriptedReply] = deque()
-        self._transcriber = _ConfiguredTranscriber(self)
+        self._scripted_replies: deque[ScriptedReply] = deque()
         self._handlers = self._event_handlers()
         # Caller audio: everything appended (for input_pcm16) and the uncommitted buffer.
         self._input_chunks: list[tuple[int, Int16Array]] = []
@@ -177,7 +180,7 @@ class SessionCore:
 
     def queue_reply(self, *, transcript: str | None = None, reply_ms: int | None = None) -> None:
         """Script the next response's transcript and/or audio length (``reply_ms=0``: no message item)."""
-        self._scripted_replies.append(_ScriptedReply(transcript, reply_ms))
+        self._scripted_replies.append(ScriptedReply(transcript, reply_ms))
 
     async def send_event(self, event: Event) -> Event:
         """Send an arbitrary (validated) server event, e.g. to script a ``session_expired`` error."""
@@ -263,7 +266,7 @@ class SessionCore:
             return
         exc = task.exception()
         if exc is not None and not isinstance(exc, ConnectionClosed):
-            self._server._record_internal_error(self, exc)
+            self._server.record_internal_error(self.id, exc)
             self._ws.transport.abort()
 
     # ----- sending -----------------------------------------------------------------------------------------
@@ -287,7 +290,7 @@ class SessionCore:
         except ValidationError as exc:
             raise SimulatorBug(f"the fake built an invalid {wire['type']!r} event: {exc}") from exc
         if self.sim_config.newer_server:
-            wire = _newer(wire)
+            wire = newer_wire(wire)
         data = json.dumps(wire)
         record = copy.deepcopy(wire)
         record["_t"] = time.monotonic()
@@ -331,7 +334,7 @@ class SessionCore:
         try:
             validate_client_event(event)
         except ValidationError as exc:
-            code, message, param = _describe_validation_error(event, exc)
+            code, message, param = describe_validation_error(event, exc)
             await self._error(event, code, message, param)
             return
         except ValueError:
@@ -352,7 +355,7 @@ class SessionCore:
     # ----- session.update ------------------------------------------------------------------------------------
 
     async def _on_session_update(self, event: Event) -> None:
-        update: dict[str, Any] = {k: v for k, v in event["session"].items() if k not in _READ_ONLY_SESSION_KEYS}
+        update: dict[str, Any] = {k: v for k, v in event["session"].items() if k not in READ_ONLY_SESSION_KEYS}
         if update.get("type") != self.session_config["type"]:
             await self._error(
                 event,
@@ -373,8 +376,8 @@ class SessionCore:
                 record=False,
             )
             return
-        merged = _merge(self.session_config, update)
-        _normalise_session(merged)
+        merged = merge_session(self.session_config, update)
+        normalise_session(merged)
         self.session_config = merged
         if self._turn_detection() is None:
             self._reset_vad()
@@ -384,7 +387,12 @@ class SessionCore:
         td = self.session_config["audio"]["input"].get("turn_detection")
         return td if isinstance(td, dict) else None
 
-    # ----- input audio + VAD ---------------------------------------------------------------------------------
+    async def _transcribe_audio(self, audio: Int16Array, sample_rate: int) -> str:
+        """Caller audio -> text: ``RealtimeSimConfig.transcribe`` if set, else the reply source's recogniser."""
+        fn = self.sim_config.transcribe
+        if fn is not None:
+            return fn(audio, sample_rate)
+        return await self.reply_source.transcribe(audio, sample_rate)
 
     # ----- provided by the mixins ----------------------------------------------------------------------------
 

@@ -1,15 +1,19 @@
-"""Child processes for the bench: start with logs to a file, wait until they answer, always stop them."""
+"""Child processes for the bench and the tests: start with logs to a file, wait until they answer, always stop
+them; and the one way to run the agent itself as a process (:func:`agent_process`)."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import os
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
@@ -21,7 +25,8 @@ ROOT = Path(__file__).resolve().parents[2]  # the repository (the bench runs fro
 BENCH_DIR = ROOT / "bench"
 # Settings that would change the agent's behaviour if inherited from the caller's shell (signatures, a real key,
 # a real database).
-_SCRUBBED_PREFIXES = ("OPENAI_", "VOBIZ_", "AGENT_", "DATABASE_URL")
+_SCRUBBED_PREFIXES = ("OPENAI_", "VOBIZ_", "AGENT_", "PUBLIC_URL", "DATABASE_URL")
+READY_LINE = "Uvicorn running on"  # uvicorn logs it (at INFO) once the socket listens
 
 
 def free_port() -> int:
@@ -93,10 +98,11 @@ def stop(child: Child, grace: float = 5.0) -> bool:
     return killed
 
 
-async def wait_ready(child: Child, url: str, tries: int = 100, interval: float = 0.1) -> None:
-    """Poll `url` until it answers 200; fail early if the process exits. At most tries * (interval + 1 s)."""
+async def wait_ready(child: Child, url: str, timeout: float = 30.0, interval: float = 0.1) -> None:  # noqa: ASYNC109
+    """Poll `url` until it answers 200; fail early if the process exits, and after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
     async with httpx.AsyncClient() as http:
-        for _ in range(tries):
+        while time.monotonic() < deadline:
             if not child.alive():
                 raise RuntimeError(
                     f"{child.name} exited with {child.popen.returncode} before it was ready:\n{child.log_tail()}"
@@ -108,7 +114,86 @@ async def wait_ready(child: Child, url: str, tries: int = 100, interval: float =
             except httpx.HTTPError:
                 pass
             await asyncio.sleep(interval)
-    raise RuntimeError(f"{child.name} did not answer {url} after {tries} tries:\n{child.log_tail()}")
+    raise RuntimeError(f"{child.name} did not answer {url} within {timeout:g} s:\n{child.log_tail()}")
+
+
+def agent_env(workdir: Path, port: int, settings: Mapping[str, str] | None = None) -> dict[str, str]:
+    """A fresh machine's environment for the agent on loopback `port`: no keys from the caller's shell, its
+    database, recordings and spool in `workdir`, unsigned webhooks (the simulated carrier does not sign)."""
+    defaults = {
+        "DATABASE_URL": f"sqlite+aiosqlite:///{workdir}/agent.db",
+        "AGENT_RECORDINGS_DIR": str(workdir / "recordings"),
+        "AGENT_SPOOL_DIR": str(workdir / "spool"),
+        "AGENT_INSECURE_WEBHOOKS": "true",
+        "PUBLIC_URL": f"http://127.0.0.1:{port}",
+    }
+    return clean_env(defaults | dict(settings or {}))
+
+
+@dataclass
+class AgentProcess:
+    """`voice-agent serve` running as its own process (see :func:`agent_process`)."""
+
+    child: Child
+    base_url: str
+    workdir: Path
+    startup_lines: list[str] = field(default_factory=list)
+    """The log up to the moment it answered /healthz (its start-up messages)."""
+    notes: list[str] = field(default_factory=list)
+    """What went wrong while stopping it (it had to be killed)."""
+
+    def log_text(self) -> str:
+        try:
+            return self.child.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def send_signal(self, signum: int) -> None:
+        self.child.popen.send_signal(signum)
+
+    async def wait_exit(self) -> int:
+        """The exit code, once the process has ended (waited for in a thread, the event loop keeps running)."""
+        return await asyncio.to_thread(self.child.popen.wait)
+
+    async def wait_for_log(self, needle: str, timeout: float = 10.0, interval: float = 0.02) -> str:  # noqa: ASYNC109
+        """The log once it contains `needle`: the process writes it to a file, so it is read again until then."""
+        deadline = time.monotonic() + timeout
+        while True:
+            text = self.log_text()
+            if needle in text:
+                return text
+            if time.monotonic() >= deadline:
+                raise TimeoutError(f"{needle!r} not in the agent's log after {timeout:g} s:\n{text[-2000:]}")
+            await asyncio.sleep(interval)
+
+
+@contextlib.asynccontextmanager
+async def agent_process(
+    settings: Mapping[str, str] | None = None,
+    *,
+    log_path: Path | None = None,
+    launch: Sequence[str] = ("-m", "agent"),
+    ready_timeout: float = 30.0,
+) -> AsyncIterator[AgentProcess]:
+    """The agent as its own process: `serve` on a free loopback port with :func:`agent_env` plus `settings`
+    (no OPENAI_API_KEY among them: the embedded offline engine), ready once /healthz answers; stopped (SIGTERM,
+    then SIGKILL) and its scratch directory removed on exit. The log goes to `log_path` (default: the scratch
+    directory); `launch` replaces `-m agent`, e.g. to run another checkout."""
+    workdir = Path(tempfile.mkdtemp(prefix="agent-proc-"))
+    port = free_port()
+    args = [*launch, "serve", "--host", "127.0.0.1", "--port", str(port)]
+    child = start("agent", args, agent_env(workdir, port, settings), log_path or workdir / "agent.log")
+    agent = AgentProcess(child, f"http://127.0.0.1:{port}", workdir)
+    try:
+        await wait_ready(child, f"{agent.base_url}/healthz", timeout=ready_timeout)
+        agent.startup_lines = agent.log_text().splitlines(keepends=True)
+        yield agent
+    finally:
+        try:
+            if await asyncio.to_thread(stop, child):
+                agent.notes.append("the agent did not exit within 5 s of SIGTERM and was killed")
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
 
 
 @dataclass(frozen=True)

@@ -29,6 +29,7 @@ from websockets.exceptions import ConnectionClosed
 from agent.audio.codecs import float_to_pcm16
 from agent.testkit.analysis.call import FailureCause
 from agent.testkit.carrier import CallerAudio, Cue, ScriptItem, Segment, SimCall
+from agent.testkit.carrier.audio import CallView
 from agent.testkit.network import impair_network
 from agent.waiting import cancel_and_wait, wait_event
 
@@ -100,7 +101,7 @@ def after_answer(segment: Segment, quiet_ms: float = ANSWER_QUIET_MS, give_up_ms
     so a silent agent shows up as unanswered turns instead of a stuck call.
     """
 
-    def arm(call: SimCall) -> Callable[[], bool]:
+    def arm(call: CallView) -> Callable[[], bool]:
         base, armed_at = call.played_ms, call.call_ms
         quiet_since: list[float] = []
 
@@ -123,7 +124,7 @@ def after_answer(segment: Segment, quiet_ms: float = ANSWER_QUIET_MS, give_up_ms
 def during_answer(segment: Segment, ms_into_answer: float, give_up_ms: float = GIVE_UP_MS) -> Cue:
     """Barge in ``ms_into_answer`` ms into the bot's next answer (or after ``give_up_ms`` without one)."""
 
-    def arm(call: SimCall) -> Callable[[], bool]:
+    def arm(call: CallView) -> Callable[[], bool]:
         base, armed_at = call.played_ms, call.call_ms
         return lambda: call.played_ms - base >= ms_into_answer or call.call_ms - armed_at >= give_up_ms
 

@@ -19,7 +19,8 @@ from typing import Any, Final
 from jinja2 import Environment
 
 from agent.audio.codecs import Int16Array
-from agent.engine import Reply, ReplyRequest, SimSession, ToolCall, describe_audio
+from agent.engine.formats import describe_audio
+from agent.engine.replies import Reply, ReplyRequest, ReplySession, ToolCall
 from agent.engine.speech.asr import Recognizer, RecognizerError
 from agent.engine.speech.tts import CLEAR_VOICE, Speaker
 from agent.prompts.library import PromptLibrary
@@ -234,7 +235,7 @@ class SpeechReplySource:
         self.words_per_minute = words_per_minute
         self._cache: OrderedDict[tuple[str, int, int], Int16Array] = OrderedDict()
         self._cache_size = cache_size
-        self._last_said: weakref.WeakKeyDictionary[SimSession, str] = weakref.WeakKeyDictionary()
+        self._last_said: weakref.WeakKeyDictionary[ReplySession, str] = weakref.WeakKeyDictionary()
 
     async def transcribe(self, audio: Int16Array, sample_rate: int) -> str:
         if self.recognizer is None:

@@ -8,21 +8,25 @@ several per append); responses by the base64 prefix of their first audio delta, 
 ``playAudio`` of that response. For L16 the bytes change on the way (resampling), so sessions are paired with
 calls by opening order, frames by audio duration (a frame has arrived once the model audio so far covers its end,
 so resampler buffering counts) and responses by time; those numbers are marked approximate.
+
+The call figures themselves (answers and playout gaps, talk-over, barge-in reaction, truncation error) are
+computed by :mod:`agent.testkit.analysis.measures`, as for the per-call report; this module supplies what only
+the engine's record tells: which response each playout belongs to and when the model heard the caller.
 """
 
 from __future__ import annotations
 
 import bisect
-import itertools
 import math
-import re
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from agent.audio.codecs import pcm16_to_mulaw
 from agent.stats import summary
+from agent.testkit.analysis import measures
+from agent.testkit.analysis.measures import Run
 from agent.testkit.bench.wire import FRAME_MS, frame_key, is_mulaw
 from agent.testkit.carrier import SimCall
 
@@ -54,7 +58,7 @@ class CallResult:
     frames: list[tuple[float, str | None]] = field(default_factory=list)  # (sent at, digest) per media frame
     plays: list[tuple[float, str]] = field(default_factory=list)  # (received at, payload prefix) per playAudio
     clears: list[tuple[float, float, float]] = field(default_factory=list)  # (t, played ms at clear, dropped ms)
-    bot: list[tuple[float, str, float, str]] = field(default_factory=list)  # (t, start|stop, played ms, reason)
+    runs: list[Run] = field(default_factory=list)  # bot audio playing without a break (measures.bot_runs)
     turns: dict[str, int] = field(default_factory=dict)
     playout_lag_ms: list[float] = field(default_factory=list)  # how late the sim's playout ticks ran
     webhook_failures: list[str] = field(default_factory=list)  # "<event>: HTTP <status>" for non-2xx answers
@@ -63,7 +67,7 @@ class CallResult:
     protocol_errors: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     internal_errors: list[str] = field(default_factory=list)
-    speech_at: list[float] = field(default_factory=list)  # when the first frame of each caller utterance was sent
+    speech_at: list[float] = field(default_factory=list)  # when each caller utterance begins on the caller's track
 
 
 def summarize_call(
@@ -86,13 +90,8 @@ def summarize_call(
             key = frame_key(pcm16_to_mulaw(track[k * n : (k + 1) * n])) if mulaw else None
             res.frames.append((entry.t, key))
         elif kind == "bot_audio_started":
-            res.bot.append((entry.t, "start", float(entry.detail.get("played_ms", 0.0)), ""))
             if res.start_t is not None and "call_ms" in entry.detail:
                 res.playout_lag_ms.append((entry.t - res.start_t) * 1000 - float(entry.detail["call_ms"]))
-        elif kind == "bot_audio_stopped":
-            res.bot.append(
-                (entry.t, "stop", float(entry.detail.get("played_ms", 0.0)), str(entry.detail.get("reason", "")))
-            )
         elif kind == "start_sent":
             res.start_t = entry.t
         elif kind == "ws_closed":
@@ -100,6 +99,7 @@ def summarize_call(
     # Without the tap, fall back to arrival times alone (responses are then matched by time, not bytes).
     res.plays = plays if plays is not None else [(e.t, "") for e in call.timeline if e.kind == "play_audio_received"]
     res.clears = [(c.t, c.played_ms_at_clear, c.queued_ms_dropped) for c in call.clears]
+    res.runs = measures.bot_runs(call, res.end_t)
     res.turns = dict(turns)
     res.end_reason = call.end_reason
     res.played_ms = call.played_ms
@@ -113,8 +113,8 @@ def summarize_call(
         for w in call.webhooks
         if w.status is None or w.status >= 400
     ]
-    frame_ms = call.options.frame_ms
-    res.speech_at = [res.frames[k][0] for k in (int(ms // frame_ms) for ms in speech_ms) if k < len(res.frames)]
+    if res.start_t is not None:
+        res.speech_at = [res.start_t + ms / 1000 for ms in speech_ms if ms < len(res.frames) * call.options.frame_ms]
     res.protocol_errors = list(call.protocol_errors)
     res.warnings = list(call.warnings)
     res.internal_errors = list(call.internal_errors)
@@ -135,6 +135,7 @@ class Matched:
     trunc_err_ms: list[float] = field(default_factory=list)
     trunc_signed_ms: list[float] = field(default_factory=list)  # < 0: the model was told less than was heard
     gaps_ms: list[float] = field(default_factory=list)
+    answers: dict[int, list[measures.Answer]] = field(default_factory=dict)  # call -> its bot answers
     gap_spans: list[tuple[float, float]] = field(default_factory=list)  # (carrier ran dry, audio resumed)
     gap_where: list[tuple[int, float, float]] = field(default_factory=list)  # (call, s into the call, gap ms)
     send_lag_ms: list[float] = field(default_factory=list)  # caller frame sent vs its schedule (back-pressure)
@@ -235,24 +236,34 @@ def _frames_by_duration(calls: Sequence[CallResult], sessions: Sequence[dict[str
             (m.startup_frame_ms if t_sent < (call.start_t or 0.0) + STARTUP_S else m.frame_ms).append(lat)
 
 
-def _onset_clears(calls: Sequence[CallResult], m: Matched) -> None:
-    """How long the caller talks over the bot: from the first frame of an interrupting utterance (the bench knows
-    when the caller starts; the server under test does not) to clearAudio at the carrier. Whatever detects the
-    speech (the model's VAD, or the agent's own onset detector) counts."""
+def _answers(calls: Sequence[CallResult], m: Matched) -> None:
+    """Each call's runs grouped into answers: by the responses found at the carrier when every one of the
+    call's responses was found there, else by the silences and the caller's speech."""
     for call in calls:
-        clear_times = [c[0] for c in call.clears]
-        bot_times = [b[0] for b in call.bot]
-        onsets = sorted(call.speech_at)
-        for n, t_o in enumerate(onsets):
-            j = bisect.bisect_right(bot_times, t_o) - 1
-            if j < 0 or call.bot[j][1] != "start":
-                continue  # the bot was silent: not an interruption
-            until = min(t_o + BARGE_WINDOW_S + EARLY_S, onsets[n + 1] if n + 1 < len(onsets) else math.inf)
-            i = _first_after(clear_times, t_o)
-            if i < len(clear_times) and clear_times[i] <= until:
-                m.onset_clear_ms.append((clear_times[i] - t_o) * 1000)
-            else:
+        starts = None if m.unmatched_responses[call.index] else m.response_starts.get(call.index, [])
+        m.answers[call.index] = measures.answers(call.runs, onsets=call.speech_at, response_starts=starts)
+
+
+def _onset_clears(calls: Sequence[CallResult], m: Matched) -> None:
+    """How long the caller talks over the bot (:func:`measures.talk_over`): from when an interrupting utterance
+    begins (the bench knows; the server under test does not) to clearAudio at the carrier."""
+    for call in calls:
+        clears = [c[0] for c in call.clears]
+        for over in measures.talk_over(call.speech_at, m.answers.get(call.index, []), clears):
+            if over.ms is not None:
+                m.onset_clear_ms.append(over.ms)
+            elif over.missed:
                 m.counts["interruptions_not_cleared"] += 1
+
+
+def _bot_on(runs: Sequence[Run]) -> Callable[[float], bool]:
+    starts = [r.start for r in runs]
+
+    def on(t: float) -> bool:
+        j = bisect.bisect_right(starts, t) - 1
+        return j >= 0 and t < runs[j].end
+
+    return on
 
 
 def _first_after(times: Sequence[float], t: float) -> int:
@@ -277,6 +288,7 @@ def match_side(calls: Sequence[CallResult], engine: dict[str, Any], content_type
         for resp in sess["responses"]:
             m.counts[f"responses_{resp.get('status') or 'unfinished'}"] += 1
     _model_to_caller(pairs, good, exact, m)
+    _answers(good, m)
     _barge_ins(pairs, m)
     _onset_clears(good, m)
     _truncations(pairs, m)
@@ -337,33 +349,24 @@ def _model_to_caller(pairs: Sequence[Pair], calls: Sequence[CallResult], exact: 
 
 
 def _barge_ins(pairs: Sequence[Pair], m: Matched) -> None:
-    """speech_started while the carrier was playing bot audio -> clearAudio at the carrier."""
+    """speech_started while the carrier was playing bot audio -> clearAudio at the carrier
+    (:func:`measures.barge_in_reaction`)."""
     worst: list[dict[str, Any]] = []
     silent: list[dict[str, Any]] = []
     for s_idx, sess, call in pairs:
         clear_times = [c[0] for c in call.clears]
-        bot_times = [b[0] for b in call.bot]
-        speech = sorted(sess["speech_started"])
         hung_up = call.end_t if call.end_t is not None else math.inf
-        used = -1  # each clear answers one speech_started
-        for n, t_s in enumerate(speech):
-            if t_s > hung_up - BARGE_WINDOW_S:
-                m.counts["speech_at_hangup"] += 1  # the socket may close before any reaction could arrive
-                continue
-            # An early barge-in clears before the model's VAD speaks up: look back a little too.
-            i = max(_first_after(clear_times, t_s - EARLY_S), used + 1)
-            # A clear answers the latest speech_started before it: never one that came after the next one.
-            until = min(t_s + BARGE_WINDOW_S, speech[n + 1] if n + 1 < len(speech) else math.inf)
-            cleared = i < len(clear_times) and clear_times[i] <= until
-            # Was the bot talking when the caller interrupted (at the clear, if that came first)?
-            j = bisect.bisect_right(bot_times, min(t_s, clear_times[i] - 0.001) if cleared else t_s) - 1
-            bot_on = j >= 0 and call.bot[j][1] == "start"
-            if cleared:
+        everything = sorted(sess["speech_started"])
+        # The socket may close before any reaction to speech this close to the hang-up could arrive.
+        speech = [t for t in everything if t <= hung_up - BARGE_WINDOW_S]
+        m.counts["speech_at_hangup"] += len(everything) - len(speech)
+        reactions = measures.barge_in_reaction(speech, clear_times, _bot_on(call.runs), window_s=BARGE_WINDOW_S)
+        for n, (t_s, (i, bot_on)) in enumerate(zip(speech, reactions, strict=True)):
+            if i is not None:
                 m.speech_clear[(s_idx, n)] = i
-                used = i
             if bot_on:
                 m.counts["barge_ins"] += 1
-                if cleared:
+                if i is not None:
                     lat = (clear_times[i] - t_s) * 1000
                     m.barge_ms.append(lat)
                     worst.append({"ms": round(lat, 1), "call": call.index, "session": sess["id"], "t": t_s})
@@ -371,19 +374,20 @@ def _barge_ins(pairs: Sequence[Pair], m: Matched) -> None:
                     m.counts["barge_ins_not_cleared"] += 1
                 continue
             m.counts["speech_while_bot_silent"] += 1
-            if cleared:
+            if i is not None:
                 m.counts["clears_while_bot_silent"] += 1
+                before = [r for r in call.runs if r.end <= t_s]
                 silent.append(
                     {
                         "call": call.index,
                         "call_ms": round((t_s - (call.start_t or t_s)) * 1000),
-                        "bot_stopped_ms_before": round((t_s - call.bot[j][0]) * 1000, 1) if j >= 0 else None,
-                        "stop_reason": call.bot[j][3] if j >= 0 else None,
+                        "bot_stopped_ms_before": round((t_s - before[-1].end) * 1000, 1) if before else None,
+                        "stop_reason": before[-1].ended_by if before else None,
                     }
                 )
         for t_c in clear_times:
-            k = bisect.bisect_right(speech, t_c + EARLY_S) - 1
-            if k < 0 or t_c - speech[k] > BARGE_WINDOW_S:
+            k = bisect.bisect_right(everything, t_c + EARLY_S) - 1
+            if k < 0 or t_c - everything[k] > BARGE_WINDOW_S:
                 m.counts["clears_without_speech"] += 1
     worst.sort(key=lambda x: -float(x["ms"]))
     m.outliers["barge_in"] = worst[:5]
@@ -396,8 +400,8 @@ def _truncations(pairs: Sequence[Pair], m: Matched) -> None:
     worst: list[dict[str, Any]] = []
     for s_idx, sess, call in pairs:
         clear_times = [c[0] for c in call.clears]
-        starts_t = [b[0] for b in call.bot if b[1] == "start"]
-        starts_played = [b[2] for b in call.bot if b[1] == "start"]
+        starts_t = [r.start for r in call.runs]
+        starts_played = [r.played_before_ms for r in call.runs]
         items = sorted((t, item) for (s, item), t in m.item_first_play.items() if s == s_idx)
         item_times = [t for t, _ in items]
         truncated: set[str] = set()
@@ -423,8 +427,8 @@ def _truncations(pairs: Sequence[Pair], m: Matched) -> None:
             if j >= len(starts_t) or starts_t[j] - t_first > 1.0 or starts_t[j] > clear_times[i]:
                 m.counts["truncates_unmatched"] += 1
                 continue
+            signed = measures.truncation_error_ms(float(tr["audio_end_ms"]), call.clears[i][1], starts_played[j])
             heard = call.clears[i][1] - starts_played[j]
-            signed = float(tr["audio_end_ms"]) - heard
             m.trunc_err_ms.append(abs(signed))
             m.trunc_signed_ms.append(signed)
             worst.append(
@@ -440,171 +444,16 @@ def _truncations(pairs: Sequence[Pair], m: Matched) -> None:
 
 
 def _playout_gaps(calls: Sequence[CallResult], m: Matched) -> None:
-    """The carrier ran dry in the middle of a response, then went on with the same response."""
+    """The carrier ran dry in the middle of an answer, then went on with it (:func:`measures.answers`)."""
     for call in calls:
-        starts = m.response_starts.get(call.index, [])
-        lenient = m.unmatched_responses[call.index] > 0
-        for a, b in itertools.pairwise(call.bot):
-            if a[1] != "stop" or a[3] != "queue empty" or b[1] != "start":
-                continue
-            k = bisect.bisect_right(starts, a[0])
-            new_response = k < len(starts) and starts[k] <= b[0] + 0.001
-            if new_response or (lenient and b[0] - a[0] >= 1.0):
-                continue
-            m.gaps_ms.append((b[0] - a[0]) * 1000)
-            m.gap_spans.append((a[0], b[0]))
-            m.gap_where.append((call.index, round(a[0] - (call.start_t or a[0]), 2), round((b[0] - a[0]) * 1000, 1)))
-
-
-_UUIDISH = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}|\b(sess|item|resp|event)_\w+")
-_NUMBER = re.compile(r"\b\d+(\.\d+)?\b")
-_LOG_LINE = re.compile(r"^\S+ \S+ (DEBUG|INFO|WARNING|ERROR|CRITICAL) (\S+) call=\S+ (.*)$")
-
-
-_GC_PAUSE = re.compile(r"^GCPAUSE t=(\d+\.\d+) gen=(\d+) ms=(\d+\.\d+)", re.MULTILINE)
-
-
-def gc_pauses(log_text: str) -> list[tuple[float, float, int]]:
-    """(ended at, ms, generation) of every long collection the `--gc-probe` logged (bench/gcprobe)."""
-    return [(float(t), float(ms), int(gen)) for t, gen, ms in _GC_PAUSE.findall(log_text)]
-
-
-def summarize_log(text: str, top: int = 12) -> dict[str, Any]:
-    """Count warnings and errors by message shape (ids and numbers blanked) in the agent's log."""
-    levels: Counter[str] = Counter()
-    shapes: Counter[str] = Counter()
-    tracebacks = 0
-    for line in text.splitlines():
-        if line.startswith("Traceback"):
-            tracebacks += 1
-        match = _LOG_LINE.match(line)
-        if match is None:
-            continue
-        level, logger, message = match.groups()
-        levels[level] += 1
-        if level in ("WARNING", "ERROR", "CRITICAL"):
-            shapes[f"{level} {logger}: {_NUMBER.sub('N', _UUIDISH.sub('<id>', message))[:160]}"] += 1
-    return {"levels": dict(levels), "tracebacks": tracebacks, "top": shapes.most_common(top)}
-
-
-ENGINE_IDLE_S = 8.0  # how long the bench waits for the server to close its model sockets after the calls
-LAG_LIMIT_MS = 100.0  # beyond this the pipeline is behind real time and latencies measure backlog, not hops
-
-
-def overload(m: Matched, engine: dict[str, Any]) -> list[str]:
-    """Why this side's latency figures cannot be trusted, if they cannot: empty when the run kept real time."""
-    reasons = []
-    sent, ticks = stats(m.send_lag_ms), stats(m.playout_lag_ms)
-    engine_lag = stats(engine.get("loop_lag_ms", []))
-    if (sent["p99"] or 0) > LAG_LIMIT_MS:
-        reasons.append(
-            f"caller frames left the carrier up to {sent['max']:.0f} ms late (p99 {sent['p99']:.0f} ms): "
-            "the server stopped reading its socket (back-pressure) or the bench was starved of CPU"
-        )
-    if (ticks["p99"] or 0) > LAG_LIMIT_MS:
-        reasons.append(f"the carrier's playout clock ran up to {ticks['max']:.0f} ms late (p99 {ticks['p99']:.0f} ms)")
-    if (engine_lag["p99"] or 0) > LAG_LIMIT_MS:
-        reasons.append(f"the engine's event loop lagged (p99 {engine_lag['p99']:.0f} ms)")
-    return reasons
+        for answer in m.answers.get(call.index, []):
+            for a, b in answer.gap_spans():
+                m.gaps_ms.append((b - a) * 1000)
+                m.gap_spans.append((a, b))
+                m.gap_where.append((call.index, round(a - (call.start_t or a), 2), round((b - a) * 1000, 1)))
 
 
 def ratio(agent: float | None, baseline: float | None) -> float | None:
     if agent is None or baseline is None or baseline <= 0 or math.isnan(agent) or math.isnan(baseline):
         return None
     return round(agent / baseline, 2)
-
-
-def collect_problems(
-    calls: Sequence[CallResult], engine: dict[str, Any], m: Matched, side: str
-) -> tuple[list[str], dict[str, Any]]:
-    """Lines worth a human's attention, plus the raw tallies behind them."""
-    problems: list[str] = []
-    failed = [c for c in calls if c.error]
-    if failed:
-        reasons = Counter(c.error.split(":")[0] if c.error else "" for c in failed)
-        problems.append(f"{len(failed)}/{len(calls)} calls had errors: {dict(reasons)}; first: {failed[0].error}")
-    proto = Counter(e for c in calls for e in c.protocol_errors)
-    if proto:
-        problems.append(f"carrier protocol errors: {sum(proto.values())} ({proto.most_common(3)})")
-    hooks = Counter(f for c in calls for f in c.webhook_failures)
-    if hooks:
-        problems.append(f"webhooks answered with errors: {sum(hooks.values())} ({hooks.most_common(4)})")
-    internal = [e for c in calls for e in c.internal_errors]
-    if internal:
-        problems.append(f"carrier simulator internal errors: {internal[:3]}")
-    warns = Counter(w for c in calls for w in c.warnings)
-    sessions: list[dict[str, Any]] = engine.get("sessions", [])
-    engine_proto = Counter(e for s in sessions for e in s["protocol_errors"])
-    if engine_proto:
-        problems.append(f"engine saw {sum(engine_proto.values())} protocol errors: {engine_proto.most_common(3)}")
-    engine_errors = Counter(re.sub(r"\d+", "N", e) for s in sessions for e in s["errors"])
-    if engine_errors:
-        problems.append(
-            f"engine answered with {sum(engine_errors.values())} error events: {engine_errors.most_common(4)}"
-        )
-    if engine.get("internal_errors"):
-        problems.append(f"engine internal errors: {engine['internal_errors'][:3]}")
-    if engine.get("still_open"):
-        by_index = {c.index: c for c in calls}
-        left = []
-        for s_idx, sess in enumerate(sessions):
-            if sess.get("open_at_drain"):
-                call = by_index.get(m.session_call.get(s_idx, -1))
-                left.append(f"call {call.index} ({call.end_reason})" if call else f"unpaired session {sess['id']}")
-        problems.append(
-            f"{engine['still_open']} model session(s) still open {ENGINE_IDLE_S:g}+ s after every call had ended: "
-            + ", ".join(left[:5])
-        )
-    c = m.counts
-    if c["barge_ins_not_cleared"]:
-        problems.append(
-            f"{c['barge_ins_not_cleared']}/{c['barge_ins']} barge-ins got no clearAudio within {BARGE_WINDOW_S:g} s"
-        )
-    if c["clears_without_speech"]:
-        problems.append(f"{c['clears_without_speech']} clearAudio without a speech_started before it")
-    if c["frames_lost"]:
-        problems.append(f"{c['frames_lost']} caller frames never reached the model (not counting the last 0.5 s)")
-    if c["frames_delivered_twice"]:
-        problems.append(f"{c['frames_delivered_twice']} caller frames reached the model twice")
-    if c["sessions_unpaired"]:
-        problems.append(f"{c['sessions_unpaired']} engine sessions could not be paired with a call")
-    if c["truncates_unmatched"]:
-        problems.append(f"{c['truncates_unmatched']}/{c['truncates']} truncates could not be paired with a clear")
-    tds = {str(s.get("turn_detection")) for s in sessions if s.get("turn_detection")}
-    timeouts: Counter[str] = Counter()
-    for call in calls:
-        timeouts.update({k: v for k, v in call.turns.items() if k.endswith("_timeout")})
-    if timeouts:
-        problems.append(f"caller turns that waited in vain for bot audio: {dict(timeouts)}")
-    extensions = Counter(s.get("extensions") or "none" for s in sessions)
-    tallies = {
-        "carrier_warnings": warns.most_common(5),
-        "engine_error_events": engine_errors.most_common(8),
-        "engine_turn_detection": sorted(tds),
-        "model_socket_extensions": dict(extensions),
-    }
-    for note in m.notes:
-        problems.append(f"note ({side}): {note}")
-    return problems, tallies
-
-
-STALL_SLACK_S = (0.05, 0.02)  # a stall explains a gap that began up to 50 ms after it ended (20 ms before it began)
-
-
-def gaps_during_stalls(gap_spans: Sequence[tuple[float, float]], spikes: Iterable[tuple[float, float]]) -> int:
-    """How many gaps began while an event loop of the generator was stalled.
-
-    A spike (woke at, lag ms) means the loop slept through [woke - lag, woke]. A stalled bench reads late what the
-    server sent in time (its playout clock catches up first and finds the queue empty), and a stalled engine sends
-    a response's audio late: either can empty the carrier's queue with no fault of the server's.
-    """
-    stalls = sorted((t - lag / 1000, t) for t, lag in spikes)
-    starts = [a for a, _ in stalls]
-    latest_end = list(itertools.accumulate((b for _, b in stalls), max))
-    after, before = STALL_SLACK_S
-    count = 0
-    for g0, _g1 in gap_spans:
-        i = bisect.bisect_right(starts, g0 + before)
-        if i and latest_end[i - 1] >= g0 - after:
-            count += 1
-    return count

@@ -9,19 +9,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import datetime as dt
-import json
 import math
 import os
-import platform
-import shutil
-import signal
-import subprocess
-import sys
-import tempfile
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -29,7 +21,7 @@ from typing import Any, TypeVar
 import httpx
 
 from agent.testkit import procs
-from agent.testkit.analysis import hops
+from agent.testkit.analysis import health, hops
 from agent.testkit.bench.wire import MULAW_8K
 from agent.testkit.bench.workload import CallResult, LoopLag, WorkloadConfig, run_calls
 
@@ -142,21 +134,17 @@ def _engine_args(opts: ServerOptions, port: int) -> list[str]:
     ]
 
 
-def agent_env(engine_port: int, port: int, workdir: Path, content_type: str) -> dict[str, str]:
-    """The agent's settings for a bench run: its database and call recordings go to a scratch directory."""
-    return procs.clean_env(
-        {
-            "DATABASE_URL": f"sqlite+aiosqlite:///{workdir}/agent.db",
-            "AGENT_RECORDINGS_DIR": str(workdir / "recordings"),
-            "OPENAI_API_KEY": "dummy",
-            "OPENAI_BASE_URL": f"http://127.0.0.1:{engine_port}/v1",
-            "PUBLIC_URL": f"http://127.0.0.1:{port}",
-            "AGENT_LOG_LEVEL": "WARNING",
-            "AGENT_STREAM_CONTENT_TYPE": content_type,
-            "AGENT_PROMPTS_DIR": str(procs.ROOT / "prompts"),
-            "AGENT_INSECURE_WEBHOOKS": "true",  # loopback agent; the simulated carrier does not sign
-        }
-    )
+def agent_settings(engine_port: int, opts: ServerOptions) -> dict[str, str]:
+    """The agent's settings for a bench run, on top of the launcher's scratch environment."""
+    settings = {
+        "OPENAI_API_KEY": "dummy",
+        "OPENAI_BASE_URL": f"http://127.0.0.1:{engine_port}/v1",
+        "AGENT_LOG_LEVEL": "WARNING",
+        "AGENT_STREAM_CONTENT_TYPE": opts.content_type,
+        "AGENT_PROMPTS_DIR": str(procs.ROOT / "prompts"),
+        "AGENT_EARLY_BARGE_IN": "true" if opts.early_barge_in else "false",
+    }
+    return settings | _gc_probe_env(opts)
 
 
 async def _get_json(url: str, limit_s: float = 10.0) -> dict[str, Any]:
@@ -167,7 +155,7 @@ async def _get_json(url: str, limit_s: float = 10.0) -> dict[str, Any]:
         return data
 
 
-async def drain_engine(port: int, wait_idle_s: float = hops.ENGINE_IDLE_S) -> dict[str, Any]:
+async def drain_engine(port: int, wait_idle_s: float = health.ENGINE_IDLE_S) -> dict[str, Any]:
     """Wait (at most `wait_idle_s`) for the server under test to close its model sockets, then collect the
     summaries: every closed session's (forgotten by the engine from then on) and every open one's so far."""
     base = f"http://127.0.0.1:{port}/bench"
@@ -196,10 +184,10 @@ async def scrape_metrics(url: str, nonzero_only: bool = True) -> dict[str, float
     return out
 
 
-def _with_gc_probe(env: dict[str, str], opts: ServerOptions) -> dict[str, str]:
-    if opts.gc_probe:
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(GC_PROBE_DIR), env.get("PYTHONPATH")]))
-    return env
+def _gc_probe_env(opts: ServerOptions) -> dict[str, str]:
+    if not opts.gc_probe:
+        return {}
+    return {"PYTHONPATH": os.pathsep.join(filter(None, [str(GC_PROBE_DIR), os.environ.get("PYTHONPATH")]))}
 
 
 @contextlib.asynccontextmanager
@@ -210,25 +198,27 @@ async def start_side(name: str, opts: ServerOptions, stem: Path) -> AsyncIterato
     that had to be killed) is appended to `Target.notes`, which callers may have shared with their results.
     """
     engine_port = procs.free_port()
-    engine = procs.start(
-        "engine", _engine_args(opts, engine_port), procs.clean_env({}), Path(f"{stem}-engine-{name}.log")
-    )
-    target: Target | None = None
-    server: procs.Child | None = None
-    workdir: Path | None = None
-    try:
+    notes: list[str] = []
+    log_path = Path(f"{stem}-{name}.log")
+    async with contextlib.AsyncExitStack() as stack:
+        engine = procs.start(
+            "engine", _engine_args(opts, engine_port), procs.clean_env({}), Path(f"{stem}-engine-{name}.log")
+        )
+
+        def stop_engine() -> None:
+            if procs.stop(engine):
+                notes.append("the engine did not exit within 5 s of SIGTERM and was killed")
+
+        stack.callback(stop_engine)
         await procs.wait_ready(engine, f"http://127.0.0.1:{engine_port}/bench/health")
-        port = procs.free_port()
-        log_path = Path(f"{stem}-{name}.log")
         if name == "agent":
-            workdir = Path(tempfile.mkdtemp(prefix="bench-agent-"))
-            env = _with_gc_probe(agent_env(engine_port, port, workdir, opts.content_type), opts)
-            env["AGENT_EARLY_BARGE_IN"] = "true" if opts.early_barge_in else "false"
-            server = procs.start(
-                "agent", ["-m", "agent", "serve", "--host", "127.0.0.1", "--port", str(port)], env, log_path
+            agent = await stack.enter_async_context(
+                procs.agent_process(agent_settings(engine_port, opts), log_path=log_path)
             )
-            answer_path = "/vobiz/answer"
+            stack.callback(lambda: notes.extend(agent.notes))  # runs before the engine stops, after the agent
+            server, base_url, answer_path = agent.child, agent.base_url, "/vobiz/answer"
         else:
+            port = procs.free_port()
             relay_args = [
                 "-m",
                 "agent.testkit.bench.relay",
@@ -239,25 +229,20 @@ async def start_side(name: str, opts: ServerOptions, stem: Path) -> AsyncIterato
                 "--content-type",
                 opts.content_type,
             ]
-            relay_env = _with_gc_probe(procs.clean_env({}), opts)
-            server = procs.start("baseline relay", relay_args, relay_env, log_path)
-            answer_path = "/answer"
-        base_url = f"http://127.0.0.1:{port}"
-        await procs.wait_ready(server, f"{base_url}/healthz")
-        target = Target(name, engine, engine_port, server, base_url, answer_path)
-        yield target
-    finally:
-        notes = target.notes if target is not None else []
-        if target is not None:
-            target.log_marks["stopping"] = target.log_size()
+            server = procs.start("baseline relay", relay_args, procs.clean_env(_gc_probe_env(opts)), log_path)
+
+            def stop_relay() -> None:
+                if procs.stop(server):
+                    notes.append(f"the {server.name} did not exit within 5 s of SIGTERM and was killed")
+
+            stack.callback(stop_relay)
+            base_url, answer_path = f"http://127.0.0.1:{port}", "/answer"
+            await procs.wait_ready(server, f"{base_url}/healthz")
+        target = Target(name, engine, engine_port, server, base_url, answer_path, notes)
         try:
-            if server is not None and procs.stop(server):
-                notes.append(f"the {server.name} did not exit within 5 s of SIGTERM and was killed")
+            yield target
         finally:
-            if procs.stop(engine):
-                notes.append("the engine did not exit within 5 s of SIGTERM and was killed")
-            if workdir is not None:
-                shutil.rmtree(workdir, ignore_errors=True)
+            target.log_marks["stopping"] = target.log_size()
 
 
 async def measure_idle(meter: procs.CpuMeter, seconds: float = 1.0) -> tuple[procs.CpuSnapshot, float]:
@@ -369,7 +354,7 @@ async def run_side(name: str, args: argparse.Namespace, stem: Path) -> SideRun:
 
 def side_report(run: SideRun, content_type: str, calls: int) -> dict[str, Any]:
     m = hops.match_side(run.calls, run.engine, content_type)
-    problems, tallies = hops.collect_problems(run.calls, run.engine, m, run.name)
+    problems, tallies = health.collect_problems(run.calls, run.engine, m, run.name)
     problems = [f"note ({run.name}): {n}" for n in run.notes] + problems
     turns: Counter[str] = Counter()
     for call in run.calls:
@@ -381,9 +366,9 @@ def side_report(run: SideRun, content_type: str, calls: int) -> dict[str, Any]:
     stop_at = run.log_marks.get("stopping", end)
     during = log_bytes[begin:stop_at].decode(errors="replace")
     shutdown = log_bytes[stop_at:end].decode(errors="replace")
-    gc_pauses = hops.gc_pauses(during)
+    gc_pauses = health.gc_pauses(during)
     return {
-        "overloaded": hops.overload(m, run.engine),
+        "overloaded": health.overload(m, run.engine),
         "cpu": {
             "per_call_pct": run.cpu["server"] / calls,
             "server_pct": run.cpu["server"],
@@ -417,7 +402,7 @@ def side_report(run: SideRun, content_type: str, calls: int) -> dict[str, Any]:
         "truncation_signed_error_ms": hops.stats(m.trunc_signed_ms),
         "playout_gaps": {
             "count": len(m.gaps_ms),
-            "during_generator_stalls": hops.gaps_during_stalls(
+            "during_generator_stalls": health.gaps_during_stalls(
                 m.gap_spans,
                 [*run.bench_lag_spikes, *((float(t), float(lag)) for t, lag in run.engine.get("loop_lag_spikes", []))],
             ),
@@ -426,7 +411,7 @@ def side_report(run: SideRun, content_type: str, calls: int) -> dict[str, Any]:
             "duration_ms": hops.stats(m.gaps_ms),
             "first": m.gap_where[:20],  # (call, seconds into the call, ms)
             # With --gc-probe: gaps that began during (or up to 50 ms after) a GC pause of the server.
-            "during_server_gc": hops.gaps_during_stalls(m.gap_spans, [(t, ms) for t, ms, _ in gc_pauses]),
+            "during_server_gc": health.gaps_during_stalls(m.gap_spans, [(t, ms) for t, ms, _ in gc_pauses]),
         },
         "counts": dict(m.counts),
         "turns": dict(turns),
@@ -443,75 +428,9 @@ def side_report(run: SideRun, content_type: str, calls: int) -> dict[str, Any]:
         "engine_max_rss_mb": round(run.engine.get("max_rss_kb", 0) / 1024, 1),
         "problems": problems,
         "tallies": tallies,
-        "server_log": {"path": str(run.log_path), **hops.summarize_log(during)},
-        "server_log_at_shutdown": hops.summarize_log(shutdown),
+        "server_log": {"path": str(run.log_path), **health.summarize_log(during)},
+        "server_log_at_shutdown": health.summarize_log(shutdown),
         "server_metrics": run.metrics,
         "server_gc_pauses_ms": hops.stats(ms for _, ms, _ in gc_pauses) if gc_pauses else None,
         "call_errors": [c.error for c in run.calls if c.error][:10],
     }
-
-
-def _git_commit() -> str | None:
-    with contextlib.suppress(OSError, subprocess.SubprocessError):
-        out = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=procs.ROOT, capture_output=True, text=True, timeout=5
-        )
-        return out.stdout.strip() or None
-    return None
-
-
-def machine_info() -> dict[str, Any]:
-    """What a result depends on besides the code: recorded in every bench tool's JSON."""
-    return {
-        "cpus": os.cpu_count(),
-        "python": sys.version.split()[0],
-        "platform": platform.platform(),
-        "commit": _git_commit(),
-        "loop": type(asyncio.get_running_loop()).__module__,
-    }
-
-
-def cancel_on_signals() -> None:
-    """SIGTERM/SIGHUP unwind the current task like Ctrl-C, so every `finally` runs and child processes stop."""
-    main_task = asyncio.current_task()
-    if main_task is not None:
-        for sig in (signal.SIGTERM, signal.SIGHUP):
-            asyncio.get_running_loop().add_signal_handler(sig, main_task.cancel)
-
-
-def run_async(main: Callable[[], Coroutine[Any, Any, T]], prog: str = "bench") -> T:
-    """Run `main` on uvloop when installed (as the agent does); exit 130 when interrupted."""
-    try:
-        try:
-            import uvloop
-        except ImportError:
-            return asyncio.run(main())
-        return uvloop.run(main())
-    except (KeyboardInterrupt, asyncio.CancelledError):
-        print(f"[{prog}] interrupted; child processes stopped", file=sys.stderr)
-        sys.exit(130)
-
-
-def start_report(tool: str, args: argparse.Namespace, config: dict[str, Any]) -> tuple[dict[str, Any], Path]:
-    """A bench tool's report header (its own settings, then the server options every tool shares) and the stem
-    its logs are named after: bench/results/<tool>-<time>.json unless --out says otherwise."""
-    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    out: Path = args.out or procs.BENCH_DIR / "results" / f"{tool}-{stamp}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    server = {k: getattr(args, k) for k in ("reply_ms", "speed", "vad_ms", "early_barge_in", "seed", "gc_probe")}
-    report: dict[str, Any] = {
-        "config": config | server,
-        "machine": machine_info(),
-        "started_at": dt.datetime.now().isoformat(timespec="seconds"),
-        "out": str(out),
-    }
-    return report, out.with_suffix("")
-
-
-def run_and_print(
-    run: Callable[[], Coroutine[Any, Any, dict[str, Any]]], render: Callable[[dict[str, Any]], str], prog: str
-) -> None:
-    """Every bench tool's entry point: run, save the JSON where the report says, print the text."""
-    report = run_async(run, prog)
-    Path(report["out"]).write_text(json.dumps(report, indent=1, default=str))
-    print(render(report))

@@ -17,7 +17,7 @@ code (tests/test_conformance.py checks that).
 
 from __future__ import annotations
 
-from agent.testkit.carrier.audio import CallerAudio, Cue, ScriptItem, Segment, StreamFormat
+from agent.testkit.carrier.audio import CallerAudio, CallView, Cue, ScriptItem, Segment, StreamFormat
 from agent.testkit.carrier.call import SimCall
 from agent.testkit.carrier.records import (
     CallEndedWithoutStream,
@@ -35,6 +35,7 @@ from agent.testkit.carrier.webhooks import parse_vobiz_xml, vobiz_signature_head
 
 __all__ = [
     "CallEndedWithoutStream",
+    "CallView",
     "CallerAudio",
     "CarrierProtocolError",
     "CarrierSim",

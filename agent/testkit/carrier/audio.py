@@ -6,7 +6,7 @@ import wave
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NamedTuple, TypeAlias
+from typing import Any, NamedTuple, Protocol, TypeAlias
 
 import numpy as np
 import numpy.typing as npt
@@ -17,10 +17,32 @@ from agent.audio.codecs import (
     float_to_pcm16,
     l16_to_pcm16,
 )
-from agent.testkit.carrier.records import INBOUND_RATES, MULAW
+from agent.testkit.carrier.records import INBOUND_RATES, MULAW, ClearRecord, TimelineEntry
 
-if TYPE_CHECKING:
-    from agent.testkit.carrier.call import SimCall
+
+class CallView(Protocol):
+    """What a cue's condition may read of the live call (a :class:`~agent.testkit.carrier.call.CallView`).
+
+    Cues are built before the call exists and are evaluated by it, so they see it through this protocol and
+    this module stays below the call that imports it."""
+
+    @property
+    def call_ms(self) -> float: ...
+    @property
+    def played_ms(self) -> float: ...
+    @property
+    def queued_ms(self) -> float: ...
+    @property
+    def bot_playing(self) -> bool: ...
+    @property
+    def script_done(self) -> bool: ...
+    @property
+    def stream_live(self) -> bool: ...
+    @property
+    def acked_checkpoints(self) -> list[str]: ...
+    @property
+    def clears(self) -> list[ClearRecord]: ...
+    def events(self, kind: str) -> list[TimelineEntry]: ...
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -72,7 +94,7 @@ def _ms_to_samples(ms: float, rate: int) -> int:
     return round(ms * rate / 1000)
 
 
-def _resample(samples: Int16Array, src_rate: int, dst_rate: int) -> Int16Array:
+def resample(samples: Int16Array, src_rate: int, dst_rate: int) -> Int16Array:
     if src_rate == dst_rate or len(samples) == 0:
         return samples
     return np.asarray(soxr.resample(samples, src_rate, dst_rate), dtype=np.int16)
@@ -99,12 +121,12 @@ class Cue:
     can be relative to that moment ("300 ms into the bot's next reply").
     """
 
-    arm: Callable[[SimCall], Callable[[], bool]] = field(repr=False, compare=False)
+    arm: Callable[[CallView], Callable[[], bool]] = field(repr=False, compare=False)
     segment: Segment | None
     description: str
 
 
-ScriptItem: TypeAlias = "Segment | Cue | Callable[[SimCall], bool]"
+ScriptItem: TypeAlias = "Segment | Cue | Callable[[CallView], bool]"
 
 
 class CallerAudio:
@@ -146,7 +168,7 @@ class CallerAudio:
             if np.issubdtype(samples.dtype, np.floating)
             else np.asarray(samples, dtype=np.int16)
         )
-        return Segment("pcm", label, len(pcm) * 1000 / rate, lambda target: _resample(pcm, rate, target))
+        return Segment("pcm", label, len(pcm) * 1000 / rate, lambda target: resample(pcm, rate, target))
 
     @staticmethod
     def wav(path: str | Path) -> Segment:
@@ -167,7 +189,7 @@ class CallerAudio:
     def after_bot_audio(ms_into_playback: float, segment: Segment) -> Cue:
         """Speak once the carrier has played ``ms_into_playback`` ms of bot audio since this cue was reached."""
 
-        def arm(call: SimCall) -> Callable[[], bool]:
+        def arm(call: CallView) -> Callable[[], bool]:
             base = call.played_ms
             return lambda: call.played_ms - base >= ms_into_playback
 
@@ -184,11 +206,11 @@ class CallerAudio:
         return Cue(lambda call: lambda: name in call.acked_checkpoints, segment, f"after checkpoint {name!r}")
 
     @staticmethod
-    def when(condition: Callable[[SimCall], bool], segment: Segment | None = None, description: str = "") -> Cue:
+    def when(condition: Callable[[CallView], bool], segment: Segment | None = None, description: str = "") -> Cue:
         return Cue(lambda call: lambda: condition(call), segment, description or "when condition")
 
 
-def _as_cue_or_segment(item: ScriptItem) -> Segment | Cue:
+def as_cue_or_segment(item: ScriptItem) -> Segment | Cue:
     if isinstance(item, Segment | Cue):
         return item
     if callable(item):

@@ -7,7 +7,7 @@ import base64
 import json
 import time
 import uuid
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
@@ -28,10 +28,7 @@ from agent.testkit.carrier.records import (
     XmlAction,
     _Hangup,
 )
-from agent.testkit.carrier.webhooks import _open_stream
-
-if TYPE_CHECKING:
-    pass
+from agent.testkit.carrier.webhooks import open_stream
 
 
 class SimCall(Playout):
@@ -73,7 +70,7 @@ class SimCall(Playout):
         self._finish_playout(time.monotonic())
         self._status_callback("DroppedStream", {"Error": "connection disconnected with the remote service"})
         try:
-            ws = await _open_stream(self.stream_url, self.options)
+            ws = await open_stream(self.stream_url, self.options)
         except (OSError, InvalidHandshake, InvalidURI, TimeoutError, ConnectionClosed) as exc:
             self._record("reconnect_failed", error=str(exc))
             return False

@@ -16,7 +16,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import numpy as np
 from websockets.asyncio.client import ClientConnection
@@ -24,7 +24,7 @@ from websockets.asyncio.client import ClientConnection
 from agent.audio.codecs import (
     Int16Array,
 )
-from agent.testkit.carrier.audio import Cue, ScriptItem, Segment, StreamFormat, _as_cue_or_segment, _resample
+from agent.testkit.carrier.audio import Cue, ScriptItem, Segment, StreamFormat, as_cue_or_segment, resample
 from agent.testkit.carrier.records import (
     _EMPTY,
     DTMF_DIGITS,
@@ -34,11 +34,7 @@ from agent.testkit.carrier.records import (
     TimelineEntry,
     XmlAction,
 )
-from agent.testkit.carrier.webhooks import _CallContext, _max_retries, _wall
-
-if TYPE_CHECKING:
-    pass
-
+from agent.testkit.carrier.webhooks import CallContext, max_retries, wall_time
 
 # ----------------------------------------------------------------------------------------------------------
 # The call
@@ -46,7 +42,7 @@ if TYPE_CHECKING:
 
 
 @dataclass
-class _QueuedAudio:
+class QueuedAudio:
     samples: Int16Array
     received: float
     pos: int = 0
@@ -62,7 +58,7 @@ class _QueuedAudio:
 
 
 @dataclass(frozen=True)
-class _Mark:
+class Mark:
     name: str
 
 
@@ -78,7 +74,7 @@ class CallState:
     def __init__(
         self,
         *,
-        ctx: _CallContext,
+        ctx: CallContext,
         xml: str,
         stream_element: ET.Element,
         remaining: list[ET.Element],
@@ -132,7 +128,7 @@ class CallState:
         self._play_k = 0  # the next playout tick's index
         self._chunk_base = 0  # caller frames before this stream began (media.chunk counts per stream)
         self._retries_used = 0
-        self._max_retries = _max_retries(stream_element)
+        self._max_retries = max_retries(stream_element)
         self._in_frame = media_format.samples_per_frame(self.options.frame_ms)
         self._silent_frame: Int16Array = np.zeros(self._in_frame, dtype=np.int16)
         self._out_frame = self.played_rate * self.options.frame_ms // 1000 if self.played_rate else 0
@@ -151,13 +147,13 @@ class CallState:
         self._caller_gone = False
         self._transfer: tuple[str, str] | None = None
         # caller side
-        self._script: deque[Segment | Cue] = deque(_as_cue_or_segment(i) for i in script)
+        self._script: deque[Segment | Cue] = deque(as_cue_or_segment(i) for i in script)
         self._armed: Callable[[], bool] | None = None
         self._cbuf: Int16Array = _EMPTY
         self._caller_frames: list[Int16Array] = []
         self._script_done_recorded = False
         # playout side
-        self._queue: deque[_QueuedAudio | _Mark] = deque()
+        self._queue: deque[QueuedAudio | Mark] = deque()
         self._queued_samples = 0
         self._ack_due: deque[tuple[float, str]] = deque()
         self._cur: Int16Array | None = None
@@ -233,12 +229,12 @@ class CallState:
         track = np.zeros(length, dtype=np.int16)
         for offset, samples in self._bot_segments:
             track[offset : offset + len(samples)] = samples
-        return _resample(track, src, rate) if rate else track
+        return resample(track, src, rate) if rate else track
 
     def caller_track(self, rate: int | None = None) -> Int16Array:
         """What the caller sent, on the same clock as :meth:`bot_track`."""
         track = np.concatenate(self._caller_frames).astype(np.int16) if self._caller_frames else _EMPTY.copy()
-        return _resample(track, self.media_format.rate, rate) if rate else track
+        return resample(track, self.media_format.rate, rate) if rate else track
 
     # ---- waiting ------------------------------------------------------------------------------------------
 
@@ -313,7 +309,7 @@ class CallState:
 
     def say(self, *items: ScriptItem) -> None:
         """Append to the caller's script while the call runs."""
-        self._script.extend(_as_cue_or_segment(i) for i in items)
+        self._script.extend(as_cue_or_segment(i) for i in items)
 
     def wrap_socket(self, wrap: Callable[[ClientConnection], ClientConnection]) -> None:
         """Put something between the carrier and the agent (network jitter, loss...): ``wrap`` gets the stream
@@ -436,7 +432,7 @@ class CallState:
             "StreamID": self.stream_id,
             "ParentAuthID": self.options.parent_auth_id,
             "Error": "",
-            "Timestamp": _wall(datetime.now(UTC)),
+            "Timestamp": wall_time(datetime.now(UTC)),
             "status_callback_url": url,
             "status_callback_method": method,
             **extra,

@@ -17,8 +17,8 @@ from agent.audio.codecs import (
     l16_to_pcm16,
     mulaw_to_pcm16,
 )
-from agent.testkit.carrier.audio import _resample
-from agent.testkit.carrier.call_state import CallState, _Mark, _QueuedAudio
+from agent.testkit.carrier.audio import resample
+from agent.testkit.carrier.call_state import CallState, Mark, QueuedAudio
 from agent.testkit.carrier.records import L16, MULAW, PLAYBACK_RATES, ClearRecord
 
 
@@ -63,7 +63,7 @@ class Playout(CallState):
         got = 0
         while self._queue and (not rate or got < need):
             head = self._queue[0]
-            if isinstance(head, _Mark):
+            if isinstance(head, Mark):
                 self._queue.popleft()
                 # All audio queued before the mark ends `got` samples into this frame.
                 self._ack_due.append((tick_at + (got / rate if rate else 0.0), head.name))
@@ -107,7 +107,7 @@ class Playout(CallState):
         if self._cur is not None and self.played_rate:
             heard = min(len(self._cur), max(0, int((t_end - self._cur_start) * self.played_rate)))
             self._commit_current(heard)
-        dropped = [m.name for m in self._queue if isinstance(m, _Mark)] + [n for _, n in self._ack_due]
+        dropped = [m.name for m in self._queue if isinstance(m, Mark)] + [n for _, n in self._ack_due]
         self._queue.clear()
         self._ack_due.clear()
         self._queued_samples = 0
@@ -166,8 +166,8 @@ class Playout(CallState):
             self._out_frame = rate * self.options.frame_ms // 1000
         elif rate != self.played_rate:
             self._ctx.warn(f"playAudio sample rate changed from {self.played_rate} to {rate} mid-stream")
-            samples = _resample(samples, rate, self.played_rate)
-        self._queue.append(_QueuedAudio(samples, time.monotonic()))
+            samples = resample(samples, rate, self.played_rate)
+        self._queue.append(QueuedAudio(samples, time.monotonic()))
         self._queued_samples += len(samples)
         self._record("play_audio_received", bytes=len(data), ms=len(data) / (rate * (2 if ctype == L16 else 1)) * 1000)
 
@@ -181,7 +181,7 @@ class Playout(CallState):
         self.received_checkpoints.append(name)
         self._record("checkpoint_received", name=name)
         if self._queue:
-            self._queue.append(_Mark(name))
+            self._queue.append(Mark(name))
             return
         # Nothing queued: acked once the frame now playing (if any) has finished.
         now = time.monotonic()
@@ -217,7 +217,7 @@ class Playout(CallState):
             heard = min(len(self._cur), max(0, round((now - self._cur_start) * rate)))
             dropped_samples += len(self._cur) - heard
             self._commit_current(heard)
-        dropped = [m.name for m in self._queue if isinstance(m, _Mark)] + [n for _, n in self._ack_due]
+        dropped = [m.name for m in self._queue if isinstance(m, Mark)] + [n for _, n in self._ack_due]
         self._queue.clear()
         self._ack_due.clear()
         self._queued_samples = 0

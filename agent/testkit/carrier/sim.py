@@ -19,7 +19,7 @@ from agent.testkit.carrier.records import (
     SimCallOptions,
     XmlAction,
 )
-from agent.testkit.carrier.webhooks import _CallContext, _open_stream, _validate_stream, parse_vobiz_xml
+from agent.testkit.carrier.webhooks import CallContext, open_stream, parse_vobiz_xml, validate_stream
 
 # ----------------------------------------------------------------------------------------------------------
 # The carrier
@@ -56,7 +56,7 @@ class CarrierSim:
         XML ends the call before streaming (after posting the hangup webhook, as Vobiz would).
         """
         opts = options or SimCallOptions()
-        ctx = _CallContext(call_uuid or str(uuid.uuid4()), opts, self._http, self.answer_url)
+        ctx = CallContext(call_uuid or str(uuid.uuid4()), opts, self._http, self.answer_url)
         if opts.direction == "outbound" and opts.ring_callback:
             # Vobiz tells the answer URL that an outbound call rings; the XML only counts once it is answered.
             ringing = ctx.fields(call_status="ringing", event="Ring") | dict(opts.extra_fields)
@@ -73,10 +73,10 @@ class CarrierSim:
         if result.stream is None:
             await ctx.post_hangup(result.hangup or _END_OF_XML)
             raise CallEndedWithoutStream(xml_text, before)
-        stream_url = _validate_stream(result.stream)
+        stream_url = validate_stream(result.stream)
         media_format = self._stream_format(result.stream, opts, ctx)
         try:
-            ws = await _open_stream(stream_url, opts)
+            ws = await open_stream(stream_url, opts)
         except (OSError, InvalidHandshake, InvalidURI, TimeoutError) as exc:
             raise CarrierProtocolError(f"could not open the stream WebSocket {stream_url}: {exc}") from exc
         call = SimCall(
@@ -99,7 +99,7 @@ class CarrierSim:
         return call
 
     @staticmethod
-    def _stream_format(element: ET.Element, opts: SimCallOptions, ctx: _CallContext) -> StreamFormat:
+    def _stream_format(element: ET.Element, opts: SimCallOptions, ctx: CallContext) -> StreamFormat:
         content_type = element.get("contentType")
         if content_type is None:
             ctx.warn(

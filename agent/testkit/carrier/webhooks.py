@@ -53,7 +53,7 @@ def vobiz_signature_headers(token: str, url: str, *, main_token: str | None = No
     return headers
 
 
-def _wall(ts: datetime) -> str:
+def wall_time(ts: datetime) -> str:
     return ts.strftime(_WALL_FORMAT)
 
 
@@ -89,7 +89,7 @@ def _dial_target(element: ET.Element) -> str:
     return (element.text or "").strip()
 
 
-class _CallContext:
+class CallContext:
     """HTTP side of one call: identity fields, signing, webhook records and the XML interpreter."""
 
     def __init__(self, call_uuid: str, options: SimCallOptions, http: httpx.AsyncClient, answer_url: str) -> None:
@@ -217,9 +217,9 @@ class _CallContext:
             "HangupSource": hangup.source,
             "Duration": duration,
             "BillDuration": duration,
-            "StartTime": _wall(self.answered_wall),
-            "AnswerTime": _wall(self.answered_wall),
-            "EndTime": _wall(now),
+            "StartTime": wall_time(self.answered_wall),
+            "AnswerTime": wall_time(self.answered_wall),
+            "EndTime": wall_time(now),
         }
         if hangup.code is not None:
             fields["HangupCauseCode"] = str(hangup.code)
@@ -233,7 +233,7 @@ class _CallContext:
             await self.request(url, "POST", self.hangup_fields(hangup), "Hangup")
 
 
-async def _open_stream(url: str, opts: SimCallOptions) -> ClientConnection:
+async def open_stream(url: str, opts: SimCallOptions) -> ClientConnection:
     return await connect(
         url,
         open_timeout=opts.connect_timeout,
@@ -245,7 +245,7 @@ async def _open_stream(url: str, opts: SimCallOptions) -> ClientConnection:
     )
 
 
-def _max_retries(element: ET.Element) -> int:
+def max_retries(element: ET.Element) -> int:
     """`<Stream maxRetries>` as Vobiz reads it: 0-10, below 0 is 0, above 10 is 10, not an integer is 0."""
     text = element.get("maxRetries", "0").strip()
     if not text.lstrip("-").isdigit():
@@ -253,7 +253,7 @@ def _max_retries(element: ET.Element) -> int:
     return min(10, max(0, int(text)))
 
 
-def _validate_stream(element: ET.Element) -> str:
+def validate_stream(element: ET.Element) -> str:
     """Reject <Stream> settings that cannot work for a two-way agent on real Vobiz; return the URL."""
     attrs = element.attrib
     if attrs.get("bidirectional", "false").lower() != "true":
