@@ -23,6 +23,7 @@ contiguous play (no silent tick, no jump in position); the first run after t is 
 from __future__ import annotations
 
 import base64
+import itertools
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -32,11 +33,12 @@ import numpy as np
 from agent.audio.codecs import Int16Array, mulaw_to_pcm16
 from agent.stats import percentile
 from agent.testkit.interruptions.caller import CallRun
-from agent.testkit.interruptions.sounds import FALSE_KINDS, RATE
+from agent.testkit.interruptions.sounds import ANSWERS, FALSE_KINDS, RATE
 
 PER_MS = RATE / 1000
 MIN_SEARCH = 16  # shorter pieces are only attributed as the continuation of the one before
 TICK_MS = 20.0
+LEFT_MS = 1000.0  # an event lands mid-answer when at least this much of the answer is still to come
 
 
 @dataclass
@@ -193,6 +195,10 @@ def outcomes_of_call(call: CallRun, session: dict[str, Any] | None) -> tuple[lis
             continue
         ri = at[-1].response
         resp = session["responses"][ri]
+        position = at[-1].pos + (t - at[-1].t) * PER_MS
+        if resp.get("text") not in ANSWERS or position > (float(resp.get("full_ms") or 0) - LEFT_MS) * PER_MS:
+            o.note = f"landed in {resp.get('text')!r}, not with {LEFT_MS:g} ms of an answer still to come"
+            continue
         mine = by_response[ri]
         first = mine.index(at[-1])
         after = mine[first:]
@@ -205,7 +211,7 @@ def outcomes_of_call(call: CallRun, session: dict[str, Any] | None) -> tuple[lis
         o.played_to_end = resp.get("status") == "completed" and furthest >= generated - 1
         o.cut = not o.played_to_end
         o.lost_ms = max(0, generated - heard) / PER_MS
-        gaps = [(b.t - a.t_end, b.pos - a.end_pos) for a, b in zip(after, after[1:], strict=False)]
+        gaps = [(b.t - a.t_end, b.pos - a.end_pos) for a, b in itertools.pairwise(after)]
         o.paused = bool(gaps)
         o.resumed = o.paused and not o.cut
         o.pause_ms = sum(g for g, _ in gaps)
@@ -244,7 +250,27 @@ def analyse(calls: list[CallRun], engine: dict[str, Any]) -> dict[str, Any]:
         "problems": problems,
         "transcripts": [m for s in sessions for m in s.get("matches", [])],
         "turn_detection": sessions[0].get("turn_detection") if sessions else None,
+        "sessions": [_timeline(s) for s in sessions],
     }
+
+
+def _timeline(session: dict[str, Any]) -> list[str]:
+    """The session's story at the engine, for reading a surprising outcome (seconds since it opened)."""
+    t0 = float(session.get("opened") or 0.0)
+    story: list[tuple[float, str]] = []
+    for r in session["responses"]:
+        ms = len(base64.b64decode(r.get("audio") or "")) / PER_MS
+        story.append((r.get("t_created") or t0, f"response {r['id'][-6:]} created ({ms:.0f} ms generated)"))
+        if r.get("t_done"):
+            story.append((r["t_done"], f"response {r['id'][-6:]} {r.get('status')} {r.get('reason') or ''}"))
+    story += [(v["t"], f"VAD {v['type']}") for v in session["vad"]]
+    story += [(x["t"], f"transcript {x['text']!r}") for x in session["transcripts"]]
+    story += [(x["t"], f"client cancel {str(x.get('response_id'))[-6:]}") for x in session["cancels"]]
+    story += [(x["t"], f"client truncate at {x['audio_end_ms']} ms") for x in session["truncates"]]
+    story += [(x["t"], "client delete") for x in session["deletes"]]
+    story += [(x["t"], f"session.update {x['turn_detection']}") for x in session["session_updates"]]
+    story += [(x["t"], f"client {x['type']}") for x in session.get("other_client_events", [])]
+    return [f"{t - t0:7.2f} {what}" for t, what in sorted(story)]
 
 
 def _pct(part: int, whole: int) -> float | None:

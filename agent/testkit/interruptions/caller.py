@@ -43,6 +43,7 @@ MODES: tuple[Mode, ...] = ("relay", "immediate", "early", "adaptive")
 FRAME = RATE // 50  # samples per 20 ms caller frame
 QUIET_AFTER_MS = 1200.0  # bot silence that ends an event
 STAGGER_S = 0.5
+REACTION_S = 5.0  # after an event, the caller waits this long for the bot to say something before moving on
 
 
 class ModeUnavailable(RuntimeError):
@@ -187,11 +188,20 @@ async def _event(call: SimCall, line: Line, run: EventRun, question: str) -> Non
         run.onset_ms = float(starts[-1].detail["call_ms"])
 
 
+async def _reaction(call: SimCall) -> None:
+    """Until the bot says something (or REACTION_S pass)."""
+    base = call.played_ms
+    with contextlib.suppress(TimeoutError):
+        await call.wait_for(lambda: call.played_ms > base + 20, REACTION_S, "the bot's reaction")
+
+
 async def _drive(call: SimCall, line: Line, runs: list[EventRun], index: int) -> None:
     await call.wait_for(lambda: call.played_ms > 0, 20, "the greeting")
     await call.wait_bot_silence(QUIET_AFTER_MS, timeout=30)
     for i, run in enumerate(runs):
         await _event(call, line, run, QUESTIONS[(index + i) % len(QUESTIONS)])
+        # The caller lets the bot react (resume, reply to what they said) and finish before the next question.
+        await _reaction(call)
         await call.wait_bot_silence(QUIET_AFTER_MS, timeout=40)
     await call.hangup()
 

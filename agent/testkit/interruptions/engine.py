@@ -82,6 +82,7 @@ class SpokenReplies:
         self._answers = 0
         self._acks = 0
         self.last_reply = ""
+        self.replies: dict[str, tuple[str, float]] = {}  # response id -> (text, full audio ms)
         self.matches: list[tuple[str | None, float]] = []
 
     async def transcribe(self, audio: Int16Array, sample_rate: int) -> str:
@@ -108,6 +109,7 @@ class SpokenReplies:
         voice = await asyncio.to_thread(speech, text, "en-us", 165, fmt.sample_rate)
         noise = self._rng.integers(-BOT_NOISE, BOT_NOISE + 1, len(voice))
         audio = np.clip(voice.astype(np.int32) + noise, -32767, 32767).astype(np.int16)
+        self.replies[request.response_id] = (text, len(audio) * 1000 / fmt.sample_rate)
         return Reply(transcript=text, audio=audio)
 
 
@@ -118,8 +120,21 @@ def summarize(session: SimSession, replies: SpokenReplies | None) -> dict[str, A
     truncates: list[dict[str, Any]] = []
     deletes: list[dict[str, Any]] = []
     updates: list[dict[str, Any]] = []
+    others: list[dict[str, Any]] = []
+    last_append: float | None = None
     for event in session.client_events:
         kind, t = event.get("type"), float(event["_t"])
+        if kind == "input_audio_buffer.append":
+            if last_append is not None and t - last_append > 0.3:
+                others.append({"t": last_append, "type": f"no caller audio for {(t - last_append) * 1000:.0f} ms"})
+            last_append = t
+        elif kind not in (
+            "response.cancel",
+            "conversation.item.truncate",
+            "conversation.item.delete",
+            "session.update",
+        ):
+            others.append({"t": t, "type": kind})
         if kind == "input_audio_buffer.append" and len(keys) < KEY_FRAMES:
             with contextlib.suppress(ValueError):
                 data = base64.b64decode(str(event.get("audio", "")))
@@ -163,6 +178,7 @@ def summarize(session: SimSession, replies: SpokenReplies | None) -> dict[str, A
             errors.append(f"{err.get('code')}: {err.get('message')}")
     for rid, resp in responses.items():
         resp["audio"] = base64.b64encode(b"".join(audio.get(rid, []))).decode("ascii")
+        resp["text"], resp["full_ms"] = replies.replies.get(rid, ("", 0.0)) if replies is not None else ("", 0.0)
     return {
         "id": session.id,
         "opened": float(session.server_events[0]["_t"]) if session.server_events else None,
@@ -175,6 +191,7 @@ def summarize(session: SimSession, replies: SpokenReplies | None) -> dict[str, A
         "truncates": truncates,
         "deletes": deletes,
         "session_updates": updates,
+        "other_client_events": others,
         "vad": vad,
         "transcripts": transcripts,
         "matches": replies.matches if replies is not None else [],

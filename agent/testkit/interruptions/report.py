@@ -7,6 +7,7 @@ import datetime as dt
 import math
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,7 @@ from agent.testkit.interruptions.analysis import analyse
 from agent.testkit.interruptions.caller import MODES, EngineOptions, Mode, ModeUnavailable, run_mode
 from agent.testkit.interruptions.sounds import Event, Kind, plan_events, save_manifest
 
-GOALS = {
+GOALS: dict[str, tuple[str, Callable[[float], bool]]] = {
     "recall_pct": ("recall 100 %", lambda v: v >= 100),
     "talk_over_p95": ("p95 <= 150 ms", lambda v: v <= 150),
     "false_cut_pct": ("<= 5 % cut", lambda v: v <= 5),
@@ -114,25 +115,37 @@ def render(report: dict[str, Any]) -> str:
     real = [sides[n]["figures"]["real"] for n in names]
     false = [sides[n]["figures"]["false"] for n in names]
     row("real interruptions (landed mid-answer)", [str(r["n"]) for r in real])
-    row("  recall: the bot stopped for good", checked("recall_pct", [r["recall_pct"] for r in real], " %"),
-        GOALS["recall_pct"][0])
+    row(
+        "  recall: the bot stopped for good",
+        checked("recall_pct", [r["recall_pct"] for r in real], " %"),
+        GOALS["recall_pct"][0],
+    )
     row("  talk-over: onset -> silence, p50 ms", [_fmt(r["talk_over_ms"]["p50"]) for r in real])
-    row("  talk-over p95 ms", checked("talk_over_p95", [r["talk_over_ms"]["p95"] for r in real]),
-        GOALS["talk_over_p95"][0])
+    row(
+        "  talk-over p95 ms",
+        checked("talk_over_p95", [r["talk_over_ms"]["p95"] for r in real]),
+        GOALS["talk_over_p95"][0],
+    )
     row("  model told what was heard (truncate/delete)", [_fmt(r["model_told_pct"], " %") for r in real])
     row("  truncate error p95 ms", [_fmt(r["truncate_error_ms_p95"]) for r in real])
     row("false interruptions (landed mid-answer)", [str(f["n"]) for f in false])
-    row("  cut for good, all", checked("false_cut_pct", [f["cut_pct"] for f in false], " %"),
-        GOALS["false_cut_pct"][0])
+    row("  cut for good, all", checked("false_cut_pct", [f["cut_pct"] for f in false], " %"), GOALS["false_cut_pct"][0])
     for kind, label in (("backchannel", "backchannels"), ("cough", "coughs / noise"), ("echo", "echo")):
         row(f"    {label}", [f"{_fmt(f['by_kind'][kind]['cut_pct'], ' %')} /{f['by_kind'][kind]['n']}" for f in false])
     row("  paused, then resumed (events)", [str(f["paused_and_resumed"]) for f in false])
     row("  resume pause p50 ms", [_fmt(f["resume_pause_ms"]["p50"]) for f in false])
-    row("  resume pause p95 ms", checked("resume_pause_p95", [f["resume_pause_ms"]["p95"] for f in false]),
-        GOALS["resume_pause_p95"][0])
-    row("  answer audio lost on a resume, ms total",
-        checked("lost_on_resume", [f["lost_on_resume_ms"]["total"] if f["paused_and_resumed"] else None
-                                   for f in false]), GOALS["lost_on_resume"][0])
+    row(
+        "  resume pause p95 ms",
+        checked("resume_pause_p95", [f["resume_pause_ms"]["p95"] for f in false]),
+        GOALS["resume_pause_p95"][0],
+    )
+    row(
+        "  answer audio lost on a resume, ms total",
+        checked(
+            "lost_on_resume", [f["lost_on_resume_ms"]["total"] if f["paused_and_resumed"] else None for f in false]
+        ),
+        GOALS["lost_on_resume"][0],
+    )
     row("  answer audio lost on a cut, ms total", [_fmt(f["lost_on_cut_ms_total"]) for f in false])
     row("side wall time, s", [_fmt(sides[n]["wall_s"]) for n in names])
     lines.append("(x: misses the goal; '/n': events of that kind that landed)")
@@ -152,7 +165,7 @@ def render(report: dict[str, Any]) -> str:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="bench/interruptions.py",
-        description="Real interruptions, backchannels, coughs and echo while the bot talks: relay vs the agent's modes.",
+        description="Interruptions, backchannels, coughs and echo while the bot talks: relay vs the agent's modes.",
     )
     parser.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES), help="sides to run (default all)")
     parser.add_argument("--real", type=int, default=8, help="real interruptions (default 8)")

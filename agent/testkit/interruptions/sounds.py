@@ -171,7 +171,8 @@ def caller_sounds() -> dict[str, Sound]:
     sounds += [Sound(f"real: {t}", "real", t, speech(t, v, w)) for t, v, w in REAL]
     sounds += [Sound(f"backchannel: {t}", "backchannel", t, speech(t, v, w)) for t, v, w in BACKCHANNELS]
     sounds += [
-        Sound(f"{name} {ms} ms #{i}", "cough", "", cough(name, ms, seed=1000 + i)) for i, (name, ms) in enumerate(COUGHS)
+        Sound(f"{name} {ms} ms #{i}", "cough", "", cough(name, ms, seed=1000 + i))
+        for i, (name, ms) in enumerate(COUGHS)
     ]
     return {s.name: s for s in sounds}
 
