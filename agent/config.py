@@ -16,6 +16,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ContentType = Literal["audio/x-mulaw;rate=8000", "audio/x-l16;rate=8000", "audio/x-l16;rate=16000"]
 L16ByteOrder = Literal["auto", "little", "big"]
+InterruptionMode = Literal["adaptive", "early", "immediate"]
 
 
 def _env(name: str) -> AliasChoices:
@@ -116,8 +117,34 @@ class Settings(BaseSettings):
     inbound_audio_burst_s: float = Field(
         default=2.0, gt=0, description="seconds of caller audio allowed at once, for a carrier catching up"
     )
+    interruptions: InterruptionMode | None = Field(
+        default=None,
+        description=(
+            "adaptive (default): pause the bot when the caller seems to talk, then cut it or resume it from where it"
+            " stopped, as the evidence says; early: pause on the caller's onset, cut when the model's VAD confirms;"
+            " immediate: the model's VAD cuts the bot at once"
+        ),
+    )
     early_barge_in: bool = Field(
-        default=False, description="silence the bot on the caller's own speech onset, before the model's VAD"
+        default=False, description="alias of AGENT_INTERRUPTIONS=early (when AGENT_INTERRUPTIONS is unset)"
+    )
+    interruption_long_speech_ms: float = Field(
+        default=1300.0, ge=100, le=10000, description="adaptive: this much caller speech is a real interruption"
+    )
+    interruption_short_speech_ms: float = Field(
+        default=800.0, ge=0, le=10000, description="adaptive: a single word shorter than this is a murmur"
+    )
+    interruption_min_words: int = Field(
+        default=2, ge=1, le=20, description="adaptive: this many words that are not backchannels interrupt"
+    )
+    interruption_transcript_wait_ms: float = Field(
+        default=1200.0, ge=0, le=10000, description="adaptive: no transcript this long after the speech: resume"
+    )
+    interruption_max_pause_ms: float = Field(
+        default=2500.0, ge=200, le=20000, description="adaptive: the longest the bot is held while unsure"
+    )
+    echo_detection: bool = Field(
+        default=True, description="adaptive: the bot's own voice coming back on the line is not the caller"
     )
     early_barge_in_onset_ms: float = Field(default=100.0, ge=20, le=1000, description="loud speech needed")
     early_barge_in_confirm_ms: float = Field(
@@ -242,6 +269,13 @@ class Settings(BaseSettings):
         if self.prewarm != "auto":
             return self.prewarm == "on"
         return self.replica_public_url is not None or self.database_url.startswith("sqlite")
+
+    @property
+    def interruption_mode(self) -> InterruptionMode:
+        """AGENT_INTERRUPTIONS, else `early` for the older AGENT_EARLY_BARGE_IN=true, else `adaptive`."""
+        if self.interruptions is not None:
+            return self.interruptions
+        return "early" if self.early_barge_in else "adaptive"
 
     @property
     def webhook_tokens(self) -> list[str]:

@@ -88,7 +88,8 @@ async def test_a_normal_turn_caller_speaks_model_answers() -> None:
 
 @pytest.mark.parametrize("speed", [1.2, 4.0], ids=["model-still-speaking", "model-already-done"])
 async def test_barge_in_clears_first_and_truncates_to_what_was_heard(speed: float) -> None:
-    async with running_stack(RealtimeSimConfig(reply_ms=5000, speed=speed)) as stack:
+    """The `immediate` policy (the default before issue 16): the server's VAD cuts the bot at once."""
+    async with running_stack(RealtimeSimConfig(reply_ms=5000, speed=speed), interruptions="immediate") as stack:
         call = await stack.carrier.place_call(
             [CallerAudio.after_bot_audio(1500, CallerAudio.tone(300, 2500, 0.4)), CallerAudio.silence(3000)]
         )
@@ -292,7 +293,7 @@ async def test_many_calls_run_side_by_side_without_mixing_audio() -> None:
 async def test_finished_calls_are_stored_with_their_recording() -> None:
     import wave
 
-    async with running_stack(RealtimeSimConfig(reply_ms=4000, speed=1.5)) as stack:
+    async with running_stack(RealtimeSimConfig(reply_ms=4000, speed=1.5), interruptions="immediate") as stack:
         call = await stack.carrier.place_call(
             # The caller interrupts, then hangs up before the model could answer (VAD waits 500 ms of silence).
             [CallerAudio.after_bot_audio(1000, CallerAudio.tone(300, 800, 0.4)), CallerAudio.silence(300)]

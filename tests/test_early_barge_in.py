@@ -1,4 +1,4 @@
-"""Early barge-in (AGENT_EARLY_BARGE_IN): the bot goes silent on the caller's own speech onset, before the model's
+"""Early barge-in (AGENT_INTERRUPTIONS=early, or the older AGENT_EARLY_BARGE_IN=true): the bot goes silent on the caller's own speech onset, before the model's
 VAD has said anything; the VAD then confirms it, or the bot carries on from exactly where it stopped.
 
 The engine's VAD is slowed to 400 ms here, about what a caller on another continent waits for OpenAI's.
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import pytest
 
+from agent.config import Settings
 from agent.engine import RealtimeSimConfig
 from agent.testkit.carrier import CallerAudio, ScriptItem, SimCall
 from tests.harness import running_stack
@@ -48,6 +49,14 @@ async def test_the_bot_is_silenced_on_the_onset_and_the_vad_confirms_the_barge_i
         assert call.protocol_errors == [] and session.protocol_errors == []
 
 
+async def test_agent_early_barge_in_true_is_an_alias_of_the_early_policy() -> None:
+    settings = Settings(_env_file=None, early_barge_in=True)  # type: ignore[call-arg]
+    assert settings.interruption_mode == "early"
+    assert Settings(_env_file=None).interruption_mode == "adaptive"  # type: ignore[call-arg]
+    explicit = Settings(_env_file=None, early_barge_in=True, interruptions="immediate")  # type: ignore[call-arg]
+    assert explicit.interruption_mode == "immediate"
+
+
 async def test_a_short_noise_silences_the_bot_briefly_then_it_resumes_where_it_stopped() -> None:
     config = RealtimeSimConfig(reply_ms=3000, speed=1.2, vad_start_ms=SLOW_VAD_MS)
     async with running_stack(config, early_barge_in=True, early_barge_in_confirm_ms=500) as stack:
@@ -76,9 +85,9 @@ async def test_a_short_noise_silences_the_bot_briefly_then_it_resumes_where_it_s
         assert call.protocol_errors == [] and session.protocol_errors == []
 
 
-async def test_off_by_default_the_bot_waits_for_the_vad() -> None:
+async def test_the_immediate_policy_waits_for_the_vad() -> None:
     config = RealtimeSimConfig(reply_ms=5000, speed=1.2, vad_start_ms=SLOW_VAD_MS)
-    async with running_stack(config) as stack:
+    async with running_stack(config, interruptions="immediate") as stack:
         call = await stack.carrier.place_call(
             [CallerAudio.after_bot_audio(1500, CallerAudio.tone(300, 2000, 0.4)), CallerAudio.silence(3000)]
         )

@@ -24,9 +24,11 @@ from agent.calls.interruption import EARLY_BACKOFF_S, Audio, Fate, Interruption,
 from agent.calls.latency import ResponseLatency
 from agent.calls.outcome import Ending
 from agent.calls.responses import ResponseQueue
+from agent.config import Settings
 from agent.carrier.playout import Playout
 from agent.model.connection import ModelLink
 from agent.observability.metrics import Metrics
+from agent.prompts.schema import PromptMeta, TurnDetection
 from agent.records.record import CallRecord
 from agent.waiting import within
 
@@ -58,7 +60,7 @@ class FakeModel:
 
 
 class Rig:
-    def __init__(self, *, confirm_ms: int = 400, server_cancels: bool = False) -> None:
+    def __init__(self, *, confirm_ms: int = 400, server_cancels: bool = False, mode: str = "early") -> None:
         self.clock = Clock()
         self.carrier: list[str] = []
         self.playout = Playout(self._carrier, "stream-1", MULAW, clock=self.clock, lead_ms=10_000)
@@ -66,11 +68,12 @@ class Rig:
         log = logging.LoggerAdapter(logging.getLogger("test"), {})
         link = ModelLink(log)
         link.socket = cast(Any, self.model)
-        settings = SimpleNamespace(early_barge_in_confirm_ms=confirm_ms)
-        deps = SimpleNamespace(settings=settings, metrics=Metrics(CollectorRegistry()))
-        prompt = SimpleNamespace(
-            meta=SimpleNamespace(turn_detection=SimpleNamespace(interrupt_response=server_cancels))
+        settings = Settings.model_construct(
+            **(Settings(_env_file=None).model_dump() | {"interruptions": mode, "early_barge_in_confirm_ms": confirm_ms})  # type: ignore[call-arg]
         )
+        deps = SimpleNamespace(settings=settings, metrics=Metrics(CollectorRegistry()))
+        td = TurnDetection(interrupt_response=server_cancels)
+        prompt = SimpleNamespace(meta=PromptMeta(turn_detection=td))
         self.record = CallRecord("call-1")
         self.ctx = CallContext(
             call_id="call-1",

@@ -27,8 +27,12 @@ class SpeechOnset:
         self.floor_db: float | None = None  # the line's own level: set by the first frame, falls at once, rises slowly
         self._run_ms = 0.0
         self._fired = False
+        self.loud = False  # the last frame was loud speech (not echo) by this detector's measure
 
-    def feed(self, samples: Int16Array, rate: int) -> bool:
+    def feed(self, samples: Int16Array, rate: int, *, echo: bool = False) -> bool:
+        """`echo`: the frame is the bot's own voice coming back (see `agent.audio.echo`): it is never the caller's
+        onset, and it does not lift the noise floor either."""
+        self.loud = False
         if not len(samples):
             return False
         frame_ms = len(samples) * 1000 / rate
@@ -36,6 +40,11 @@ class SpeechOnset:
         level = 10 * math.log10(power / (32768.0**2) + 1e-12)
         floor = level if self.floor_db is None else self.floor_db
         loud = level >= max(self.min_dbfs, floor + self.above_floor_db)
+        if echo:
+            self._run_ms = 0.0
+            self._fired = False
+            return False
+        self.loud = loud
         self.floor_db = max(_FLOOR_MIN_DB, min(level, floor + _FLOOR_RISE_DB_PER_S * frame_ms / 1000))
         if not loud:
             self._run_ms = 0.0

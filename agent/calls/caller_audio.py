@@ -13,6 +13,7 @@ from collections.abc import Callable
 from openai import OpenAIError
 from websockets.exceptions import ConnectionClosed
 
+from agent.audio.codecs import Int16Array
 from agent.audio.speech_onset import SpeechOnset
 from agent.audio.transcode import CallerAudioConverter
 from agent.calls.context import CallContext, pcm16
@@ -20,6 +21,7 @@ from agent.calls.interruption import Interruption, Spawn
 from agent.carrier.inbound_rate import InboundRateLimiter
 from agent.protocol.realtime import client_commands
 
+_ECHO_TAIL_S = 0.4  # after the bot stops, its echo may still be on the way back
 Drop = Callable[[str, str], None]  # (reason, detail): an inbound message counted and dropped
 
 
@@ -33,7 +35,9 @@ class CallerAudio:
         self._converter = CallerAudioConverter(ctx.format, settings.l16_byte_order)
         # A token holder must not pump audio into the model session (and the bill) faster than a phone line can.
         self._rate = InboundRateLimiter(settings.inbound_audio_max_rate, settings.inbound_audio_burst_s)
-        self._onset = SpeechOnset(onset_ms=settings.early_barge_in_onset_ms) if settings.early_barge_in else None
+        mode = settings.interruption_mode
+        self._onset = SpeechOnset(onset_ms=settings.early_barge_in_onset_ms) if mode != "immediate" else None
+        self._echo = ctx.echo if mode == "adaptive" else None
         self._queue: deque[bytes] = deque()
         self.queued_ms = 0.0
         self._data = asyncio.Event()
@@ -74,8 +78,25 @@ class CallerAudio:
             pcm = pcm16(ctx.format, payload, self._converter.big_endian)
             if ctx.recorder is not None:
                 ctx.recorder.caller(pcm, ctx.format.rate)
-            if self._onset is not None and self._onset.feed(pcm, ctx.format.rate):
-                await self._interruption.on_onset(caller_speaking=self.speaking)
+            if self._onset is not None:
+                await self._detect(pcm)
+
+    async def _detect(self, pcm: Int16Array) -> None:
+        """While the bot is audible (and its echo may still come back): is the caller starting to talk over it?"""
+        ctx, onset = self._ctx, self._onset
+        assert onset is not None
+        now = ctx.playout.clock()
+        if not (ctx.playout.is_audible(now) or now < ctx.playout.idle_at() + _ECHO_TAIL_S):
+            onset.loud = False
+            return
+        echo = self._echo is not None and self._echo.inbound(pcm, now)
+        fired = onset.feed(pcm, ctx.format.rate, echo=echo)
+        if echo:
+            ctx.sound.echo_at = now
+        elif onset.loud:
+            ctx.sound.caller_at = now
+        if fired:
+            await self._interruption.on_onset(caller_speaking=self.speaking)
 
     def _enqueue(self, audio: bytes) -> None:
         """Bounded: if the model side stalls, the oldest caller audio goes first and is counted."""

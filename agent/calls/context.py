@@ -9,12 +9,13 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
 
 from agent.audio.codecs import Int16Array, l16_to_pcm16, mulaw_to_pcm16
+from agent.audio.echo import EchoEstimator
 from agent.audio.formats import MediaFormat
 from agent.audio.transcode import BotAudioConverter
 from agent.calls.handover import CallerTurns
@@ -70,6 +71,8 @@ class CallContext:
     bot_audio: BotAudioConverter
     recorder: CallRecorder | None
     activity: asyncio.Event
+    echo: EchoEstimator | None = None  # the adaptive policy's echo model: the bot's playout and the caller's line
+    sound: LineSound = field(default_factory=lambda: LineSound())
 
     @property
     def settings(self) -> Settings:
@@ -82,6 +85,18 @@ class CallContext:
     async def ask(self, guidance: str, **response: Any) -> asyncio.Future[str | None]:
         """Ask for a reply steered by `guidance`, in the prompt's persona (see `session_config.guided`)."""
         return await self.responses.request(session_config.guided(self.prompt, guidance, **response))
+
+
+@dataclass
+class LineSound:
+    """When the caller's line last carried sound of its own, and sound that was only the bot's echo (monotonic)."""
+
+    caller_at: float = float("-inf")
+    echo_at: float = float("-inf")
+
+    def echo_only(self, now: float, within_s: float = 1.0) -> bool:
+        """Lately the line carried the bot's echo and nothing of the caller's own."""
+        return self.echo_at > now - within_s and self.caller_at <= now - within_s
 
 
 _KEEP_UTTERANCE_MS = 15_000  # caller audio kept for a session switch: the longest utterance carried over
@@ -110,9 +125,25 @@ def new_context(
         checkpoint_interval_ms=settings.checkpoint_interval_ms,
     )
     recorder = CallRecorder(fmt.rate) if settings.record_calls else None
-    if recorder is not None:
-        playout.on_scheduled = lambda data, start: recorder.bot(pcm16(fmt, data), fmt.rate, start)
-        playout.on_late = recorder.shift
+    adaptive = settings.interruption_mode == "adaptive"
+    echo = EchoEstimator(fmt.rate) if adaptive and settings.echo_detection else None
+    if recorder is not None or echo is not None:
+
+        def scheduled(data: bytes, start: float) -> None:
+            samples = pcm16(fmt, data)
+            if recorder is not None:
+                recorder.bot(samples, fmt.rate, start)
+            if echo is not None:
+                echo.played(samples, start)
+
+        def late(expected_at: float, delay: float) -> None:
+            if recorder is not None:
+                recorder.shift(expected_at, delay)
+            if echo is not None:
+                echo.shift(expected_at, delay)
+
+        playout.on_scheduled = scheduled
+        playout.on_late = late
     link = ModelLink(log)
     responses = ResponseQueue(
         link.send,
@@ -136,6 +167,7 @@ def new_context(
         bot_audio=BotAudioConverter(fmt),
         recorder=recorder,
         activity=asyncio.Event(),
+        echo=echo,
     )
 
 

@@ -49,7 +49,7 @@ class ModelEvents:
             case ev.SpeechStarted():
                 ctx.record.caller_started(event.item_id)
                 self._caller.active(speaking=True)
-                await interruption.on_speech_started()
+                await interruption.on_speech_started(event.item_id, event.audio_start_ms)
             case ev.ResponseCreated():
                 ctx.responses.created(event.response.id, event.response.metadata)
                 ctx.activity.set()
@@ -69,11 +69,14 @@ class ModelEvents:
                 ctx.record.caller_stopped(event.item_id)
                 self._caller.active(speaking=False)
                 ctx.latency.caller_stopped(event.audio_end_ms, ctx.playout.clock())
+                interruption.on_speech_stopped(event.item_id, event.audio_end_ms)
             case ev.InputCommitted():
                 ctx.turns.committed(event.item_id)
+                await interruption.on_committed(event.item_id)
             case ev.CallerTranscript():
                 ctx.record.caller_said(event.item_id, event.transcript)
                 ctx.record.event("caller_transcript", item_id=event.item_id, text=event.transcript)
+                interruption.on_caller_transcript(event.item_id, event.transcript)
             case ev.ItemTruncated():
                 ctx.record.event("truncated", item_id=event.item_id, audio_end_ms=event.audio_end_ms)
             case ev.Error():

@@ -29,12 +29,20 @@ _FAILURES = (ConnectionClosed, OpenAIError, OSError, TimeoutError)
 
 
 async def open_session(
-    connector: ModelConnector, prompt: Prompt, fmt: MediaFormat, *, can_transfer: bool, greet: bool
+    connector: ModelConnector,
+    prompt: Prompt,
+    fmt: MediaFormat,
+    *,
+    can_transfer: bool,
+    greet: bool,
+    agent_turns: bool = False,
 ) -> ModelSocket:
-    """Connect and configure a session; with `greet`, also ask for the greeting (a pre-warm, before the call)."""
+    """Connect and configure a session; with `greet`, also ask for the greeting (a pre-warm, before the call).
+    `agent_turns`: the agent, not the server, cancels and creates responses (the adaptive interruption policy)."""
     model = await connector.connect(prompt.meta.model)
     try:
-        await model.send(session_config.session_update(prompt, fmt, can_transfer=can_transfer))
+        update = session_config.session_update(prompt, fmt, can_transfer=can_transfer, agent_turns=agent_turns)
+        await model.send(update)
         if greet:
             await model.send(session_config.greeting_response(prompt))
     except BaseException:
@@ -77,7 +85,12 @@ class ModelSession:
     async def _open(self) -> ModelSocket:
         ctx = self._ctx
         return await open_session(
-            ctx.deps.connector, ctx.prompt, ctx.format, can_transfer=self._can_transfer, greet=False
+            ctx.deps.connector,
+            ctx.prompt,
+            ctx.format,
+            can_transfer=self._can_transfer,
+            greet=False,
+            agent_turns=ctx.settings.interruption_mode == "adaptive",
         )
 
     async def run(self, on_event: OnEvent) -> None:

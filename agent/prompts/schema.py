@@ -28,6 +28,21 @@ class TurnDetection(_Strict):
     eagerness: Literal["low", "medium", "high", "auto"] = "auto"
 
 
+class Interruptions(_Strict):
+    """How the `adaptive` interruption policy hears this prompt's callers (AGENT_INTERRUPTIONS picks the policy).
+
+    `backchannels` and `stop_words` replace the built-in list of a language (keys are language codes: `en`, `hi`…);
+    the lists of `languages` apply, by default the prompt's `language` plus English."""
+
+    languages: list[str] | None = Field(default=None, description="default: the prompt's language and en")
+    backchannels: dict[str, list[str]] = Field(
+        default_factory=dict, description='per language, murmurs that never interrupt: {"hi": ["haan", "achha"]}'
+    )
+    stop_words: dict[str, list[str]] = Field(
+        default_factory=dict, description='per language, words that always interrupt: {"hi": ["ruko", "nahi"]}'
+    )
+
+
 class HttpTool(_Strict):
     """A tool the model may call that the agent runs as an HTTP request to the operator's service."""
 
@@ -115,6 +130,7 @@ class PromptMeta(_Strict):
     transcription_model: str = "gpt-4o-mini-transcribe"
     noise_reduction: Literal["near_field", "far_field"] | None = "near_field"
     turn_detection: TurnDetection = Field(default_factory=TurnDetection)
+    interruptions: Interruptions = Field(default_factory=Interruptions)
     max_output_tokens: int | Literal["inf"] = "inf"
     tools: list[HttpTool] = Field(default_factory=list)
     transfer_number: str | None = Field(default=None, pattern=r"^\+?[0-9]{3,16}$")

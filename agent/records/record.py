@@ -34,6 +34,7 @@ class Turn:
     heard_ms: float | None = None
     audio_ms: float | None = None
     latency_ms: float | None = None  # assistant: caller stopped speaking -> first bot audio on the line
+    backchannel: bool = False  # caller: said over the bot and not an interruption ("mm-hmm"); the model forgot it
 
 
 @dataclass
@@ -42,6 +43,11 @@ class BargeIn:
     item_id: str | None
     heard_ms: float
     clear_ms: float  # speech_started received -> clearAudio sent
+    kept: bool = True  # the bot was cut (False: it resumed where it stopped, nothing lost)
+    reason: str = "vad"  # vad (immediate/early) | stop_word | words | duration | timeout; resumed: backchannel,
+    # noise, no_speech, echo, timeout
+    paused_ms: float = 0.0  # how long the line was quiet before the decision
+    transcript: str | None = None  # what the caller said, when known at the decision
 
 
 @dataclass
@@ -138,6 +144,15 @@ class CallRecord:
         else:
             turn.text = text
 
+    def dismiss(self, item_id: str) -> None:
+        """The caller's words were a backchannel over the bot, removed from the model's conversation: they are kept
+        for the operator but never re-told to a new model session."""
+        turn = self.turn_for_item(item_id)
+        if turn is None:
+            turn = Turn("caller", "", time.time(), time.time(), item_id)
+            self.turns.append(turn)
+        turn.backchannel = True
+
     def caller_started(self, item_id: str) -> None:
         if self.turn_for_item(item_id) is None:
             self.turns.append(Turn("caller", "", time.time(), None, item_id))
@@ -207,7 +222,7 @@ class CallRecord:
 
     def history(self) -> list[Turn]:
         """Turns worth re-telling a fresh model session: non-empty, in order."""
-        return [t for t in self.turns if t.text.strip()]
+        return [t for t in self.turns if t.text.strip() and not t.backchannel]
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

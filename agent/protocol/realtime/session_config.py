@@ -33,32 +33,38 @@ TRANSFER_CALL_TOOL: dict[str, Any] = {
 }
 
 
-def turn_detection(prompt: Prompt) -> dict[str, Any]:
+def turn_detection(prompt: Prompt, *, agent_turns: bool = False) -> dict[str, Any]:
+    """The prompt's VAD. With `agent_turns` (the adaptive interruption policy) the server only detects and commits
+    the caller's turns: the agent decides whether an interruption was real and creates every response itself."""
     td = prompt.meta.turn_detection
+    create = not agent_turns
+    interrupt = td.interrupt_response and not agent_turns
     if td.type == "semantic_vad":
         return {
             "type": "semantic_vad",
             "eagerness": td.eagerness,
-            "create_response": True,
-            "interrupt_response": td.interrupt_response,
+            "create_response": create,
+            "interrupt_response": interrupt,
         }
     return {
         "type": "server_vad",
         "threshold": td.threshold,
         "prefix_padding_ms": td.prefix_padding_ms,
         "silence_duration_ms": td.silence_duration_ms,
-        "create_response": True,
-        "interrupt_response": td.interrupt_response,
+        "create_response": create,
+        "interrupt_response": interrupt,
     }
 
 
-def session_update(prompt: Prompt, fmt: MediaFormat, *, can_transfer: bool) -> dict[str, Any]:
+def session_update(
+    prompt: Prompt, fmt: MediaFormat, *, can_transfer: bool, agent_turns: bool = False
+) -> dict[str, Any]:
     settings = prompt.meta
     audio_input: dict[str, Any] = {
         "format": fmt.model_format,
         "transcription": {"model": settings.transcription_model}
         | ({"language": settings.language} if settings.language else {}),
-        "turn_detection": turn_detection(prompt),
+        "turn_detection": turn_detection(prompt, agent_turns=agent_turns),
         "noise_reduction": {"type": settings.noise_reduction} if settings.noise_reduction else None,
     }
     tools = [END_CALL_TOOL] + ([TRANSFER_CALL_TOOL] if can_transfer else [])
@@ -111,6 +117,12 @@ def vad_silence_ms(prompt: Prompt) -> float:
     return float(td.silence_duration_ms) if td.type == "server_vad" else 0.0
 
 
-def server_cancels_on_barge_in(prompt: Prompt) -> bool:
+def server_cancels_on_barge_in(prompt: Prompt, *, agent_turns: bool = False) -> bool:
     """With `interrupt_response` the server cancels the active response itself; a client cancel would race."""
-    return prompt.meta.turn_detection.interrupt_response
+    return prompt.meta.turn_detection.interrupt_response and not agent_turns
+
+
+def prefix_padding_ms(prompt: Prompt) -> float:
+    """Caller audio the server VAD puts before the speech it detected (`speech_started.audio_start_ms` has it)."""
+    td = prompt.meta.turn_detection
+    return float(td.prefix_padding_ms) if td.type == "server_vad" else 0.0

@@ -17,14 +17,14 @@ it was sent once more at the server's length, never twice.
 from __future__ import annotations
 
 import asyncio
-import enum
 import re
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 from agent.calls.context import CallContext
+from agent.calls.interruption.adaptive import AdaptiveTurns
+from agent.calls.interruption.states import Audio, Fate, Line, Spawn
 from agent.protocol.realtime import client_commands, session_config
 from agent.records.record import BargeIn
 from agent.waiting import wait_event
@@ -32,35 +32,6 @@ from agent.waiting import wait_event
 EARLY_BACKOFF_S = 3.0  # after an early clear the VAD did not confirm, onsets are not trusted for this long
 _SHORTER_THAN = re.compile(r"Audio content of (\d+)ms is already shorter than (\d+)ms")
 
-# Start a task in the call's task group; None (the coroutine closed) when the call is already ending.
-Spawn = Callable[[Coroutine[Any, Any, None], str], "asyncio.Task[None] | None"]
-
-
-class Line(enum.Enum):
-    PLAYING = "playing"
-    HELD = "held"
-    LOST = "lost"
-
-
-class Fate(enum.Enum):
-    PLAYING = "playing"
-    DROPPED = "dropped"
-    TRUNCATED = "truncated"
-    RETRIED = "retried"
-    DELETED = "deleted"
-
-    @property
-    def told(self) -> bool:
-        """The model already knows how much of this item was heard: it is never cut again."""
-        return self in (Fate.TRUNCATED, Fate.RETRIED, Fate.DELETED)
-
-
-class Audio(enum.Enum):
-    """What to do with an audio delta."""
-
-    DROP = "drop"  # an interrupted item or response: the caller must never hear it
-    FIRST = "first"  # the item's first audio
-    MORE = "more"
 
 
 @dataclass
@@ -82,7 +53,10 @@ class Interruption:
         self._ctx = ctx
         self._clear_line = clear_line
         self._spawn = spawn
-        self._server_cancels = session_config.server_cancels_on_barge_in(ctx.prompt)
+        self.mode = ctx.settings.interruption_mode
+        agent_turns = self.mode == "adaptive"
+        self._server_cancels = session_config.server_cancels_on_barge_in(ctx.prompt, agent_turns=agent_turns)
+        self.adaptive = AdaptiveTurns(ctx, self, spawn) if agent_turns else None
         self._line = Line.PLAYING
         self._early: _EarlyClear | None = None  # set exactly while the line is HELD
         self._onsets_ignored_until = 0.0
@@ -145,26 +119,75 @@ class Interruption:
     async def on_onset(self, *, caller_speaking: bool) -> None:
         """The caller seems to start talking over the bot: silence it now, keep what was not heard, and let the
         model's VAD confirm (a barge-in) or not (the bot carries on from where it stopped)."""
+        if self.adaptive is not None:
+            await self.adaptive.on_onset(caller_speaking=caller_speaking)
+            return
         ctx, playout = self._ctx, self._ctx.playout
         if self._line is not Line.PLAYING or ctx.ending.closing or caller_speaking:
             return
-        if playout.clock() < self._onsets_ignored_until or playout.held or not playout.is_audible():
+        if playout.clock() < self._onsets_ignored_until:
             return
+        if not self.hold_line("early_clear"):
+            return
+        early = self._hold()
+        self._spawn(self._await_confirmation(early), "early-clear")
+        early.clear_ms = await self.send_clear()
+
+    def hold_line(self, kind: str) -> bool:
+        """PLAYING → HELD on a hunch: nothing more plays, what was not heard is kept (`release_held` plays it on).
+        All bookkeeping, no await: a speech_started handled while the clear is being sent finds the line HELD."""
+        ctx, playout = self._ctx, self._ctx.playout
+        if self._line is not Line.PLAYING or ctx.ending.closing or playout.held or not playout.is_audible():
+            return False
         started = playout.clock()
-        # All bookkeeping first, with no await in between: a speech_started handled while the clear is being
-        # sent must find the line HELD.
         heard = playout.hold()
         if ctx.recorder is not None:
             ctx.recorder.cut(started)
-        early = self._hold()
+        if ctx.echo is not None:
+            ctx.echo.cut(started)
+        self._line = Line.HELD
         ctx.metrics.early_clears.inc()
-        ctx.record.event("early_clear", heard={k: round(v) for k, v in heard.items()})
-        self._spawn(self._await_confirmation(early), "early-clear")
+        ctx.record.event(kind, heard={k: round(v) for k, v in heard.items()})
+        return True
+
+    async def send_clear(self) -> float:
+        """Tell the carrier to drop its queue; how long that took (ms)."""
+        started = time.monotonic()
         await self._clear_line()
-        early.clear_ms = (playout.clock() - started) * 1000
+        return (time.monotonic() - started) * 1000
+
+    def release_held(self) -> None:
+        """HELD → PLAYING, not an interruption: the held audio plays on from the sample where it stopped."""
+        if self._line is Line.HELD:
+            self._line = Line.PLAYING
+            self._ctx.playout.release()
+
+    async def cut_held(self, reason: str, paused_ms: float, clear_ms: float, transcript: str | None) -> None:
+        """HELD → PLAYING, a real interruption: the held audio is dropped, the answer cancelled, and the model
+        forgets what the caller did not hear (the caller heard nothing since the hold)."""
+        ctx = self._ctx
+        if self._line is not Line.HELD:
+            return
+        self._line = Line.PLAYING
+        ctx.metrics.clear_latency.observe(clear_ms / 1000)
+        ctx.metrics.barge_ins.inc()
+        self.barge_ins += 1
+        heard = ctx.playout.clear()
+        active = ctx.responses.active_id
+        heard = await self._drop_unheard(heard, unwanted=active)
+        self._record_barge_in(heard, clear_ms, reason=reason, paused_ms=paused_ms, transcript=transcript)
+        if active:
+            await ctx.link.send(client_commands.response_cancel(active))
+
+    async def cancel_unheard_answer(self) -> None:
+        """The caller talks while the bot is silent: an answer being prepared (none of it heard) is dropped."""
+        active = self._ctx.responses.active_id
+        await self._drop_unheard({}, unwanted=active)
+        if active:
+            await self._ctx.link.send(client_commands.response_cancel(active))
 
     def _hold(self) -> _EarlyClear:
-        self._line, self._early = Line.HELD, _EarlyClear()
+        self._early = _EarlyClear()
         return self._early
 
     def _unhold(self) -> _EarlyClear | None:
@@ -191,9 +214,13 @@ class Interruption:
 
     # --- barge-in --------------------------------------------------------------------------------------------
 
-    async def on_speech_started(self) -> None:
-        """The model's VAD heard the caller: if the bot was audible (or held on a hunch), it is a barge-in."""
+    async def on_speech_started(self, item_id: str = "", audio_start_ms: int = 0) -> None:
+        """The model's VAD heard the caller: if the bot was audible (or held on a hunch), it is a barge-in (the
+        adaptive policy pauses instead, and decides)."""
         ctx, playout = self._ctx, self._ctx.playout
+        if self.adaptive is not None:
+            await self.adaptive.on_speech_started(item_id, audio_start_ms)
+            return
         if ctx.ending.closing:
             return
         started = time.monotonic()
@@ -222,12 +249,35 @@ class Interruption:
         if active and not self._server_cancels:
             await ctx.link.send(client_commands.response_cancel(active))
 
-    def _record_barge_in(self, heard: dict[str, float], clear_ms: float) -> None:
+    def _record_barge_in(
+        self,
+        heard: dict[str, float],
+        clear_ms: float,
+        *,
+        reason: str = "vad",
+        paused_ms: float = 0.0,
+        transcript: str | None = None,
+    ) -> None:
         record = self._ctx.record
         record.event("barge_in", heard={k: round(v) for k, v in heard.items()})
         cut = next((k for k, v in reversed(heard.items()) if v < self.received_ms(k) - 1), None)
         heard_ms = round(heard.get(cut, 0.0) if cut else 0.0)
-        record.barge_ins.append(BargeIn(time.time(), cut, heard_ms, round(clear_ms, 2)))
+        barge = BargeIn(time.time(), cut, heard_ms, round(clear_ms, 2), True, reason, round(paused_ms), transcript)
+        record.barge_ins.append(barge)
+
+    # --- the caller's turns (the adaptive policy owns them; otherwise the server does) ------------------------
+
+    def on_speech_stopped(self, item_id: str, audio_end_ms: int) -> None:
+        if self.adaptive is not None:
+            self.adaptive.on_speech_stopped(item_id, audio_end_ms)
+
+    def on_caller_transcript(self, item_id: str, text: str) -> None:
+        if self.adaptive is not None:
+            self.adaptive.on_transcript(item_id, text)
+
+    async def on_committed(self, item_id: str) -> None:
+        if self.adaptive is not None:
+            await self.adaptive.on_committed(item_id)
 
     # --- the carrier stream drops and comes back (PLAYING/HELD → LOST → PLAYING) ---------------------------
 
@@ -236,6 +286,8 @@ class Interruption:
         lost part of an answer (it should pick up where it stopped)."""
         heard = self._ctx.playout.clear()
         self._unhold()
+        if self.adaptive is not None:
+            self.adaptive.abandon()
         self._line = Line.LOST
         cut = await self._drop_unheard(heard, unwanted=None)
         return any(ms < self.received_ms(item_id) - 1 for item_id, ms in cut.items())

@@ -1,0 +1,191 @@
+"""The bot's own voice coming back on the caller's line (a speakerphone, a cheap handset), told from the caller.
+
+The agent knows what it played and when (the playout's schedule). An echo is that audio again, a little later
+(40-250 ms, the line's round trip) and quieter (15-30 dB down). So both sides are reduced to 10 ms log-energy
+envelopes on the playout's clock; while the bot talks, the envelopes are correlated over lags of 0-`max_delay_ms`
+every half second to find this call's echo delay, and the echo loss is the median level difference at that lag.
+An inbound frame is echo when the bot was playing at that delay and the frame is no louder than the predicted echo
+(+ `margin_db`). Before the delay is known a cautious prior applies (anything `prior_loss_db` below the loudest bot
+audio of the past 40-300 ms may be echo), until the line shows it has no echo at all.
+
+Pure numpy, no I/O; a few microseconds per 20 ms frame (see the report in docs-interruptions.md).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from agent.audio.codecs import Int16Array
+
+_SLOT_S = 0.01
+_RING = 1024  # slots kept: ~10 s of both envelopes
+_FLOOR_DB = -70.0  # envelopes are clipped here: digital silence carries no timing
+_ACTIVE_DB = -50.0  # the bot is audible in a slot above this
+_FULL_SCALE = 32768.0**2
+
+
+def _db(power: float) -> float:
+    return 10 * math.log10(power / _FULL_SCALE + 1e-10)
+
+
+class EchoEstimator:
+    def __init__(
+        self,
+        rate: int,
+        *,
+        max_delay_ms: float = 300.0,
+        min_delay_ms: float = 40.0,
+        margin_db: float = 6.0,
+        prior_loss_db: float = -15.0,
+        window_s: float = 3.0,
+        min_corr: float = 0.6,
+        estimate_every: int = 25,
+    ) -> None:
+        self.rate = rate
+        self._slot_n = max(1, int(rate * _SLOT_S))
+        self._max_lag = int(max_delay_ms / 10)
+        self._min_lag = int(min_delay_ms / 10)
+        self.margin_db = margin_db
+        self.prior_loss_db = prior_loss_db
+        self._window = int(window_s / _SLOT_S)
+        self.min_corr = min_corr
+        self._estimate_every = estimate_every
+        # Rings of 10 ms slots, each stamped with its absolute slot number (plain lists: read one by one, fast).
+        self._ref_db = [_FLOOR_DB] * _RING
+        self._ref_slot = [-1] * _RING
+        self._ref_last = -1  # the latest slot with bot audio scheduled
+        self._in_db = [_FLOOR_DB] * _RING
+        self._in_slot = [-1] * _RING
+        self._in_samples = 0
+        self._anchor: float | None = None  # playout-clock time of inbound sample 0 (earliest arrival seen)
+        self._last_arrival: float | None = None
+        self._frames = 0
+        self.delay_slots: int | None = None  # the echo delay, in 10 ms slots, once found
+        self.loss_db: float | None = None  # echo level relative to the bot's playout, once found
+        self.corr = 0.0
+        self._quiet_windows = 0
+        self.no_echo = False  # the line showed no echo while the bot talked: the prior is off
+
+    # --- the bot's side ------------------------------------------------------------------------------------
+
+    def played(self, samples: Int16Array, start: float) -> None:
+        """Bot audio scheduled to start playing at `start` (playout clock)."""
+        n = len(samples) // self._slot_n
+        if n == 0:
+            return
+        blocks = samples[: n * self._slot_n].astype(np.float64).reshape(n, self._slot_n)
+        levels = 10 * np.log10(np.mean(blocks * blocks, axis=1) / _FULL_SCALE + 1e-10)
+        first = int(start / _SLOT_S)
+        for i, level in enumerate(levels.tolist()):
+            self._ref_db[(first + i) % _RING] = max(level, _FLOOR_DB)
+            self._ref_slot[(first + i) % _RING] = first + i
+        self._ref_last = max(self._ref_last, first + n - 1)
+
+    def cut(self, at: float) -> None:
+        """Nothing scheduled after `at` plays (the line was cleared or held)."""
+        first = int(at / _SLOT_S) + 1
+        if first > self._ref_last:
+            return
+        for slot in range(max(first, self._ref_last - _RING + 1), self._ref_last + 1):
+            self._ref_slot[slot % _RING] = -1
+        self._ref_last = first - 1
+
+    def shift(self, after: float, delay: float) -> None:
+        """The carrier played late: what was scheduled from `after` on plays `delay` seconds later."""
+        move = round(delay / _SLOT_S)
+        first = int(after / _SLOT_S)
+        if move <= 0 or first > self._ref_last:
+            return
+        for slot in range(self._ref_last, max(first, self._ref_last - _RING + move + 1) - 1, -1):
+            at = slot % _RING
+            if self._ref_slot[at] == slot:
+                self._ref_db[(slot + move) % _RING] = self._ref_db[at]
+                self._ref_slot[(slot + move) % _RING] = slot + move
+                self._ref_slot[at] = -1
+        self._ref_last += move
+
+    def _ref_level(self, slot: int) -> float:
+        at = slot % _RING
+        return self._ref_db[at] if self._ref_slot[at] == slot else _FLOOR_DB
+
+    def _ref(self, first: int, last: int) -> np.ndarray:
+        """The bot's envelope over slots [first, last] (the floor where nothing played)."""
+        return np.array([self._ref_level(slot) for slot in range(first, last + 1)])
+
+    # --- the caller's side ---------------------------------------------------------------------------------
+
+    def inbound(self, samples: Int16Array, arrival: float) -> bool:
+        """A frame of caller audio that arrived at `arrival` (playout clock); True when it is only echo."""
+        n = len(samples) // self._slot_n
+        if n == 0:
+            return False
+        if self._last_arrival is not None and arrival - self._last_arrival > 0.1:
+            self._anchor = None  # frames were not shown to us for a while: date the stream afresh
+        self._last_arrival = arrival
+        self._in_samples += len(samples)
+        offset = arrival - self._in_samples / self.rate
+        # Frames arrive late (jitter), never early: the earliest arrival dates the stream; it may drift later slowly.
+        self._anchor = offset if self._anchor is None or offset < self._anchor else self._anchor + 0.0002
+        end_slot = int((self._anchor + self._in_samples / self.rate) / _SLOT_S)
+        echo = True
+        for j in range(n):
+            block = samples[j * self._slot_n : (j + 1) * self._slot_n].astype(np.float64)
+            level = max(_db(float(np.dot(block, block)) / self._slot_n), _FLOOR_DB)
+            slot = end_slot - (n - 1 - j)
+            self._in_db[slot % _RING] = level
+            self._in_slot[slot % _RING] = slot
+            echo = echo and self._explained(slot, level)
+        self._frames += 1
+        if self._frames % self._estimate_every == 0:
+            self._estimate(end_slot)
+        return echo
+
+    def _explained(self, slot: int, level: float) -> bool:
+        """Whether the bot's audio, come back, accounts for this much sound in this slot."""
+        if self.delay_slots is not None and self.loss_db is not None:
+            first, last, loss = slot - self.delay_slots - 2, slot - self.delay_slots + 2, self.loss_db
+        elif not self.no_echo:
+            first, last, loss = slot - self._max_lag, slot - self._min_lag, self.prior_loss_db
+        else:
+            return False
+        loudest = max(self._ref_level(s) for s in range(first, last + 1))
+        return loudest > _ACTIVE_DB and level <= loudest + loss + self.margin_db
+
+    def _estimate(self, last: int) -> None:
+        """Correlate the two envelopes over the last `window_s` to find the delay and loss of the echo."""
+        first = last - self._window + 1
+        valid = [self._in_slot[slot % _RING] == slot for slot in range(first, last + 1)]
+        if sum(valid) < 0.8 * len(valid):
+            return
+        inbound = np.array(
+            [self._in_db[slot % _RING] if ok else _FLOOR_DB for slot, ok in zip(range(first, last + 1), valid)]
+        )
+        ref = self._ref(first - self._max_lag, last)
+        if (ref[self._max_lag :] > _ACTIVE_DB).mean() < 0.3:
+            return  # the bot hardly talked: nothing to learn from
+        y = inbound - inbound.mean()
+        y_norm = float(np.sqrt(np.dot(y, y)))
+        best, best_lag = 0.0, 0
+        if y_norm > 1e-6:
+            windows = np.lib.stride_tricks.sliding_window_view(ref, self._window)  # lag L -> windows[max_lag - L]
+            x = windows - windows.mean(axis=1, keepdims=True)
+            norms = np.sqrt(np.einsum("ij,ij->i", x, x)) * y_norm
+            corr = np.where(norms > 1e-6, x @ y / np.maximum(norms, 1e-12), 0.0)
+            index = int(np.argmax(corr))
+            best, best_lag = float(corr[index]), self._max_lag - index
+        self.corr = best
+        if best >= self.min_corr:
+            lagged = ref[self._max_lag - best_lag : self._max_lag - best_lag + self._window]
+            talking = lagged > _ACTIVE_DB
+            self.delay_slots = best_lag
+            self.loss_db = float(np.median(inbound[talking] - lagged[talking]))
+            self.no_echo, self._quiet_windows = False, 0
+        elif best < self.min_corr / 2 and self.delay_slots is None:
+            self._quiet_windows += 1
+            self.no_echo = self._quiet_windows >= 2
+
+    @property
+    def delay_ms(self) -> float | None:
+        return None if self.delay_slots is None else self.delay_slots * 10.0

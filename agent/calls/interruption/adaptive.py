@@ -1,0 +1,271 @@
+"""The adaptive interruption policy: pause first, decide, then cut or resume. The agent owns the caller's turns.
+
+The session is configured with `create_response: false, interrupt_response: false`: the server only detects and
+commits the caller's speech. So:
+
+* The caller starts talking while the bot is audible (their onset on the line, not the bot's echo; or the model's
+  `speech_started`): the line goes quiet at once (clearAudio, the unheard audio kept: `Playout.hold`) and a
+  `Pause` collects evidence until `policy.decide` says CUT or RESUME.
+* CUT: the bot's answer is cancelled and cut to what was heard (exactly as a barge-in always was), and every
+  caller turn of the pause is answered (`response.create`) as soon as it is committed.
+* RESUME: the held audio plays on from the exact sample where it stopped; the model is told nothing, and the
+  caller's committed murmur is deleted from the conversation (`conversation.item.delete`), so that its memory
+  holds the answer and not the "mm-hmm", and no reply to it ever starts.
+* The bot is silent: an ordinary turn, answered the moment it is committed (an answer still being prepared, not
+  yet heard, is cancelled, as the server's `interrupt_response` used to).
+* `speech_started` while the line carries only the bot's echo is not trusted: no pause, and its item is deleted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from agent.calls.context import CallContext
+from agent.calls.interruption.policy import Decision, Evidence, Rules, Verdict, decide
+from agent.calls.interruption.states import Line, Spawn
+from agent.calls.interruption.words import WordLists
+from agent.protocol.realtime import client_commands, session_config
+from agent.waiting import wait_event
+
+NOISE_BACKOFF_S = 1.5  # after a pause on a sound the model did not take for speech, onsets wait this long
+
+
+class LineControl(Protocol):
+    """What the adaptive policy asks of the line machine."""
+
+    @property
+    def line(self) -> Line: ...
+
+    def hold_line(self, source: str) -> bool: ...
+
+    async def send_clear(self) -> float: ...
+
+    async def cut_held(self, reason: str, paused_ms: float, clear_ms: float, transcript: str | None) -> None: ...
+
+    def release_held(self) -> None: ...
+
+    async def cancel_unheard_answer(self) -> None: ...
+
+
+@dataclass
+class Pause:
+    """One spell of the line held while deciding; evidence on the playout's clock (seconds) and the model's
+    input-audio clock (ms)."""
+
+    started: float
+    source: str  # onset | vad
+    speech_from: float  # when the caller's speech seems to have begun
+    clear_ms: float = 0.0
+    items: list[str] = field(default_factory=list)  # the caller's items (speech_started) during the pause
+    audio_start_ms: int | None = None
+    stopped_at: float | None = None
+    speech_ms: float | None = None  # once stopped: from the VAD's audio clock
+    transcripts: dict[str, str] = field(default_factory=dict)
+    committed: set[str] = field(default_factory=set)
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def evidence(self, now: float) -> Evidence:
+        vad = bool(self.items)
+        latest = self.items[-1] if self.items else None
+        speaking = self.stopped_at is None
+        speech_ms = self.speech_ms if self.speech_ms is not None else (now - self.speech_from) * 1000
+        transcript = None
+        if latest is not None and latest in self.transcripts:
+            transcript = " ".join(self.transcripts[i] for i in self.items if i in self.transcripts)
+        stopped_ms = None if self.stopped_at is None else (now - self.stopped_at) * 1000
+        return Evidence(
+            paused_ms=(now - self.started) * 1000,
+            vad=vad,
+            speaking=speaking,
+            speech_ms=max(0.0, speech_ms),
+            stopped_ms=stopped_ms,
+            transcript=transcript,
+        )
+
+    def heard_text(self) -> str | None:
+        words = [self.transcripts[i] for i in self.items if i in self.transcripts]
+        return " ".join(words) if words else None
+
+
+class AdaptiveTurns:
+    def __init__(self, ctx: CallContext, line: LineControl, spawn: Spawn) -> None:
+        self._ctx = ctx
+        self._line = line
+        self._spawn = spawn
+        settings, meta = ctx.settings, ctx.prompt.meta
+        self.rules = Rules(
+            long_speech_ms=settings.interruption_long_speech_ms,
+            short_speech_ms=settings.interruption_short_speech_ms,
+            transcript_wait_ms=settings.interruption_transcript_wait_ms,
+            max_pause_ms=settings.interruption_max_pause_ms,
+            confirm_ms=settings.early_barge_in_confirm_ms,
+            min_words=settings.interruption_min_words,
+        )
+        policy = meta.interruptions
+        languages = policy.languages or [meta.language or "en", "en"]
+        self.words = WordLists.for_languages(languages, policy.backchannels, policy.stop_words)
+        self._onset_ms = settings.early_barge_in_onset_ms
+        self._silence_ms = session_config.vad_silence_ms(ctx.prompt)
+        self._padding_ms = session_config.prefix_padding_ms(ctx.prompt)
+        self.pause: Pause | None = None
+        self._fates: dict[str, str] = {}  # caller item -> turn | pending | cut | resumed | echo
+        self._vad_item: str | None = None  # the caller item the model's VAD is in, if any
+        self._onsets_ignored_until = 0.0
+
+    # --- evidence in -------------------------------------------------------------------------------------------
+
+    async def on_onset(self, *, caller_speaking: bool) -> None:
+        ctx = self._ctx
+        now = ctx.playout.clock()
+        if self.pause is not None or self._line.line is not Line.PLAYING or ctx.ending.closing:
+            return
+        if caller_speaking and self._fates.get(self._vad_item or "") != "echo":
+            return  # the model already hears the caller: its speech_started came (and was dealt with)
+        if now < self._onsets_ignored_until or not ctx.playout.is_audible(now):
+            return
+        # While the VAD hears what it took for echo, the caller's onset joins that item: it had the caller in it.
+        await self._start("onset", now - self._onset_ms / 1000, self._vad_item if caller_speaking else None)
+
+    async def on_speech_started(self, item_id: str, audio_start_ms: int) -> None:
+        ctx = self._ctx
+        self._vad_item = item_id
+        if ctx.ending.closing:
+            return
+        now = ctx.playout.clock()
+        if self.pause is not None:
+            self._attach(self.pause, item_id, audio_start_ms)
+            return
+        if self._line.line is Line.PLAYING and ctx.playout.is_audible(now):
+            if ctx.echo is not None and ctx.sound.echo_only(now):
+                self._fates[item_id] = "echo"
+                self._report(Verdict.RESUME, "echo", 0.0, None, "vad")
+                return
+            if await self._start("vad", now, item_id, audio_start_ms) is not None:
+                return
+        self._fates[item_id] = "turn"
+        if ctx.responses.active:
+            await self._line.cancel_unheard_answer()
+
+    def on_speech_stopped(self, item_id: str, audio_end_ms: int) -> None:
+        if self._vad_item == item_id:
+            self._vad_item = None
+        pause = self.pause
+        if pause is None or not pause.items or pause.items[-1] != item_id:
+            return
+        pause.stopped_at = self._ctx.playout.clock()
+        if pause.audio_start_ms is not None:
+            spoken = audio_end_ms - self._silence_ms - pause.audio_start_ms - self._padding_ms
+            pause.speech_ms = max(0.0, spoken, (pause.stopped_at - pause.speech_from) * 1000 - self._silence_ms)
+        else:
+            pause.speech_ms = max(0.0, (pause.stopped_at - pause.speech_from) * 1000 - self._silence_ms)
+        pause.changed.set()
+
+    def on_transcript(self, item_id: str, text: str) -> None:
+        pause = self.pause
+        if pause is not None and item_id in pause.items:
+            pause.transcripts[item_id] = text
+            pause.changed.set()
+
+    async def on_committed(self, item_id: str) -> None:
+        """The server closed a caller turn: answer it, forget it, or (mid-pause) let the decision say which."""
+        fate = self._fates.pop(item_id, "turn")
+        pause = self.pause
+        if fate == "pending" and pause is not None and item_id in pause.items:
+            self._fates[item_id] = fate
+            pause.committed.add(item_id)
+            pause.changed.set()
+        elif fate in ("resumed", "echo"):
+            await self._forget(item_id)
+        else:
+            await self._answer(item_id)
+
+    def abandon(self) -> None:
+        """The line was lost or the hold ended otherwise: the pause's turns count as real ones."""
+        pause, self.pause = self.pause, None
+        if pause is None:
+            return
+        for item_id in pause.items:
+            self._fates[item_id] = "cut"
+        pause.changed.set()
+
+    # --- the pause -------------------------------------------------------------------------------------------
+
+    def _attach(self, pause: Pause, item_id: str, audio_start_ms: int | None) -> None:
+        if item_id not in pause.items:
+            pause.items.append(item_id)
+        self._fates[item_id] = "pending"
+        pause.audio_start_ms = audio_start_ms
+        pause.stopped_at = pause.speech_ms = None
+        pause.changed.set()
+
+    async def _start(
+        self, source: str, speech_from: float, item_id: str | None = None, audio_start_ms: int | None = None
+    ) -> Pause | None:
+        ctx = self._ctx
+        now = ctx.playout.clock()
+        if not self._line.hold_line("pause"):
+            return None
+        self.pause = pause = Pause(now, source, speech_from, audio_start_ms=audio_start_ms)
+        if item_id is not None:
+            self._attach(pause, item_id, audio_start_ms)
+        self._spawn(self._watch(pause), "interruption-pause")
+        pause.clear_ms = await self._line.send_clear()
+        return pause
+
+    async def _watch(self, pause: Pause) -> None:
+        while self.pause is pause:
+            pause.changed.clear()
+            decision = decide(pause.evidence(self._ctx.playout.clock()), self.rules, self.words)
+            if decision.verdict is not Verdict.WAIT:
+                await self._settle(pause, decision)
+                return
+            await wait_event(pause.changed, (decision.recheck_ms or 50.0) / 1000)
+
+    async def _settle(self, pause: Pause, decision: Decision) -> None:
+        ctx = self._ctx
+        self.pause = None
+        paused_ms = (ctx.playout.clock() - pause.started) * 1000
+        text = pause.heard_text()
+        self._report(decision.verdict, decision.reason, paused_ms, text, pause.source)
+        if decision.verdict is Verdict.CUT:
+            for item_id in pause.items:
+                self._fates[item_id] = "cut"
+            await self._line.cut_held(decision.reason, paused_ms, pause.clear_ms, text)
+            for item_id in pause.items:
+                if item_id in pause.committed:
+                    self._fates.pop(item_id, None)
+                    await self._answer(item_id)
+            return
+        self._line.release_held()
+        ctx.metrics.early_clear_false_alarms.inc()
+        if decision.reason == "no_speech":
+            self._onsets_ignored_until = ctx.playout.clock() + NOISE_BACKOFF_S
+        for item_id in pause.items:
+            self._fates[item_id] = "resumed"
+            if item_id in pause.committed:
+                self._fates.pop(item_id, None)
+                await self._forget(item_id)
+
+    def _report(self, verdict: Verdict, reason: str, paused_ms: float, text: str | None, source: str) -> None:
+        outcome = "cut" if verdict is Verdict.CUT else "resumed"
+        self._ctx.record.event(
+            "interruption", outcome=outcome, reason=reason, paused_ms=round(paused_ms), transcript=text, source=source
+        )
+
+    # --- the caller's turns ---------------------------------------------------------------------------------
+
+    async def _answer(self, item_id: str) -> None:
+        """A real turn: ask for its answer now (after the interrupted answer's end, if that is still on its way)."""
+        self._ctx.record.event("turn_answer_requested", item_id=item_id)
+        await self._ctx.responses.request()
+
+    async def _forget(self, item_id: str) -> None:
+        """Not a turn: out of the model's conversation (and never re-told to a new session)."""
+        ctx = self._ctx
+        ctx.record.dismiss(item_id)
+        if ctx.turns.turn_item == item_id:
+            ctx.turns.answered()
+        ctx.record.event("caller_item_deleted", item_id=item_id)
+        await ctx.link.send(client_commands.delete_item(item_id))
