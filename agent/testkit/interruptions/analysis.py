@@ -317,7 +317,10 @@ def figures(outcomes: list[Outcome]) -> dict[str, Any]:
                 "total": round(sum(o.lost_ms for o in resumed), 1),
                 "max": max((round(o.lost_ms, 1) for o in resumed), default=None),
             },
-            "skipped_on_resume_ms_max": max((round(o.skipped_ms, 1) for o in resumed), default=None),
+            "skipped_on_resume_ms": {
+                "min": min((round(o.skipped_ms, 1) for o in resumed), default=None),
+                "max": max((round(o.skipped_ms, 1) for o in resumed), default=None),
+            },
             "lost_on_cut_ms_total": round(sum(o.lost_ms for o in false if o.cut), 1),
             "cut_sounds": [o.sound for o in false if o.cut],
         },

@@ -146,6 +146,13 @@ def render(report: dict[str, Any]) -> str:
         ),
         GOALS["lost_on_resume"][0],
     )
+    row(
+        "  resumed at: skipped min/max ms (- = repeated)",
+        [
+            f"{_fmt(f['skipped_on_resume_ms']['min'], digits=1)}/{_fmt(f['skipped_on_resume_ms']['max'], digits=1)}"
+            for f in false
+        ],
+    )
     row("  answer audio lost on a cut, ms total", [_fmt(f["lost_on_cut_ms_total"]) for f in false])
     row("side wall time, s", [_fmt(sides[n]["wall_s"]) for n in names])
     lines.append("(x: misses the goal; '/n': events of that kind that landed)")
