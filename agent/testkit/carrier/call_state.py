@@ -231,6 +231,13 @@ class CallState:
             track[offset : offset + len(samples)] = samples
         return resample(track, src, rate) if rate else track
 
+    @property
+    def bot_pieces(self) -> list[tuple[int, Int16Array]]:
+        """Every stretch of bot audio that has finished playing, in order: (its first sample on the call clock at
+        ``played_rate``, the samples). What :meth:`bot_track` draws, without building the whole track: an echo
+        path reads the last few, an analysis finds which samples played when. Read-only."""
+        return self._bot_segments
+
     def caller_track(self, rate: int | None = None) -> Int16Array:
         """What the caller sent, on the same clock as :meth:`bot_track`."""
         track = np.concatenate(self._caller_frames).astype(np.int16) if self._caller_frames else _EMPTY.copy()
