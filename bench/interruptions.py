@@ -8,7 +8,7 @@ The test kit does the work (agent.testkit.interruptions); see bench/README.md.
 
 from __future__ import annotations
 
-from agent.testkit.bench.sides import run_and_print
+from agent.testkit.bench.tool import run_and_print
 from agent.testkit.interruptions.report import parse_args, render, run
 
 

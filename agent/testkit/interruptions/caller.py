@@ -31,7 +31,7 @@ from websockets.asyncio.client import ClientConnection
 
 from agent.audio.codecs import Int16Array, mulaw_to_pcm16, pcm16_to_mulaw
 from agent.testkit import procs
-from agent.testkit.bench.sides import agent_env, drain_engine
+from agent.testkit.bench.sides import drain_engine
 from agent.testkit.bench.wire import MULAW_8K, frame_key
 from agent.testkit.carrier import CallerAudio, SimCall, SimCallOptions
 from agent.testkit.interruptions.engine import KEY_FRAMES
@@ -320,7 +320,18 @@ async def running_stack(mode: Mode, opts: EngineOptions, stem: Path, manifest: P
             args += ["--engine", f"ws://127.0.0.1:{engine_port}/v1/realtime", "--content-type", MULAW_8K]
             server, answer_path = procs.start("baseline relay", args, procs.clean_env({}), log), "/answer"
         else:
-            env = agent_env(engine_port, port, workdir, MULAW_8K) | env_extra
+            env = procs.agent_env(
+                workdir,
+                port,
+                {
+                    "OPENAI_API_KEY": "dummy",
+                    "OPENAI_BASE_URL": f"http://127.0.0.1:{engine_port}/v1",
+                    "AGENT_LOG_LEVEL": "WARNING",
+                    "AGENT_STREAM_CONTENT_TYPE": MULAW_8K,
+                    "AGENT_PROMPTS_DIR": str(procs.ROOT / "prompts"),
+                }
+                | env_extra,
+            )
             args = ["-m", "agent", "serve", "--host", "127.0.0.1", "--port", str(port)]
             server, answer_path = procs.start(f"agent ({mode})", args, env, log), "/vobiz/answer"
         base_url = f"http://127.0.0.1:{port}"

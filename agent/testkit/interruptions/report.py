@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.testkit import procs
-from agent.testkit.bench.sides import cancel_on_signals, machine_info
+from agent.testkit.bench.tool import cancel_on_signals, machine_info
 from agent.testkit.interruptions.analysis import analyse
 from agent.testkit.interruptions.caller import MODES, EngineOptions, Mode, ModeUnavailable, run_mode
 from agent.testkit.interruptions.sounds import Event, Kind, plan_events, save_manifest
