@@ -182,7 +182,11 @@ async def test_each_call_is_exported_as_an_otlp_trace_when_an_endpoint_is_config
         return {}
 
     async with serve_app(lambda _: collector) as otlp_url:
-        async with running_stack(RealtimeSimConfig(reply_ms=1500, speed=1.0), otel_endpoint=otlp_url) as stack:
+        # A tone is no speech to the adaptive policy: the server's VAD cuts the bot at once, as a barge-in.
+        stack_cm = running_stack(
+            RealtimeSimConfig(reply_ms=1500, speed=1.0), otel_endpoint=otlp_url, interruptions="immediate"
+        )
+        async with stack_cm as stack:
             call = await stack.carrier.place_call(
                 [CallerAudio.after_bot_audio(700, CallerAudio.tone(300, 600, 0.4)), CallerAudio.silence(300)]
             )
