@@ -142,7 +142,7 @@ def test_no_echo_on_the_line_turns_the_prior_off() -> None:
 
 
 def test_the_console_lists_each_pause_with_its_outcome() -> None:
-    from agent.console.routes import call_view
+    from agent.console.views import call_view
     from agent.records.record import CallRecord
 
     record = CallRecord("c1")
