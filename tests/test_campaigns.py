@@ -427,7 +427,7 @@ async def test_sigterm_mid_campaign_then_restart_dials_nobody_twice(tmp_path: Pa
         first = stack.app.state.campaign_dialler
         await first.stop()
         dialled_before = len(sim.dials)
-        await sim.wait_for(lambda: sim.live == 0, timeout=20, what="placed calls to end")
+        await sim.wait_for(lambda: sim.idle, timeout=20, what="placed calls to end")
         assert len(sim.dials) == dialled_before  # a stopped dialler places nothing more
         # The restarted service: a new dialler over the same database carries on.
         from agent.campaigns.dialler import Dialler
@@ -460,7 +460,7 @@ async def test_a_crashed_dialler_is_reconciled_not_redialled(tmp_path: Path) -> 
             task.cancel()
         await asyncio.gather(crashed._task, *crashed._sends, return_exceptions=True)
         await doomed_db.aclose()
-        await sim.wait_for(lambda: sim.live == 0, timeout=20, what="placed calls to end")
+        await sim.wait_for(lambda: sim.idle, timeout=20, what="placed calls to end")
         # Time passes beyond every lease: unsent claims return to the queue, sends with no callback are closed.
         store = campaign_store(stack)
         await store.reconcile(now=time.time() + stack.settings.campaign_call_lease_s + 1)

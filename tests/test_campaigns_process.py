@@ -79,7 +79,7 @@ async def test_campaign_run_survives_a_sigterm_and_a_restart_without_a_duplicate
         dialled = len(sim.dials)
         assert dialled < NUMBERS
         # The calls it had placed go on and are settled by their callbacks; the stopped process dials no more.
-        await sim.wait_for(lambda: sim.live == 0, timeout=20, what="placed calls to end")
+        await sim.wait_for(lambda: sim.idle, timeout=20, what="placed calls to end")
         assert len(sim.dials) == dialled
         store = CampaignStore(stack.state.store.db)
         progress = await store.progress("spring")
@@ -93,7 +93,7 @@ async def test_campaign_run_survives_a_sigterm_and_a_restart_without_a_duplicate
             procs.stop(second)
         log = second.log_path.read_text()
         assert "resuming campaign 'spring'" in log and "campaign completed" in log, log
-        await sim.wait_for(lambda: sim.live == 0, timeout=20, what="the last calls to end")
+        await sim.wait_for(lambda: sim.idle, timeout=20, what="the last calls to end")
 
         assert sorted(sim.per_number) == [number(i) for i in range(NUMBERS)]
         assert set(sim.per_number.values()) == {1}  # every number dialled exactly once

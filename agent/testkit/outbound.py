@@ -29,10 +29,11 @@ import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 from urllib.parse import urlsplit
 
 import httpx
+import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -50,10 +51,11 @@ from agent.testkit.carrier import (
     SimCallOptions,
     vobiz_signature_headers,
 )
-from agent.testkit.local_server import serve_app
+from agent.testkit.local_server import listening_socket
 from agent.waiting import wait_event
 
 Answer = Literal["person", "machine", "busy", "no_answer", "failed"]
+ANSWERS: tuple[str, ...] = get_args(Answer)
 _FINALS: Mapping[str, tuple[str, str]] = {
     "busy": ("busy", "USER_BUSY"),
     "no_answer": ("no-answer", "NO_ANSWER"),
@@ -117,6 +119,7 @@ class Dial:
     result: str | None = None
     call: SimCall | None = None
     webhooks: list[tuple[str, str, int | None]] = field(default_factory=list)  # (event, url, status)
+    reported: bool = False  # its hangup callback went out (or it is over without one)
 
 
 def _always(callee: Callee) -> Behaviour:
@@ -141,12 +144,27 @@ class OutboundSim:
         self.dials: list[Dial] = []
         self.by_uuid: dict[str, Dial] = {}
         self.per_number: Counter[str] = Counter()
-        self.live = 0
+        self.live = 0  # calls placed whose hangup callback has not gone out yet
         self.max_live = 0
         self.errors: list[str] = []
         self.refused = 0  # REST requests refused for bad credentials
         self._tasks: set[asyncio.Task[None]] = set()
         self._changed = asyncio.Event()
+        self._by_hangup_url: dict[str, Dial] = {}
+        # A call counts as live until its hangup callback goes out: that is when the agent learns it is over.
+        self._http.event_hooks["request"].append(self._on_request)
+
+    async def _on_request(self, request: httpx.Request) -> None:
+        dial = self._by_hangup_url.get(str(request.url))
+        if dial is not None and b"Event=Hangup" in request.content:
+            self._over(dial)
+
+    def _over(self, dial: Dial) -> None:
+        if not dial.reported:
+            dial.reported = True
+            self.live -= 1
+            self._by_hangup_url.pop(str(dial.body.get("hangup_url") or ""), None)
+            self._notify()
 
     def client(self, auth_id: str = "MA_SIMULATED", auth_token: str | None = None) -> VobizClient:
         token = auth_token or self.auth_token or "simulated-token"
@@ -155,18 +173,25 @@ class OutboundSim:
         )
 
     @contextlib.asynccontextmanager
-    async def serve(self, host: str = "127.0.0.1") -> AsyncIterator[str]:
-        """The REST API on a loopback port: yields the base URL to give the agent as `VOBIZ_API_URL`."""
+    async def serve(self, host: str = "127.0.0.1", port: int = 0) -> AsyncIterator[str]:
+        """The REST API on an HTTP port (0: any free one): yields the base URL to give the agent as
+        `VOBIZ_API_URL`. The socket listens before this yields, so the agent can dial at once."""
 
         async def endpoint(request: Request) -> Response:
-            status, body = await self._route(
-                request.method, request.url.path, request.headers, await request.body()
-            )
+            status, body = await self._route(request.method, request.url.path, request.headers, await request.body())
             return JSONResponse(body, status_code=status) if body is not None else Response(status_code=status)
 
         app = Starlette(routes=[Route("/{path:path}", endpoint, methods=["GET", "POST", "DELETE"])])
-        async with serve_app(lambda _base: app, host=host, ready_path=None) as base_url:
-            yield f"{base_url}/api/v1"
+        sock = listening_socket(host, port)
+        server = uvicorn.Server(uvicorn.Config(app, lifespan="off", log_level="warning", log_config=None))
+        task = asyncio.create_task(server.serve(sockets=[sock]), name="outbound-sim-http")
+        shown = "127.0.0.1" if host in ("0.0.0.0", "") else host
+        try:
+            yield f"http://{shown}:{sock.getsockname()[1]}/api/v1"
+        finally:
+            server.should_exit = True
+            await task
+            sock.close()
 
     # --- REST -------------------------------------------------------------------------------------------------
 
@@ -181,9 +206,7 @@ class OutboundSim:
         if "Account" not in parts or parts.index("Account") + 1 >= len(parts):
             return 404, {"error": "not found"}
         account = parts[parts.index("Account") + 1]
-        if self.auth_token and (
-            headers.get("x-auth-token") != self.auth_token or headers.get("x-auth-id") != account
-        ):
+        if self.auth_token and (headers.get("x-auth-token") != self.auth_token or headers.get("x-auth-id") != account):
             self.refused += 1
             return 401, {"error": "authentication credentials were not provided or are invalid"}
         if method == "POST" and parts[-1:] == ["Call"]:
@@ -206,6 +229,8 @@ class OutboundSim:
         dial = Dial(str(uuid.uuid4()), to, sender, body, nth, self.behaviour(to, nth))
         self.dials.append(dial)
         self.by_uuid[dial.call_uuid] = dial
+        if body.get("hangup_url"):
+            self._by_hangup_url[str(body["hangup_url"])] = dial
         self.live += 1
         self.max_live = max(self.max_live, self.live)
         task = asyncio.get_running_loop().create_task(self._run(dial), name=f"sim-outbound-{dial.call_uuid}")
@@ -267,7 +292,7 @@ class OutboundSim:
             self.errors.append(f"{dial.to}: {exc!r}")
         finally:
             dial.ended = True
-            self.live -= 1
+            self._over(dial)
             self._notify()
 
     async def _play(self, dial: Dial) -> None:
@@ -358,6 +383,11 @@ class OutboundSim:
                 raise TimeoutError(f"{what} not reached in {timeout:g} s ({len(self.dials)} dials, {self.live} live)")
             self._changed.clear()
             await wait_event(self._changed, left)
+
+    @property
+    def idle(self) -> bool:
+        """Every dial is over, its last callback answered."""
+        return all(d.ended for d in self.dials)
 
     def dials_to(self, number: str) -> list[Dial]:
         return [d for d in self.dials if d.to == number]
