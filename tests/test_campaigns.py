@@ -550,3 +550,41 @@ async def test_console_form_starts_a_campaign_from_an_uploaded_csv(tmp_path: Pat
             denied = await anonymous.post("/console/campaigns", data=form, files={"numbers": ("j.csv", csv_text)})
             assert denied.status_code in (303, 401, 403, 404)
             assert not (await campaign_store(stack).all_campaigns())[1:]
+
+
+# --- a database outage --------------------------------------------------------------------------------------
+
+
+async def test_a_result_that_arrives_during_a_database_outage_is_kept_and_settled_later(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from sqlalchemy.exc import OperationalError
+
+    from agent.campaigns.pending import PendingResults
+
+    sim = OutboundSim(Callee("person", ring_ms=20, talk_ms=300))
+    real_settle = CampaignStore.settle
+    down = True
+
+    async def flaky_settle(self: CampaignStore, *args: Any, **kwargs: Any) -> Any:
+        if down:
+            raise OperationalError("UPDATE outbound_calls", {}, Exception("connection refused"))
+        return await real_settle(self, *args, **kwargs)
+
+    monkeypatch.setattr(CampaignStore, "settle", flaky_settle)
+    async with outbound_stack(sim) as (stack, api):
+        reply = await api.post("/calls", json={"to": "+919800000077"})
+        assert reply.status_code == 201, reply.text
+        attempt_id = reply.json()["attempt_id"]
+        await sim.wait_for(lambda: sim.idle, timeout=20, what="the call to end")
+        # Vobiz got its 200: the result waits on this replica's disk, not in a retry Vobiz may give up on.
+        assert all(status == 200 for d in sim.dials for _, _, status in d.webhooks) and not sim.errors
+        pending = PendingResults(stack.settings.spool_dir)
+        assert len(pending.waiting()) == 1
+        store = campaign_store(stack)
+        assert (await store.attempt(attempt_id) or {}).get("state") != "ended"
+        down = False  # the database is back
+        assert await pending.replay(store) == 1 and not pending.waiting()
+        attempt = await store.attempt(attempt_id)
+        assert attempt is not None and (attempt["state"], attempt["result"]) == ("ended", "person")
+        assert await pending.replay(store) == 0
