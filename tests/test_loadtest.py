@@ -129,7 +129,8 @@ def test_slo_specs_and_result_files_are_checked(tmp_path: Path) -> None:
 def test_outbound_mode_runs_a_campaign_through_the_agent_and_reports_it(tmp_path: Path) -> None:
     from agent.testkit.procs import free_port
 
-    token, operator, port = "vobiz-token-for-the-outbound-load-test", "operator-token-for-the-load-test-0123", free_port()
+    token, operator = "vobiz-token-for-the-outbound-load-test", "operator-token-for-the-load-test-0123"
+    port = free_port()
     out = tmp_path / "outbound.json"
 
     async def run_cli() -> Result:
