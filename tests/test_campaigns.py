@@ -427,7 +427,7 @@ async def test_sigterm_mid_campaign_then_restart_dials_nobody_twice(tmp_path: Pa
         first = stack.app.state.campaign_dialler
         await first.stop()
         dialled_before = len(sim.dials)
-        await sim.wait_for(lambda: sim.live == 0, timeout=20, what="placed calls to end")
+        await sim.wait_for(lambda: sim.idle, timeout=20, what="placed calls to end")
         assert len(sim.dials) == dialled_before  # a stopped dialler places nothing more
         # The restarted service: a new dialler over the same database carries on.
         from agent.campaigns.dialler import Dialler
@@ -460,7 +460,7 @@ async def test_a_crashed_dialler_is_reconciled_not_redialled(tmp_path: Path) -> 
             task.cancel()
         await asyncio.gather(crashed._task, *crashed._sends, return_exceptions=True)
         await doomed_db.aclose()
-        await sim.wait_for(lambda: sim.live == 0, timeout=20, what="placed calls to end")
+        await sim.wait_for(lambda: sim.idle, timeout=20, what="placed calls to end")
         # Time passes beyond every lease: unsent claims return to the queue, sends with no callback are closed.
         store = campaign_store(stack)
         await store.reconcile(now=time.time() + stack.settings.campaign_call_lease_s + 1)
@@ -507,3 +507,84 @@ def test_campaign_commands(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> N
     assert export.exit_code == 0 and export.output.count("\n") == 3
     no_vobiz = runner.invoke(dial, ["+919800000003"])
     assert no_vobiz.exit_code != 0 and "VOBIZ_AUTH_ID" in no_vobiz.output
+
+
+# --- console ------------------------------------------------------------------------------------------------
+
+
+async def test_console_form_starts_a_campaign_from_an_uploaded_csv(tmp_path: Path) -> None:
+    sim = OutboundSim(Callee("person", ring_ms=20, talk_ms=300))
+    async with outbound_stack(sim, prompts_dir=write_prompts(tmp_path / "prompts"), campaign_dialler=False) as (
+        stack,
+        api,
+    ):
+        form = {"name": "june reminders", "prompt": "reminder", "concurrency": "4", "window": "09:00-20:00"}
+        form |= {"timezone": "Asia/Kolkata", "max_attempts": "2", "retry_delay_s": "60", "rate_per_min": "30"}
+        csv_text = "number,name\n+91 98000 00001,Asha\n+919800000002,Ravi\n"
+        listing = await api.get("/console/campaigns")
+        assert 'enctype="multipart/form-data"' in listing.text and "reminder" in listing.text
+        posted = await api.post("/console/campaigns", data=form, files={"numbers": ("june.csv", csv_text, "text/csv")})
+        assert posted.status_code == 303, posted.text
+        page = await api.get(posted.headers["location"])
+        assert page.status_code == 200 and "june reminders" in page.text and "+919800000001" in page.text
+        campaign = await campaign_store(stack).find("june reminders")
+        assert (campaign["prompt"], campaign["concurrency"], campaign["max_attempts"]) == ("reminder", 4, 2)
+        assert (campaign["rate_per_min"], campaign["state"], campaign["total"]) == (30.0, "running", 2)
+        rows = await campaign_store(stack).numbers(campaign["id"])
+        assert [r["variables"] for r in rows] == [{"name": "Asha"}, {"name": "Ravi"}]
+        # Bad input is refused with the reason on the page, and nothing is stored.
+        for changes, upload, reason in (
+            ({"name": "bad rows"}, "number,name\n+919800000003,A\nhello,B\n+919800000003,C\n", "line 3"),
+            ({"name": "no prompt", "prompt": "nonexistent"}, csv_text, "nonexistent"),
+            ({"name": "june reminders"}, csv_text, "exists already"),
+            ({"name": "bad window", "window": "25:00-26:00"}, csv_text, "25:00"),
+        ):
+            refused = await api.post(
+                "/console/campaigns", data=form | changes, files={"numbers": ("x.csv", upload, "text/csv")}
+            )
+            assert refused.status_code == 400 and reason in refused.text, (changes, refused.text[-2000:])
+            assert 'role="alert"' in refused.text
+        assert [c["name"] for c in await campaign_store(stack).all_campaigns()] == ["june reminders"]
+        # Without the operator token the form is not there at all.
+        async with httpx.AsyncClient(base_url=stack.base_url) as anonymous:
+            denied = await anonymous.post("/console/campaigns", data=form, files={"numbers": ("j.csv", csv_text)})
+            assert denied.status_code in (303, 401, 403, 404)
+            assert not (await campaign_store(stack).all_campaigns())[1:]
+
+
+# --- a database outage --------------------------------------------------------------------------------------
+
+
+async def test_a_result_that_arrives_during_a_database_outage_is_kept_and_settled_later(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from sqlalchemy.exc import OperationalError
+
+    from agent.campaigns.pending import PendingResults
+
+    sim = OutboundSim(Callee("person", ring_ms=20, talk_ms=300))
+    real_settle = CampaignStore.settle
+    down = True
+
+    async def flaky_settle(self: CampaignStore, *args: Any, **kwargs: Any) -> Any:
+        if down:
+            raise OperationalError("UPDATE outbound_calls", {}, Exception("connection refused"))
+        return await real_settle(self, *args, **kwargs)
+
+    monkeypatch.setattr(CampaignStore, "settle", flaky_settle)
+    async with outbound_stack(sim) as (stack, api):
+        reply = await api.post("/calls", json={"to": "+919800000077"})
+        assert reply.status_code == 201, reply.text
+        attempt_id = reply.json()["attempt_id"]
+        await sim.wait_for(lambda: sim.idle, timeout=20, what="the call to end")
+        # Vobiz got its 200: the result waits on this replica's disk, not in a retry Vobiz may give up on.
+        assert all(status == 200 for d in sim.dials for _, _, status in d.webhooks) and not sim.errors
+        pending = PendingResults(stack.settings.spool_dir)
+        assert len(pending.waiting()) == 1
+        store = campaign_store(stack)
+        assert (await store.attempt(attempt_id) or {}).get("state") != "ended"
+        down = False  # the database is back
+        assert await pending.replay(store) == 1 and not pending.waiting()
+        attempt = await store.attempt(attempt_id)
+        assert attempt is not None and (attempt["state"], attempt["result"]) == ("ended", "person")
+        assert await pending.replay(store) == 0

@@ -124,3 +124,49 @@ def test_slo_specs_and_result_files_are_checked(tmp_path: Path) -> None:
     )
     refused = invoke(["merge", str(future)])
     assert refused.exit_code == 1 and "version 99" in refused.output
+
+
+def test_outbound_mode_runs_a_campaign_through_the_agent_and_reports_it(tmp_path: Path) -> None:
+    from agent.testkit.procs import free_port
+
+    token, operator = "vobiz-token-for-the-outbound-load-test", "operator-token-for-the-load-test-0123"
+    port = free_port()
+    out = tmp_path / "outbound.json"
+
+    async def run_cli() -> Result:
+        async with running_stack(
+            RealtimeSimConfig(reply_ms=800),
+            vobiz_auth_id="MA_LOADTEST",
+            vobiz_auth_token=token,
+            vobiz_api_url=f"http://127.0.0.1:{port}/api/v1",
+            operator_token=operator,
+            campaign_poll_s=0.05,
+            record_calls=False,
+        ) as stack:
+            args = ["--outbound", "--url", stack.base_url, "--numbers", "8", "--concurrency", "4", "--turns", "1"]
+            args += ["--mix", "person=6,busy=1,no_answer=1", "--max-attempts", "2", "--retry-delay", "0.05"]
+            args += ["--ring-ms", "50", "--sim-port", str(port), "--auth-token", token, "--operator-token", operator]
+            args += ["--caller-audio", "tone", "--seed", "3", "--no-progress", "--out", str(out)]
+            args += ["--slo", "campaign_duplicate_dials=0", "--slo", "campaign_missing_outcomes=0"]
+            args += ["--slo", "failure_rate=0"]
+            return await asyncio.to_thread(invoke, args)
+
+    result = asyncio.run(run_cli())
+    assert result.exit_code == 0, result.output
+    assert "SLO campaign_duplicate_dials <= 0: 0 met" in result.output
+    assert "dials_per_min" in result.output and "outcome person" in result.output
+    results = load_results(out)
+    campaign = results.campaign
+    assert campaign is not None and campaign["state"] == "completed"
+    persons = campaign["outcomes"].get("person", 0)
+    others = campaign["numbers"] - persons
+    assert persons >= 1 and sum(campaign["outcomes"].values()) == 8
+    assert campaign["dials"] == persons + 2 * others and campaign["redials"] == others  # retried once, by the rules
+    assert results.summary["campaign_duplicate_dials"] == 0 and results.summary["campaign_live_max"] <= 4
+    # Each person who answered is measured like an inbound call.
+    assert results.summary["calls"] == persons and results.summary["greeting_count"] == persons
+    assert results.summary["response_count"] == persons
+    assert 'id="campaign"' in out.with_suffix(".html").read_text()
+    # Without the operator token the agent does not start a campaign, and the command says why.
+    refused = invoke(["--outbound", "--url", "http://127.0.0.1:9", "--numbers", "1", "--no-progress"])
+    assert refused.exit_code == 1 and "cannot reach the agent" in refused.output

@@ -33,7 +33,8 @@ def _store(state: AppState) -> CampaignStore:
 
 
 # What this replica learnt at answer time, for its own hangup callbacks: a progress note may still be waiting for
-# the database (SQLite under load) when the hangup of a short call arrives.
+# the database (SQLite under load) when the hangup of a short call arrives. Only a shortcut: a hangup on another
+# replica knows the call was answered from Vobiz's AnswerTime, the attempt's note or the shared answer context.
 _recent: OrderedDict[str, str] = OrderedDict()
 _KEEP_RECENT = 5000
 _late_notes: set[asyncio.Task[None]] = set()

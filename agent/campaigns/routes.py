@@ -8,6 +8,8 @@ operator token (as the console does; 404 while none is set); callbacks are verif
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -16,10 +18,12 @@ from typing import Any
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
+from sqlalchemy.exc import SQLAlchemyError
 
 from agent.campaigns import hooks
 from agent.campaigns.dialler import DialError, Dialler, place_one
 from agent.campaigns.outcomes import classify, duration_of, machine_verdict
+from agent.campaigns.pending import PendingResults
 from agent.campaigns.results import number_results, to_csv
 from agent.campaigns.store import RETRYABLE, CampaignError, CampaignSpec, CampaignStore, parse_csv
 from agent.console import auth
@@ -102,9 +106,13 @@ def outbound_router(login_throttle: auth.LoginThrottle | None = None) -> APIRout
             dialler.should_claim = lambda: not state.draining  # SIGTERM: no new calls from here
             dialler.start()
         app.state.campaign_dialler = dialler
+        replay = asyncio.create_task(_replay_pending(state), name="outbound-results-replay")
         try:
             yield
         finally:
+            replay.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await replay
             if dialler is not None:
                 await dialler.stop()
 
@@ -220,16 +228,30 @@ def outbound_router(login_throttle: auth.LoginThrottle | None = None) -> APIRout
         webhooks._log_event(state, call_id, "hangup_webhook", params)
         store = store_of(request)
         attempt_id = request.query_params.get("attempt") or None
-        attempt = await store.attempt(attempt_id) if attempt_id else None
+        try:
+            attempt = await store.attempt(attempt_id) if attempt_id else None
+        except SQLAlchemyError:
+            attempt = None  # the database is down: settled from the callback alone, below or from the spool
+        # Answered? Anything that says so counts, on whichever replica the answer landed: this replica's memory,
+        # Vobiz's AnswerTime, the attempt's progress note, the answer context every replica shares.
         seen_here = hooks.recent_answer(call_id)
         answered_by = (attempt["answered_by"] if attempt is not None else None) or seen_here
-        answered = seen_here is not None or (attempt is not None and attempt["state"] == "answered")
-        result = classify(params, answered=answered or answered_by is not None)
+        answered = seen_here is not None or bool(params.get("AnswerTime", "").strip()) or answered_by is not None
+        answered = answered or (attempt is not None and attempt["state"] == "answered")
+        if not answered:
+            stored = await state.registry.stored(call_id)
+            answered = stored is not None and stored.answer is not None
+        result = classify(params, answered=answered)
         if result == "person" and answered_by == "machine":
             result = "machine"
-        settled = await store.settle(
-            attempt_id, call_id, result, cause=params.get("HangupCause", ""), duration_s=duration_of(params)
-        )
+        cause, duration = params.get("HangupCause", ""), duration_of(params)
+        try:
+            settled = await store.settle(attempt_id, call_id, result, cause=cause, duration_s=duration)
+        except SQLAlchemyError as exc:
+            # The result is this callback's alone: kept on disk and settled once the database is back.
+            path = PendingResults(state.settings.spool_dir).put(attempt_id, call_id, result, cause, duration)
+            log.error("outbound call %s: database unavailable (%r); result %s kept in %s", call_id, exc, result, path)
+            settled = None
         if settled is not None:
             log.info("outbound call %s: %s%s", call_id, result, " (retry scheduled)" if settled.retry_at else "")
         dialler = dialler_of(request)
@@ -255,6 +277,20 @@ def outbound_router(login_throttle: auth.LoginThrottle | None = None) -> APIRout
     router.include_router(api)
     router.include_router(callbacks)
     return router
+
+
+async def _replay_pending(state: AppState, every_s: float = 5.0) -> None:
+    """Settle the attempt results this replica spooled while the database was down, as soon as it is back."""
+    pending = PendingResults(state.settings.spool_dir)
+    store = CampaignStore(state.store.db)
+    while True:
+        if pending.waiting():
+            try:
+                if settled := await pending.replay(store):
+                    log.warning("settled %d outbound result(s) kept while the database was down", settled)
+            except SQLAlchemyError as exc:
+                log.warning("outbound results still waiting for the database: %r", exc)
+        await asyncio.sleep(every_s)
 
 
 async def export_response(request: Request, ref: str) -> Response:

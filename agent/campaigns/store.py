@@ -20,13 +20,9 @@ was provably never sent and goes back to `pending`; one `placing` or later with 
 from __future__ import annotations
 
 import asyncio
-import csv
-import io
 import math
-import secrets
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from sqlalchemy import and_, case, delete, func, insert, literal, select, update
@@ -34,155 +30,47 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from agent.campaigns.reads import CampaignReads
+from agent.campaigns.spec import (
+    CAMPAIGN_STATES,
+    OUTCOMES,
+    RESULTS,
+    RETRYABLE,
+    CampaignError,
+    CampaignSpec,
+    Claim,
+    NumberRow,
+    Progress,
+    Settled,
+    new_id,
+    parse_csv,
+)
 from agent.campaigns.tables import campaign_numbers, campaigns, do_not_call, outbound_calls
-from agent.campaigns.windows import WindowError, next_opening, normalise_number, parse_window, zone
-from agent.storage.database import Database
+from agent.campaigns.windows import next_opening, normalise_number, parse_window
 
-RESULTS = ("person", "machine", "busy", "no_answer", "failed")
-OUTCOMES = (*RESULTS, "dnc")
-RETRYABLE = ("busy", "no_answer", "failed")
-CAMPAIGN_STATES = ("running", "paused", "stopped", "completed")
+__all__ = [
+    "CAMPAIGN_STATES",
+    "OUTCOMES",
+    "RESULTS",
+    "RETRYABLE",
+    "CampaignError",
+    "CampaignSpec",
+    "CampaignStore",
+    "Claim",
+    "NumberRow",
+    "Progress",
+    "Settled",
+    "new_id",
+    "parse_csv",
+    "retry_delay",
+]
+
 _T = TypeVar("_T")
 _LOCKED_RETRIES = 6
 _SCAN_FACTOR = 4  # due rows looked at per slot: some may be outside their window or on the do-not-call list
 
 
-class CampaignError(ValueError):
-    """A campaign request that cannot be carried out (bad CSV, unknown campaign, invalid setting)."""
-
-
-@dataclass(frozen=True)
-class CampaignSpec:
-    name: str
-    prompt: str
-    from_number: str
-    concurrency: int = 5
-    rate_per_min: float = 0.0
-    window: str = "09:00-20:00"
-    timezone: str = "Asia/Kolkata"
-    max_attempts: int = 3
-    retry_delay_s: float = 600.0
-    retry_on: tuple[str, ...] = RETRYABLE
-
-    def check(self) -> None:
-        if not self.name.strip() or len(self.name) > 128:
-            raise CampaignError("a campaign needs a name of 1-128 characters")
-        if self.concurrency < 1 or self.concurrency > 1000:
-            raise CampaignError("concurrency must be 1-1000")
-        if self.rate_per_min < 0:
-            raise CampaignError("rate must be >= 0 calls a minute (0: no limit)")
-        if self.max_attempts < 1 or self.max_attempts > 20:
-            raise CampaignError("max attempts must be 1-20")
-        if self.retry_delay_s < 0:
-            raise CampaignError("retry delay must be >= 0 seconds")
-        unknown = set(self.retry_on) - set(RETRYABLE)
-        if unknown:
-            raise CampaignError(f"only {', '.join(RETRYABLE)} can be retried, not {', '.join(sorted(unknown))}")
-        try:
-            parse_window(self.window)
-            zone(self.timezone)
-            normalise_number(self.from_number)
-        except (WindowError, ValueError) as exc:
-            raise CampaignError(str(exc)) from None
-
-
-@dataclass(frozen=True)
-class NumberRow:
-    number: str
-    variables: dict[str, str] = field(default_factory=dict)
-    timezone: str | None = None
-
-
-@dataclass(frozen=True)
-class Claim:
-    """One number claimed for one dial attempt."""
-
-    attempt_id: str
-    campaign_id: str | None
-    number_id: int | None
-    number: str
-    attempt_no: int
-    prompt: str
-    from_number: str
-    variables: dict[str, str]
-
-
-@dataclass(frozen=True)
-class Settled:
-    """What a final callback did: the attempt's result, and the number's state afterwards."""
-
-    attempt_id: str
-    result: str
-    campaign_id: str | None
-    retry_at: float | None  # a retry was scheduled for then
-    final: bool  # the number reached its final outcome
-
-
-@dataclass
-class Progress:
-    campaign: dict[str, Any]
-    states: dict[str, int]
-    outcomes: dict[str, int]
-    attempts: int
-
-    @property
-    def done(self) -> int:
-        return self.states.get("done", 0)
-
-
-def new_id(prefix: str) -> str:
-    return f"{prefix}{secrets.token_hex(8)}"
-
-
-def parse_csv(text: str, default_tz: str | None = None) -> list[NumberRow]:
-    """One row per number: a `number` (or `phone`/`to`) column, an optional `timezone` column; every other
-    column is a variable for the prompt. Duplicate numbers are refused: each number is dialled at most once."""
-    reader = csv.DictReader(io.StringIO(text.lstrip("\ufeff")))
-    if reader.fieldnames is None:
-        raise CampaignError("the CSV is empty")
-    headers = [h.strip() for h in reader.fieldnames]
-    number_col = next((h for h in ("number", "phone", "to") if h in headers), None)
-    if number_col is None:
-        raise CampaignError("the CSV needs a 'number' column (or 'phone' / 'to')")
-    rows: list[NumberRow] = []
-    seen: dict[str, int] = {}
-    problems: list[str] = []
-    for line, raw in enumerate(reader, start=2):
-        values = {(k or "").strip(): (v or "").strip() for k, v in raw.items() if k is not None}
-        if not any(values.values()):
-            continue
-        try:
-            number = normalise_number(values.pop(number_col, ""))
-        except ValueError as exc:
-            problems.append(f"line {line}: {exc}")
-            continue
-        if number in seen:
-            problems.append(f"line {line}: {number} is already on line {seen[number]}")
-            continue
-        seen[number] = line
-        tz = values.pop("timezone", "") or default_tz
-        if tz:
-            try:
-                zone(tz)
-            except WindowError as exc:
-                problems.append(f"line {line}: {exc}")
-                continue
-        bad = [k for k in values if not k.isidentifier()]
-        if bad:
-            problems.append(f"line {line}: column names must be identifiers to be prompt variables: {bad}")
-            continue
-        rows.append(NumberRow(number, values, tz or None))
-    if problems:
-        raise CampaignError("\n".join(problems[:20]) + ("\n…" if len(problems) > 20 else ""))
-    if not rows:
-        raise CampaignError("the CSV has no numbers")
-    return rows
-
-
-class CampaignStore:
-    def __init__(self, db: Database) -> None:
-        self.db = db
-
+class CampaignStore(CampaignReads):
     @property
     def _pg(self) -> bool:
         return self.db.dialect == "postgresql"
@@ -238,21 +126,6 @@ class CampaignStore:
                 await conn.execute(insert(campaign_numbers), values[chunk : chunk + 500])
         return campaign_id
 
-    async def find(self, ref: str) -> dict[str, Any]:
-        """A campaign by id or name."""
-        async with self.db.engine.connect() as conn:
-            row = (
-                await conn.execute(select(campaigns).where((campaigns.c.id == ref) | (campaigns.c.name == ref)))
-            ).first()
-        if row is None:
-            raise CampaignError(f"no campaign {ref!r}")
-        return dict(row._mapping)
-
-    async def all_campaigns(self) -> list[dict[str, Any]]:
-        async with self.db.engine.connect() as conn:
-            rows = (await conn.execute(select(campaigns).order_by(campaigns.c.created_at.desc()))).all()
-        return [dict(r._mapping) for r in rows]
-
     async def set_state(self, ref: str, action: str, now: float | None = None) -> str:
         """pause (from running), resume (from paused or stopped), stop (from running or paused)."""
         campaign = await self.find(ref)
@@ -269,10 +142,6 @@ class CampaignStore:
         if not result.rowcount:
             raise CampaignError(f"cannot {action} campaign {campaign['name']!r}: it is {campaign['state']}")
         return target[action]
-
-    async def running(self) -> list[str]:
-        async with self.db.engine.connect() as conn:
-            return list((await conn.scalars(select(campaigns.c.id).where(campaigns.c.state == "running"))).all())
 
     # --- claims -------------------------------------------------------------------------------------------
 
@@ -664,16 +533,6 @@ class CampaignStore:
             )
         return bool(result.rowcount)
 
-    async def next_due(self, campaign_id: str) -> float | None:
-        """When the campaign's earliest pending number is due (for the dialler's sleep), or None."""
-        async with self.db.engine.connect() as conn:
-            value = await conn.scalar(
-                select(func.min(campaign_numbers.c.next_attempt_at)).where(
-                    campaign_numbers.c.campaign_id == campaign_id, campaign_numbers.c.state == "pending"
-                )
-            )
-        return float(value) if value is not None else None
-
     # --- do not call --------------------------------------------------------------------------------------
 
     async def dnc_add(self, numbers: Iterable[str], reason: str = "", now: float | None = None) -> int:
@@ -690,76 +549,6 @@ class CampaignStore:
         async with self.db.engine.begin() as conn:
             result = await conn.execute(delete(do_not_call).where(do_not_call.c.number == normalise_number(number)))
         return bool(result.rowcount)
-
-    async def dnc_list(self) -> list[dict[str, Any]]:
-        async with self.db.engine.connect() as conn:
-            rows = (await conn.execute(select(do_not_call).order_by(do_not_call.c.number))).all()
-        return [dict(r._mapping) for r in rows]
-
-    @staticmethod
-    async def _dnc_among(conn: AsyncConnection, numbers: Sequence[str]) -> set[str]:
-        if not numbers:
-            return set()
-        found = await conn.scalars(select(do_not_call.c.number).where(do_not_call.c.number.in_(list(numbers))))
-        return set(found.all())
-
-    # --- results ------------------------------------------------------------------------------------------
-
-    async def progress(self, ref: str) -> Progress:
-        campaign = await self.find(ref)
-        async with self.db.engine.connect() as conn:
-            by_state = (
-                await conn.execute(
-                    select(campaign_numbers.c.state, func.count())
-                    .where(campaign_numbers.c.campaign_id == campaign["id"])
-                    .group_by(campaign_numbers.c.state)
-                )
-            ).all()
-            by_outcome = (
-                await conn.execute(
-                    select(campaign_numbers.c.outcome, func.count())
-                    .where(campaign_numbers.c.campaign_id == campaign["id"], campaign_numbers.c.outcome.is_not(None))
-                    .group_by(campaign_numbers.c.outcome)
-                )
-            ).all()
-            attempts = await conn.scalar(
-                select(func.count()).select_from(outbound_calls).where(outbound_calls.c.campaign_id == campaign["id"])
-            )
-        return Progress(
-            campaign,
-            {str(s): int(n) for s, n in by_state},
-            {str(o): int(n) for o, n in by_outcome},
-            int(attempts or 0),
-        )
-
-    async def numbers(self, ref: str, *, limit: int | None = None, offset: int = 0) -> list[dict[str, Any]]:
-        campaign = await self.find(ref)
-        query = (
-            select(campaign_numbers)
-            .where(campaign_numbers.c.campaign_id == campaign["id"])
-            .order_by(campaign_numbers.c.row_no)
-            .offset(offset)
-        )
-        if limit is not None:
-            query = query.limit(limit)
-        async with self.db.engine.connect() as conn:
-            rows = (await conn.execute(query)).all()
-        return [dict(r._mapping) for r in rows]
-
-    async def attempts(self, *, campaign_id: str | None = None, number_id: int | None = None) -> list[dict[str, Any]]:
-        query = select(outbound_calls).order_by(outbound_calls.c.created_at)
-        if campaign_id is not None:
-            query = query.where(outbound_calls.c.campaign_id == campaign_id)
-        if number_id is not None:
-            query = query.where(outbound_calls.c.number_id == number_id)
-        async with self.db.engine.connect() as conn:
-            rows = (await conn.execute(query)).all()
-        return [dict(r._mapping) for r in rows]
-
-    async def attempt(self, attempt_id: str) -> dict[str, Any] | None:
-        async with self.db.engine.connect() as conn:
-            row = (await conn.execute(select(outbound_calls).where(outbound_calls.c.attempt_id == attempt_id))).first()
-        return dict(row._mapping) if row is not None else None
 
 
 def retry_delay(base_s: float, attempts: int) -> float:

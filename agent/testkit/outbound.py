@@ -11,8 +11,12 @@ Machine detection follows the request: synchronous (`Machine=true|false` on the 
 (`Event=MachineDetection` with `Machine` posted to machine_detection_url shortly after the answer). A machine
 plays a greeting (speech-like bursts), then a beep, then records silence.
 
-`DELETE /Call/{uuid}/` hangs a call up (204; 404 once it is over). The load-test tool can drive outbound load
-by handing `client()` to `create_app(vobiz=…)` and starting a campaign; nothing here needs an account.
+`DELETE /Call/{uuid}/` hangs a call up (204; 404 once it is over). Requests are authenticated as Vobiz does
+(`X-Auth-ID` / `X-Auth-Token` headers, the auth id in the path; 401 otherwise) when the simulator has an
+`auth_token`. Two ways in: `client()`, a `VobizClient` whose requests never leave the process (for an agent built
+in-process with `create_app(vobiz=…)`), or `serve()`, the same API on a loopback HTTP port, for an agent (or a
+`voice-agent campaign run`) in another process that is pointed at it with `VOBIZ_API_URL`. `voice-agent loadtest
+--outbound` drives a campaign through an agent that way; nothing here needs an account.
 """
 
 from __future__ import annotations
@@ -23,12 +27,17 @@ import json
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal, get_args
 from urllib.parse import urlsplit
 
 import httpx
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
 
 from agent.carrier.rest import VobizClient
 from agent.testkit.carrier import (
@@ -42,9 +51,11 @@ from agent.testkit.carrier import (
     SimCallOptions,
     vobiz_signature_headers,
 )
+from agent.testkit.local_server import listening_socket
 from agent.waiting import wait_event
 
 Answer = Literal["person", "machine", "busy", "no_answer", "failed"]
+ANSWERS: tuple[str, ...] = get_args(Answer)
 _FINALS: Mapping[str, tuple[str, str]] = {
     "busy": ("busy", "USER_BUSY"),
     "no_answer": ("no-answer", "NO_ANSWER"),
@@ -64,6 +75,9 @@ class Callee:
     beep: bool = True
     detect_ms: float = 300.0  # asynchronous detection: the verdict this long after the answer
     machine_timeout_s: float = 30.0  # a machine stops recording after this
+    converse: Callable[[SimCall], Awaitable[None]] | None = None
+    """What a person does once the call is up (a load-test scenario); default: listen `talk_ms`, hang up. The
+    simulator hangs up once it returns, if the agent has not."""
 
 
 Behaviour = Callable[[str, int], Callee]
@@ -105,6 +119,7 @@ class Dial:
     result: str | None = None
     call: SimCall | None = None
     webhooks: list[tuple[str, str, int | None]] = field(default_factory=list)  # (event, url, status)
+    reported: bool = False  # its hangup callback went out (or it is over without one)
 
 
 def _always(callee: Callee) -> Behaviour:
@@ -129,57 +144,111 @@ class OutboundSim:
         self.dials: list[Dial] = []
         self.by_uuid: dict[str, Dial] = {}
         self.per_number: Counter[str] = Counter()
-        self.live = 0
+        self.live = 0  # calls placed whose hangup callback has not gone out yet
         self.max_live = 0
         self.errors: list[str] = []
+        self.refused = 0  # REST requests refused for bad credentials
         self._tasks: set[asyncio.Task[None]] = set()
         self._changed = asyncio.Event()
+        self._by_hangup_url: dict[str, Dial] = {}
+        # A call counts as live until its hangup callback goes out: that is when the agent learns it is over.
+        self._http.event_hooks["request"].append(self._on_request)
 
-    def client(self, auth_id: str = "MA_SIMULATED", auth_token: str = "simulated-token") -> VobizClient:
+    async def _on_request(self, request: httpx.Request) -> None:
+        dial = self._by_hangup_url.get(str(request.url))
+        if dial is not None and b"Event=Hangup" in request.content:
+            self._over(dial)
+
+    def _over(self, dial: Dial) -> None:
+        if not dial.reported:
+            dial.reported = True
+            self.live -= 1
+            self._by_hangup_url.pop(str(dial.body.get("hangup_url") or ""), None)
+            self._notify()
+
+    def client(self, auth_id: str = "MA_SIMULATED", auth_token: str | None = None) -> VobizClient:
+        token = auth_token or self.auth_token or "simulated-token"
         return VobizClient(
-            auth_id, auth_token, "https://api.vobiz.simulated/api/v1", transport=httpx.MockTransport(self._handle)
+            auth_id, token, "https://api.vobiz.simulated/api/v1", transport=httpx.MockTransport(self._handle)
         )
+
+    @contextlib.asynccontextmanager
+    async def serve(self, host: str = "127.0.0.1", port: int = 0) -> AsyncIterator[str]:
+        """The REST API on an HTTP port (0: any free one): yields the base URL to give the agent as
+        `VOBIZ_API_URL`. The socket listens before this yields, so the agent can dial at once."""
+
+        async def endpoint(request: Request) -> Response:
+            status, body = await self._route(request.method, request.url.path, request.headers, await request.body())
+            return JSONResponse(body, status_code=status) if body is not None else Response(status_code=status)
+
+        app = Starlette(routes=[Route("/{path:path}", endpoint, methods=["GET", "POST", "DELETE"])])
+        sock = listening_socket(host, port)
+        server = uvicorn.Server(uvicorn.Config(app, lifespan="off", log_level="warning", log_config=None))
+        task = asyncio.create_task(server.serve(sockets=[sock]), name="outbound-sim-http")
+        shown = "127.0.0.1" if host in ("0.0.0.0", "") else host
+        try:
+            yield f"http://{shown}:{sock.getsockname()[1]}/api/v1"
+        finally:
+            server.should_exit = True
+            await task
+            sock.close()
 
     # --- REST -------------------------------------------------------------------------------------------------
 
     async def _handle(self, request: httpx.Request) -> httpx.Response:
-        parts = [p for p in request.url.path.split("/") if p]
-        if request.method == "POST" and parts[-1:] == ["Call"]:
-            return self._make_call(json.loads(request.content or b"{}"))
-        if request.method == "DELETE" and len(parts) >= 2 and parts[-2] == "Call":
-            return await self._hangup(parts[-1])
-        return httpx.Response(404, json={"error": "not found"})
+        status, body = await self._route(request.method, request.url.path, request.headers, request.content)
+        return httpx.Response(status, json=body) if body is not None else httpx.Response(status)
 
-    def _make_call(self, body: dict[str, object]) -> httpx.Response:
+    async def _route(
+        self, method: str, path: str, headers: Mapping[str, str], content: bytes
+    ) -> tuple[int, dict[str, Any] | None]:
+        parts = [p for p in path.split("/") if p]
+        if "Account" not in parts or parts.index("Account") + 1 >= len(parts):
+            return 404, {"error": "not found"}
+        account = parts[parts.index("Account") + 1]
+        if self.auth_token and (headers.get("x-auth-token") != self.auth_token or headers.get("x-auth-id") != account):
+            self.refused += 1
+            return 401, {"error": "authentication credentials were not provided or are invalid"}
+        if method == "POST" and parts[-1:] == ["Call"]:
+            try:
+                body = json.loads(content or b"{}")
+            except ValueError:
+                return 400, {"error": "the body is not JSON"}
+            return self._make_call(body if isinstance(body, dict) else {})
+        if method == "DELETE" and len(parts) >= 2 and parts[-2] == "Call":
+            return self._hangup(parts[-1])
+        return 404, {"error": "not found"}
+
+    def _make_call(self, body: dict[str, object]) -> tuple[int, dict[str, Any] | None]:
         missing = [k for k in ("from", "to", "answer_url") if not body.get(k)]
         if missing:
-            return httpx.Response(400, json={"error": f"missing {', '.join(missing)}"})
+            return 400, {"error": f"missing {', '.join(missing)}"}
         to, sender = str(body["to"]), str(body["from"])
         self.per_number[to] += 1
         nth = self.per_number[to]
         dial = Dial(str(uuid.uuid4()), to, sender, body, nth, self.behaviour(to, nth))
         self.dials.append(dial)
         self.by_uuid[dial.call_uuid] = dial
+        if body.get("hangup_url"):
+            self._by_hangup_url[str(body["hangup_url"])] = dial
         self.live += 1
         self.max_live = max(self.max_live, self.live)
         task = asyncio.get_running_loop().create_task(self._run(dial), name=f"sim-outbound-{dial.call_uuid}")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         self._notify()
-        return httpx.Response(
-            201, json={"api_id": str(uuid.uuid4()), "request_uuid": dial.call_uuid, "message": "call fired"}
-        )
+        return 201, {"api_id": str(uuid.uuid4()), "request_uuid": dial.call_uuid, "message": "call fired"}
 
-    async def _hangup(self, call_uuid: str) -> httpx.Response:
+    def _hangup(self, call_uuid: str) -> tuple[int, dict[str, Any] | None]:
         dial = self.by_uuid.get(call_uuid)
         if dial is None or dial.ended:
-            return httpx.Response(404, json={"error": "call not found"})
+            return 404, {"error": "call not found"}
         if dial.call is not None:
             call = dial.call
             task = asyncio.get_running_loop().create_task(call.hangup())
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
-        return httpx.Response(204)
+        return 204, None
 
     # --- one call ---------------------------------------------------------------------------------------------
 
@@ -223,7 +292,7 @@ class OutboundSim:
             self.errors.append(f"{dial.to}: {exc!r}")
         finally:
             dial.ended = True
-            self.live -= 1
+            self._over(dial)
             self._notify()
 
     async def _play(self, dial: Dial) -> None:
@@ -276,6 +345,13 @@ class OutboundSim:
         dial.result = "machine" if machine else "person"
         if detection and detection_url:
             await self._detect_later(dial, call, detection_url, machine)
+        if callee.converse is not None and not machine:
+            try:
+                await callee.converse(call)
+            finally:
+                if not call.ended.is_set():
+                    await call.hangup()
+            return
         limit = callee.machine_timeout_s if machine else callee.talk_ms / 1000
         if not await wait_event(call.ended, limit):
             await call.hangup()
@@ -307,6 +383,11 @@ class OutboundSim:
                 raise TimeoutError(f"{what} not reached in {timeout:g} s ({len(self.dials)} dials, {self.live} live)")
             self._changed.clear()
             await wait_event(self._changed, left)
+
+    @property
+    def idle(self) -> bool:
+        """Every dial is over, its last callback answered."""
+        return all(d.ended for d in self.dials)
 
     def dials_to(self, number: str) -> list[Dial]:
         return [d for d in self.dials if d.to == number]

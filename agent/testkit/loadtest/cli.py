@@ -21,7 +21,9 @@ from rich.table import Table
 
 from agent.stats import percentile
 from agent.testkit.analysis.call import CallMetrics
+from agent.testkit.loadtest.outbound import OutboundConfig, OutboundError, parse_mix, run_outbound_load_test
 from agent.testkit.loadtest.results import (
+    CAMPAIGN_KEYS,
     RESPONSE_MEASURED_AT,
     LoadTestResults,
     ResultsError,
@@ -97,7 +99,46 @@ def _parse_ramp(ctx: click.Context, param: click.Parameter, value: str) -> float
     return ramp
 
 
+_MIX_HELP = "--outbound: how callees answer, e.g. person=80,machine=10,busy=5,no_answer=3,failed=2."
+
+
+def _parse_mix_option(ctx: click.Context, param: click.Parameter, value: str) -> dict[str, float]:
+    try:
+        return parse_mix(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), ctx=ctx, param=param) from None
+
+
+def _parse_rate(ctx: click.Context, param: click.Parameter, value: str) -> float:
+    """`30/min`, `2/s` or `30` (a minute); 0: no limit."""
+    amount, _, unit = value.strip().partition("/")
+    per = {"": 1.0, "min": 1.0, "m": 1.0, "s": 60.0}.get(unit.strip())
+    try:
+        rate = float(amount) * (per or 0.0)
+    except ValueError:
+        rate = -1.0
+    if per is None or rate < 0:
+        raise click.BadParameter(f"{value!r}: use N/min or N/s", ctx=ctx, param=param)
+    return rate
+
+
+def _print_campaign(campaign: dict[str, Any], console: Console) -> None:
+    table = Table(title=f"campaign {campaign['id']}: {campaign['state']}", title_justify="left")
+    table.add_column("figure")
+    table.add_column("value", justify="right")
+    for key in CAMPAIGN_KEYS:
+        value = campaign.get(key.removeprefix("campaign_"))
+        table.add_row(key.removeprefix("campaign_"), "-" if value is None else f"{value:g}")
+    for outcome, count in sorted(campaign["outcomes"].items()):
+        table.add_row(f"outcome {outcome}", str(count))
+    console.print(table)
+    for error in campaign.get("simulator_errors") or []:
+        console.print(f"[yellow]simulated Vobiz:[/] {error}")
+
+
 def _print_summary(results: LoadTestResults, console: Console) -> None:
+    if results.campaign is not None:
+        _print_campaign(results.campaign, console)
     s = results.summary
     table = Table(title=f"{results.scenario}: {s['calls']:.0f} calls, {s['failed']:.0f} failed", title_justify="left")
     for col in ("ms", "p50", "p95", "p99", "max", "n"):
@@ -184,13 +225,63 @@ def loadtest() -> None:
 @_out_option
 @_html_option
 @_slo_option
-def run(slos: list[SloSpec], out: Path | None, html: Path | None, progress: bool, **options: Any) -> None:
-    """Run synthetic calls against --url and report answer, greeting, response and barge-in times."""
+@click.option("--outbound", is_flag=True, help="Outbound: the agent dials a campaign against a simulated Vobiz.")
+@click.option("--numbers", type=click.IntRange(min=1), help="--outbound: numbers in the campaign (default --calls).")
+@click.option("--operator-token", envvar="AGENT_OPERATOR_TOKEN", help="--outbound: the agent's operator token.")
+@click.option("--prompt", help="--outbound: the campaign's prompt (default: the agent's default prompt).")
+@click.option("--dial-rate", callback=_parse_rate, default="0", show_default=True, help="--outbound: dials/min cap.")
+@click.option("--mix", callback=_parse_mix_option, default="person=1", show_default=True, help=_MIX_HELP)
+@click.option("--max-attempts", type=click.IntRange(1, 20), default=1, show_default=True, help="--outbound.")
+@click.option("--retry-delay", type=float, default=1.0, show_default=True, help="--outbound: seconds, doubling.")
+@click.option("--ring-ms", type=float, default=300.0, show_default=True, help="--outbound: how long callees ring.")
+@click.option("--sim-host", default="127.0.0.1", show_default=True, help="--outbound: the simulated Vobiz binds here.")
+@click.option("--sim-port", type=int, default=8790, show_default=True, help="--outbound: ... on this port.")
+@click.option("--auth-id", default="MA_LOADTEST", show_default=True, help="--outbound: the agent's VOBIZ_AUTH_ID.")
+@click.option("--from", "from_number", default="+918000000001", show_default=True, help="--outbound: caller ID.")
+def run(
+    slos: list[SloSpec], out: Path | None, html: Path | None, progress: bool, outbound: bool, **options: Any
+) -> None:
+    """Run synthetic calls against --url and report answer, greeting, response and barge-in times.
+
+    With --outbound the agent places the calls: start it with VOBIZ_API_URL=http://SIM-HOST:SIM-PORT/api/v1,
+    VOBIZ_AUTH_ID=--auth-id and VOBIZ_AUTH_TOKEN=--auth-token; the load test plays Vobiz there, starts a
+    campaign of --numbers through the agent's API and answers each call as the scenario's caller (or as --mix
+    says), then reports the calls as an inbound run does plus the campaign's figures.
+    """
     options["duration_s"] = options.pop("duration")
-    cfg = RunConfig(**options)
+    outbound_keys = [
+        *("numbers", "operator_token", "prompt", "dial_rate", "mix", "max_attempts", "retry_delay", "ring_ms"),
+        *("sim_host", "sim_port", "auth_id", "from_number"),
+    ]
+    extra = {k: options.pop(k) for k in outbound_keys}
     console = Console(stderr=True)
-    live = RichProgress(cfg.calls, cfg.scenario, console) if progress else None
-    results = asyncio.run(run_load_test(cfg, live))
+    if not outbound:
+        cfg = RunConfig(**options)
+        live = RichProgress(cfg.calls, cfg.scenario, console) if progress else None
+        _finish(asyncio.run(run_load_test(cfg, live)), slos, out, html, Console())
+        return
+    if extra["numbers"] is not None:
+        options["calls"] = extra["numbers"]
+    outbound_cfg = OutboundConfig(
+        **options,
+        operator_token=extra["operator_token"],
+        prompt=extra["prompt"],
+        rate_per_min=extra["dial_rate"],
+        mix=extra["mix"],
+        max_attempts=extra["max_attempts"],
+        retry_delay_s=extra["retry_delay"],
+        ring_ms=extra["ring_ms"],
+        sim_host=extra["sim_host"],
+        sim_port=extra["sim_port"],
+        auth_id=extra["auth_id"],
+        from_number=extra["from_number"],
+    )
+    persons = round(outbound_cfg.calls * outbound_cfg.mix.get("person", 0.0))
+    live = RichProgress(max(persons, 1), f"outbound {outbound_cfg.scenario}", console) if progress else None
+    try:
+        results = asyncio.run(run_outbound_load_test(outbound_cfg, live))
+    except OutboundError as exc:
+        raise click.ClickException(str(exc)) from None
     _finish(results, slos, out, html, Console())
 
 

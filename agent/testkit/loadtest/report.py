@@ -24,6 +24,7 @@ from agent.stats import percentile
 from agent.testkit.analysis.call import CallMetrics
 from agent.testkit.loadtest.results import (
     AGENT_KEYS,
+    CAMPAIGN_KEYS,
     COUNTS,
     DISTRIBUTIONS,
     RESPONSE_MEASURED_AT,
@@ -215,7 +216,12 @@ time, {{ runs|length }} generator run(s), generated {{ generated }}.</p>
 {% if figures.agent %}<img alt="agent resources" src="data:image/png;base64,{{ figures.agent }}">{% endif %}
 <table>{% for key in agent_keys %}<tr><td>{{ key }}</td><td>{{ num(summary[key]) }}</td></tr>{% endfor %}</table>
 {% for a in agent %}{% for e in a.errors %}<p class="missed">{{ a.source }}: {{ e }}</p>{% endfor %}{% endfor %}
-<h2>Calls</h2>
+{% if campaign %}<h2>Campaign (outbound)</h2>
+<table id="campaign">
+{% for key in campaign_keys %}<tr><td>{{ key }}</td><td>{{ num(summary[key]) }}</td></tr>{% endfor %}
+{% for outcome, n in campaign.outcomes.items() %}<tr><td>outcome {{ outcome }}</td><td>{{ n }}</td></tr>{% endfor %}
+</table>
+{% endif %}<h2>Calls</h2>
 <table>{% for key in count_keys %}<tr><td>{{ key }}</td><td>{{ num(summary[key]) }}</td></tr>{% endfor %}</table>
 {% if figures.timelines %}<h3>Per-call timelines</h3>
 <img alt="call timelines" src="data:image/png;base64,{{ figures.timelines }}">{% endif %}
@@ -263,6 +269,8 @@ def render_report(results: LoadTestResults) -> str:
         response_definition=RESPONSE_MEASURED_AT,
         agent_keys=AGENT_KEYS,
         count_keys=COUNTS,
+        campaign=results.campaign,
+        campaign_keys=CAMPAIGN_KEYS,
         failed=[c for c in results.calls if not c.ok][:MAX_FAILURE_ROWS],
         webhook_errors=[e for c in results.calls for e in c.webhook_errors][:20],
         figures=figures,

@@ -28,6 +28,7 @@ RESPONSE_MEASURED_AT = (
 
 __all__ = [
     "AGENT_KEYS",
+    "CAMPAIGN_KEYS",
     "COUNTS",
     "DISTRIBUTIONS",
     "RESPONSE_MEASURED_AT",
@@ -83,11 +84,25 @@ AGENT_KEYS = (
     "agent_active_calls_max",
     "agent_leaked_calls",
 )
+# An outbound run (`--outbound`): the campaign's own figures, None for an inbound run.
+CAMPAIGN_KEYS = (
+    "campaign_numbers",
+    "campaign_dials",
+    "campaign_redials",  # dials beyond the first of a number: retries by the campaign's rules
+    "campaign_duplicate_dials",  # dials beyond what the rules allow (max attempts): must be 0
+    "campaign_missing_outcomes",  # numbers without exactly one final outcome at the end: must be 0
+    "campaign_complete_s",  # campaign created -> completed
+    "campaign_dials_per_min",  # achieved, first dial to last
+    "campaign_rate_per_min",  # configured (0: no limit)
+    "campaign_concurrency",  # configured
+    "campaign_live_max",  # calls up at the simulated Vobiz at once, most
+)
 SUMMARY_KEYS: tuple[str, ...] = (
     COUNTS
     + tuple(f"{name}_{stat}_ms" for name in DISTRIBUTIONS for stat in STATS)
     + tuple(f"{name}_count" for name in DISTRIBUTIONS)
     + AGENT_KEYS
+    + CAMPAIGN_KEYS
 )
 
 
@@ -162,6 +177,7 @@ class LoadTestResults(BaseModel):
     summary: dict[str, float | None] = Field(default_factory=dict)
     failures_by_cause: dict[str, int] = Field(default_factory=dict)
     slo: list[SloResult] = Field(default_factory=list)
+    campaign: dict[str, Any] | None = None  # an outbound run: its campaign's figures and outcome counts
 
     @property
     def wall_s(self) -> float:
@@ -175,6 +191,8 @@ class LoadTestResults(BaseModel):
     def refresh(self) -> LoadTestResults:
         """Recompute the summary from the calls and agent stats (after a run or a merge)."""
         self.summary = summarize(self.calls, self.agent, self.wall_s)
+        figures = self.campaign or {}
+        self.summary |= {k: figures.get(k.removeprefix("campaign_")) for k in CAMPAIGN_KEYS}
         self.failures_by_cause = dict(Counter(c.failure for c in self.calls if c.failure is not None).most_common())
         return self
 
