@@ -51,7 +51,7 @@ async def test_greeting_is_paced_checkpointed_and_recorded() -> None:
         metrics = analyze_call(call)
         assert metrics.queue_max_ms is not None
         assert 180 <= metrics.queue_max_ms <= settings.playout_lead_ms + settings.playout_chunk_ms + 20
-        sizes = [e.detail.get("bytes") for e in call.timeline if e.kind == "play_audio_received"]
+        sizes = [int(e.detail["bytes"]) for e in call.timeline if e.kind == "play_audio_received"]
         assert sizes and all(0 < size <= settings.playout_chunk_ms * 8 for size in sizes)  # μ-law: 8 bytes a ms
         assert len(sizes) < 1500 / 20  # fewer, larger messages than one per 20 ms frame
         assert dominant_hz(call.played, 8000) == pytest.approx(600, abs=5)
