@@ -17,6 +17,7 @@ import pytest
 
 from agent.audio.codecs import Int16Array, mulaw_to_pcm16
 from agent.engine import RealtimeSimConfig
+from agent.carrier.playout import HOLD_REWIND_MS
 from agent.testkit.carrier import CallerAudio, SimCall
 from tests.harness import Stack, running_stack
 
@@ -84,7 +85,8 @@ async def test_a_backchannel_pauses_the_bot_which_resumes_at_the_exact_sample() 
         stopped = round(clear.played_ms_at_clear * 8)
         resumed_at = stopped - (len(played) - len(sent))
         [pause] = [e.detail for e in stack.state.registry.records[call.call_uuid].events if e.kind == "pause"]
-        assert resumed_at == pytest.approx(next(iter(pause["heard"].values())) * 8, abs=8)
+        rewind = HOLD_REWIND_MS * 8  # the hold resumes that much before the heard position: never past it
+        assert resumed_at == pytest.approx(next(iter(pause["heard"].values())) * 8 - rewind, abs=8)
         assert 0 <= stopped - resumed_at <= 40 * 8
         assert np.array_equal(played[:stopped], sent[:stopped]) and np.array_equal(played[stopped:], sent[resumed_at:])
         # The model's memory: its answer untouched, the murmur deleted, and no reply to it started.
