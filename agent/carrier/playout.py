@@ -32,6 +32,7 @@ _POLL_S = 0.05
 # carrier (a late acknowledgement re-anchors it only past 5 ms; before an item's first one, by the carrier's
 # start-up), and a resume must never skip a sample the caller did not hear. A few ms heard twice go unnoticed.
 HOLD_REWIND_MS = 10.0
+_RESTART_S = 0.02  # a carrier plays in 20 ms frames: resumed audio starts at the next one
 Send = Callable[[str], Awaitable[None]]
 
 
@@ -321,6 +322,12 @@ class Playout:
         """The hunch was wrong: play what was held, from where the caller stopped hearing it."""
         if self._stash is None:
             return
+        # The carrier starts playing again at its next frame, not the moment the audio leaves: until an
+        # acknowledgement anchors the schedule (asked for after the first chunk), assume that frame's delay, so
+        # that a second hold soon after cannot skip what the caller did not hear yet.
+        self._play_end = max(self._play_end, self.clock() + _RESTART_S)
+        for chunk in self._stash:
+            self._last_checkpoint_ms[chunk.item_id] = float("-inf")
         self._queue.extendleft(reversed(self._stash))
         self._stash = None
         self._wakeup.set()
