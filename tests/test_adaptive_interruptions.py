@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 
 from agent.audio.codecs import Int16Array, mulaw_to_pcm16
-from agent.engine import RealtimeSimConfig
 from agent.carrier.playout import HOLD_REWIND_MS
+from agent.engine import RealtimeSimConfig
 from agent.testkit.carrier import CallerAudio, SimCall
 from tests.harness import Stack, running_stack
 

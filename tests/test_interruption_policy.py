@@ -158,8 +158,13 @@ def test_the_console_lists_each_pause_with_its_outcome() -> None:
 
 
 def test_local_evidence_resumes_noise_and_short_sounds_without_the_model() -> None:
-    def local(**kw: float | bool | None) -> Decision:
-        base: dict[str, float | bool | None] = {"paused_ms": 150.0, "vad": False, "speaking": True, "speech_ms": 200}
+    def local(**kw: float | bool | str | None) -> Decision:
+        base: dict[str, float | bool | str | None] = {
+            "paused_ms": 150.0,
+            "vad": False,
+            "speaking": True,
+            "speech_ms": 200,
+        }
         return decide(Evidence(**(base | kw)), RULES, EN)  # type: ignore[arg-type]
 
     # A cough, still going: 200 ms of sound with no voiced frame.

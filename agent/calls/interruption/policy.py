@@ -25,7 +25,6 @@ from dataclasses import dataclass
 
 from agent.calls.interruption.words import WordLists
 
-
 NOISE_END_MS = 100.0  # a sound with no voice in it, over for this long, was no speech
 
 
@@ -87,7 +86,11 @@ def decide(e: Evidence, rules: Rules, words: WordLists) -> Decision:
         if not e.speaking:
             return Decision(Verdict.RESUME, "backchannel")  # one short word: the bot goes on
     if e.local_quiet_ms is not None and e.transcript is None:
-        if e.local_voiced_ms == 0 and e.local_ms > 0 and (e.local_ms >= rules.noise_ms or e.local_quiet_ms >= NOISE_END_MS):
+        if (
+            e.local_voiced_ms == 0
+            and e.local_ms > 0
+            and (e.local_ms >= rules.noise_ms or e.local_quiet_ms >= NOISE_END_MS)
+        ):
             return Decision(Verdict.RESUME, "noise")  # a cough, a rustle: no voice in it
         if not e.vad and e.local_quiet_ms >= rules.quiet_ms:
             return Decision(Verdict.RESUME, "no_speech")  # over, and the model heard no speech in it
