@@ -31,7 +31,7 @@ from agent.protocol.realtime import client_commands, session_config
 from agent.waiting import wait_event
 
 NOISE_BACKOFF_S = 1.5  # after a pause on a sound the model did not take for speech, only voiced onsets count
-_LOCAL_REASONS = ("noise", "no_speech")
+PAUSE_VAD_SILENCE_MS = 200.0  # while paused the server VAD closes the caller's turn after this much silence
 
 
 class LineControl(Protocol):
@@ -113,12 +113,13 @@ class AdaptiveTurns:
         languages = policy.languages or [meta.language or "en", "en"]
         self.words = WordLists.for_languages(languages, policy.backchannels, policy.stop_words)
         self._onset_ms = settings.early_barge_in_onset_ms
-        self._silence_ms = session_config.vad_silence_ms(ctx.prompt)
+        self._silence_ms = self._prompt_silence_ms = session_config.vad_silence_ms(ctx.prompt)
         self._padding_ms = session_config.prefix_padding_ms(ctx.prompt)
         self.pause: Pause | None = None
         self._fates: dict[str, str] = {}  # caller item -> turn | pending | cut | resumed | echo
         self._vad_item: str | None = None  # the caller item the model's VAD is in, if any
         self._onsets_ignored_until = 0.0  # until then, only a voiced onset pauses
+        self._all_onsets_ignored_until = 0.0  # until then, none does
         self._noise_resumed_at = float("-inf")
         self.local: SpeechOnset | None = None  # the caller's line detector (`CallerAudio`), if any
 
@@ -131,7 +132,9 @@ class AdaptiveTurns:
             return
         if caller_speaking and self._fates.get(self._vad_item or "") not in ("echo", "resumed"):
             return  # the model already hears the caller: its speech_started came (and was dealt with)
-        if (now < self._onsets_ignored_until and not voiced) or not ctx.playout.is_audible(now):
+        if now < self._all_onsets_ignored_until or not ctx.playout.is_audible(now):
+            return
+        if now < self._onsets_ignored_until and not voiced:
             return
         # While the VAD hears what it took for echo, the caller's onset joins that item: it had the caller in it.
         await self._start("onset", now - self._onset_ms / 1000, self._vad_item if caller_speaking else None)
@@ -205,6 +208,7 @@ class AdaptiveTurns:
         pause, self.pause = self.pause, None
         if pause is None:
             return
+        self._spawn(self._vad_silence(None), "vad-silence")
         for item_id in pause.items:
             self._fates[item_id] = "cut"
         pause.changed.set()
@@ -231,7 +235,18 @@ class AdaptiveTurns:
             self._attach(pause, item_id, audio_start_ms)
         self._spawn(self._watch(pause), "interruption-pause")
         pause.clear_ms = await self._line.send_clear()
+        if self.pause is pause:
+            await self._vad_silence(PAUSE_VAD_SILENCE_MS)
         return pause
+
+    async def _vad_silence(self, silence_ms: float | None) -> None:
+        """A murmur's turn closes sooner while the bot is paused (its transcript decides): the server VAD's silence
+        is shortened for the pause and put back when it ends. The `session.update` names only turn_detection."""
+        update = session_config.turn_detection_update(self._ctx.prompt, silence_ms=silence_ms)
+        if update is None:
+            return
+        self._silence_ms = self._prompt_silence_ms if silence_ms is None else silence_ms
+        await self._ctx.link.send(update)
 
     async def _watch(self, pause: Pause) -> None:
         while self.pause is pause:
@@ -243,6 +258,11 @@ class AdaptiveTurns:
             await wait_event(pause.changed, (decision.recheck_ms or 50.0) / 1000)
 
     async def _settle(self, pause: Pause, decision: Decision) -> None:
+        await self._decided(pause, decision)
+        if self.pause is None:
+            await self._vad_silence(None)
+
+    async def _decided(self, pause: Pause, decision: Decision) -> None:
         ctx = self._ctx
         self.pause = None
         paused_ms = (ctx.playout.clock() - pause.started) * 1000
@@ -259,10 +279,14 @@ class AdaptiveTurns:
             return
         self._line.release_held()
         ctx.metrics.early_clear_false_alarms.inc()
-        if decision.reason in _LOCAL_REASONS:
-            self._onsets_ignored_until = ctx.playout.clock() + NOISE_BACKOFF_S
-        if decision.reason == "noise" and not pause.transcripts:
-            self._noise_resumed_at = ctx.playout.clock()
+        now = ctx.playout.clock()
+        if decision.reason == "no_speech":
+            # A sound the model never took for speech (often the bot's own echo, stopping when the bot did):
+            # no onset pauses the bot again for a while, voiced or not.
+            self._onsets_ignored_until = self._all_onsets_ignored_until = now + NOISE_BACKOFF_S
+        elif decision.reason == "noise" and not pause.transcripts:
+            self._onsets_ignored_until = now + NOISE_BACKOFF_S  # only a voiced onset: a cough, then words
+            self._noise_resumed_at = now
         for item_id in pause.items:
             self._fates[item_id] = "resumed"
             if item_id in pause.committed:
