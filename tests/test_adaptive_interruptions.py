@@ -92,6 +92,10 @@ async def test_a_backchannel_pauses_the_bot_which_resumes_at_the_exact_sample() 
         # The model's memory: its answer untouched, the murmur deleted, and no reply to it started.
         assert client(session, "conversation.item.truncate") == [] and client(session, "response.cancel") == []
         assert len(client(session, "response.create")) == 1  # the greeting only
+        # While paused the VAD closed the murmur's turn after 200 ms of silence, then went back to the prompt's.
+        updates = [u["session"] for u in client(session, "session.update")[1:]]
+        assert [u["audio"]["input"]["turn_detection"]["silence_duration_ms"] for u in updates] == [200, 500]
+        assert all(set(u) == {"type", "audio"} and set(u["audio"]) == {"input"} for u in updates)  # nothing else
         user_items = [e["item_id"] for e in session.server_events if e["type"] == "input_audio_buffer.committed"]
         assert deleted["item_id"] == user_items[0] and not [i for i in session.items if i["id"] == user_items[0]]
         [decision] = interruptions(stack, call)
