@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from agent.audio.codecs import Int16Array, mulaw_to_pcm16
+from agent.carrier.playout import HOLD_REWIND_MS
 from agent.engine import RealtimeSimConfig
 from agent.testkit.carrier import CallerAudio, SimCall
 from tests.harness import Stack, running_stack
@@ -84,12 +85,17 @@ async def test_a_backchannel_pauses_the_bot_which_resumes_at_the_exact_sample() 
         stopped = round(clear.played_ms_at_clear * 8)
         resumed_at = stopped - (len(played) - len(sent))
         [pause] = [e.detail for e in stack.state.registry.records[call.call_uuid].events if e.kind == "pause"]
-        assert resumed_at == pytest.approx(next(iter(pause["heard"].values())) * 8, abs=8)
+        rewind = HOLD_REWIND_MS * 8  # the hold resumes that much before the heard position: never past it
+        assert resumed_at == pytest.approx(next(iter(pause["heard"].values())) * 8 - rewind, abs=8)
         assert 0 <= stopped - resumed_at <= 40 * 8
         assert np.array_equal(played[:stopped], sent[:stopped]) and np.array_equal(played[stopped:], sent[resumed_at:])
         # The model's memory: its answer untouched, the murmur deleted, and no reply to it started.
         assert client(session, "conversation.item.truncate") == [] and client(session, "response.cancel") == []
         assert len(client(session, "response.create")) == 1  # the greeting only
+        # While paused the VAD closed the murmur's turn after 200 ms of silence, then went back to the prompt's.
+        updates = [u["session"] for u in client(session, "session.update")[1:]]
+        assert [u["audio"]["input"]["turn_detection"]["silence_duration_ms"] for u in updates] == [200, 500]
+        assert all(set(u) == {"type", "audio"} and set(u["audio"]) == {"input"} for u in updates)  # nothing else
         user_items = [e["item_id"] for e in session.server_events if e["type"] == "input_audio_buffer.committed"]
         assert deleted["item_id"] == user_items[0] and not [i for i in session.items if i["id"] == user_items[0]]
         [decision] = interruptions(stack, call)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from agent.audio.echo import EchoEstimator
-from agent.calls.interruption.policy import Evidence, Rules, Verdict, decide
+from agent.calls.interruption.policy import Decision, Evidence, Rules, Verdict, decide
 from agent.calls.interruption.words import WordLists, normalise
 from agent.prompts.loader import parse_prompt
 
@@ -155,3 +155,29 @@ def test_the_console_lists_each_pause_with_its_outcome() -> None:
         ("resumed", "backchannel", 900),
         ("cut", "duration", 1300),
     ]
+
+
+def test_local_evidence_resumes_noise_and_short_sounds_without_the_model() -> None:
+    def local(**kw: float | bool | str | None) -> Decision:
+        base: dict[str, float | bool | str | None] = {
+            "paused_ms": 150.0,
+            "vad": False,
+            "speaking": True,
+            "speech_ms": 200,
+        }
+        return decide(Evidence(**(base | kw)), RULES, EN)  # type: ignore[arg-type]
+
+    # A cough, still going: 200 ms of sound with no voiced frame.
+    assert local(local_quiet_ms=0.0, local_ms=200.0, local_voiced_ms=0.0) == Decision(Verdict.RESUME, "noise")
+    # A 140 ms thud, over for 100 ms: noise too; while it lasts, wait.
+    assert local(local_quiet_ms=100.0, local_ms=140.0, local_voiced_ms=0.0).reason == "noise"
+    assert local(local_quiet_ms=0.0, local_ms=140.0, local_voiced_ms=0.0).verdict is Verdict.WAIT
+    # A voiced sound over for 200 ms that the model's VAD never took for speech.
+    assert local(local_quiet_ms=200.0, local_ms=240.0, local_voiced_ms=120.0) == Decision(Verdict.RESUME, "no_speech")
+    # ... but once the VAD heard speech in it, only the transcript (or its length) decides.
+    wait = local(vad=True, local_quiet_ms=300.0, local_ms=240.0, local_voiced_ms=120.0)
+    assert wait.verdict is Verdict.WAIT
+    # A voiced sound still going: wait (a stop word sounds like any word).
+    assert local(local_quiet_ms=0.0, local_ms=300.0, local_voiced_ms=260.0).verdict is Verdict.WAIT
+    # A transcript overrides the line: a stop word cuts whatever the line showed.
+    assert local(transcript="stop", local_quiet_ms=300.0, local_ms=300.0).verdict is Verdict.CUT

@@ -163,8 +163,31 @@ async def test_hold_keeps_what_was_not_heard_and_release_plays_it_from_the_cut()
     playout.release()
     await pace(playout, clock, 60)
     resent = payload_bytes(sink)
-    assert resent == audio[840:]  # exactly from byte 105 ms * 8: nothing skipped, nothing repeated
+    assert resent == audio[840 - 80 :]  # from 105 ms less the 10 ms rewind: nothing skipped
     assert playout.heard_ms("item_a") == pytest.approx(1000, abs=0.01)
+
+
+async def test_a_resume_never_starts_past_the_last_sample_the_caller_heard() -> None:
+    """The schedule may run a few ms ahead of the carrier (a late ack re-anchors it only past 5 ms) and the hold
+    comes between two samples: the held audio resumes at or before the caller's last sample, never after it."""
+    clock, sink = Clock(), Sink()
+    playout = make(clock, sink, lead_ms=200)
+    audio = (bytes(range(250)) * 32)[: 8 * 1000]
+    playout.enqueue("item_a", audio)
+    playout.finish_item("item_a")
+    await playout.step()
+    clock.t += 0.10506  # 840.5 samples by the schedule
+    carrier_lag_ms = 4.9  # the carrier started this late: not enough for a re-anchoring ack
+    truly_heard = int((105.06 - carrier_lag_ms) * 8)
+    playout.hold()
+    sink.messages.clear()
+    playout.release()
+    await pace(playout, clock, 60)
+    resent = payload_bytes(sink)
+    resumed_at = len(audio) - len(resent)
+    assert resent == audio[resumed_at:]
+    assert resumed_at <= truly_heard
+    assert resumed_at >= truly_heard - 8 * 20  # not much heard twice either
 
 
 async def test_clear_while_held_drops_the_held_audio() -> None:
@@ -267,4 +290,4 @@ async def test_hold_and_release_with_large_chunks_resume_mid_message() -> None:
     playout.release()
     await pace(playout, clock, 5)
     sent = b"".join(base64.b64decode(m["media"]["payload"]) for m in sink.messages if m["event"] == "playAudio")  # type: ignore[index]
-    assert sent == audio[400:]
+    assert sent == audio[400 - 80 :]  # 50 ms less the 10 ms rewind

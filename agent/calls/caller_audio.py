@@ -36,6 +36,8 @@ class CallerAudio:
         self._rate = InboundRateLimiter(settings.inbound_audio_max_rate, settings.inbound_audio_burst_s)
         mode = settings.interruption_mode
         self._onset = SpeechOnset(onset_ms=settings.early_barge_in_onset_ms) if mode != "immediate" else None
+        if self._onset is not None:
+            interruption.listen(self._onset)
         self._echo = ctx.echo if mode == "adaptive" else None
         self._queue: deque[bytes] = deque()
         self.queued_ms = 0.0
@@ -95,7 +97,7 @@ class CallerAudio:
         assert onset is not None
         now = ctx.playout.clock()
         if not (ctx.playout.is_audible(now) or now < ctx.playout.idle_at() + _ECHO_TAIL_S):
-            onset.loud = False
+            onset.reset()
             return
         echo = self._echo is not None and self._echo.inbound(pcm, now)
         fired = onset.feed(pcm, ctx.format.rate, echo=echo)
@@ -104,7 +106,8 @@ class CallerAudio:
         elif onset.loud:
             ctx.sound.caller_at = now
         if fired:
-            await self._interruption.on_onset(caller_speaking=self.speaking)
+            await self._interruption.on_onset(caller_speaking=self.speaking, voiced=onset.voiced_ms > 0)
+        self._interruption.on_local_sound(onset.loud)
 
     def _enqueue(self, audio: bytes) -> None:
         """Bounded: if the model side stalls, the oldest caller audio goes first and is counted."""

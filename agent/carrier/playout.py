@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import math
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -27,6 +28,11 @@ from agent.waiting import wait_event
 
 Clock = Callable[[], float]
 _POLL_S = 0.05
+# A hold keeps this much of what the schedule says was already heard: the schedule may run a few ms ahead of the
+# carrier (a late acknowledgement re-anchors it only past 5 ms; before an item's first one, by the carrier's
+# start-up), and a resume must never skip a sample the caller did not hear. A few ms heard twice go unnoticed.
+HOLD_REWIND_MS = 10.0
+_RESTART_S = 0.02  # a carrier plays in 20 ms frames: resumed audio starts at the next one
 Send = Callable[[str], Awaitable[None]]
 
 
@@ -219,7 +225,7 @@ class Playout:
                 self.on_scheduled(chunk.data, start)
             self._play_end = segment.end
             info.sent_ms = chunk.offset_ms + chunk.duration_ms
-            while self._recent and self._recent[0][1].end <= now:
+            while self._recent and self._recent[0][1].end <= now - HOLD_REWIND_MS / 1000:
                 self._recent.popleft()
             self._recent.append((chunk, segment))
             payload = base64.b64encode(chunk.data).decode()
@@ -282,11 +288,14 @@ class Playout:
         """The carrier was told to drop its queue on a hunch (the caller seems to be talking): like `clear`, but
         what the caller has not heard is kept, to play from where it stopped if the hunch was wrong (`release`)."""
         now = self.clock()
+        resume_at = now - HOLD_REWIND_MS / 1000
+        playing = next((c.item_id for c, seg in self._recent if seg.end > now), None)
         unheard: list[_Chunk] = []
         for chunk, seg in self._recent:
-            if seg.end <= now:
-                continue
-            played = round(max(0.0, now - seg.start) * 1000 * self.format.bytes_per_ms)
+            if seg.end <= resume_at or (seg.end <= now and (chunk.item_id != playing or chunk.final)):
+                continue  # over (a rewind stays inside the item still playing)
+            # Whole samples the schedule says were heard, rounded down: resume at or before the caller's last.
+            played = math.floor(max(0.0, resume_at - seg.start) * 1000 * self.format.bytes_per_ms + 1e-6)
             played -= played % (1 if self.format.is_mulaw else 2)
             cut_ms = played / self.format.bytes_per_ms
             unheard.append(
@@ -313,6 +322,12 @@ class Playout:
         """The hunch was wrong: play what was held, from where the caller stopped hearing it."""
         if self._stash is None:
             return
+        # The carrier starts playing again at its next frame, not the moment the audio leaves: until an
+        # acknowledgement anchors the schedule (asked for after the first chunk), assume that frame's delay, so
+        # that a second hold soon after cannot skip what the caller did not hear yet.
+        self._play_end = max(self._play_end, self.clock() + _RESTART_S)
+        for chunk in self._stash:
+            self._last_checkpoint_ms[chunk.item_id] = float("-inf")
         self._queue.extendleft(reversed(self._stash))
         self._stash = None
         self._wakeup.set()

@@ -22,6 +22,7 @@ import asyncio
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from agent.audio.speech_onset import SpeechOnset
 from agent.calls.context import CallContext
 from agent.calls.interruption.policy import Decision, Evidence, Rules, Verdict, decide
 from agent.calls.interruption.states import Line, Spawn
@@ -29,7 +30,8 @@ from agent.calls.interruption.words import WordLists
 from agent.protocol.realtime import client_commands, session_config
 from agent.waiting import wait_event
 
-NOISE_BACKOFF_S = 1.5  # after a pause on a sound the model did not take for speech, onsets wait this long
+NOISE_BACKOFF_S = 1.5  # after a pause on a sound the model did not take for speech, only voiced onsets count
+PAUSE_VAD_SILENCE_MS = 200.0  # while paused the server VAD closes the caller's turn after this much silence
 
 
 class LineControl(Protocol):
@@ -65,8 +67,9 @@ class Pause:
     transcripts: dict[str, str] = field(default_factory=dict)
     committed: set[str] = field(default_factory=set)
     changed: asyncio.Event = field(default_factory=asyncio.Event)
+    local: bool = False  # the line's detector heard the sound this pause is about (its onset, or sound since)
 
-    def evidence(self, now: float) -> Evidence:
+    def evidence(self, now: float, detector: SpeechOnset | None = None) -> Evidence:
         vad = bool(self.items)
         latest = self.items[-1] if self.items else None
         speaking = self.stopped_at is None
@@ -82,6 +85,9 @@ class Pause:
             speech_ms=max(0.0, speech_ms),
             stopped_ms=stopped_ms,
             transcript=transcript,
+            local_quiet_ms=detector.quiet_ms if detector is not None and self.local else None,
+            local_ms=detector.sound_ms if detector is not None else 0.0,
+            local_voiced_ms=detector.voiced_ms if detector is not None else 0.0,
         )
 
     def heard_text(self) -> str | None:
@@ -107,23 +113,28 @@ class AdaptiveTurns:
         languages = policy.languages or [meta.language or "en", "en"]
         self.words = WordLists.for_languages(languages, policy.backchannels, policy.stop_words)
         self._onset_ms = settings.early_barge_in_onset_ms
-        self._silence_ms = session_config.vad_silence_ms(ctx.prompt)
+        self._silence_ms = self._prompt_silence_ms = session_config.vad_silence_ms(ctx.prompt)
         self._padding_ms = session_config.prefix_padding_ms(ctx.prompt)
         self.pause: Pause | None = None
         self._fates: dict[str, str] = {}  # caller item -> turn | pending | cut | resumed | echo
         self._vad_item: str | None = None  # the caller item the model's VAD is in, if any
-        self._onsets_ignored_until = 0.0
+        self._onsets_ignored_until = 0.0  # until then, only a voiced onset pauses
+        self._all_onsets_ignored_until = 0.0  # until then, none does
+        self._noise_resumed_at = float("-inf")
+        self.local: SpeechOnset | None = None  # the caller's line detector (`CallerAudio`), if any
 
     # --- evidence in -------------------------------------------------------------------------------------------
 
-    async def on_onset(self, *, caller_speaking: bool) -> None:
+    async def on_onset(self, *, caller_speaking: bool, voiced: bool = True) -> None:
         ctx = self._ctx
         now = ctx.playout.clock()
         if self.pause is not None or self._line.line is not Line.PLAYING or ctx.ending.closing:
             return
-        if caller_speaking and self._fates.get(self._vad_item or "") != "echo":
+        if caller_speaking and self._fates.get(self._vad_item or "") not in ("echo", "resumed"):
             return  # the model already hears the caller: its speech_started came (and was dealt with)
-        if now < self._onsets_ignored_until or not ctx.playout.is_audible(now):
+        if now < self._all_onsets_ignored_until or not ctx.playout.is_audible(now):
+            return
+        if now < self._onsets_ignored_until and not voiced:
             return
         # While the VAD hears what it took for echo, the caller's onset joins that item: it had the caller in it.
         await self._start("onset", now - self._onset_ms / 1000, self._vad_item if caller_speaking else None)
@@ -141,6 +152,10 @@ class AdaptiveTurns:
             if ctx.echo is not None and ctx.sound.echo_only(now):
                 self._fates[item_id] = "echo"
                 self._report(Verdict.RESUME, "echo", 0.0, None, "vad")
+                return
+            local = self.local
+            if now - self._noise_resumed_at < 1.0 and local is not None and local.voiced_ms == 0:
+                self._fates[item_id] = "resumed"  # the noise just resumed over; a voice in it pauses again
                 return
             if await self._start("vad", now, item_id, audio_start_ms) is not None:
                 return
@@ -161,6 +176,13 @@ class AdaptiveTurns:
         else:
             pause.speech_ms = max(0.0, (pause.stopped_at - pause.speech_from) * 1000 - self._silence_ms)
         pause.changed.set()
+
+    def on_local_sound(self, loud: bool) -> None:
+        """A frame of the caller's line went through the detector: new local evidence for a pause."""
+        pause = self.pause
+        if pause is not None:
+            pause.local = pause.local or loud
+            pause.changed.set()
 
     def on_transcript(self, item_id: str, text: str) -> None:
         pause = self.pause
@@ -186,6 +208,7 @@ class AdaptiveTurns:
         pause, self.pause = self.pause, None
         if pause is None:
             return
+        self._spawn(self._vad_silence(None), "vad-silence")
         for item_id in pause.items:
             self._fates[item_id] = "cut"
         pause.changed.set()
@@ -207,23 +230,39 @@ class AdaptiveTurns:
         now = ctx.playout.clock()
         if not self._line.hold_line("pause"):
             return None
-        self.pause = pause = Pause(now, source, speech_from, audio_start_ms=audio_start_ms)
+        self.pause = pause = Pause(now, source, speech_from, audio_start_ms=audio_start_ms, local=source == "onset")
         if item_id is not None:
             self._attach(pause, item_id, audio_start_ms)
         self._spawn(self._watch(pause), "interruption-pause")
         pause.clear_ms = await self._line.send_clear()
+        if self.pause is pause:
+            await self._vad_silence(PAUSE_VAD_SILENCE_MS)
         return pause
+
+    async def _vad_silence(self, silence_ms: float | None) -> None:
+        """A murmur's turn closes sooner while the bot is paused (its transcript decides): the server VAD's silence
+        is shortened for the pause and put back when it ends. The `session.update` names only turn_detection."""
+        update = session_config.turn_detection_update(self._ctx.prompt, silence_ms=silence_ms)
+        if update is None:
+            return
+        self._silence_ms = self._prompt_silence_ms if silence_ms is None else silence_ms
+        await self._ctx.link.send(update)
 
     async def _watch(self, pause: Pause) -> None:
         while self.pause is pause:
             pause.changed.clear()
-            decision = decide(pause.evidence(self._ctx.playout.clock()), self.rules, self.words)
+            decision = decide(pause.evidence(self._ctx.playout.clock(), self.local), self.rules, self.words)
             if decision.verdict is not Verdict.WAIT:
                 await self._settle(pause, decision)
                 return
             await wait_event(pause.changed, (decision.recheck_ms or 50.0) / 1000)
 
     async def _settle(self, pause: Pause, decision: Decision) -> None:
+        await self._decided(pause, decision)
+        if self.pause is None:
+            await self._vad_silence(None)
+
+    async def _decided(self, pause: Pause, decision: Decision) -> None:
         ctx = self._ctx
         self.pause = None
         paused_ms = (ctx.playout.clock() - pause.started) * 1000
@@ -240,8 +279,14 @@ class AdaptiveTurns:
             return
         self._line.release_held()
         ctx.metrics.early_clear_false_alarms.inc()
+        now = ctx.playout.clock()
         if decision.reason == "no_speech":
-            self._onsets_ignored_until = ctx.playout.clock() + NOISE_BACKOFF_S
+            # A sound the model never took for speech (often the bot's own echo, stopping when the bot did):
+            # no onset pauses the bot again for a while, voiced or not.
+            self._onsets_ignored_until = self._all_onsets_ignored_until = now + NOISE_BACKOFF_S
+        elif decision.reason == "noise" and not pause.transcripts:
+            self._onsets_ignored_until = now + NOISE_BACKOFF_S  # only a voiced onset: a cough, then words
+            self._noise_resumed_at = now
         for item_id in pause.items:
             self._fates[item_id] = "resumed"
             if item_id in pause.committed:

@@ -22,6 +22,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
+from agent.audio.speech_onset import SpeechOnset
 from agent.calls.context import CallContext
 from agent.calls.interruption.adaptive import AdaptiveTurns
 from agent.calls.interruption.states import Audio, Fate, Line, Spawn
@@ -119,11 +120,11 @@ class Interruption:
 
     # --- early barge-in (the line goes PLAYING → HELD → PLAYING) -----------------------------------------
 
-    async def on_onset(self, *, caller_speaking: bool) -> None:
+    async def on_onset(self, *, caller_speaking: bool, voiced: bool = True) -> None:
         """The caller seems to start talking over the bot: silence it now, keep what was not heard, and let the
         model's VAD confirm (a barge-in) or not (the bot carries on from where it stopped)."""
         if self.adaptive is not None:
-            await self.adaptive.on_onset(caller_speaking=caller_speaking)
+            await self.adaptive.on_onset(caller_speaking=caller_speaking, voiced=voiced)
             return
         ctx, playout = self._ctx, self._ctx.playout
         if self._line is not Line.PLAYING or ctx.ending.closing or caller_speaking:
@@ -135,6 +136,15 @@ class Interruption:
         early = self._hold()
         self._spawn(self._await_confirmation(early), "early-clear")
         early.clear_ms = await self.send_clear()
+
+    def listen(self, detector: SpeechOnset) -> None:
+        """The caller's line detector: the adaptive policy reads the sound's length, voicing and end from it."""
+        if self.adaptive is not None:
+            self.adaptive.local = detector
+
+    def on_local_sound(self, loud: bool) -> None:
+        if self.adaptive is not None:
+            self.adaptive.on_local_sound(loud)
 
     def hold_line(self, kind: str) -> bool:
         """PLAYING → HELD on a hunch: nothing more plays, what was not heard is kept (`release_held` plays it on).

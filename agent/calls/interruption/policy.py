@@ -8,6 +8,10 @@ transcript says, whether it was the bot's own voice coming back) is weighed here
 * RESUME: not one. The bot carries on from the exact sample where it stopped; nothing is lost or forgotten.
 * WAIT: not sure yet; ask again on new evidence or after `recheck_ms`.
 
+Local evidence from the line itself (`agent.audio.speech_onset`) settles what needs no model: a sound with no
+voicing for `noise_ms` (a cough, a rustle, a thud) → resume at once; a sound that ended `quiet_ms` ago while the
+model's VAD heard no speech → resume.
+
 In order: echo → resume; a stop word ("stop", "ruko", "नहीं") → cut; `min_words` words that are not
 backchannels → cut; `long_speech_ms` of speech → cut; a transcript of backchannels only (or nothing) → resume;
 no word from the model's VAD `confirm_ms` after a local onset → resume; no transcript `transcript_wait_ms` after
@@ -20,6 +24,8 @@ import enum
 from dataclasses import dataclass
 
 from agent.calls.interruption.words import WordLists
+
+NOISE_END_MS = 100.0  # a sound with no voice in it, over for this long, was no speech
 
 
 class Verdict(enum.Enum):
@@ -43,6 +49,8 @@ class Rules:
     max_pause_ms: float = 2500.0
     confirm_ms: float = 800.0
     min_words: int = 2
+    noise_ms: float = 200.0  # this much sound with no voiced frame is not speech
+    quiet_ms: float = 200.0  # the line this quiet after a sound the VAD did not take for speech: it is over
 
 
 @dataclass(frozen=True)
@@ -54,6 +62,10 @@ class Evidence:
     stopped_ms: float | None = None  # since the VAD's speech_stopped; None while speaking
     transcript: str | None = None  # None until the transcript arrives
     echo: bool = False  # only the bot's own voice, coming back, was on the line
+    # The line itself (None: no local detector): the latest sound's length, its voiced part, the quiet since.
+    local_quiet_ms: float | None = None
+    local_ms: float = 0.0
+    local_voiced_ms: float = 0.0
 
 
 def decide(e: Evidence, rules: Rules, words: WordLists) -> Decision:
@@ -73,12 +85,23 @@ def decide(e: Evidence, rules: Rules, words: WordLists) -> Decision:
             return Decision(Verdict.CUT, "words")  # one word, said at length: not a murmur
         if not e.speaking:
             return Decision(Verdict.RESUME, "backchannel")  # one short word: the bot goes on
+    if e.local_quiet_ms is not None and e.transcript is None:
+        if (
+            e.local_voiced_ms == 0
+            and e.local_ms > 0
+            and (e.local_ms >= rules.noise_ms or e.local_quiet_ms >= NOISE_END_MS)
+        ):
+            return Decision(Verdict.RESUME, "noise")  # a cough, a rustle: no voice in it
+        if not e.vad and e.local_quiet_ms >= rules.quiet_ms:
+            return Decision(Verdict.RESUME, "no_speech")  # over, and the model heard no speech in it
     if e.speech_ms >= rules.long_speech_ms and (e.vad or e.speaking):
         return Decision(Verdict.CUT, "duration")
     if e.paused_ms >= rules.max_pause_ms:
         return Decision(Verdict.CUT, "timeout") if e.speaking else Decision(Verdict.RESUME, "timeout")
     waits = [rules.max_pause_ms - e.paused_ms]
     if not e.vad:
+        if e.local_quiet_ms is not None and e.local_quiet_ms < rules.quiet_ms:
+            waits.append(rules.quiet_ms - e.local_quiet_ms)
         if e.paused_ms >= rules.confirm_ms:
             return Decision(Verdict.RESUME, "no_speech")
         waits.append(rules.confirm_ms - e.paused_ms)

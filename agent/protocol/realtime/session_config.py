@@ -117,6 +117,19 @@ def vad_silence_ms(prompt: Prompt) -> float:
     return float(td.silence_duration_ms) if td.type == "server_vad" else 0.0
 
 
+def turn_detection_update(prompt: Prompt, *, silence_ms: float | None) -> dict[str, Any] | None:
+    """A partial `session.update` (only the fields present change) setting the server VAD's silence to
+    `silence_ms` (None: back to the prompt's), for the agent-turns session; None when it would change nothing
+    (semantic VAD, or the prompt's silence is already that short)."""
+    td = prompt.meta.turn_detection
+    if td.type != "server_vad" or (silence_ms is not None and silence_ms >= td.silence_duration_ms):
+        return None
+    detection = turn_detection(prompt, agent_turns=True)
+    if silence_ms is not None:
+        detection["silence_duration_ms"] = int(silence_ms)
+    return client_commands.session_update({"type": "realtime", "audio": {"input": {"turn_detection": detection}}})
+
+
 def server_cancels_on_barge_in(prompt: Prompt, *, agent_turns: bool = False) -> bool:
     """With `interrupt_response` the server cancels the active response itself; a client cancel would race."""
     return prompt.meta.turn_detection.interrupt_response and not agent_turns
