@@ -60,6 +60,7 @@ class ServerOptions:
     gc_probe: bool = False  # the server logs its long GC pauses (bench/gcprobe)
     vad_ms: int = 60  # loud audio the engine's VAD needs before speech_started
     early_barge_in: bool = False  # the agent silences the bot on the caller's onset (AGENT_EARLY_BARGE_IN)
+    agent_env: tuple[tuple[str, str], ...] = ()  # more settings for the agent under test (--agent-env KEY=VALUE)
 
     @classmethod
     def from_args(cls, args: argparse.Namespace, content_type: str | None = None) -> ServerOptions:
@@ -70,7 +71,15 @@ class ServerOptions:
             gc_probe=args.gc_probe,
             vad_ms=args.vad_ms,
             early_barge_in=args.early_barge_in,
+            agent_env=tuple(_key_value(item) for item in getattr(args, "agent_env", None) or ()),
         )
+
+
+def _key_value(item: str) -> tuple[str, str]:
+    key, sep, value = item.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"--agent-env wants KEY=VALUE, got {item!r}")
+    return key, value
 
 
 def add_server_args(parser: argparse.ArgumentParser) -> None:
@@ -90,6 +99,12 @@ def add_server_args(parser: argparse.ArgumentParser) -> None:
         help="speech the engine's VAD needs before speech_started (default 60; ~300 is closer to a remote OpenAI)",
     )
     parser.add_argument("--early-barge-in", action="store_true", help="the agent runs with AGENT_EARLY_BARGE_IN=true")
+    parser.add_argument(
+        "--agent-env",
+        action="append",
+        metavar="KEY=VALUE",
+        help="a setting for the agent under test, e.g. AGENT_INTERRUPTIONS=immediate (repeatable)",
+    )
 
 
 @dataclass
@@ -144,7 +159,7 @@ def agent_settings(engine_port: int, opts: ServerOptions) -> dict[str, str]:
         "AGENT_PROMPTS_DIR": str(procs.ROOT / "prompts"),
         "AGENT_EARLY_BARGE_IN": "true" if opts.early_barge_in else "false",
     }
-    return settings | _gc_probe_env(opts)
+    return settings | dict(opts.agent_env) | _gc_probe_env(opts)
 
 
 async def _get_json(url: str, limit_s: float = 10.0) -> dict[str, Any]:

@@ -69,7 +69,8 @@ def start_report(tool: str, args: argparse.Namespace, config: dict[str, Any]) ->
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     out: Path = args.out or procs.BENCH_DIR / "results" / f"{tool}-{stamp}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    server = {k: getattr(args, k) for k in ("reply_ms", "speed", "vad_ms", "early_barge_in", "seed", "gc_probe")}
+    keys = ("reply_ms", "speed", "vad_ms", "early_barge_in", "agent_env", "seed", "gc_probe")
+    server = {k: getattr(args, k, None) for k in keys}
     report: dict[str, Any] = {
         "config": config | server,
         "machine": machine_info(),
