@@ -1,20 +1,4 @@
-"""Max sustainable concurrency: how many concurrent calls one agent process carries on this machine, vs the baseline.
-
-"Sustains" means, for one short run of N concurrent calls (default 12 s each): every call completes, the carrier
-never runs dry in the middle of a response (no playout gaps), every barge-in is cleared and the barge-in reaction
-(engine `speech_started` -> carrier `clearAudio`) has p99 < 50 ms, and no caller turn waits in vain for the bot.
-
-The bench steps N up (5, 10, 15, ... by default) for the agent and for the baseline relay of bench/calls.py,
-interleaved (baseline N, agent N, baseline N + step, ...) so both sides see the same background load, and stops
-a side at the first step that misses. The processes (an engine and a server per side) stay up across steps, as a
-deployed agent would. A step that misses while the load generator itself could not keep real time (this
-process's event loop or the engine's lagged, or the carrier's playout clock ran late) is reported as limited by
-the generator, not by the server under test, and the side's maximum is then a lower bound.
-
-Results: a row per step as it finishes, the result, and JSON at bench/results/capacity-<timestamp>.json.
-
-The logic behind ``bench/capacity.py``.
-"""
+"""The workings of ``bench/capacity.py`` (what it measures and why is in that script's own description)."""
 
 from __future__ import annotations
 

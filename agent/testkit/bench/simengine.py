@@ -44,6 +44,7 @@ from agent.engine import (
     describe_audio,
     sine_tone,
 )
+from agent.testkit.bench.tool import run_async
 from agent.testkit.bench.wire import LAG_SPIKE_MS, MULAW_FRAME_BYTES, PREFIX_CHARS, frame_key
 from agent.waiting import within
 
@@ -252,12 +253,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--vad-threshold-rms", type=float, default=500.0)
     parser.add_argument("--reply-noise", type=float, default=0.01)
     args = parser.parse_args(argv)
-    try:
-        import uvloop
-    except ImportError:
-        asyncio.run(_main(args))
-    else:
-        uvloop.run(_main(args))
+    run_async(lambda: _main(args), "engine")
     sys.exit(0)
 
 

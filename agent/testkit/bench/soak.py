@@ -1,22 +1,4 @@
-"""Soak: hours of calls compressed into minutes; the agent's memory and open file descriptors must stay flat.
-
-Calls run back to back at a fixed concurrency (default 10) for `--minutes` (default 3) against the real agent
-process: each call 8-12 s of the bench/calls.py workload (greeting, barge-ins, a normal turn), and the next one
-starts as soon as it hangs up. Every 2 s the bench samples the agent process (RSS, open fds, threads, CPU time)
-and its `agent_active_calls` gauge; after a warm-up (default 30 s, discarded) it fits a straight line to RSS and
-fds and reports the slope per hour and the growth it projects over the run. Flat: projected growth < 2 % of RSS
-and < 5 fds. The same is done, shorter (`--baseline-minutes`, default 1), for the baseline relay.
-
-Every 30 s the bench also collects the engine's records of the sessions that ended and matches them with the
-calls that ended (as bench/calls.py does), so call quality is tracked over time: barge-in reaction, playout gaps,
-latency per hop. After the last call: the gauge must come back to 0, the fds to where they were before the first
-call, and no model session may stay open.
-
-Results: a table per side, and JSON at bench/results/soak-<timestamp>.json.
-
-The logic behind ``bench/soak.py``; the measurements are in :mod:`agent.testkit.bench.soak_state`, the text
-report in :mod:`agent.testkit.bench.soak_report`.
-"""
+"""The workings of ``bench/soak.py`` (what it measures and why is in that script's own description)."""
 
 from __future__ import annotations
 

@@ -36,6 +36,7 @@ from websockets.http11 import Request, Response
 
 from agent.audio.codecs import Int16Array
 from agent.engine import RealtimeServer, RealtimeSimConfig, Reply, ReplyRequest, SimSession
+from agent.testkit.bench.tool import run_async
 from agent.testkit.bench.wire import MULAW_FRAME_BYTES, frame_key
 from agent.testkit.interruptions.sounds import ACKS, ANSWERS, GREETING, QUESTIONS, RATE, load_manifest, speech
 from agent.waiting import within
@@ -273,12 +274,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--vad-ms", type=int, default=300)
     parser.add_argument("--vad-threshold-rms", type=float, default=250.0)
     args = parser.parse_args(argv)
-    try:
-        import uvloop
-    except ImportError:
-        asyncio.run(_main(args))
-    else:
-        uvloop.run(_main(args))
+    run_async(lambda: _main(args), "engine")
     sys.exit(0)
 
 
