@@ -106,6 +106,26 @@ class VobizTransferApi:
         await asyncio.gather(*self._transfers, return_exceptions=True)
 
 
+def replica_settings(
+    engine_url: str, public_url: str, database_url: str, tmp_path: Path, index: int, token: str, **extra: Any
+) -> Settings:
+    """One of several replicas behind one public URL: the same database, stream secret and Vobiz account, a
+    recordings and spool folder of its own."""
+    values: dict[str, Any] = {
+        "openai_api_key": "sk-test-not-a-real-key",
+        "openai_base_url": engine_url,
+        "public_url": public_url,
+        "prompts_dir": ROOT / "prompts",
+        "stream_secret": "one-secret-for-all-replicas",
+        "vobiz_auth_token": token,
+        "vobiz_auth_id": "MA_TEST",
+        "database_url": database_url,
+        "recordings_dir": tmp_path / f"recordings-{index}",
+        "spool_dir": tmp_path / f"spool-{index}",
+    }
+    return Settings(**(values | extra))
+
+
 def start_message(call_id: str, stream_id: str) -> str:
     """Vobiz's `start` for a μ-law stream, for tests that open the stream socket by hand."""
     start = {

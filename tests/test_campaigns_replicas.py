@@ -15,13 +15,12 @@ import pytest
 from fastapi import FastAPI
 
 from agent.campaigns.store import CampaignSpec, CampaignStore, NumberRow
-from agent.config import Settings
 from agent.engine import RealtimeServer, RealtimeSimConfig
 from agent.storage import Database
 from agent.testkit.local_server import serve_app
 from agent.testkit.outbound import Callee, OutboundSim
 from agent.web.app import create_app
-from tests.harness import ROOT
+from tests.harness import replica_settings
 from tests.postgres import scratch_database
 from tests.test_replicas import RoundRobin
 
@@ -86,17 +85,13 @@ async def test_two_replicas_share_a_campaign_without_a_duplicate_dial(pg_url: st
 
     def make_app(index: int) -> Any:
         def make(base_url: str) -> FastAPI:
-            settings = Settings(
-                openai_api_key="sk-test-not-a-real-key",
-                openai_base_url=engine.http_base_url,
-                public_url=public_url,
-                prompts_dir=ROOT / "prompts",
-                stream_secret="one-secret-for-all-replicas",
-                vobiz_auth_token=TOKEN,
-                vobiz_auth_id="MA_TEST",
-                database_url=pg_url,
-                recordings_dir=tmp_path / f"recordings-{index}",
-                spool_dir=tmp_path / f"spool-{index}",
+            settings = replica_settings(
+                engine.http_base_url,
+                public_url,
+                pg_url,
+                tmp_path,
+                index,
+                TOKEN,
                 operator_token=OPERATOR,
                 outbound_from_number="+918000000001",
                 campaign_poll_s=0.05,

@@ -18,7 +18,6 @@ from fastapi import FastAPI
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
-from agent.config import Settings
 from agent.engine import RealtimeServer, RealtimeSimConfig
 from agent.storage import CallStore, Database, sweep_expired
 from agent.storage.call_state import AnswerContext, CallStates
@@ -26,7 +25,7 @@ from agent.testkit.carrier import CallerAudio, CarrierSim, SimCall, SimCallOptio
 from agent.testkit.local_server import serve_app
 from agent.web.app import create_app
 from agent.web.state import AppState
-from tests.harness import ROOT, VobizTransferApi
+from tests.harness import VobizTransferApi, replica_settings
 from tests.postgres import scratch_database
 
 TOKEN = "vobiz-token-for-the-replica-tests"
@@ -121,19 +120,15 @@ async def cluster(pg_url: str, tmp_path: Path, *, own_urls: bool = False) -> Asy
 
     def make_app(index: int) -> Any:
         def make(base_url: str) -> FastAPI:
-            settings = Settings(
-                openai_api_key="sk-test-not-a-real-key",
-                openai_base_url=engine.http_base_url,
-                public_url=public_url,
+            settings = replica_settings(
+                engine.http_base_url,
+                public_url,
+                pg_url,
+                tmp_path,
+                index,
+                TOKEN,
                 replica_public_url=base_url if own_urls else None,
-                prompts_dir=ROOT / "prompts",
-                stream_secret="one-secret-for-all-replicas",
-                vobiz_auth_token=TOKEN,
-                vobiz_auth_id="MA_TEST",
                 transfer_number="+15550002222",
-                database_url=pg_url,
-                recordings_dir=tmp_path / f"recordings-{index}",
-                spool_dir=tmp_path / f"spool-{index}",
             )
             app = create_app(settings, vobiz=api.client())
             apps.append(app)
