@@ -157,6 +157,10 @@ def agent_settings(engine_port: int, opts: ServerOptions) -> dict[str, str]:
         "AGENT_LOG_LEVEL": "WARNING",
         "AGENT_STREAM_CONTENT_TYPE": opts.content_type,
         "AGENT_PROMPTS_DIR": str(procs.ROOT / "prompts"),
+        # The workload's caller is shaped noise, which the adaptive policy rightly takes for noise, not speech:
+        # these tools measure the transport (hops, CPU, memory) with the VAD-driven modes; bench/interruptions.py
+        # measures the policies. --agent-env AGENT_INTERRUPTIONS=adaptive overrides.
+        "AGENT_INTERRUPTIONS": "early" if opts.early_barge_in else "immediate",
         "AGENT_EARLY_BARGE_IN": "true" if opts.early_barge_in else "false",
     }
     return settings | dict(opts.agent_env) | _gc_probe_env(opts)
