@@ -135,6 +135,7 @@ def create_app(
     app = FastAPI(title="Vobiz voice agent", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.agent = state
     app.include_router(webhooks.router)
+    app.add_middleware(webhooks.StreamStatusFastPath)  # the per-checkpoint callbacks skip the framework
     app.include_router(stream_route.router)
     app.include_router(health.router)
     app.include_router(console_router())
