@@ -923,3 +923,16 @@ def test_serve_migrates_a_schema_that_is_behind_in_a_child_process(tmp_path: Pat
     )
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
     assert done.stdout.split() == ["True", "False"]  # at the head, and Alembic never loaded in this process
+
+
+def test_a_recording_holds_at_most_a_few_seconds_in_memory_by_default() -> None:
+    """Every concurrent call records: a call's memory must not grow with its recording (moved to a file)."""
+    clock = FakeClock()
+    origin = clock.now
+    recorder = CallRecorder(8000, clock=clock, mulaw=True)
+    frame = bytes(range(1, 161))
+    for i in range(150):  # 3 s of caller audio
+        clock.now = origin + (i + 1) * 0.02
+        recorder.caller_mulaw(frame)
+    assert recorder.spilled
+    recorder.discard()
