@@ -145,12 +145,13 @@ def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
 
 
 _CHILD_URL_ENV = "VOICE_AGENT_MIGRATE_URL"
+_CHILD_CODE = "from agent.storage.database import child_migrate; child_migrate()"
 
 
 async def migrate_in_child(url: str | URL) -> bool:
-    """Bring a schema that is behind to the newest revision in a child process (`python -m
-    agent.storage.database`), so Alembic (~10 MB that would stay in memory for the life of the process) is never
-    loaded here; True when the schema is now at the head. A schema already there costs one query, no child. False
+    """Bring a schema that is behind to the newest revision in a child process (`child_migrate`), so Alembic
+    (~10 MB that would stay in memory for the life of the process) is never loaded here; True when the schema is
+    now at the head. A schema already there costs one query, no child. False
     for an in-memory SQLite (a child cannot see it) and when the child failed: the app's own `migrate()` then runs
     in-process and reports the error as it always did. The URL reaches the child in its environment, not argv."""
     database = Database(url)
@@ -165,19 +166,24 @@ async def migrate_in_child(url: str | URL) -> bool:
     finally:
         await database.aclose()
     env = {**os.environ, _CHILD_URL_ENV: database.url.render_as_string(hide_password=False)}
-    child = await asyncio.create_subprocess_exec(sys.executable, "-m", "agent.storage.database", env=env)
+    child = await asyncio.create_subprocess_exec(sys.executable, "-c", _CHILD_CODE, env=env)
     if await child.wait() != 0:
         log.warning("migrating in a child process failed (exit %s); migrating in-process", child.returncode)
         return False
     return True
 
 
-async def _migrate_here(url: str) -> None:
-    database = Database(url)
-    try:
-        await database.migrate()
-    finally:
-        await database.aclose()
+def child_migrate() -> None:
+    """The child of `migrate_in_child`: `Database.migrate()` on the URL handed over in the environment."""
+
+    async def run() -> None:
+        database = Database(os.environ[_CHILD_URL_ENV])
+        try:
+            await database.migrate()
+        finally:
+            await database.aclose()
+
+    asyncio.run(run())
 
 
 async def startup_problem(url: str, timeout_s: float = 10.0) -> str | None:
@@ -213,7 +219,3 @@ async def startup_problem(url: str, timeout_s: float = 10.0) -> str | None:
     finally:
         await engine.dispose()
     return None
-
-
-if __name__ == "__main__":  # the child of `migrate_in_child`
-    asyncio.run(_migrate_here(os.environ[_CHILD_URL_ENV]))
