@@ -89,7 +89,7 @@ def main() -> None:
 @click.option("--port", default=8080, show_default=True, type=int, help="Port to bind.")
 def serve(host: str, port: int) -> None:
     """Answer Vobiz calls. Without OPENAI_API_KEY the embedded offline engine answers instead."""
-    from agent.storage.database import startup_problem
+    from agent.storage.database import migrate_in_child, startup_problem
     from agent.web.app import create_app
 
     settings = _settings()
@@ -102,6 +102,7 @@ def serve(host: str, port: int) -> None:
     if problem is not None:
         click.echo(problem if problem.startswith("invalid setting") else f"cannot start: {problem}", err=True)
         sys.exit(2)
+    asyncio.run(migrate_in_child(settings.database_url))  # a schema behind: Alembic runs in a child process
     try:
         app = create_app(settings, embedded_engine=settings.openai_api_key is None and not settings.openai_base_url)
     except ConfigError as exc:

@@ -6,17 +6,22 @@ import json
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 from typing import Any
 
+import httpx
 import websockets
 from websockets.asyncio.server import ServerConnection
 
 from agent.config import Settings
+from agent.console import LazyConsole
 from agent.model.connection import ModelConnector
+from agent.web.app import create_app
 from tests.agent_process import clean_env
 
-NOT_IN_SERVE = ("openai", "alembic", "opentelemetry.sdk", "agent.observability.tracing")
-"""Loaded only when used: the SDK (strict event types, opt-in), migrations (schema behind), tracing (an endpoint)."""
+NOT_IN_SERVE = ("openai", "alembic", "opentelemetry.sdk", "agent.observability.tracing", "agent.console.routes")
+"""Loaded only when used: the SDK (strict event types, opt-in), migrations (schema behind), tracing (an endpoint),
+the console's pages (its first request)."""
 
 
 def test_serve_import_path_leaves_out_the_sdk_migrations_and_tracing() -> None:
@@ -66,3 +71,23 @@ async def test_model_socket_carries_the_sdk_url_and_bearer_key() -> None:
     assert seen["path"] == "/v1/realtime?model=gpt-realtime"
     assert seen["headers"]["Authorization"] == "Bearer sk-abc"
     assert "OpenAI-Beta" not in seen["headers"]  # GA only
+
+
+async def test_the_console_loads_on_its_first_request(tmp_path: Path) -> None:
+    token = "operator-token-for-the-lazy-console"
+    settings = Settings(
+        openai_api_key="sk-test-not-used",
+        operator_token=token,
+        insecure_webhooks=True,
+        database_url=f"sqlite+aiosqlite:///{tmp_path}/agent.db",
+    )
+    app = create_app(settings)
+    (console,) = [route for route in app.router.routes if isinstance(route, LazyConsole)]
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://agent") as http:
+        assert (await http.get("/healthz")).status_code == 200
+        assert not console.loaded
+        login = await http.get("/console/login")
+        assert login.status_code == 200 and "<form" in login.text
+        assert console.loaded
+        assert (await http.get("/console/no-such-page")).status_code in (401, 403, 404)
+        assert (await http.get("/consoleX")).status_code == 404

@@ -904,3 +904,35 @@ async def test_per_version_eval_and_experiment_queries(store: CallStore) -> None
     arms = await store.experiment_arms("x")
     assert arms["control"].stats.calls == 2 and sorted(arms["control"].latencies_ms) == [[300.0], [301.0]]
     assert arms["candidate"].stats.calls == 1 and arms["candidate"].latencies_ms == [[302.0]]
+
+
+def test_serve_migrates_a_schema_that_is_behind_in_a_child_process(tmp_path: Path) -> None:
+    """`serve` hands a first start's (or an upgrade's) migration to a child: the server never loads Alembic."""
+    url = f"sqlite+aiosqlite:///{tmp_path / 'calls.db'}"
+    script = (
+        "import asyncio, sys\n"
+        "from agent.storage.database import Database, head_revision, migrate_in_child\n"
+        "async def main():\n"
+        f"    assert await migrate_in_child({url!r})\n"
+        f"    db = Database({url!r})\n"
+        "    await db.migrate()\n"
+        "    print(await db.revision() == head_revision())\n"
+        "    await db.aclose()\n"
+        "asyncio.run(main())\n"
+        "print(any(m == 'alembic' or m.startswith('alembic.') for m in sys.modules))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    assert done.stdout.split() == ["True", "False"]  # at the head, and Alembic never loaded in this process
+
+
+def test_a_recording_holds_at_most_a_few_seconds_in_memory_by_default() -> None:
+    """Every concurrent call records: a call's memory must not grow with its recording (moved to a file)."""
+    clock = FakeClock()
+    origin = clock.now
+    recorder = CallRecorder(8000, clock=clock, mulaw=True)
+    frame = bytes(range(1, 161))
+    for i in range(150):  # 3 s of caller audio
+        clock.now = origin + (i + 1) * 0.02
+        recorder.caller_mulaw(frame)
+    assert recorder.spilled
+    recorder.discard()

@@ -16,16 +16,17 @@ session, whose input buffer starts from zero.
 from __future__ import annotations
 
 import bisect
-from collections import deque
+from array import array
 
 
 class ResponseLatency:
-    _KEEP_FRAMES = 3000  # a minute of 20 ms frames: a turn's end is always more recent than that
+    _KEEP_FRAMES = 3000  # a minute of 20 ms frames (a turn's end is always more recent than that), up to two kept
 
     def __init__(self, vad_silence_ms: float = 0.0) -> None:
         self._vad_silence_ms = vad_silence_ms
-        self._arrived_ms: deque[float] = deque(maxlen=self._KEEP_FRAMES)  # call-cumulative ms at each frame's end
-        self._arrived_at: deque[float] = deque(maxlen=self._KEEP_FRAMES)
+        # Plain doubles (8 bytes a frame, not a float object and a pointer: every concurrent call keeps these).
+        self._arrived_ms = array("d")  # call-cumulative ms at each frame's end
+        self._arrived_at = array("d")
         self._total_ms = 0.0
         self._session_base_ms = 0.0
         self._turn_end: float | None = None
@@ -36,6 +37,9 @@ class ResponseLatency:
         self._total_ms += ms
         self._arrived_ms.append(self._total_ms)
         self._arrived_at.append(at)
+        if len(self._arrived_ms) >= 2 * self._KEEP_FRAMES:
+            del self._arrived_ms[: self._KEEP_FRAMES]
+            del self._arrived_at[: self._KEEP_FRAMES]
 
     def new_session(self, queued_ms: float) -> None:
         """A fresh model session takes the caller's audio from here; `queued_ms` arrived but was not sent yet."""

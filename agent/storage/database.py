@@ -5,13 +5,18 @@ the async drivers this service ships with. Migrations run Alembic's `upgrade hea
 service's own engine (through `run_sync`), so no alembic.ini and no second driver are needed; on PostgreSQL they
 hold an advisory lock, so replicas starting together do not race to create the same tables. A schema already at
 the newest revision (every start but the first after an upgrade) is recognised without loading Alembic at all,
-which keeps ~10 MB of it out of every replica's memory (`agent.storage.migrator` has the Alembic side).
+which keeps ~10 MB of it out of every replica's memory (`agent.storage.migrator` has the Alembic side); `serve`
+runs a schema that is behind (a first start, an upgrade) through `migrate_in_child`, so even then the serving
+process never loads Alembic.
 """
 
 from __future__ import annotations
 
 import ast
+import asyncio
 import logging
+import os
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -137,6 +142,48 @@ def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
         cursor.execute("PRAGMA synchronous=NORMAL")
     finally:
         cursor.close()
+
+
+_CHILD_URL_ENV = "VOICE_AGENT_MIGRATE_URL"
+_CHILD_CODE = "from agent.storage.database import child_migrate; child_migrate()"
+
+
+async def migrate_in_child(url: str | URL) -> bool:
+    """Bring a schema that is behind to the newest revision in a child process (`child_migrate`), so Alembic
+    (~10 MB that would stay in memory for the life of the process) is never loaded here; True when the schema is
+    now at the head. A schema already there costs one query, no child. False
+    for an in-memory SQLite (a child cannot see it) and when the child failed: the app's own `migrate()` then runs
+    in-process and reports the error as it always did. The URL reaches the child in its environment, not argv."""
+    database = Database(url)
+    if _is_memory(database.url):
+        await database.aclose()
+        return False
+    try:
+        if await database.revision() == head_revision():
+            return True
+    except Exception:  # unreachable database and friends: the app's migrate() reports them
+        return False
+    finally:
+        await database.aclose()
+    env = {**os.environ, _CHILD_URL_ENV: database.url.render_as_string(hide_password=False)}
+    child = await asyncio.create_subprocess_exec(sys.executable, "-c", _CHILD_CODE, env=env)
+    if await child.wait() != 0:
+        log.warning("migrating in a child process failed (exit %s); migrating in-process", child.returncode)
+        return False
+    return True
+
+
+def child_migrate() -> None:
+    """The child of `migrate_in_child`: `Database.migrate()` on the URL handed over in the environment."""
+
+    async def run() -> None:
+        database = Database(os.environ[_CHILD_URL_ENV])
+        try:
+            await database.migrate()
+        finally:
+            await database.aclose()
+
+    asyncio.run(run())
 
 
 async def startup_problem(url: str, timeout_s: float = 10.0) -> str | None:

@@ -7,7 +7,8 @@ from that moment on: it was cleared from the carrier's queue and never heard. To
 stay in a short in-memory window (`commit_after_s`, well beyond the playout lead) before they are committed.
 
 Committed audio goes to a per-channel buffer that moves from memory to an anonymous temporary file once it
-grows past a limit (256 KB a call by default: 16 s of μ-law), so a call costs a small, bounded amount of memory.
+grows past a limit (32 KB a call by default: each channel's first 2 s of μ-law, 1 s of 8 kHz PCM), so a call
+costs a small, bounded amount of memory (a buffered file's 8 KB a channel from then on).
 A μ-law call is recorded as the μ-law bytes that crossed the wire (`mulaw=True`): feeding is a bytes append, with
 no decoding on the event loop; `write` decodes and interleaves the channels into a 16-bit WAV in a worker thread.
 """
@@ -42,6 +43,9 @@ Clock = Callable[[], float]
 _SUFFIXES = (".wav", ".wav.part")
 _BLOCK = 1 << 16  # samples per channel per write/pad block
 _background_writes: set[asyncio.Task[Path | None]] = set()
+# What a call's recording may hold in memory before it moves to a temporary file: calls last minutes, so most
+# spill anyway; a low limit keeps each concurrent call's memory small (was 256 KB: ~0.25 MB a call mid-call).
+DEFAULT_MEMORY_BYTES = 32 << 10
 
 
 class _Channel:
@@ -140,7 +144,7 @@ class CallRecorder:
         *,
         origin: float | None = None,
         clock: Clock = time.monotonic,
-        max_memory_bytes: int = 256 << 10,
+        max_memory_bytes: int = DEFAULT_MEMORY_BYTES,
         commit_after_s: float = 2.0,
         caller_jitter_s: float = 0.25,
         mulaw: bool = False,

@@ -17,7 +17,7 @@ from agent.calls.registry import CallRegistry
 from agent.campaigns.routes import outbound_router
 from agent.carrier.rest import VobizClient
 from agent.config import Settings
-from agent.console.routes import console_router
+from agent.console import LazyConsole
 from agent.model.connection import ModelConnector
 from agent.observability.health import ModelReachability
 from agent.observability.metrics import Metrics
@@ -135,9 +135,10 @@ def create_app(
     app = FastAPI(title="Vobiz voice agent", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.agent = state
     app.include_router(webhooks.router)
+    app.add_middleware(webhooks.StreamStatusFastPath)  # the per-checkpoint callbacks skip the framework
     app.include_router(stream_route.router)
     app.include_router(health.router)
-    app.include_router(console_router())
+    app.router.routes.append(LazyConsole())  # the console's pages load on its first request
     app.include_router(outbound_router())  # POST /calls, /campaigns, outbound callbacks, the campaign dialler
     if settings.fault_injection:
         from agent.testkit import faults

@@ -10,13 +10,16 @@ AGENT_WEBHOOK_ALLOW_IPS optionally limits the source addresses as well.
 from __future__ import annotations
 
 import ipaddress
+import json
 import logging
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Mapping
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import parse_qsl, quote
 
 from fastapi import APIRouter, HTTPException, Request, Response
 from fastapi.routing import APIRoute
+from starlette.datastructures import Headers
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from agent.audio.formats import MediaFormat
 from agent.calls.outcome import EndAction
@@ -73,10 +76,7 @@ class _WebhookRoute(APIRoute):
             response = await handler(request)
             nonces: list[str] | None = getattr(request.state, "webhook_nonces", None)
             if nonces and 200 <= response.status_code < 300:
-                try:
-                    await within(NONCE_DEADLINE_S, _nonce_store(request).answered(nonces))
-                except Exception as exc:  # the reply stands; the nonce just stays retryable for a while
-                    log.error("could not mark webhook nonces answered: %r", exc)
+                await _mark_answered(request.app, nonces)
             return response
 
         return handle
@@ -97,17 +97,10 @@ def _xml(body: str) -> Response:
 async def _params(request: Request, route: str) -> dict[str, str]:
     """Verified webhook fields: form body for POST, query string for GET (plus query on POST)."""
     state = _state(request)
-    settings = state.settings
-    _check_source(request, state, route)
-    if settings.webhook_auth_enabled:
-        # Vobiz signs the URL it called; rebuild it from PUBLIC_URL so a TLS proxy in front does not matter.
-        url = settings.public_url + request.url.path
-        check = verify_signature(request.headers, url, settings.webhook_tokens, settings.main_webhook_tokens)
-        if not check.ok:
-            state.metrics.webhooks.labels(route, "bad_signature").inc()
-            log.warning("refused %s webhook from %s: signature %s", route, request.client, check.reason)
-            raise HTTPException(status_code=403, detail="invalid Vobiz signature")
-        await _check_nonces(request, state, route)
+    client = request.client.host if request.client is not None else ""
+    nonces = await _authenticate(request.app, state, route, request.url.path, request.headers, client)
+    if nonces:
+        request.state.webhook_nonces = nonces
     params = dict(request.query_params)
     if request.method == "POST":
         try:
@@ -120,13 +113,30 @@ async def _params(request: Request, route: str) -> dict[str, str]:
     return params
 
 
-def _check_source(request: Request, state: AppState, route: str) -> None:
+async def _authenticate(
+    app: Any, state: AppState, route: str, path: str, headers: Mapping[str, str], client: str
+) -> list[str]:
+    """Source address, signature, replay: raises HTTPException (403) when refused. Returns the signature nonces
+    claimed, to be marked answered once the request was answered 2xx (none when signatures are off)."""
+    settings = state.settings
+    _check_source(client, state, route)
+    if not settings.webhook_auth_enabled:
+        return []
+    # Vobiz signs the URL it called; rebuild it from PUBLIC_URL so a TLS proxy in front does not matter.
+    check = verify_signature(headers, settings.public_url + path, settings.webhook_tokens, settings.main_webhook_tokens)
+    if not check.ok:
+        state.metrics.webhooks.labels(route, "bad_signature").inc()
+        log.warning("refused %s webhook from %s: signature %s", route, client, check.reason)
+        raise HTTPException(status_code=403, detail="invalid Vobiz signature")
+    return await _check_nonces(app, headers, state, route, client)
+
+
+def _check_source(host: str, state: AppState, route: str) -> None:
     """AGENT_WEBHOOK_ALLOW_IPS: the client address (as uvicorn resolved it from trusted proxy headers) must be in
     one of the networks; an empty list allows any address."""
     networks = state.settings.webhook_networks
     if not networks:
         return
-    host = request.client.host if request.client is not None else ""
     try:
         address = ipaddress.ip_address(host)
     except ValueError:
@@ -137,35 +147,42 @@ def _check_source(request: Request, state: AppState, route: str) -> None:
         raise HTTPException(status_code=403, detail="source address not allowed")
 
 
-def _nonce_store(request: Request) -> NonceStore:
+def _nonce_store(app: Any) -> NonceStore:
     """One store per app, on the app's own database (created on first use)."""
-    store: NonceStore | None = getattr(request.app.state, "webhook_nonces", None)
+    store: NonceStore | None = getattr(app.state, "webhook_nonces", None)
     if store is None:
-        settings = _state(request).settings
-        retention_s = settings.webhook_nonce_retention_days * 86400.0
-        store = NonceStore(_state(request).store.db, retention_s=retention_s)
-        request.app.state.webhook_nonces = store
+        state: AppState = app.state.agent
+        retention_s = state.settings.webhook_nonce_retention_days * 86400.0
+        store = NonceStore(state.store.db, retention_s=retention_s)
+        app.state.webhook_nonces = store
     return store
 
 
-async def _check_nonces(request: Request, state: AppState, route: str) -> None:
+async def _check_nonces(app: Any, headers: Mapping[str, str], state: AppState, route: str, client: str) -> list[str]:
     """Refuse a signed request whose nonce was answered before (a replay). A database failure lets the request
     through with an error logged: the signature was valid, and calls must not stop when the database does."""
-    nonces = [request.headers.get(name, "").strip() for name in (HEADER_V3_NONCE, HEADER_V2_NONCE)]
+    nonces = [headers.get(name, "").strip() for name in (HEADER_V3_NONCE, HEADER_V2_NONCE)]
     nonces = [n for n in nonces if n]
     try:
-        verdict = await within(NONCE_DEADLINE_S, _nonce_store(request).claim(nonces))
+        verdict = await within(NONCE_DEADLINE_S, _nonce_store(app).claim(nonces))
     except Exception as exc:
         state.metrics.webhooks.labels(route, "nonce_unchecked").inc()
         log.error("%s webhook accepted without a replay check (nonce store failed: %r)", route, exc)
-        return
+        return []
     if verdict is NonceVerdict.REPLAY:
         state.metrics.webhooks.labels(route, "replay").inc()
-        log.warning("refused %s webhook from %s: replayed signature nonce", route, request.client)
+        log.warning("refused %s webhook from %s: replayed signature nonce", route, client)
         raise HTTPException(status_code=403, detail="replayed Vobiz signature")
     if verdict is NonceVerdict.RETRY:
         log.info("%s webhook: a retry of a request not answered before, accepted", route)
-    request.state.webhook_nonces = nonces
+    return nonces
+
+
+async def _mark_answered(app: Any, nonces: list[str]) -> None:
+    try:
+        await within(NONCE_DEADLINE_S, _nonce_store(app).answered(nonces))
+    except Exception as exc:  # the reply stands; the nonce just stays retryable for a while
+        log.error("could not mark webhook nonces answered: %r", exc)
 
 
 def _call_id(params: dict[str, str]) -> str:
@@ -261,13 +278,98 @@ async def hangup(request: Request) -> Response:
     return _xml(xml.empty())
 
 
+STREAM_STATUS_PATH = "/vobiz/stream-status"
+# Stream status callbacks that repeat what the stream socket already said (a checkpoint played, a clear done):
+# the record keeps which one and its checkpoint name, not the dozen echoed fields of each.
+_SOCKET_ACKS = frozenset({"PlayedStream", "ClearedAudio"})
+_ACK_FIELDS = ("Event", "Name", "Error")
+
+
 @router.api_route("/stream-status", methods=["GET", "POST"])
 async def stream_status(request: Request) -> Response:
+    """The framework route: `StreamStatusFastPath` answers the usual urlencoded callbacks before they get here;
+    this one takes the rest (multipart bodies)."""
     state = _state(request)
     params = await _params(request, "stream_status")
-    call_id = _call_id(params)
-    _log_event(state, call_id, "stream_status", params)
+    _stream_status_event(state, _call_id(params), params)
     return _xml(xml.empty())
+
+
+def _stream_status_event(state: AppState, call_id: str, params: dict[str, str]) -> None:
+    if params.get("Event") in _SOCKET_ACKS:
+        params = {k: params[k] for k in _ACK_FIELDS if params.get(k)}
+    _log_event(state, call_id, "stream_status", params)
+
+
+class StreamStatusFastPath:
+    """`/vobiz/stream-status` without the framework: Vobiz posts one per checkpoint played and per clear, for
+    every call, and the full FastAPI request cycle (routing, dependency solving, a Request, form parsing through
+    python-multipart) cost more than everything else the callback needs. Same checks in the same order (source
+    address, signature, replayed nonce), same answers (the empty XML, or the framework's `{"detail": …}` JSON
+    errors), same metrics; nonces are marked answered before the 200 leaves, as `_WebhookRoute` does. Anything
+    that is not a GET or an urlencoded (or bodiless) POST is left to the framework route."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] != STREAM_STATUS_PATH or scope["method"] not in ("GET", "POST"):
+            await self.app(scope, receive, send)
+            return
+        headers = Headers(scope=scope)
+        post = scope["method"] == "POST"
+        form = post and headers.get("content-type", "").split(";", 1)[0].strip().lower() == _URLENCODED
+        if post and not form and "multipart/" in headers.get("content-type", "").lower():
+            await self.app(scope, receive, send)
+            return
+        app = scope["app"]
+        state: AppState = app.state.agent
+        client = scope.get("client")
+        host = client[0] if client else ""
+        try:
+            nonces = await _authenticate(app, state, "stream_status", scope["path"], headers, host)
+            params = dict(parse_qsl(scope["query_string"].decode("latin-1"), keep_blank_values=True))
+            if form:
+                try:
+                    body = await _read_body(receive)
+                    fields = parse_qsl(body.decode("latin-1"), keep_blank_values=True, max_num_fields=_MAX_FIELDS)
+                except ValueError as exc:
+                    state.metrics.webhooks.labels("stream_status", "bad_body").inc()
+                    raise HTTPException(status_code=400, detail=f"unreadable form body: {exc}") from None
+                params |= dict(fields)
+            state.metrics.webhooks.labels("stream_status", "ok").inc()
+            call_id = _call_id(params)
+        except HTTPException as exc:
+            body = json.dumps({"detail": exc.detail}, ensure_ascii=False, separators=(",", ":")).encode()
+            await _reply(send, exc.status_code, body, b"application/json")
+            return
+        _stream_status_event(state, call_id, params)
+        if nonces:
+            await _mark_answered(app, nonces)
+        await _reply(send, 200, _EMPTY_XML, _XML_TYPE)
+
+
+_URLENCODED = "application/x-www-form-urlencoded"
+_MAX_FIELDS = 1000  # as the framework's form parser
+_EMPTY_XML = xml.empty().encode()
+_XML_TYPE = xml.XML_MEDIA_TYPE.encode()
+
+
+async def _read_body(receive: Receive) -> bytes:
+    chunks = []
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ValueError("client disconnected")
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+
+
+async def _reply(send: Send, status: int, body: bytes, content_type: bytes) -> None:
+    headers = [(b"content-length", str(len(body)).encode()), (b"content-type", content_type)]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
 
 
 @router.api_route("/after-stream", methods=["GET", "POST"])
