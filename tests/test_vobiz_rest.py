@@ -9,22 +9,23 @@ from typing import Any
 import httpx
 import pytest
 
-from agent.carrier.rest import (
-    DEFAULT_BASE_URL,
-    MakeCallResponse,
-    StartStreamResponse,
-    StreamList,
-    StreamObject,
-    TransferResponse,
+from agent.carrier.rest import DEFAULT_BASE_URL, VobizClient
+from agent.carrier.rest_errors import (
     VobizApiError,
     VobizAuthError,
-    VobizClient,
     VobizNotFound,
     VobizPaymentRequired,
     VobizRateLimited,
     VobizServerError,
     VobizTransportError,
     VobizUnexpectedResponse,
+)
+from agent.protocol.vobiz.rest_models import (
+    MakeCallResponse,
+    StartStreamResponse,
+    StreamList,
+    StreamObject,
+    TransferResponse,
 )
 
 AUTH_ID = "MA_TEST123"

@@ -29,7 +29,7 @@ from agent.calls.model_session import ModelSession
 from agent.calls.outcome import CallOver, EndAction, Ending, Outcome, raise_over
 from agent.calls.timers import watch_duration, watch_idle, wrap_up
 from agent.calls.tools import ToolCall, run_tool
-from agent.carrier.rest import VobizApiError
+from agent.carrier.rest_errors import VobizApiError
 from agent.config import Settings
 from agent.model.connection import ModelSocket
 from agent.prompts.loader import Prompt

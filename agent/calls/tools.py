@@ -17,7 +17,7 @@ import httpx
 
 from agent.calls.control import CallControl
 from agent.calls.outcome import EndAction, Outcome
-from agent.carrier.rest import VobizApiError
+from agent.carrier.rest_errors import VobizApiError
 from agent.prompts.schema import HttpTool
 from agent.protocol.realtime import client_commands
 from agent.records.record import ToolUse

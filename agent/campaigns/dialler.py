@@ -21,10 +21,10 @@ from urllib.parse import urlencode
 
 from agent.campaigns.store import CampaignStore, Claim, new_id
 from agent.campaigns.windows import normalise_number
-from agent.carrier.rest import (
+from agent.carrier.rest import VobizClient
+from agent.carrier.rest_errors import (
     VobizApiError,
     VobizAuthError,
-    VobizClient,
     VobizPaymentRequired,
     VobizRateLimited,
     VobizServerError,

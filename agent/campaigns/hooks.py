@@ -15,7 +15,7 @@ from collections import OrderedDict
 from agent.calls.voicemail import ANSWERED_BY_TAG
 from agent.campaigns.outcomes import machine_verdict
 from agent.campaigns.store import CampaignStore
-from agent.carrier.rest import VobizApiError
+from agent.carrier.rest_errors import VobizApiError
 from agent.prompts.loader import Prompt, PromptError
 from agent.prompts.schema import AnsweringMachine
 from agent.protocol.vobiz import xml

@@ -19,7 +19,26 @@ from typing import Any, Final, Literal, Self, TypeVar
 from urllib.parse import quote, urlsplit
 
 import httpx
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import ValidationError
+
+from agent.carrier.rest_errors import (
+    VobizApiError,
+    VobizAuthError,
+    VobizNotFound,
+    VobizPaymentRequired,
+    VobizRateLimited,
+    VobizServerError,
+    VobizTransportError,
+    VobizUnexpectedResponse,
+)
+from agent.protocol.vobiz.rest_models import (
+    MakeCallResponse,
+    StartStreamResponse,
+    StreamList,
+    StreamObject,
+    TransferResponse,
+    VobizModel,
+)
 
 log = logging.getLogger(__name__)
 
@@ -43,138 +62,7 @@ def _user_agent() -> str:
 USER_AGENT: Final = _user_agent()
 
 
-# --------------------------------------------------------------------------------------------- errors
-
-
-class VobizApiError(Exception):
-    """A Vobiz API call failed; ``status`` is the HTTP status (0 when no response arrived)."""
-
-    def __init__(self, status: int, message: str, *, method: str, path: str) -> None:
-        self.status = status
-        self.message = message
-        self.method = method
-        self.path = path
-        super().__init__(self._describe())
-
-    def _describe(self) -> str:
-        return f"Vobiz API {self.status} on {self.method} {self.path}: {self.message}"
-
-
-class VobizAuthError(VobizApiError):
-    """401/403: bad credentials, or a path with the wrong casing (Vobiz answers those with 401 too)."""
-
-
-class VobizPaymentRequired(VobizApiError):
-    """402: the account balance cannot cover the call."""
-
-
-class VobizNotFound(VobizApiError):
-    """404 where it is not treated as "already done" (e.g. fetching an unknown stream)."""
-
-
-class VobizRateLimited(VobizApiError):
-    """429: CPS or concurrency limit hit; ``retry_after`` seconds come from the Retry-After header if sent."""
-
-    def __init__(self, status: int, message: str, *, method: str, path: str, retry_after: float | None = None) -> None:
-        self.retry_after = retry_after
-        super().__init__(status, message, method=method, path=path)
-
-
-class VobizServerError(VobizApiError):
-    """5xx: the outcome is unknown, the request may or may not have taken effect.
-
-    Do not blindly retry a make_call on this: check the call state first or a second call may be placed.
-    """
-
-
-class VobizUnexpectedResponse(VobizApiError):
-    """A 2xx whose body is not what the docs describe; the request most likely took effect."""
-
-
-class VobizTransportError(VobizApiError):
-    """No HTTP response (connect failure, timeout, broken connection); status is 0.
-
-    As with 5xx the outcome is unknown when the failure happened after the request was sent.
-    """
-
-    def __init__(self, message: str, *, method: str, path: str) -> None:
-        super().__init__(0, message, method=method, path=path)
-
-    def _describe(self) -> str:
-        return f"Vobiz API unreachable (status 0) on {self.method} {self.path}: {self.message}"
-
-
-# --------------------------------------------------------------------------------------------- models
-
-
-class _VobizModel(BaseModel):
-    # Vobiz adds fields over time and its doc revisions disagree; unknown fields are kept, not rejected.
-    model_config = ConfigDict(extra="allow")
-
-
-class MakeCallResponse(_VobizModel):
-    """``POST /Call/`` reply; ``request_uuid`` is the call UUID (a list for bulk ``a<b`` dials)."""
-
-    api_id: str | None = None
-    request_uuid: str | list[str]
-    message: str = ""
-
-    @property
-    def request_uuids(self) -> list[str]:
-        """Always a list, so bulk and single dials read the same way."""
-        return [self.request_uuid] if isinstance(self.request_uuid, str) else list(self.request_uuid)
-
-
-class TransferResponse(_VobizModel):
-    """Transfer reply (``{"api_id", "message": "call transferred", "call_uuid"}``)."""
-
-    api_id: str | None = None
-    message: str = ""
-    call_uuid: str | None = None
-
-
-class StartStreamResponse(_VobizModel):
-    """Start-stream reply (``{"stream_id", "message": "Stream started"}``)."""
-
-    api_id: str | None = None
-    stream_id: str
-    message: str = ""
-
-
-class StreamObject(_VobizModel):
-    """One audio stream as Vobiz reports it; ``status`` is ``in-progress``, ``completed`` or ``failed``.
-
-    Everything but ``stream_id`` is optional because the doc revisions disagree on the shape.
-    """
-
-    api_id: str | None = None
-    call_uuid: str | None = None
-    stream_id: str
-    service_url: str | None = None
-    audio_track: str | None = None
-    bidirectional: bool | None = None
-    content_type: str | None = None
-    sampling_rate: int | None = None
-    stream_timeout: int | None = None
-    status_callback_url: str | None = None
-    status_callback_method: str | None = None
-    status: str | None = None
-    start_time: str | None = None
-    end_time: str | None = None
-    resource_uri: str | None = None
-
-
-class StreamList(_VobizModel):
-    """A page of streams for one call; includes streams that have already stopped."""
-
-    api_id: str | None = None
-    page: int | None = None
-    per_page: int | None = None
-    total: int | None = None
-    objects: list[StreamObject] = Field(default_factory=list)
-
-
-_M = TypeVar("_M", bound=_VobizModel)
+_M = TypeVar("_M", bound=VobizModel)
 
 
 # --------------------------------------------------------------------------------------------- helpers
