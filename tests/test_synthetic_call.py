@@ -100,8 +100,10 @@ async def test_call_command_barges_in_gets_answers_and_records_a_true_timeline(t
     assert [round(c["end_ms"] - c["start_ms"], -1) for c in caller] == [700, 600]
     assert caller[0]["start_ms"] == pytest.approx(greeting["start_ms"] + 500, abs=45)
     assert caller[1]["start_ms"] > first["end_ms"]  # the caller waited for the answer
-    # Latencies: the engine's VAD waits 500 ms of silence; clearAudio follows speech within a few frames.
-    assert len(m["response_ms"]) == 2 and all(450 <= r <= 1500 for r in m["response_ms"])
+    # Latencies: the engine's VAD waits 500 ms of silence, 200 ms while the bot is paused on the caller (the first
+    # tone talks over the greeting); clearAudio follows speech within a few frames.
+    after_barge_in, normal = m["response_ms"]
+    assert 150 <= after_barge_in <= 1500 and 450 <= normal <= 1500
     assert len(m["barge_in_ms"]) == 1 and 0 < m["barge_in_ms"][0] < 300
     assert 0 < m["answer_ms"] < 1000 and 0 < m["greeting_ms"] < 1000
     assert m["queue_max_ms"] <= 200 + 100 + 20 and m["playout_gaps_ms"] == []  # the lead plus one playAudio

@@ -140,25 +140,34 @@ async def run_call(
             return PlacedCall(call_uuid, None, ("stream_failed", detail), timed.answer_ms(call_uuid, None))
         if on_connected is not None:
             on_connected(call)
-        verdict: Verdict | None = None
-        try:
-            async with asyncio.timeout(max_duration_s):
-                await drive(call)
-                await call.wait_ended(timeout=15)
-        except TimeoutError:
-            verdict = ("timeout", f"call still running after {max_duration_s:g} s")
-        except SimulationError as exc:
-            verdict = ("simulator_error", str(exc))
-        if not call.ended.is_set():
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(15):
-                    await call.hangup()
-        if verdict is None and check is not None:
-            verdict = check(call)
+        verdict = await drive_to_the_end(call, drive, max_duration_s, check)
         sent_at = next((w.t for w in call.webhooks if w.event == "StartApp"), None)
         return PlacedCall(call_uuid, call, verdict, timed.answer_ms(call_uuid, sent_at))
     finally:
         await carrier.aclose()
+
+
+async def drive_to_the_end(
+    call: SimCall, drive: Driver, max_duration_s: float, check: Callable[[SimCall], Verdict | None] | None = None
+) -> Verdict | None:
+    """Run a connected call's caller for at most ``max_duration_s``, hang up if it is still on, then judge it:
+    the one way every runner (placed inbound calls, answered outbound ones) ends a simulated call."""
+    verdict: Verdict | None = None
+    try:
+        async with asyncio.timeout(max_duration_s):
+            await drive(call)
+            await call.wait_ended(timeout=15)
+    except TimeoutError:
+        verdict = ("timeout", f"call still running after {max_duration_s:g} s")
+    except SimulationError as exc:
+        verdict = ("simulator_error", str(exc))
+    if not call.ended.is_set():
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(15):
+                await call.hangup()
+    if verdict is None and check is not None:
+        verdict = check(call)
+    return verdict
 
 
 async def place_and_measure(

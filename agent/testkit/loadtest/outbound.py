@@ -13,7 +13,6 @@ minute achieved against the configured rate.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import random
 import time
 from collections import Counter
@@ -23,12 +22,12 @@ import httpx
 from pydantic import Field
 
 from agent.testkit.analysis.call import CallMetrics, analyze_call, failed_call
-from agent.testkit.carrier import SimCall, SimulationError
+from agent.testkit.carrier import SimCall
 from agent.testkit.loadtest.agent_stats import AgentMonitor
 from agent.testkit.loadtest.results import LoadTestResults, RunInfo
 from agent.testkit.loadtest.run import Progress, RunConfig
 from agent.testkit.outbound import ANSWERS, Callee, OutboundSim
-from agent.testkit.runner import TimedCarrier
+from agent.testkit.runner import TimedCarrier, drive_to_the_end
 from agent.testkit.scenarios import SCENARIOS, CallerVoice
 
 __all__ = ["OutboundConfig", "OutboundError", "parse_mix", "run_outbound_load_test"]
@@ -115,28 +114,14 @@ class _Callees:
             self.progress.started()
             if plan.on_connected is not None:
                 plan.on_connected(call)
-            verdict = None
             limit = self.cfg.max_call_s or plan.max_duration_s
-            try:
-                async with asyncio.timeout(limit):
-                    await plan.drive(call)
-                    await call.wait_ended(timeout=15)
-            except TimeoutError:
-                verdict = ("timeout", f"call still running after {limit:g} s")
-            except SimulationError as exc:
-                verdict = ("simulator_error", str(exc))
-            if not call.ended.is_set():
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(15):
-                        await call.hangup()
-            if verdict is None and plan.check is not None:
-                verdict = plan.check(call)
+            verdict = await drive_to_the_end(call, plan.drive, limit, plan.check)
             sent_at = next((w.t for w in call.webhooks if w.event == "StartApp"), None)
             metrics = analyze_call(
                 call,
                 answer_ms=self.timed.answer_ms(call.call_uuid, sent_at),
                 scenario=self.cfg.scenario,
-                failure=verdict,  # type: ignore[arg-type]
+                failure=verdict,
             )
             metrics.index, metrics.started_at = i, started
             self.calls.append(metrics)
