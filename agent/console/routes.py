@@ -38,7 +38,7 @@ from agent.prompts.loader import PromptError, check_name
 from agent.stats import (
     MIN_CALLS_PER_ARM,
 )
-from agent.storage.calls import plain_json
+from agent.storage.cleaning import plain_json
 
 PAGE_SIZE = 25
 RUN_TAG = "eval_run"

@@ -21,7 +21,7 @@ from agent.stats import (
     proportion_interval,
 )
 from agent.storage import CallStats, CallSummary, Percentiles, PromptVersionInfo
-from agent.storage.calls import ArmData, EvalRunResult
+from agent.storage.call_results import ArmData, EvalRunResult
 
 # --- live calls ------------------------------------------------------------------------------------------------
 

@@ -6,11 +6,10 @@ assembled in memory or a spill file and written to disk in a worker thread. Rete
 and call records.
 """
 
-from agent.storage.calls import (
+from agent.storage.call_results import (
     CallDetail,
     CallPage,
     CallStats,
-    CallStore,
     CallSummary,
     Percentiles,
     PromptVersionInfo,
@@ -18,6 +17,7 @@ from agent.storage.calls import (
     Summary,
     SummaryBucket,
 )
+from agent.storage.calls import CallStore
 from agent.storage.database import Database
 from agent.storage.recordings import (
     CallRecorder,

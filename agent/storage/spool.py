@@ -27,7 +27,7 @@ from typing import Any
 
 from agent.prompts.loader import Prompt
 from agent.records import record as rec
-from agent.storage.calls import plain_json, redact_headers
+from agent.storage.cleaning import plain_json, redact_headers
 
 FORMAT = 1
 _NAME = re.compile(r"^(\d{1,30})_([A-Za-z0-9.-]+-[0-9a-f]{16})\.json$")

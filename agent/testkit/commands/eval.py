@@ -24,7 +24,7 @@ from fastapi import FastAPI
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from agent.stats import RESPONSE_LATENCY
-from agent.storage.calls import EVAL_VERDICT
+from agent.storage.call_evals import EVAL_VERDICT
 from agent.testkit.analysis.call import CallMetrics, apply_agent_record, end_reason_text
 from agent.testkit.carrier import Segment
 from agent.testkit.judge import LineSpec, RubricVerdict, grade_rubric, judge_turns, turns_of
