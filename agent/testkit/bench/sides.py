@@ -22,8 +22,8 @@ import httpx
 
 from agent.testkit import procs
 from agent.testkit.analysis import health, hops
-from agent.testkit.bench.wire import MULAW_8K
-from agent.testkit.bench.workload import CallResult, LoopLag, WorkloadConfig, run_calls
+from agent.testkit.bench.wire import MULAW_8K, LoopLag
+from agent.testkit.bench.workload import CallResult, WorkloadConfig, run_calls
 
 WARMUP_S = 1.5  # after the last call started, before the CPU window opens
 MIN_WINDOW_S = 2.0

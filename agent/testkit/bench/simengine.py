@@ -24,7 +24,6 @@ import json
 import resource
 import signal
 import sys
-import time
 from collections import Counter
 from http import HTTPStatus
 from typing import Any
@@ -45,7 +44,7 @@ from agent.engine import (
     sine_tone,
 )
 from agent.testkit.bench.tool import run_async
-from agent.testkit.bench.wire import LAG_SPIKE_MS, MULAW_FRAME_BYTES, PREFIX_CHARS, frame_key
+from agent.testkit.bench.wire import MULAW_FRAME_BYTES, PREFIX_CHARS, LoopLag, frame_key
 from agent.waiting import within
 
 
@@ -159,8 +158,7 @@ class BenchEngine(RealtimeServer):
         self._reply_noise = reply_noise
         self._open: list[SimSession] = []
         self._summaries: list[dict[str, Any]] = []
-        self.loop_lag_ms: list[float] = []
-        self.loop_lag_spikes: list[tuple[float, float]] = []  # (woke at, lag ms) beyond LAG_SPIKE_MS
+        self.loop_lag = LoopLag()  # how late this engine's loop wakes up: a busy engine stamps events late
         self.on_session = self._register
         self.on_session_closed = self._retire
         self.http_handler = self._bench_request
@@ -192,8 +190,9 @@ class BenchEngine(RealtimeServer):
         if path == "/bench/drain":
             summaries, self._summaries = self._summaries, []
             live = [summarize(s) | {"open_at_drain": True} for s in list(self._open)]
-            lag = sorted(self.loop_lag_ms)
-            spikes, self.loop_lag_ms, self.loop_lag_spikes = self.loop_lag_spikes, [], []
+            lag, spikes = sorted(self.loop_lag.samples_ms), list(self.loop_lag.spikes)
+            self.loop_lag.samples_ms.clear()
+            self.loop_lag.spikes.clear()
             body = {
                 "sessions": summaries + live,
                 "still_open": len(live),
@@ -204,18 +203,6 @@ class BenchEngine(RealtimeServer):
             }
             return connection.respond(HTTPStatus.OK, json.dumps(body, separators=(",", ":")))
         return None
-
-
-async def _watch_loop_lag(engine: BenchEngine, period: float = 0.01) -> None:
-    """How late the engine's event loop wakes up: a busy engine stamps events late, inflating every hop."""
-    while True:
-        t = time.monotonic()
-        await asyncio.sleep(period)
-        now = time.monotonic()
-        lag = (now - t - period) * 1000
-        engine.loop_lag_ms.append(lag)
-        if lag > LAG_SPIKE_MS:
-            engine.loop_lag_spikes.append((now, lag))
 
 
 async def _main(args: argparse.Namespace) -> None:
@@ -233,7 +220,7 @@ async def _main(args: argparse.Namespace) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await engine.start()
-    lag = asyncio.create_task(_watch_loop_lag(engine))
+    lag = asyncio.create_task(engine.loop_lag.watch())
     try:
         await stop.wait()
     finally:

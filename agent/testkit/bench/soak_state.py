@@ -19,8 +19,8 @@ import psutil
 
 from agent.testkit import procs
 from agent.testkit.analysis import health, hops
-from agent.testkit.bench.wire import MULAW_8K
-from agent.testkit.bench.workload import CallResult, LoopLag
+from agent.testkit.bench.wire import MULAW_8K, LoopLag
+from agent.testkit.bench.workload import CallResult
 
 SAMPLE_S = 2.0
 CHUNK_S = 30.0

@@ -1,11 +1,11 @@
-"""Constants and tiny helpers shared by the bench driver, the engine process and the baseline relay.
-
-The bench runs as plain scripts (`python bench/calls.py`), so sibling modules are imported by their bare names.
-"""
+"""Constants and tiny helpers shared by the bench driver, the engine process and the baseline relay."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import time
+from dataclasses import dataclass, field
 from typing import Final
 
 MULAW_8K: Final = "audio/x-mulaw;rate=8000"
@@ -48,3 +48,21 @@ def content_rate(content_type: str) -> int:
         if key.strip().lower() == "rate" and value.strip().isdigit():
             return int(value.strip())
     return 8000
+
+
+@dataclass
+class LoopLag:
+    """How late an event loop wakes up (the bench's or the engine's): when it lags, the timestamps it takes do too."""
+
+    samples_ms: list[float] = field(default_factory=list)
+    spikes: list[tuple[float, float]] = field(default_factory=list)  # (woke at, lag ms) beyond LAG_SPIKE_MS
+
+    async def watch(self, period: float = 0.01) -> None:
+        while True:
+            t = time.monotonic()
+            await asyncio.sleep(period)
+            now = time.monotonic()
+            lag = (now - t - period) * 1000
+            self.samples_ms.append(lag)
+            if lag > LAG_SPIKE_MS:
+                self.spikes.append((now, lag))

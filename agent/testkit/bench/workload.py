@@ -16,17 +16,17 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 
 import numpy as np
 
 from agent.testkit.analysis.hops import CallResult, summarize_call
-from agent.testkit.bench.wire import LAG_SPIKE_MS, PREFIX_CHARS, content_rate
+from agent.testkit.bench.wire import PREFIX_CHARS, content_rate
 from agent.testkit.carrier import SimCall, SimCallOptions
 from agent.testkit.runner import TimedCarrier, run_back_to_back, run_call, run_ramp
 from agent.testkit.scenarios import QUIET_CHUNK_MS, STAGGER_S, NoiseCaller, WorkloadConfig
 
-__all__ = ["STAGGER_S", "CallResult", "LoopLag", "WorkloadConfig", "one_call", "run_back_to_back_calls", "run_calls"]
+__all__ = ["STAGGER_S", "CallResult", "WorkloadConfig", "one_call", "run_back_to_back_calls", "run_calls"]
 
 
 def tap_play_audio(call: SimCall) -> list[tuple[float, str]]:
@@ -88,24 +88,6 @@ async def one_call(timed: TimedCarrier, index: int, cfg: WorkloadConfig) -> Call
     elif call.end_reason != "caller_hangup":
         result.error = f"call ended early: {call.end_reason} (close code {call.close_code})"
     return result
-
-
-@dataclass
-class LoopLag:
-    """How late the bench's own event loop wakes up; when it lags, the carrier's timestamps do too."""
-
-    samples_ms: list[float] = field(default_factory=list)
-    spikes: list[tuple[float, float]] = field(default_factory=list)  # (woke at, lag ms) beyond LAG_SPIKE_MS
-
-    async def watch(self, period: float = 0.01) -> None:
-        while True:
-            t = time.monotonic()
-            await asyncio.sleep(period)
-            now = time.monotonic()
-            lag = (now - t - period) * 1000
-            self.samples_ms.append(lag)
-            if lag > LAG_SPIKE_MS:
-                self.spikes.append((now, lag))
 
 
 async def run_calls(
