@@ -265,3 +265,19 @@ async def test_a_new_session_drops_the_old_sessions_late_audio_and_cuts_the_unsp
     rig.machine.new_session()
     assert rig.machine.audio("item_a", "resp_1", 20) is Audio.DROP
     assert not rig.machine.wants_words("item_a")
+
+
+async def test_silencing_the_bot_ends_a_pause_that_held_the_line() -> None:
+    """A voicemail engaged mid-pause (asynchronous machine detection): the bot goes for good and the line is free
+    again for the message, not left held by a pause nobody will decide."""
+    rig = Rig(mode="adaptive")
+    await rig.speak("item_a", "resp_1", 2000)
+    rig.later(500)
+    await rig.machine.on_speech_started("item_caller", 500)
+    assert rig.line() is Line.HELD and rig.machine.adaptive is not None and rig.machine.adaptive.pause is not None
+    await rig.machine.silence()
+    assert rig.line() is Line.PLAYING and not rig.playout.held
+    assert rig.machine.adaptive.pause is None
+    assert [c["response_id"] for c in rig.model.of("response.cancel")] == ["resp_1"]
+    [truncate] = rig.model.of("conversation.item.truncate")
+    assert 490 <= truncate["audio_end_ms"] <= 500

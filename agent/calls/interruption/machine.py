@@ -185,19 +185,12 @@ class Interruption:
         ctx.metrics.clear_latency.observe(clear_ms / 1000)
         ctx.metrics.barge_ins.inc()
         self.barge_ins += 1
-        heard = ctx.playout.clear()
-        active = ctx.responses.active_id
-        heard = await self._drop_unheard(heard, unwanted=active)
+        heard = await self._drop_answer(ctx.playout.clear())
         self._record_barge_in(heard, clear_ms, reason=reason, paused_ms=paused_ms, transcript=transcript)
-        if active:
-            await ctx.link.send(client_commands.response_cancel(active))
 
     async def cancel_unheard_answer(self) -> None:
         """The caller talks while the bot is silent: an answer being prepared (none of it heard) is dropped."""
-        active = self._ctx.responses.active_id
-        await self._drop_unheard({}, unwanted=active)
-        if active:
-            await self._ctx.link.send(client_commands.response_cancel(active))
+        await self._drop_answer({})
 
     def _hold(self) -> _EarlyClear:
         self._early = _EarlyClear()
@@ -255,12 +248,9 @@ class Interruption:
         heard = playout.clear() if audible else {}  # after an early clear: nothing has played since
         if audible and ctx.recorder is not None:
             ctx.recorder.cut()  # queued bot audio that was never heard stays out of the recording
-        active = ctx.responses.active_id
-        heard = await self._drop_unheard(heard, unwanted=active)
+        heard = await self._drop_answer(heard, cancel=not self._server_cancels)
         if audible:
             self._record_barge_in(heard, clear_ms)
-        if active and not self._server_cancels:
-            await ctx.link.send(client_commands.response_cancel(active))
 
     def _record_barge_in(
         self,
@@ -302,14 +292,12 @@ class Interruption:
         let the model forget what the callee did not hear."""
         ctx = self._ctx
         audible = ctx.playout.is_audible() or ctx.playout.held
-        self._unhold()
+        self._leave_hold()
+        self._line = Line.PLAYING
         heard = ctx.playout.clear()
         if audible:
             await self._clear_line()
-        active = ctx.responses.active_id
-        await self._drop_unheard(heard, unwanted=active)
-        if active:
-            await ctx.link.send(client_commands.response_cancel(active))
+        await self._drop_answer(heard)
 
     # --- the carrier stream drops and comes back (PLAYING/HELD → LOST → PLAYING) ---------------------------
 
@@ -317,9 +305,7 @@ class Interruption:
         """Whatever the carrier had queued is gone: the model is told only what was heard. True when the caller
         lost part of an answer (it should pick up where it stopped)."""
         heard = self._ctx.playout.clear()
-        self._unhold()
-        if self.adaptive is not None:
-            self.adaptive.abandon()
+        self._leave_hold()
         self._line = Line.LOST
         cut = await self._drop_unheard(heard, unwanted=None)
         return any(ms < self.received_ms(item_id) - 1 for item_id, ms in cut.items())
@@ -328,6 +314,21 @@ class Interruption:
         self._line = Line.PLAYING
 
     # --- what was not heard -----------------------------------------------------------------------------------
+
+    def _leave_hold(self) -> None:
+        """Whatever held the line ends without a decision: an early clear waiting for the VAD, an adaptive pause."""
+        self._unhold()
+        if self.adaptive is not None:
+            self.adaptive.abandon()
+
+    async def _drop_answer(self, heard: dict[str, float], *, cancel: bool = True) -> dict[str, float]:
+        """The active answer goes for good: what the caller did not hear is dropped and forgotten (see
+        `_drop_unheard`), and the response is cancelled unless the server does it itself."""
+        active = self._ctx.responses.active_id
+        heard = await self._drop_unheard(heard, unwanted=active)
+        if active and cancel:
+            await self._ctx.link.send(client_commands.response_cancel(active))
+        return heard
 
     async def _drop_unheard(self, heard: dict[str, float], *, unwanted: str | None) -> dict[str, float]:
         """The line was cleared: no audio of the active response plays any more, and the model forgets what the
