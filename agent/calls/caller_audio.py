@@ -10,14 +10,13 @@ import time
 from collections import deque
 from collections.abc import Callable
 
-from websockets.exceptions import ConnectionClosed, WebSocketException
-
 from agent.audio.codecs import Int16Array
 from agent.audio.speech_onset import SpeechOnset
 from agent.audio.transcode import CallerAudioConverter
 from agent.calls.context import CallContext, pcm16
 from agent.calls.interruption import Interruption, Spawn
 from agent.carrier.inbound_rate import InboundRateLimiter
+from agent.model.connection import MODEL_ERRORS
 from agent.protocol.realtime import client_commands
 
 _ECHO_TAIL_S = 0.4  # after the bot stops, its echo may still be on the way back
@@ -76,16 +75,18 @@ class CallerAudio:
         except ValueError as exc:
             self._drop("bad_audio", str(exc))
             return
-        if self.divert is not None:
-            self.divert(pcm16(ctx.format, payload, self._converter.big_endian))
-        else:
-            self._enqueue(audio)
         recorder = ctx.recorder
         if recorder is not None and recorder.mulaw:
             recorder.caller_mulaw(payload)  # as it came: decoded when the file is written, off the event loop
             recorder = None
-        if recorder is not None or self._onset is not None:
-            pcm = pcm16(ctx.format, payload, self._converter.big_endian)
+        pcm = None
+        if self.divert is not None or recorder is not None or self._onset is not None:
+            pcm = pcm16(ctx.format, payload, self._converter.big_endian)  # once, for all who need samples
+        if self.divert is not None and pcm is not None:
+            self.divert(pcm)
+        else:
+            self._enqueue(audio)
+        if pcm is not None:
             if recorder is not None:
                 recorder.caller(pcm, ctx.format.rate)
             if self._onset is not None:
@@ -141,7 +142,7 @@ class CallerAudio:
             try:
                 await model.send_text(client_commands.append_audio_json(audio))
                 self._ctx.turns.sent(audio)
-            except (ConnectionClosed, WebSocketException, OSError):
+            except MODEL_ERRORS:
                 # The model reader notices the drop and reconnects; keep this audio for the new session.
                 self._queue.appendleft(audio)
                 self.queued_ms += len(audio) / self._bytes_per_ms

@@ -12,19 +12,17 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from websockets.exceptions import ConnectionClosed, WebSocketException
-
 from agent.audio.formats import MediaFormat
 from agent.calls.caller_audio import CallerAudio
 from agent.calls.context import CallContext
 from agent.calls.interruption import Interruption
-from agent.model.connection import ModelConnector, ModelSocket, discard
+from agent.model.connection import MODEL_ERRORS, ModelConnector, ModelSocket, discard
 from agent.prompts.loader import Prompt
 from agent.protocol.realtime import client_commands, server_events, session_config
 from agent.records.record import Turn
 from agent.waiting import wait_event
 
-_FAILURES = (ConnectionClosed, WebSocketException, OSError, TimeoutError)
+_FAILURES: tuple[type[BaseException], ...] = (*MODEL_ERRORS, TimeoutError)
 
 
 async def open_session(
@@ -126,7 +124,7 @@ class ModelSession:
                 if ctx.ending.closing:
                     return
                 ctx.log.warning("model closed the session")
-            except (ConnectionClosed, WebSocketException, OSError) as exc:
+            except MODEL_ERRORS as exc:
                 if link.socket is not model:
                     continue
                 if ctx.ending.closing:
@@ -181,7 +179,7 @@ class ModelSession:
         in_flight = self._in_flight()
         try:
             history = await self._seed(fresh)
-        except (ConnectionClosed, WebSocketException, OSError) as exc:
+        except MODEL_ERRORS as exc:
             ctx.log.warning("could not seed the new session: %r", exc)
             ctx.link.ready.set()
             await fresh.close()

@@ -39,16 +39,6 @@ class CampaignReads:
         async with self.db.engine.connect() as conn:
             return list((await conn.scalars(select(campaigns.c.id).where(campaigns.c.state == "running"))).all())
 
-    async def next_due(self, campaign_id: str) -> float | None:
-        """When the campaign's earliest pending number is due (for the dialler's sleep), or None."""
-        async with self.db.engine.connect() as conn:
-            value = await conn.scalar(
-                select(func.min(campaign_numbers.c.next_attempt_at)).where(
-                    campaign_numbers.c.campaign_id == campaign_id, campaign_numbers.c.state == "pending"
-                )
-            )
-        return float(value) if value is not None else None
-
     async def dnc_list(self) -> list[dict[str, Any]]:
         async with self.db.engine.connect() as conn:
             rows = (await conn.execute(select(do_not_call).order_by(do_not_call.c.number))).all()

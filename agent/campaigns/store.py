@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from typing import TypeVar
 
 from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
@@ -61,8 +60,6 @@ __all__ = [
     "retry_delay",
 ]
 
-_T = TypeVar("_T")
-_LOCKED_RETRIES = 6
 _SCAN_FACTOR = 4  # due rows looked at per slot: some may be outside their window or on the do-not-call list
 
 

@@ -11,7 +11,7 @@ from fastapi import APIRouter, Depends, Form, HTTPException, Request, UploadFile
 from fastapi.responses import RedirectResponse, Response
 
 from agent.campaigns.results import number_results
-from agent.campaigns.routes import CampaignRequest, create_campaign, dialler_of, export_response, store_of
+from agent.campaigns.routes import CampaignRequest, create_campaign, export_response, store_of, wake_dialler
 from agent.campaigns.store import OUTCOMES, CampaignError
 from agent.console import auth
 from agent.console.auth import app_state
@@ -64,9 +64,7 @@ def campaign_pages(throttle: auth.LoginThrottle) -> APIRouter:
             campaign_id = await create_campaign(app_state(request), body)
         except (CampaignError, PromptError, UnicodeDecodeError, ValueError) as exc:
             return await _list(request, error=str(exc), status_code=400)
-        dialler = dialler_of(request)
-        if dialler is not None:
-            dialler.wake()
+        wake_dialler(request)
         return RedirectResponse(f"/console/campaigns/{campaign_id}", status_code=303)
 
     @pages.get("/{ref}")
@@ -104,14 +102,11 @@ def campaign_pages(throttle: auth.LoginThrottle) -> APIRouter:
             raise HTTPException(status_code=404)
         store = store_of(request)
         try:
-            campaign = await store.find(ref)
-            await store.set_state(campaign["id"], action)
+            await store.set_state(ref, action)
         except CampaignError:
             pass  # a double click or a race with another operator: the page shows the state as it is
         else:
-            dialler = dialler_of(request)
-            if dialler is not None:
-                dialler.wake()
+            wake_dialler(request)
         return RedirectResponse(f"/console/campaigns/{ref}", status_code=303)
 
     @pages.get("/{ref}/export.csv")

@@ -46,26 +46,6 @@ STAGGER_S = 0.5
 REACTION_S = 5.0  # after an event, the caller waits this long for the bot to say something before moving on
 
 
-class ModeUnavailable(RuntimeError):
-    """The agent in this worktree does not have that interruption mode."""
-
-
-def agent_has_interruptions_setting() -> bool:
-    """Whether the agent reads AGENT_INTERRUPTIONS (issue 16's policy); before it, only AGENT_EARLY_BARGE_IN."""
-    from agent.config import Settings
-
-    return "interruptions" in Settings.model_fields
-
-
-def mode_env(mode: Mode) -> dict[str, str]:
-    """The agent's settings for a mode; today's agent maps immediate/early onto AGENT_EARLY_BARGE_IN."""
-    if agent_has_interruptions_setting():
-        return {"AGENT_INTERRUPTIONS": mode}
-    if mode == "adaptive":
-        raise ModeUnavailable("this agent has no AGENT_INTERRUPTIONS setting (adaptive mode not merged yet)")
-    return {"AGENT_EARLY_BARGE_IN": "true" if mode == "early" else "false"}
-
-
 # ----------------------------------------------------------------------------------------------------------
 # The line: noise and echo on the caller's frames
 # ----------------------------------------------------------------------------------------------------------
@@ -302,7 +282,7 @@ class Stack:
 @contextlib.asynccontextmanager
 async def running_stack(mode: Mode, opts: EngineOptions, stem: Path, manifest: Path) -> AsyncIterator[Stack]:
     """A fresh engine and the server under test (the bare relay, or the agent in ``mode``); always stopped."""
-    env_extra = {} if mode == "relay" else mode_env(mode)
+    env_extra = {} if mode == "relay" else {"AGENT_INTERRUPTIONS": mode}
     engine_port = procs.free_port()
     engine_args = ["-m", "agent.testkit.interruptions.engine", "--port", str(engine_port), "--manifest", str(manifest)]
     engine_args += ["--vad-ms", str(opts.vad_ms), "--vad-threshold-rms", str(opts.vad_threshold_rms)]

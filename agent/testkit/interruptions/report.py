@@ -14,7 +14,7 @@ from typing import Any
 from agent.testkit import procs
 from agent.testkit.bench.tool import cancel_on_signals, machine_info
 from agent.testkit.interruptions.analysis import analyse
-from agent.testkit.interruptions.caller import MODES, EngineOptions, Mode, ModeUnavailable, run_mode
+from agent.testkit.interruptions.caller import MODES, EngineOptions, Mode, run_mode
 from agent.testkit.interruptions.sounds import Event, Kind, plan_events, save_manifest
 
 GOALS: dict[str, tuple[str, Callable[[float], bool]]] = {
@@ -70,16 +70,10 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "started_at": dt.datetime.now().isoformat(timespec="seconds"),
         "out": str(out),
         "sides": {},
-        "skipped": {},
     }
     for mode in args.modes:
         print(f"[interruptions] {mode}: {len(events)} events in {len(per_call)} calls ...", file=sys.stderr, flush=True)
-        try:
-            side = await run_side(mode, opts, stem, manifest, per_call, args.seed)
-        except ModeUnavailable as exc:
-            report["skipped"][mode] = str(exc)
-            print(f"[interruptions] {mode}: skipped: {exc}", file=sys.stderr, flush=True)
-            continue
+        side = await run_side(mode, opts, stem, manifest, per_call, args.seed)
         report["sides"][mode] = side
         print(f"[interruptions] {mode}: done in {side['wall_s']:.0f} s", file=sys.stderr, flush=True)
     return report
@@ -156,8 +150,6 @@ def render(report: dict[str, Any]) -> str:
     row("  answer audio lost on a cut, ms total", [_fmt(f["lost_on_cut_ms_total"]) for f in false])
     row("side wall time, s", [_fmt(sides[n]["wall_s"]) for n in names])
     lines.append("(x: misses the goal; '/n': events of that kind that landed)")
-    for mode, why in report.get("skipped", {}).items():
-        lines.append(f"{mode}: not run: {why}")
     for n in names:
         side, fig = sides[n], sides[n]["figures"]
         extra = [f"did not land: {x}" for x in fig["not_landed"]]
