@@ -25,8 +25,10 @@ class InboundDrops:
     def __init__(self, ctx: CallContext) -> None:
         self._ctx = ctx
         self._counts: dict[str, int] = {}
+        self.total = 0
 
     def __call__(self, reason: str, detail: str) -> None:
+        self.total += 1
         self._ctx.metrics.inbound_dropped.labels(reason).inc()
         count = self._counts[reason] = self._counts.get(reason, 0) + 1
         if count & (count - 1) == 0 or count % 1000 == 0:
@@ -69,8 +71,14 @@ class CarrierStream:
 
     async def read(self, caller: CallerAudio, interruption: Interruption) -> None:
         ending = self._ctx.ending
+        dropped = self._drop.total
         while True:
             assert self.ws is not None
+            if self._drop.total != dropped:
+                # Frames already buffered are read without the loop ever getting back control: a flood of bad
+                # ones on this call must not hold up the other calls' playout, so each drop yields once.
+                await asyncio.sleep(0)
+            dropped = self._drop.total
             try:
                 text = await receive_text(self.ws)
             except CarrierClosed as closed:
