@@ -25,7 +25,7 @@ from agent.calls.carrier_stream import CarrierStream, InboundDrops
 from agent.calls.context import CallDeps, Log, new_context
 from agent.calls.interruption import Interruption
 from agent.calls.model_events import ModelEvents
-from agent.calls.model_session import ModelSession
+from agent.calls.model_session import ModelSession, transfer_number
 from agent.calls.outcome import CallOver, EndAction, Ending, Outcome, raise_over
 from agent.calls.timers import watch_duration, watch_idle, wrap_up
 from agent.calls.tools import ToolCall, run_tool
@@ -67,7 +67,7 @@ class Call:
         self.done = asyncio.Event()
         self.started_monotonic = time.monotonic()
         self.ended_monotonic: float | None = None
-        self.transfer_number = prompt.meta.transfer_number or deps.settings.transfer_number
+        self.transfer_number = transfer_number(prompt, deps.settings)
         self.ctx = ctx = new_context(
             self.call_id, prompt, self.format, deps, record, self.log, self.ending, start.streamId, self._send
         )
@@ -81,7 +81,6 @@ class Call:
             ctx,
             self.caller,
             self.interruption,
-            can_transfer=bool(self.transfer_number),
             quiet=self.quiet,
             unavailable=self._unavailable,
             pending=model,

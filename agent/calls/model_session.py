@@ -16,6 +16,7 @@ from agent.audio.formats import MediaFormat
 from agent.calls.caller_audio import CallerAudio
 from agent.calls.context import CallContext
 from agent.calls.interruption import Interruption
+from agent.config import Settings
 from agent.model.connection import MODEL_ERRORS, ModelConnector, ModelSocket, discard
 from agent.prompts.loader import Prompt
 from agent.protocol.realtime import client_commands, server_events, session_config
@@ -25,20 +26,25 @@ from agent.waiting import wait_event
 _FAILURES: tuple[type[BaseException], ...] = (*MODEL_ERRORS, TimeoutError)
 
 
+def transfer_number(prompt: Prompt, settings: Settings) -> str | None:
+    """Where a call on this prompt is transferred: the prompt's own number, else the service's (None: nowhere, and
+    the model is not offered the transfer tool)."""
+    return prompt.meta.transfer_number or settings.transfer_number
+
+
 async def open_session(
-    connector: ModelConnector,
-    prompt: Prompt,
-    fmt: MediaFormat,
-    *,
-    can_transfer: bool,
-    greet: bool,
-    agent_turns: bool = False,
+    connector: ModelConnector, prompt: Prompt, fmt: MediaFormat, settings: Settings, *, greet: bool
 ) -> ModelSocket:
     """Connect and configure a session; with `greet`, also ask for the greeting (a pre-warm, before the call).
-    `agent_turns`: the agent, not the server, cancels and creates responses (the adaptive interruption policy)."""
+    With the adaptive interruption policy the agent, not the server, cancels and creates responses."""
     model = await connector.connect(prompt.meta.model)
     try:
-        update = session_config.session_update(prompt, fmt, can_transfer=can_transfer, agent_turns=agent_turns)
+        update = session_config.session_update(
+            prompt,
+            fmt,
+            can_transfer=bool(transfer_number(prompt, settings)),
+            agent_turns=settings.interruption_mode == "adaptive",
+        )
         await model.send(update)
         if greet:
             await model.send(session_config.greeting_response(prompt))
@@ -64,7 +70,6 @@ class ModelSession:
         caller: CallerAudio,
         interruption: Interruption,
         *,
-        can_transfer: bool,
         quiet: Callable[[], bool],
         unavailable: Callable[[], Awaitable[None]],
         pending: asyncio.Future[ModelSocket] | None = None,
@@ -74,7 +79,6 @@ class ModelSession:
         self._greet = greet
         self._caller = caller
         self._interruption = interruption
-        self._can_transfer = can_transfer
         self._quiet = quiet
         self._unavailable = unavailable  # ends the call: no session could be had
         self._pending = pending
@@ -83,14 +87,7 @@ class ModelSession:
 
     async def _open(self) -> ModelSocket:
         ctx = self._ctx
-        return await open_session(
-            ctx.deps.connector,
-            ctx.prompt,
-            ctx.format,
-            can_transfer=self._can_transfer,
-            greet=False,
-            agent_turns=ctx.settings.interruption_mode == "adaptive",
-        )
+        return await open_session(ctx.deps.connector, ctx.prompt, ctx.format, ctx.settings, greet=False)
 
     async def run(self, on_event: OnEvent) -> None:
         """Hold one model session for the call, reconnecting with history when the socket drops."""

@@ -103,11 +103,7 @@ class CallRegistry:
             self._remember(record)
             return
         self._remember(record)
-        can_transfer = bool(prompt.meta.transfer_number or self.deps.settings.transfer_number)
-        agent_turns = self.deps.settings.interruption_mode == "adaptive"
-        opening = open_session(
-            self.deps.connector, prompt, fmt, can_transfer=can_transfer, greet=True, agent_turns=agent_turns
-        )
+        opening = open_session(self.deps.connector, prompt, fmt, self.deps.settings, greet=True)
         task = asyncio.create_task(opening, name=f"prewarm-{call_id}")
         timer = asyncio.get_running_loop().call_later(self.deps.settings.prewarm_timeout_s, self._expire, call_id)
         self._prewarms[call_id] = _Prewarm(task, timer, prompt, record, fmt)
