@@ -19,9 +19,18 @@ from agent.model.connection import ModelConnector
 from agent.web.app import create_app
 from tests.agent_process import clean_env
 
-NOT_IN_SERVE = ("openai", "alembic", "opentelemetry.sdk", "agent.observability.tracing", "agent.console.routes")
+NOT_IN_SERVE = (
+    "openai",
+    "alembic",
+    "opentelemetry.sdk",
+    "agent.observability.tracing",
+    "agent.console.routes",
+    "sqlalchemy.orm",
+    "sqlalchemy.dialects.postgresql",
+)
 """Loaded only when used: the SDK (strict event types, opt-in), migrations (schema behind), tracing (an endpoint),
-the console's pages (its first request)."""
+the console's pages (its first request); never: the ORM (Core statements only, ~6 MB), and on SQLite (the default
+database) the PostgreSQL dialect (~2 MB)."""
 
 
 def test_serve_import_path_leaves_out_the_sdk_migrations_and_tracing() -> None:
@@ -48,6 +57,27 @@ def test_serve_import_path_leaves_out_the_sdk_migrations_and_tracing() -> None:
     loaded = json.loads(done.stdout.splitlines()[-1])
     leaked = [m for m in loaded if any(m == name or m.startswith(name + ".") for name in NOT_IN_SERVE)]
     assert leaked == []
+
+
+def test_the_async_engine_comes_without_the_orm_and_the_full_package_still_loads() -> None:
+    """`agent.storage.aio` holds back `sqlalchemy.ext.asyncio`'s `__init__` (which imports the ORM session); asked
+    for anything else, the package completes itself, with the very same engine classes."""
+    code = textwrap.dedent(
+        """
+        import json, sys
+        from agent.storage.aio import AsyncEngine, create_async_engine
+        engine = create_async_engine("sqlite+aiosqlite://")
+        before = sorted(m for m in sys.modules if m.startswith("sqlalchemy.orm"))
+        from sqlalchemy.ext.asyncio import AsyncEngine as Full, AsyncSession, async_sessionmaker
+        import sqlalchemy.ext.asyncio as package
+        sessions = async_sessionmaker(engine)
+        print(json.dumps([before, Full is AsyncEngine, isinstance(engine, Full), sessions.class_ is AsyncSession,
+                          package.create_async_engine is create_async_engine, "sqlalchemy.orm" in sys.modules]))
+        """
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout.splitlines()[-1]) == [[], True, True, True, True, True]
 
 
 async def test_model_socket_carries_the_sdk_url_and_bearer_key() -> None:
