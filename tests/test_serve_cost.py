@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import ssl
 import subprocess
 import sys
 import textwrap
@@ -10,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 import websockets
 from websockets.asyncio.server import ServerConnection
 
@@ -17,6 +20,7 @@ from agent.config import Settings
 from agent.console import LazyConsole
 from agent.model.connection import ModelConnector
 from agent.web.app import create_app
+from agent.web.tool_client import DeferredTransport, tool_client
 from tests.agent_process import clean_env
 
 NOT_IN_SERVE = (
@@ -121,3 +125,42 @@ async def test_the_console_loads_on_its_first_request(tmp_path: Path) -> None:
         assert console.loaded
         assert (await http.get("/console/no-such-page")).status_code in (401, 403, 404)
         assert (await http.get("/consoleX")).status_code == 404
+
+
+async def test_the_http_tool_client_sets_up_tls_and_pooling_on_its_first_request(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A plain client builds its TLS context (certifi's CA bundle, ~3 MB) when made; the tools' client when first
+    used, then behaves as a plain one: its headers sent, redirects not followed, the answer streamed."""
+    contexts: list[ssl.SSLContext] = []
+    real = ssl.create_default_context
+
+    def counted(*args: Any, **kwargs: Any) -> ssl.SSLContext:
+        contexts.append(real(*args, **kwargs))
+        return contexts[-1]
+
+    monkeypatch.setattr(ssl, "create_default_context", counted)
+    seen: list[bytes] = []
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        seen.append(await reader.readuntil(b"\r\n\r\n"))
+        writer.write(b"HTTP/1.1 302 Found\r\nLocation: /elsewhere\r\nContent-Length: 5\r\n\r\nmoved")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(answer, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    async with server:
+        client = tool_client({"User-Agent": "vobiz-voice-agent"})
+        transport = client._transport  # what tool_client put there
+        assert isinstance(transport, DeferredTransport)
+        assert contexts == [] and not transport.started
+        async with client.stream("GET", f"http://127.0.0.1:{port}/orders", headers={"X-Call-Id": "c1"}) as reply:
+            body = await reply.aread()
+        assert (reply.status_code, body) == (302, b"moved")  # not followed
+        assert len(contexts) == 1 and transport.started
+        head = seen[0].decode().lower()
+        assert head.startswith("get /orders ") and "user-agent: vobiz-voice-agent" in head and "x-call-id: c1" in head
+        await client.aclose()
+    with pytest.raises(RuntimeError, match="closed"):
+        await transport.handle_async_request(httpx.Request("GET", f"http://127.0.0.1:{port}/"))

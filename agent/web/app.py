@@ -8,7 +8,6 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING
 
-import httpx
 from fastapi import FastAPI
 
 from agent.calls.context import CallDeps
@@ -26,6 +25,7 @@ from agent.storage import CallStore, Database, RecordWriter, start_retention_swe
 from agent.storage.call_state import CallStates
 from agent.web import health, stream_route, webhooks
 from agent.web.state import AppState
+from agent.web.tool_client import tool_client
 
 if TYPE_CHECKING:
     from agent.observability.tracing import CallTracer
@@ -68,7 +68,7 @@ def create_app(
         vobiz = VobizClient(
             settings.vobiz_auth_id, settings.vobiz_auth_token.get_secret_value(), settings.vobiz_api_url
         )
-    http = httpx.AsyncClient(follow_redirects=False, headers={"User-Agent": "vobiz-voice-agent"})
+    http = tool_client({"User-Agent": "vobiz-voice-agent"})  # the prompts' HTTP tools; set up on first use
     database = Database(settings.database_url)
     call_store = CallStore(database)
     writer = RecordWriter(
