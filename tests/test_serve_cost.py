@@ -31,17 +31,20 @@ NOT_IN_SERVE = (
     "agent.console.routes",
     "sqlalchemy.orm",
     "sqlalchemy.dialects.postgresql",
+    "rich",
+    "pygments",
 )
 """Loaded only when used: the SDK (strict event types, opt-in), migrations (schema behind), tracing (an endpoint),
-the console's pages (its first request); never: the ORM (Core statements only, ~6 MB), and on SQLite (the default
-database) the PostgreSQL dialect (~2 MB)."""
+the console's pages (its first request); never: the ORM (Core statements only, ~6 MB), on SQLite (the default
+database) the PostgreSQL dialect (~2 MB), and httpx's command-line client (rich, pygments), which a dev
+environment would otherwise load."""
 
 
 def test_serve_import_path_leaves_out_the_sdk_migrations_and_tracing() -> None:
     code = textwrap.dedent(
         """
         import json, sys
-        import agent.web.app, agent.cli
+        import agent.cli, agent.web.app  # in serve's order: `voice-agent serve` starts in agent.cli
         from agent.config import load_settings
 
         settings = load_settings()
