@@ -20,6 +20,7 @@ from agent.config import Settings
 from agent.console import LazyConsole
 from agent.model.connection import ModelConnector
 from agent.web.app import create_app
+from agent.web.lazy_routes import LazyRoutes
 from agent.web.tool_client import DeferredTransport, tool_client
 from tests.agent_process import clean_env
 
@@ -29,13 +30,16 @@ NOT_IN_SERVE = (
     "opentelemetry.sdk",
     "agent.observability.tracing",
     "agent.console.routes",
+    "agent.campaigns.api",
+    "pydantic.v1",
     "sqlalchemy.orm",
     "sqlalchemy.dialects.postgresql",
     "rich",
     "pygments",
 )
 """Loaded only when used: the SDK (strict event types, opt-in), migrations (schema behind), tracing (an endpoint),
-the console's pages (its first request); never: the ORM (Core statements only, ~6 MB), on SQLite (the default
+the console's pages and the operator API (their first request; with them, FastAPI's check for pydantic.v1 request
+models); never: the ORM (Core statements only, ~6 MB), on SQLite (the default
 database) the PostgreSQL dialect (~2 MB), and httpx's command-line client (rich, pygments), which a dev
 environment would otherwise load."""
 
@@ -108,6 +112,31 @@ async def test_model_socket_carries_the_sdk_url_and_bearer_key() -> None:
     assert seen["path"] == "/v1/realtime?model=gpt-realtime"
     assert seen["headers"]["Authorization"] == "Bearer sk-abc"
     assert "OpenAI-Beta" not in seen["headers"]  # GA only
+
+
+async def test_the_operator_api_loads_on_its_first_request(tmp_path: Path) -> None:
+    token = "operator-token-for-the-lazy-operator-api"
+    settings = Settings(
+        openai_api_key="sk-test-not-used",
+        operator_token=token,
+        insecure_webhooks=True,
+        database_url=f"sqlite+aiosqlite:///{tmp_path}/agent.db",
+    )
+    app = create_app(settings)
+    (api,) = [r for r in app.router.routes if isinstance(r, LazyRoutes) and "/campaigns" in r.prefixes]
+    client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://agent")
+    async with app.router.lifespan_context(app), client as http:
+        assert (await http.get("/healthz")).json() == {"status": "ok"}
+        assert (await http.get("/campaignsX")).status_code == 404
+        assert not api.loaded
+        assert (await http.get("/campaigns")).status_code == 303  # still guarded: to the login form
+        assert api.loaded
+        bearer = {"Authorization": f"Bearer {token}"}
+        assert (await http.get("/campaigns", headers=bearer)).json() == []
+        added = await http.post("/dnc", json={"number": "+15550001111"}, headers=bearer)
+        assert added.status_code == 200 and added.json() == {"added": 1}
+        bad = await http.post("/calls", json={"to": "1"}, headers=bearer)
+        assert bad.status_code == 422  # the request model validates as before
 
 
 async def test_the_console_loads_on_its_first_request(tmp_path: Path) -> None:

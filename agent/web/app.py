@@ -13,7 +13,7 @@ from fastapi import FastAPI
 from agent.calls.context import CallDeps
 from agent.calls.outcome import Outcome
 from agent.calls.registry import CallRegistry
-from agent.campaigns.routes import outbound_router
+from agent.campaigns.routes import operator_api, outbound_router
 from agent.carrier.rest import VobizClient
 from agent.config import Settings
 from agent.console import LazyConsole
@@ -139,7 +139,8 @@ def create_app(
     app.include_router(stream_route.router)
     app.include_router(health.router)
     app.router.routes.append(LazyConsole())  # the console's pages load on its first request
-    app.include_router(outbound_router())  # POST /calls, /campaigns, outbound callbacks, the campaign dialler
+    app.include_router(outbound_router())  # outbound callbacks, the campaign dialler
+    app.router.routes.append(operator_api())  # POST /calls, /campaigns, /dnc: loaded on their first request
     if settings.fault_injection:
         from agent.testkit import faults
 
