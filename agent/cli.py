@@ -1,11 +1,18 @@
 """`voice-agent`: the command line for running the service."""
 
+# ruff: noqa: E402 - one statement must run before the imports (see below)
 from __future__ import annotations
+
+import sys
+
+# httpx imports its own command-line client (click, rich, pygments: ~4 MB) whenever rich and pygments happen to be
+# installed (a dev environment; not the production image, where the import fails and httpx carries on without it).
+# Nothing here uses that client, so it is never imported: every environment then runs `serve` as production does.
+sys.modules.setdefault("httpx._main", None)  # type: ignore[arg-type]
 
 import asyncio
 import contextlib
 import importlib
-import sys
 from pathlib import Path
 from typing import Final
 

@@ -30,7 +30,7 @@ from agent.audio.codecs import mulaw_to_pcm16
 from agent.config import Settings
 from agent.prompts.loader import Prompt, load_prompt, parse_prompt
 from agent.records.record import BargeIn, CallEvent, CallRecord, ToolUse, Turn, Usage
-from agent.storage import models as m
+from agent.storage import tables as t
 from agent.storage.calls import CallStore
 from agent.storage.database import Database, head_revision, normalise_url
 from agent.storage.recordings import CallRecorder, recording_path, run_periodically, sweep_recordings
@@ -195,6 +195,22 @@ async def test_migrations_create_schema_from_empty_and_are_idempotent(empty_db: 
     assert (await store.list_calls()).total == 1
 
 
+async def test_the_migrated_schema_is_the_one_the_code_declares(db: Database) -> None:
+    """Migrations and the table declarations the code queries (Core tables, JSONB on PostgreSQL, constraint
+    names) must not drift apart: Alembic's autogenerate comparison finds nothing to change after `upgrade head`."""
+    from alembic.autogenerate import compare_metadata
+    from alembic.runtime.migration import MigrationContext
+
+    from agent.storage.migrations.metadata import declared_metadata
+
+    def differences(sync: Any) -> list[Any]:
+        context = MigrationContext.configure(sync, opts={"compare_type": True})
+        return list(compare_metadata(context, declared_metadata()))
+
+    async with db.engine.connect() as conn:
+        assert await conn.run_sync(differences) == []
+
+
 def test_head_revision_read_from_the_files_is_alembics_head() -> None:
     from alembic.script import ScriptDirectory
 
@@ -284,10 +300,10 @@ async def test_saving_twice_keeps_one_call_with_the_refined_details(store: CallS
     assert_same_record(detail.record, record)
     assert detail.saves == 3 and detail.first_saved_at <= detail.saved_at
     assert detail.summary.end_reason == "caller_hangup"
-    async with db.sessions() as session:
-        turns = (await session.execute(select(func.count()).select_from(m.Turn))).scalar_one()
-        events = (await session.execute(select(func.count()).select_from(m.CallEvent))).scalar_one()
-        tags = (await session.execute(select(func.count()).select_from(m.CallTag))).scalar_one()
+    async with db.engine.connect() as conn:
+        turns = (await conn.execute(select(func.count()).select_from(t.turns))).scalar_one()
+        events = (await conn.execute(select(func.count()).select_from(t.call_events))).scalar_one()
+        tags = (await conn.execute(select(func.count()).select_from(t.call_tags))).scalar_one()
     assert (turns, events, tags) == (len(record.turns), len(record.events), 2)
     assert (await store.list_calls(tag=("eval_run", "run-7"))).total == 0
     assert (await store.list_calls(tag=("eval_run", "run-8"))).total == 1
@@ -447,8 +463,8 @@ async def test_prompt_versions_are_stored_once_per_hash_and_diffable(
     v3 = parse_prompt("sales", PROMPT_V1.replace("sell things", "sell {{caller}} things"), "<inline>")
     await store.save(with_prompt("p5", H0 + 180, v3), v3.render({"caller": "+1999"}))
 
-    async with db.sessions() as session:
-        rows = (await session.execute(select(func.count()).select_from(m.PromptVersion))).scalar_one()
+    async with db.engine.connect() as conn:
+        rows = (await conn.execute(select(func.count()).select_from(t.prompt_versions))).scalar_one()
     assert rows == 3
 
     versions = await store.prompt_versions("sales")
@@ -810,10 +826,10 @@ async def test_retention_deletes_old_calls_with_their_rows_and_old_recordings(
     detail = await store.get_call("CA-new")
     assert detail is not None
     assert_same_record(detail.record, new)
-    async with db.sessions() as session:
-        for entity in (m.Turn, m.BargeIn, m.ToolUse, m.CallEvent, m.CallTag):
-            left = select(entity.call_id, func.count()).group_by(entity.call_id)
-            assert dict((await session.execute(left)).all()).keys() == {"CA-new"}, entity.__tablename__
+    async with db.engine.connect() as conn:
+        for table in t.CHILD_TABLES:
+            left = select(table.c.call_id, func.count()).group_by(table.c.call_id)
+            assert dict((await conn.execute(left)).all()).keys() == {"CA-new"}, table.name
     assert (await sweep_expired(store, recordings, 30, now=now)).calls == 0
 
 

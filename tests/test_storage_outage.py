@@ -23,7 +23,7 @@ from sqlalchemy import func, select
 from sqlalchemy.engine import make_url
 
 from agent.records.record import CallRecord
-from agent.storage import models as m
+from agent.storage import tables as t
 from agent.storage.calls import CallStore
 from agent.storage.database import Database
 from agent.storage.spool import encode
@@ -270,11 +270,11 @@ def spooled_ids(spool_dir: Path) -> set[str]:
 
 async def stored(db: Database) -> tuple[dict[str, str | None], int, int, int]:
     """Every call's end reason, and the row counts of calls, turns and tags (duplicates would show there)."""
-    async with db.sessions() as session:
-        reasons = dict((await session.execute(select(m.Call.call_id, m.Call.end_reason))).all())
-        calls = (await session.execute(select(func.count()).select_from(m.Call))).scalar_one()
-        turns = (await session.execute(select(func.count()).select_from(m.Turn))).scalar_one()
-        tags = (await session.execute(select(func.count()).select_from(m.CallTag))).scalar_one()
+    async with db.engine.connect() as conn:
+        reasons = dict((await conn.execute(select(t.calls.c.call_id, t.calls.c.end_reason))).all())
+        calls = (await conn.execute(select(func.count()).select_from(t.calls))).scalar_one()
+        turns = (await conn.execute(select(func.count()).select_from(t.turns))).scalar_one()
+        tags = (await conn.execute(select(func.count()).select_from(t.call_tags))).scalar_one()
     return reasons, calls, turns, tags
 
 

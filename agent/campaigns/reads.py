@@ -9,10 +9,10 @@ from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import func, select
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from agent.campaigns.spec import CampaignError, Progress
 from agent.campaigns.tables import campaign_numbers, campaigns, do_not_call, outbound_calls
+from agent.storage.aio import AsyncConnection
 from agent.storage.database import Database
 
 

@@ -13,7 +13,7 @@ from urllib.parse import quote
 from sqlalchemy import select
 
 from agent.campaigns.store import CampaignStore
-from agent.storage import models as m
+from agent.storage import tables as t
 
 EXPORT_COLUMNS = (
     "row",
@@ -68,18 +68,19 @@ async def _call_details(store: CampaignStore, call_ids: Sequence[str]) -> tuple[
     recorded: set[str] = set()
     if not call_ids:
         return tools, recorded
+    used = t.tool_uses.c
     async with store.db.engine.connect() as conn:
         for chunk in range(0, len(call_ids), 500):
             ids = list(call_ids[chunk : chunk + 500])
             uses = await conn.execute(
-                select(m.ToolUse.call_id, m.ToolUse.name, m.ToolUse.ok, m.ToolUse.result)
-                .where(m.ToolUse.call_id.in_(ids))
-                .order_by(m.ToolUse.call_id, m.ToolUse.seq)
+                select(used.call_id, used.name, used.ok, used.result)
+                .where(used.call_id.in_(ids))
+                .order_by(used.call_id, used.seq)
             )
             for use in uses:
                 tools[use.call_id].append({"tool": use.name, "ok": use.ok, "result": (use.result or "")[:500]})
             paths = await conn.execute(
-                select(m.Call.call_id).where(m.Call.call_id.in_(ids), m.Call.recording_path.is_not(None))
+                select(t.calls.c.call_id).where(t.calls.c.call_id.in_(ids), t.calls.c.recording_path.is_not(None))
             )
             recorded.update(p.call_id for p in paths)
     return tools, recorded

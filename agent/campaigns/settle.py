@@ -11,13 +11,13 @@ from typing import Any, TypeVar
 
 from sqlalchemy import and_, case, delete, func, literal, select, update
 from sqlalchemy.exc import OperationalError
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from agent.campaigns.reads import CampaignReads
 from agent.campaigns.spec import (
     Settled,
 )
 from agent.campaigns.tables import campaign_numbers, campaigns, outbound_calls
+from agent.storage.aio import AsyncConnection
 
 _T = TypeVar("_T")
 _LOCKED_RETRIES = 6

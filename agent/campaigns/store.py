@@ -23,7 +23,6 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 
 from sqlalchemy import delete, func, insert, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 
 from agent.campaigns.settle import CampaignSettlement, case_state, retry_delay
 from agent.campaigns.spec import (
@@ -42,6 +41,7 @@ from agent.campaigns.spec import (
 )
 from agent.campaigns.tables import campaign_numbers, campaigns, do_not_call, outbound_calls
 from agent.campaigns.windows import next_opening, normalise_number, parse_window
+from agent.storage.inserts import dialect_insert
 
 __all__ = [
     "CAMPAIGN_STATES",
@@ -315,9 +315,9 @@ class CampaignStore(CampaignSettlement):
         values = [{"number": normalise_number(n), "reason": reason[:128], "added_at": now} for n in numbers]
         if not values:
             return 0
-        make = postgresql.insert if self._pg else sqlite.insert
         async with self.db.engine.begin() as conn:
-            result = await conn.execute(make(do_not_call).values(values).on_conflict_do_nothing())
+            insert = dialect_insert(self.db.dialect, do_not_call)
+            result = await conn.execute(insert.values(values).on_conflict_do_nothing())
         return int(result.rowcount or 0)
 
     async def dnc_remove(self, number: str) -> bool:

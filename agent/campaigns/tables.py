@@ -21,11 +21,11 @@ from sqlalchemy import (
     UniqueConstraint,
 )
 
-from agent.storage.models import Base
+from agent.storage.tables import metadata
 
 campaigns = Table(
     "campaigns",
-    Base.metadata,
+    metadata,
     Column("id", String(64), primary_key=True),
     Column("name", String(128), nullable=False, unique=True),
     Column("prompt", String(64), nullable=False),
@@ -47,7 +47,7 @@ campaigns = Table(
 
 campaign_numbers = Table(
     "campaign_numbers",
-    Base.metadata,
+    metadata,
     Column("id", Integer, primary_key=True, autoincrement=True),
     Column("campaign_id", String(64), ForeignKey("campaigns.id", ondelete="CASCADE"), nullable=False),
     Column("row_no", Integer, nullable=False),
@@ -73,7 +73,7 @@ campaign_numbers = Table(
 
 outbound_calls = Table(
     "outbound_calls",
-    Base.metadata,
+    metadata,
     Column("attempt_id", String(64), primary_key=True),
     Column("campaign_id", String(64), ForeignKey("campaigns.id", ondelete="CASCADE"), nullable=True, index=True),
     Column("number_id", Integer, ForeignKey("campaign_numbers.id", ondelete="CASCADE"), nullable=True),
@@ -96,7 +96,7 @@ outbound_calls = Table(
 
 do_not_call = Table(
     "do_not_call",
-    Base.metadata,
+    metadata,
     Column("number", String(32), primary_key=True),
     Column("reason", String(128), nullable=False),
     Column("added_at", Float, nullable=False),

@@ -10,9 +10,10 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends, Form, HTTPException, Request, UploadFile
 from fastapi.responses import RedirectResponse, Response
 
+from agent.campaigns.api import CampaignRequest, create_campaign, export_response
 from agent.campaigns.results import number_results
-from agent.campaigns.routes import CampaignRequest, create_campaign, export_response, store_of, wake_dialler
 from agent.campaigns.store import OUTCOMES, CampaignError
+from agent.campaigns.web_state import store_of, wake_dialler
 from agent.console import auth
 from agent.console.auth import app_state
 from agent.console.rendering import render

@@ -6,14 +6,29 @@ cleans every value on the way; reading rebuilds the record as the call kept it, 
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, cast
 
+from sqlalchemy import Row
+
 from agent.records import record as rec
-from agent.storage import models as m
 from agent.storage.call_results import CallSummary
 from agent.storage.cleaning import clean_text, cut, epoch, finite, json_object, utc_time
+from agent.storage.tables import ID_LEN, NUMBER_LEN, SHORT_LEN, TAG_VALUE_LEN
+
+
+@dataclass
+class StoredRows:
+    """A stored call as read back: its `calls` row, its child rows in order, and its tags."""
+
+    call: Row[Any]
+    turns: list[Row[Any]]
+    barge_ins: list[Row[Any]]
+    tool_uses: list[Row[Any]]
+    events: list[Row[Any]]
+    tags: dict[str, str]
 
 
 @dataclass
@@ -27,7 +42,7 @@ class CallRows:
 
 
 def record_rows(record: rec.CallRecord) -> CallRows:
-    call_id = cut(record.call_id, m.ID_LEN)
+    call_id = cut(record.call_id, ID_LEN)
     started = utc_time(record.started_at)
     ended = utc_time(record.ended_at) if record.ended_at is not None else None
     usage = record.usage
@@ -39,7 +54,7 @@ def record_rows(record: rec.CallRecord) -> CallRows:
             "text": clean_text(t.text),
             "started_at": utc_time(t.started_at),
             "ended_at": utc_time(t.ended_at) if t.ended_at is not None else None,
-            "item_id": cut(t.item_id, m.ID_LEN) if t.item_id is not None else None,
+            "item_id": cut(t.item_id, ID_LEN) if t.item_id is not None else None,
             "interrupted": bool(t.interrupted),
             "heard_ms": finite(t.heard_ms),
             "audio_ms": finite(t.audio_ms),
@@ -49,17 +64,17 @@ def record_rows(record: rec.CallRecord) -> CallRows:
     ]
     call = {
         "call_id": call_id,
-        "from_number": cut(record.from_number, m.NUMBER_LEN),
-        "to_number": cut(record.to_number, m.NUMBER_LEN),
-        "direction": cut(record.direction, m.SHORT_LEN),
-        "stream_id": cut(record.stream_id, m.ID_LEN),
-        "prompt_name": cut(record.prompt_name, m.SHORT_LEN),
-        "prompt_hash": cut(record.prompt_hash, m.SHORT_LEN),
+        "from_number": cut(record.from_number, NUMBER_LEN),
+        "to_number": cut(record.to_number, NUMBER_LEN),
+        "direction": cut(record.direction, SHORT_LEN),
+        "stream_id": cut(record.stream_id, ID_LEN),
+        "prompt_name": cut(record.prompt_name, SHORT_LEN),
+        "prompt_hash": cut(record.prompt_hash, SHORT_LEN),
         "started_at": started,
         "ended_at": ended,
         "duration_s": round(record.ended_at - record.started_at, 3) if record.ended_at is not None else None,
-        "end_reason": cut(record.end_reason, m.SHORT_LEN) if record.end_reason is not None else None,
-        "hung_up_by": cut(record.hung_up_by, m.SHORT_LEN) if record.hung_up_by is not None else None,
+        "end_reason": cut(record.end_reason, SHORT_LEN) if record.end_reason is not None else None,
+        "hung_up_by": cut(record.hung_up_by, SHORT_LEN) if record.hung_up_by is not None else None,
         "input_text_tokens": usage.input_text,
         "input_audio_tokens": usage.input_audio,
         "input_cached_tokens": usage.input_cached,
@@ -83,7 +98,7 @@ def record_rows(record: rec.CallRecord) -> CallRows:
                 "call_id": call_id,
                 "seq": seq,
                 "t": utc_time(b.t),
-                "item_id": cut(b.item_id, m.ID_LEN) if b.item_id is not None else None,
+                "item_id": cut(b.item_id, ID_LEN) if b.item_id is not None else None,
                 "heard_ms": finite(b.heard_ms) or 0.0,
                 "clear_ms": finite(b.clear_ms) or 0.0,
             }
@@ -93,7 +108,7 @@ def record_rows(record: rec.CallRecord) -> CallRows:
             {
                 "call_id": call_id,
                 "seq": seq,
-                "name": cut(u.name, m.ID_LEN),
+                "name": cut(u.name, ID_LEN),
                 "arguments": json_object(u.arguments),
                 "started_at": utc_time(u.started_at),
                 "ended_at": utc_time(u.ended_at) if u.ended_at is not None else None,
@@ -107,20 +122,21 @@ def record_rows(record: rec.CallRecord) -> CallRows:
                 "call_id": call_id,
                 "seq": seq,
                 "t": utc_time(e.t),
-                "kind": cut(e.kind, m.SHORT_LEN),
+                "kind": cut(e.kind, SHORT_LEN),
                 "detail": json_object(e.detail),
             }
             for seq, e in enumerate(list(record.events))
         ],
         tags=[
-            {"call_id": call_id, "key": cut(str(k), m.SHORT_LEN), "value": cut(str(v), m.TAG_VALUE_LEN)}
+            {"call_id": call_id, "key": cut(str(k), SHORT_LEN), "value": cut(str(v), TAG_VALUE_LEN)}
             for k, v in dict(record.tags).items()
         ],
     )
 
 
-def stored_record(call: m.Call, tags: dict[str, str]) -> rec.CallRecord:
-    """The record as the call kept it, from its stored rows (loaded with its turns, barge-ins, tools, events)."""
+def stored_record(rows: StoredRows) -> rec.CallRecord:
+    """The record as the call kept it, from its stored rows."""
+    call = rows.call
     return rec.CallRecord(
         call_id=call.call_id,
         from_number=call.from_number,
@@ -145,10 +161,10 @@ def stored_record(call: m.Call, tags: dict[str, str]) -> rec.CallRecord:
                 audio_ms=t.audio_ms,
                 latency_ms=t.latency_ms,
             )
-            for t in call.turns
+            for t in rows.turns
         ],
-        events=[rec.CallEvent(e.t.timestamp(), e.kind, e.detail) for e in call.events],
-        barge_ins=[rec.BargeIn(b.t.timestamp(), b.item_id, b.heard_ms, b.clear_ms) for b in call.barge_ins],
+        events=[rec.CallEvent(_at(e), e.kind, e.detail) for e in rows.events],
+        barge_ins=[rec.BargeIn(_at(b), b.item_id, b.heard_ms, b.clear_ms) for b in rows.barge_ins],
         tools=[
             rec.ToolUse(
                 name=u.name,
@@ -158,7 +174,7 @@ def stored_record(call: m.Call, tags: dict[str, str]) -> rec.CallRecord:
                 ok=u.ok,
                 result=u.result,
             )
-            for u in call.tool_uses
+            for u in rows.tool_uses
         ],
         usage=rec.Usage(
             input_text=call.input_text_tokens,
@@ -169,11 +185,17 @@ def stored_record(call: m.Call, tags: dict[str, str]) -> rec.CallRecord:
         ),
         cost_usd=call.cost_usd,
         recording_path=call.recording_path,
-        tags=tags,
+        tags=dict(rows.tags),
     )
 
 
-def call_summary(call: m.Call, tags: Mapping[str, str]) -> CallSummary:
+def _at(row: Row[Any]) -> float:
+    """A barge-in's or event's time: its column is `t`, which on a Row is the row's own tuple view."""
+    at: dt.datetime = row._mapping["t"]
+    return at.timestamp()
+
+
+def call_summary(call: Row[Any], tags: Mapping[str, str]) -> CallSummary:
     return CallSummary(
         call_id=call.call_id,
         from_number=call.from_number,

@@ -14,14 +14,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import JSON, Column, Float, String, Table, delete, select
-from sqlalchemy.dialects import postgresql, sqlite
 
 from agent.storage.database import Database
-from agent.storage.models import Base
+from agent.storage.inserts import dialect_insert
+from agent.storage.tables import metadata
 
 call_states = Table(
     "call_states",
-    Base.metadata,
+    metadata,
     Column("call_id", String(128), primary_key=True),
     Column("answered_at", Float, nullable=False, index=True),
     Column("prompt", String(128), nullable=True),
@@ -118,8 +118,7 @@ class CallStates:
         return int(result.rowcount or 0)
 
     async def _upsert(self, values: dict[str, Any], updates: dict[str, Any]) -> None:
-        insert = postgresql.insert if self.db.dialect == "postgresql" else sqlite.insert
-        statement = insert(call_states).values(values)
+        statement = dialect_insert(self.db.dialect, call_states).values(values)
         statement = statement.on_conflict_do_update(index_elements=[call_states.c.call_id], set_=updates)
         async with self.db.engine.begin() as conn:
             await conn.execute(statement)

@@ -13,10 +13,10 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from sqlalchemy import ColumnElement, case, func, literal_column, select, type_coerce
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from agent.stats import percentile
-from agent.storage import models as m
+from agent.storage import tables as t
+from agent.storage.aio import AsyncConnection
 from agent.storage.call_results import Bucket, CallStats, Percentiles, Summary, SummaryBucket
 from agent.storage.cleaning import as_float
 from agent.storage.store_base import StoreBase, in_window
@@ -37,22 +37,22 @@ class StatsQueries(StoreBase):
             raise ValueError(f"bucket must be one of {', '.join(_BUCKET_STEP)}")
         where = in_window(since, until)
         key = self._bucket_expr(bucket)
-        async with self.db.sessions() as session:
-            stats = await self._stats(session, where)
-            rows = await session.execute(
+        async with self.db.engine.connect() as conn:
+            stats = await self._stats(conn, where)
+            rows = await conn.execute(
                 select(
                     key.label("bucket"),
                     func.count(),
-                    func.coalesce(func.sum(m.Call.cost_usd), 0.0),
-                    func.coalesce(func.sum(m.Call.barge_in_count), 0),
-                    func.coalesce(func.sum(m.Call.assistant_turns), 0),
+                    func.coalesce(func.sum(t.calls.c.cost_usd), 0.0),
+                    func.coalesce(func.sum(t.calls.c.barge_in_count), 0),
+                    func.coalesce(func.sum(t.calls.c.assistant_turns), 0),
                 )
                 .where(*where)
                 .group_by(key)
                 .order_by(key)
             )
             counted = {r[0]: (int(r[1]), float(r[2]), int(r[3]), int(r[4])) for r in rows}
-            latencies = await self._latency_percentiles(session, where, key)
+            latencies = await self._latency_percentiles(conn, where, key)
         buckets = [
             SummaryBucket(start, *counted.get(start, (0, 0.0, 0, 0)), latencies.get(start, Percentiles(0)))
             for start in _bucket_starts(sorted(counted), since, until, bucket)
@@ -62,44 +62,48 @@ class StatsQueries(StoreBase):
     async def version_stats(self, name: str) -> dict[str, CallStats]:
         """The call aggregates of every version of a prompt (by content hash): what the Prompts page shows per
         version, so an edit's effect on latency, barge-ins, endings, tool failures and cost is visible."""
-        async with self.db.sessions() as session:
+        async with self.db.engine.connect() as conn:
             hashes = list(
                 (
-                    await session.execute(select(m.Call.prompt_hash).where(m.Call.prompt_name == name).distinct())
+                    await conn.execute(select(t.calls.c.prompt_hash).where(t.calls.c.prompt_name == name).distinct())
                 ).scalars()
             )
             return {
-                h: await self._stats(session, [m.Call.prompt_name == name, m.Call.prompt_hash == h]) for h in hashes
+                h: await self._stats(conn, [t.calls.c.prompt_name == name, t.calls.c.prompt_hash == h]) for h in hashes
             }
 
-    async def _stats(self, session: AsyncSession, where: Sequence[ColumnElement[bool]]) -> CallStats:
+    async def _stats(self, conn: AsyncConnection, where: Sequence[ColumnElement[bool]]) -> CallStats:
         totals = (
-            await session.execute(
+            await conn.execute(
                 select(
                     func.count(),
-                    func.coalesce(func.sum(m.Call.cost_usd), 0.0),
-                    func.avg(m.Call.cost_usd),
-                    func.avg(m.Call.duration_s),
-                    func.avg(m.Call.turn_count),
-                    func.coalesce(func.sum(m.Call.assistant_turns), 0),
-                    func.coalesce(func.sum(m.Call.interrupted_turns), 0),
-                    func.coalesce(func.sum(m.Call.barge_in_count), 0),
-                    func.coalesce(func.sum(case((m.Call.barge_in_count > 0, 1), else_=0)), 0),
-                    func.coalesce(func.sum(m.Call.tool_count), 0),
-                    func.coalesce(func.sum(m.Call.tool_failures), 0),
+                    func.coalesce(func.sum(t.calls.c.cost_usd), 0.0),
+                    func.avg(t.calls.c.cost_usd),
+                    func.avg(t.calls.c.duration_s),
+                    func.avg(t.calls.c.turn_count),
+                    func.coalesce(func.sum(t.calls.c.assistant_turns), 0),
+                    func.coalesce(func.sum(t.calls.c.interrupted_turns), 0),
+                    func.coalesce(func.sum(t.calls.c.barge_in_count), 0),
+                    func.coalesce(func.sum(case((t.calls.c.barge_in_count > 0, 1), else_=0)), 0),
+                    func.coalesce(func.sum(t.calls.c.tool_count), 0),
+                    func.coalesce(func.sum(t.calls.c.tool_failures), 0),
                 ).where(*where)
             )
         ).one()
         calls, cost, mean_cost, mean_duration, mean_turns, answers, interrupted, barge_ins, barged, tools, failed = (
             totals
         )
-        reasons = await session.execute(
-            select(func.coalesce(m.Call.end_reason, "unknown"), func.count()).where(*where).group_by(m.Call.end_reason)
+        reasons = await conn.execute(
+            select(func.coalesce(t.calls.c.end_reason, "unknown"), func.count())
+            .where(*where)
+            .group_by(t.calls.c.end_reason)
         )
-        who = await session.execute(
-            select(func.coalesce(m.Call.hung_up_by, "unknown"), func.count()).where(*where).group_by(m.Call.hung_up_by)
+        who = await conn.execute(
+            select(func.coalesce(t.calls.c.hung_up_by, "unknown"), func.count())
+            .where(*where)
+            .group_by(t.calls.c.hung_up_by)
         )
-        latency = (await self._latency_percentiles(session, where, None)).get(None, Percentiles(0))
+        latency = (await self._latency_percentiles(conn, where, None)).get(None, Percentiles(0))
         return CallStats(
             calls=int(calls),
             latency_ms=latency,
@@ -119,12 +123,12 @@ class StatsQueries(StoreBase):
         )
 
     async def _latency_percentiles(
-        self, session: AsyncSession, where: Sequence[ColumnElement[bool]], key: ColumnElement[Any] | None
+        self, conn: AsyncConnection, where: Sequence[ColumnElement[bool]], key: ColumnElement[Any] | None
     ) -> dict[Any, Percentiles]:
         """Response-latency p50/p90/p99 of assistant answers, per `key` (None: one group, keyed None)."""
-        value = m.Turn.latency_ms
+        value = t.turns.c.latency_ms
         keys: list[ColumnElement[Any]] = [key.label("k")] if key is not None else []
-        base = [m.Turn.speaker == "assistant", value.is_not(None), *where]
+        base = [t.turns.c.speaker == "assistant", value.is_not(None), *where]
         if self.db.dialect == "postgresql":
             stmt = (
                 select(
@@ -132,20 +136,20 @@ class StatsQueries(StoreBase):
                     func.count(value),
                     *(func.percentile_cont(literal_column(repr(q))).within_group(value) for q in _QUANTILES),
                 )
-                .join_from(m.Turn, m.Call, m.Turn.call_id == m.Call.call_id)
+                .join_from(t.turns, t.calls, t.turns.c.call_id == t.calls.c.call_id)
                 .where(*base)
             )
             if key is not None:
                 stmt = stmt.group_by(key)
             result: dict[Any, Percentiles] = {}
-            for row in await session.execute(stmt):
+            for row in await conn.execute(stmt):
                 k, rest = (row[0], row[1:]) if key is not None else (None, row)
                 if rest[0]:
                     result[k] = Percentiles(int(rest[0]), *(round(float(v), 1) for v in rest[1:]))
             return result
-        stmt = select(*keys, value).join_from(m.Turn, m.Call, m.Turn.call_id == m.Call.call_id).where(*base)
+        stmt = select(*keys, value).join_from(t.turns, t.calls, t.turns.c.call_id == t.calls.c.call_id).where(*base)
         groups: dict[Any, list[float]] = defaultdict(list)
-        for row in await session.execute(stmt):
+        for row in await conn.execute(stmt):
             groups[row[0] if key is not None else None].append(float(row[-1]))
         return {k: _percentiles(v) for k, v in groups.items()}
 
@@ -154,11 +158,11 @@ class StatsQueries(StoreBase):
         PostgreSQL sees the GROUP BY expression as the same one as in the select list."""
         if self.db.dialect == "postgresql":
             expr = func.date_trunc(
-                literal_column(f"'{bucket}'"), func.timezone(literal_column("'UTC'"), m.Call.started_at)
+                literal_column(f"'{bucket}'"), func.timezone(literal_column("'UTC'"), t.calls.c.started_at)
             )
         else:
-            expr = func.strftime(literal_column(f"'{_SQLITE_BUCKET_FORMAT[bucket]}'"), m.Call.started_at)
-        return type_coerce(expr, m.UtcDateTime())
+            expr = func.strftime(literal_column(f"'{_SQLITE_BUCKET_FORMAT[bucket]}'"), t.calls.c.started_at)
+        return type_coerce(expr, t.UtcDateTime())
 
 
 def _bucket_starts(

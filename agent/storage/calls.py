@@ -15,21 +15,23 @@ import datetime as dt
 import logging
 import re
 from collections import defaultdict
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import ColumnElement, delete, exists, func, or_, select
-from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.orm import selectinload
+from sqlalchemy import ColumnElement, Row, delete, exists, func, or_, select
 
 from agent.prompts.loader import Prompt
 from agent.records import record as rec
-from agent.storage import models as m
+from agent.storage import tables as t
 from agent.storage.call_evals import EvalQueries
 from agent.storage.call_results import CallDetail, CallPage
-from agent.storage.call_rows import call_summary, record_rows, stored_record
+from agent.storage.call_rows import StoredRows, call_summary, record_rows, stored_record
 from agent.storage.database import Database
 from agent.storage.prompt_versions import PromptVersionQueries, version_row
-from agent.storage.store_base import has_tag, in_window, table_of
+from agent.storage.store_base import has_tag, in_window
+
+if TYPE_CHECKING:
+    from sqlalchemy.dialects.postgresql import Insert as PgInsert
+    from sqlalchemy.dialects.sqlite import Insert as SqliteInsert
 
 log = logging.getLogger("agent.storage")
 
@@ -53,26 +55,25 @@ class CallStore(EvalQueries, PromptVersionQueries):
         # Core statements on one connection: plain executemany, none of the ORM's per-row bookkeeping.
         async with self.db.engine.begin() as conn:
             await conn.execute(self._upsert_call(), rows.call | {"first_saved_at": now, "saved_at": now, "saves": 1})
-            for entity, values in (
-                (m.Turn, rows.turns),
-                (m.BargeIn, rows.barge_ins),
-                (m.ToolUse, rows.tools),
-                (m.CallEvent, rows.events),
-                (m.CallTag, rows.tags),
+            for table, values in (
+                (t.turns, rows.turns),
+                (t.barge_ins, rows.barge_ins),
+                (t.tool_uses, rows.tools),
+                (t.call_events, rows.events),
+                (t.call_tags, rows.tags),
             ):
-                table = table_of(entity)
                 await conn.execute(delete(table).where(table.c.call_id == rows.call["call_id"]))
                 if values:
                     await conn.execute(self._insert(table), values)
             if version is not None:
-                await conn.execute(self._insert(table_of(m.PromptVersion)).on_conflict_do_nothing(), version)
+                await conn.execute(self._insert(t.prompt_versions).on_conflict_do_nothing(), version)
         if version is not None:
             self._known_versions.add((version["name"], version["content_hash"]))
 
     async def delete_calls_before(self, cutoff: dt.datetime, *, batch: int = 500) -> int:
         """Delete calls that started before `cutoff`, with their turns, barge-ins, tools, events and tags (the
         foreign keys cascade); returns how many. Batches keep each transaction, and the locks it holds, short."""
-        table = table_of(m.Call)
+        table = t.calls
         deleted = 0
         while True:
             oldest = select(table.c.call_id).where(table.c.started_at < cutoff).limit(batch)
@@ -84,9 +85,9 @@ class CallStore(EvalQueries, PromptVersionQueries):
             if len(ids) < batch:
                 return deleted
 
-    def _upsert_call(self) -> postgresql.Insert | sqlite.Insert:
+    def _upsert_call(self) -> PgInsert | SqliteInsert:
         """Insert the call, or update every column but its first-save time (and count the save)."""
-        table = table_of(m.Call)
+        table = t.calls
         stmt = self._insert(table)
         keep = {"call_id", "first_saved_at", "saves"}
         updates: dict[str, Any] = {c.name: stmt.excluded[c.name] for c in table.columns if c.name not in keep}
@@ -97,29 +98,28 @@ class CallStore(EvalQueries, PromptVersionQueries):
 
     async def has_ended(self, call_id: str) -> bool:
         """Whether a finished record of the call is stored: its stream URL must never start it again."""
-        stmt = select(m.Call.ended_at).where(m.Call.call_id == call_id)
-        async with self.db.sessions() as session:
-            return (await session.execute(stmt)).scalar_one_or_none() is not None
+        stmt = select(t.calls.c.ended_at).where(t.calls.c.call_id == call_id)
+        async with self.db.engine.connect() as conn:
+            return (await conn.execute(stmt)).scalar_one_or_none() is not None
 
     async def get_call(self, call_id: str) -> CallDetail | None:
-        stmt = (
-            select(m.Call)
-            .where(m.Call.call_id == call_id)
-            .options(
-                selectinload(m.Call.turns),
-                selectinload(m.Call.barge_ins),
-                selectinload(m.Call.tool_uses),
-                selectinload(m.Call.events),
-                selectinload(m.Call.tags),
-            )
+        async with self.db.engine.connect() as conn:
+            call = (await conn.execute(select(t.calls).where(t.calls.c.call_id == call_id))).one_or_none()
+            if call is None:
+                return None
+            children: dict[str, list[Row[Any]]] = {}
+            for table in t.CHILD_TABLES:
+                stmt = select(table).where(table.c.call_id == call_id)
+                if "seq" in table.c:
+                    stmt = stmt.order_by(table.c.seq)
+                children[table.name] = list(await conn.execute(stmt))
+        tags = {row.key: row.value for row in children["call_tags"]}
+        stored = StoredRows(
+            call, children["turns"], children["barge_ins"], children["tool_uses"], children["call_events"], tags
         )
-        async with self.db.sessions() as session:
-            call = (await session.execute(stmt)).scalar_one_or_none()
-        if call is None:
-            return None
-        tags = {t.key: t.value for t in call.tags}
-        record = stored_record(call, tags)
-        return CallDetail(call_summary(call, tags), record, call.first_saved_at, call.saved_at, call.saves)
+        return CallDetail(
+            call_summary(call, tags), stored_record(stored), call.first_saved_at, call.saved_at, call.saves
+        )
 
     # --- the call list ---------------------------------------------------------------------------------------
 
@@ -138,34 +138,36 @@ class CallStore(EvalQueries, PromptVersionQueries):
         """Newest first. `search` matches numbers (ignoring spaces, dashes, brackets), the call id and what was
         said, case-insensitively; `since` is inclusive and `until` exclusive, on the call's start."""
         where = in_window(since, until)
+        c = t.calls.c
         if search and search.strip():
             where.append(_search_clause(search.strip()))
         if tag is not None:
             where.append(has_tag(*tag))
         if end_reason is not None:
-            where.append(m.Call.end_reason == end_reason)
+            where.append(c.end_reason == end_reason)
         if prompt_name is not None:
-            where.append(m.Call.prompt_name == prompt_name)
-        async with self.db.sessions() as session:
-            total = (await session.execute(select(func.count()).select_from(m.Call).where(*where))).scalar_one()
+            where.append(c.prompt_name == prompt_name)
+        async with self.db.engine.connect() as conn:
+            total = (await conn.execute(select(func.count()).select_from(t.calls).where(*where))).scalar_one()
             stmt = (
-                select(m.Call)
+                select(t.calls)
                 .where(*where)
-                .order_by(m.Call.started_at.desc(), m.Call.call_id.desc())
+                .order_by(c.started_at.desc(), c.call_id.desc())
                 .limit(max(0, limit))
                 .offset(max(0, offset))
             )
-            calls = list((await session.execute(stmt)).scalars())
+            calls = list(await conn.execute(stmt))
             tags: dict[str, dict[str, str]] = defaultdict(dict)
             if calls:
-                tag_rows = await session.execute(
-                    select(m.CallTag.call_id, m.CallTag.key, m.CallTag.value).where(
-                        m.CallTag.call_id.in_([c.call_id for c in calls])
+                tagged = t.call_tags.c
+                tag_rows = await conn.execute(
+                    select(tagged.call_id, tagged.key, tagged.value).where(
+                        tagged.call_id.in_([row.call_id for row in calls])
                     )
                 )
                 for call_id, key, value in tag_rows:
                     tags[call_id][key] = value
-        return CallPage([call_summary(c, tags.get(c.call_id, {})) for c in calls], total)
+        return CallPage([call_summary(row, tags.get(row.call_id, {})) for row in calls], total)
 
 
 def _like(text: str) -> str:
@@ -177,16 +179,17 @@ def _like(text: str) -> str:
 
 def _search_clause(query: str) -> ColumnElement[bool]:
     pattern = _like(query)
+    c, turn = t.calls.c, t.turns.c
     options: list[ColumnElement[bool]] = [
-        m.Call.call_id.ilike(pattern, escape=_LIKE_ESCAPE),
-        m.Call.from_number.ilike(pattern, escape=_LIKE_ESCAPE),
-        m.Call.to_number.ilike(pattern, escape=_LIKE_ESCAPE),
-        exists().where(m.Turn.call_id == m.Call.call_id, m.Turn.text.ilike(pattern, escape=_LIKE_ESCAPE)),
+        c.call_id.ilike(pattern, escape=_LIKE_ESCAPE),
+        c.from_number.ilike(pattern, escape=_LIKE_ESCAPE),
+        c.to_number.ilike(pattern, escape=_LIKE_ESCAPE),
+        exists().where(turn.call_id == c.call_id, turn.text.ilike(pattern, escape=_LIKE_ESCAPE)),
     ]
     digits = re.sub(r"[\s\-().+/]", "", query)
     if digits != query and digits.isdigit() and len(digits) >= 3:
         # "(555) 123-4567" finds +15551234567.
-        options += [m.Call.from_number.like(f"%{digits}%"), m.Call.to_number.like(f"%{digits}%")]
+        options += [c.from_number.like(f"%{digits}%"), c.to_number.like(f"%{digits}%")]
     return or_(*options)
 
 

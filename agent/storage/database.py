@@ -12,10 +12,10 @@ process never loads Alembic.
 
 from __future__ import annotations
 
-import ast
 import asyncio
 import logging
 import os
+import re
 import sys
 from collections.abc import Mapping
 from pathlib import Path
@@ -23,9 +23,9 @@ from typing import Any
 
 from sqlalchemy import Connection, event, inspect, text
 from sqlalchemy.engine import URL, make_url
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.pool import StaticPool
 
+from agent.storage.aio import AsyncEngine, create_async_engine
 from agent.storage.migrations import MIGRATIONS_DIR
 
 log = logging.getLogger("agent.storage")
@@ -49,26 +49,21 @@ def _is_memory(url: URL) -> bool:
     return url.get_backend_name() == "sqlite" and url.database in (None, "", ":memory:")
 
 
+_ASSIGNMENT = re.compile(r"""^(revision|down_revision)\s*(?::[^=\n]*)?=\s*(?:None|(["'])([^"'\n]*)\2)\s*$""", re.M)
+
+
 def head_revision() -> str | None:
     """The newest migration, read from the revision files' own `revision = …` / `down_revision = …` lines.
 
-    Alembic would tell the same (a test checks that it does), but only after loading ~10 MB of itself.
+    Alembic would tell the same (a test checks that it does), but only after loading ~10 MB of itself; a regular
+    expression over the lines, not a parse of the files, so checking leaves no parser garbage behind either.
     """
     parents: dict[str, str | None] = {}
     for path in sorted((MIGRATIONS_DIR / "versions").glob("*.py")):
-        values: dict[str, object] = {}
-        for node in ast.parse(path.read_text(), filename=str(path)).body:
-            if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and node.value is not None:
-                names, value = [node.target.id], node.value
-            elif isinstance(node, ast.Assign):
-                names, value = [t.id for t in node.targets if isinstance(t, ast.Name)], node.value
-            else:
-                continue
-            if isinstance(value, ast.Constant):
-                values.update(dict.fromkeys(names, value.value))
-        revision, down = values.get("revision"), values.get("down_revision")
-        if isinstance(revision, str):
-            parents[revision] = down if isinstance(down, str) else None
+        values = {match[1]: match[3] for match in _ASSIGNMENT.finditer(path.read_text())}
+        revision = values.get("revision")
+        if revision:
+            parents[revision] = values.get("down_revision") or None
     heads = set(parents) - {p for p in parents.values() if p is not None}
     if len(heads) > 1:
         raise RuntimeError(f"migrations have several heads: {sorted(heads)}")
@@ -82,7 +77,7 @@ def _current_revision(connection: Connection) -> str | None:
 
 
 class Database:
-    """An async engine and session factory for the call-record database."""
+    """The async engine of the call-record database: every query is a Core statement on one of its connections."""
 
     def __init__(self, url: str | URL, *, engine_options: Mapping[str, Any] | None = None) -> None:
         self.url = normalise_url(url)
@@ -99,7 +94,6 @@ class Database:
         self.engine: AsyncEngine = create_async_engine(self.url, **options)
         if self.dialect == "sqlite":
             event.listen(self.engine.sync_engine, "connect", _sqlite_on_connect)
-        self.sessions: async_sessionmaker[AsyncSession] = async_sessionmaker(self.engine, expire_on_commit=False)
 
     @property
     def dialect(self) -> str:

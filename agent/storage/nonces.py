@@ -21,18 +21,18 @@ import time
 from collections.abc import Callable, Collection
 
 from sqlalchemy import Boolean, Column, Float, String, Table, delete, select, update
-from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.ext.asyncio import AsyncConnection
 
+from agent.storage.aio import AsyncConnection
 from agent.storage.database import Database
-from agent.storage.models import Base
+from agent.storage.inserts import dialect_insert
+from agent.storage.tables import metadata
 
 NONCE_LEN = 128
 
-# On the models' metadata so Alembic's autogenerate knows the table (revision 0002 creates it).
+# On the schema's metadata so Alembic's autogenerate knows the table (revision 0002 creates it).
 webhook_nonces = Table(
     "webhook_nonces",
-    Base.metadata,
+    metadata,
     Column("nonce", String(NONCE_LEN), primary_key=True),
     Column("seen_at", Float, nullable=False, index=True),
     Column("answered", Boolean, nullable=False, default=False),
@@ -117,7 +117,6 @@ class NonceStore:
     async def _insert_if_absent(self, conn: AsyncConnection, nonce: str, now: float) -> bool:
         """True when this call inserted the nonce; atomic on both databases (ON CONFLICT DO NOTHING)."""
         values = {"nonce": nonce, "seen_at": now, "answered": False}
-        insert = postgresql.insert if self.db.dialect == "postgresql" else sqlite.insert
-        statement = insert(webhook_nonces).values(values).on_conflict_do_nothing()
+        statement = dialect_insert(self.db.dialect, webhook_nonces).values(values).on_conflict_do_nothing()
         result = await conn.execute(statement.returning(webhook_nonces.c.nonce))
         return result.first() is not None

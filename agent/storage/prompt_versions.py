@@ -14,7 +14,7 @@ from typing import Any
 from sqlalchemy import func, select
 
 from agent.prompts.loader import Prompt, PromptError, parse_prompt
-from agent.storage import models as m
+from agent.storage import tables as t
 from agent.storage.call_results import PromptVersionInfo
 from agent.storage.cleaning import clean_text, cut, json_object, redact_headers
 from agent.storage.store_base import StoreBase
@@ -24,22 +24,16 @@ class PromptVersionQueries(StoreBase):
     async def prompt_versions(self, name: str) -> list[PromptVersionInfo]:
         """Every version of a prompt seen on calls, oldest first, with when it was first/last used and by how
         many calls, and its text where it was stored."""
+        c = t.calls.c
         seen = (
-            select(
-                m.Call.prompt_hash,
-                func.count(),
-                func.min(m.Call.started_at),
-                func.max(m.Call.started_at),
-            )
-            .where(m.Call.prompt_name == name)
-            .group_by(m.Call.prompt_hash)
+            select(c.prompt_hash, func.count(), func.min(c.started_at), func.max(c.started_at))
+            .where(c.prompt_name == name)
+            .group_by(c.prompt_hash)
         )
-        async with self.db.sessions() as session:
-            usage = {h: (int(n), first, last) for h, n, first, last in await session.execute(seen)}
-            stored = {
-                v.content_hash: v
-                for v in (await session.execute(select(m.PromptVersion).where(m.PromptVersion.name == name))).scalars()
-            }
+        async with self.db.engine.connect() as conn:
+            usage = {h: (int(n), first, last) for h, n, first, last in await conn.execute(seen)}
+            versions_of = select(t.prompt_versions).where(t.prompt_versions.c.name == name)
+            stored = {v.content_hash: v for v in await conn.execute(versions_of)}
         versions = []
         for content_hash in usage.keys() | stored.keys():
             calls, first, last = usage.get(content_hash, (0, None, None))
@@ -98,8 +92,8 @@ def version_row(prompt: Prompt, seen: dt.datetime) -> dict[str, Any]:
         except (OSError, UnicodeDecodeError, PromptError):
             pass
     return {
-        "name": cut(prompt.name, m.SHORT_LEN),
-        "content_hash": cut(prompt.content_hash, m.SHORT_LEN),
+        "name": cut(prompt.name, t.SHORT_LEN),
+        "content_hash": cut(prompt.content_hash, t.SHORT_LEN),
         "instructions": clean_text(instructions),
         "meta": redact_headers(json_object(meta.model_dump(mode="json"))),
         "from_source": from_source,

@@ -7,35 +7,35 @@ each part is a class over this one and `CallStore` combines them.
 from __future__ import annotations
 
 import datetime as dt
+from typing import TYPE_CHECKING
 
 from sqlalchemy import ColumnElement, Table, exists
-from sqlalchemy.dialects import postgresql, sqlite
 
-from agent.storage import models as m
+from agent.storage import tables as t
 from agent.storage.database import Database
+from agent.storage.inserts import dialect_insert
+
+if TYPE_CHECKING:
+    from sqlalchemy.dialects.postgresql import Insert as PgInsert
+    from sqlalchemy.dialects.sqlite import Insert as SqliteInsert
 
 
 class StoreBase:
     db: Database
 
-    def _insert(self, table: Table) -> postgresql.Insert | sqlite.Insert:
-        return postgresql.insert(table) if self.db.dialect == "postgresql" else sqlite.insert(table)
-
-
-def table_of(entity: type[m.Base]) -> Table:
-    table = entity.__table__
-    assert isinstance(table, Table)
-    return table
+    def _insert(self, table: Table) -> PgInsert | SqliteInsert:
+        return dialect_insert(self.db.dialect, table)
 
 
 def in_window(since: dt.datetime | None, until: dt.datetime | None) -> list[ColumnElement[bool]]:
     where: list[ColumnElement[bool]] = []
     if since is not None:
-        where.append(m.Call.started_at >= since)
+        where.append(t.calls.c.started_at >= since)
     if until is not None:
-        where.append(m.Call.started_at < until)
+        where.append(t.calls.c.started_at < until)
     return where
 
 
 def has_tag(key: str, value: str) -> ColumnElement[bool]:
-    return exists().where(m.CallTag.call_id == m.Call.call_id, m.CallTag.key == key, m.CallTag.value == value)
+    tags = t.call_tags.c
+    return exists().where(tags.call_id == t.calls.c.call_id, tags.key == key, tags.value == value)

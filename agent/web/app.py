@@ -8,13 +8,12 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING
 
-import httpx
 from fastapi import FastAPI
 
 from agent.calls.context import CallDeps
 from agent.calls.outcome import Outcome
 from agent.calls.registry import CallRegistry
-from agent.campaigns.routes import outbound_router
+from agent.campaigns.routes import operator_api, outbound_router
 from agent.carrier.rest import VobizClient
 from agent.config import Settings
 from agent.console import LazyConsole
@@ -26,6 +25,7 @@ from agent.storage import CallStore, Database, RecordWriter, start_retention_swe
 from agent.storage.call_state import CallStates
 from agent.web import health, stream_route, webhooks
 from agent.web.state import AppState
+from agent.web.tool_client import tool_client
 
 if TYPE_CHECKING:
     from agent.observability.tracing import CallTracer
@@ -68,7 +68,7 @@ def create_app(
         vobiz = VobizClient(
             settings.vobiz_auth_id, settings.vobiz_auth_token.get_secret_value(), settings.vobiz_api_url
         )
-    http = httpx.AsyncClient(follow_redirects=False, headers={"User-Agent": "vobiz-voice-agent"})
+    http = tool_client({"User-Agent": "vobiz-voice-agent"})  # the prompts' HTTP tools; set up on first use
     database = Database(settings.database_url)
     call_store = CallStore(database)
     writer = RecordWriter(
@@ -139,7 +139,8 @@ def create_app(
     app.include_router(stream_route.router)
     app.include_router(health.router)
     app.router.routes.append(LazyConsole())  # the console's pages load on its first request
-    app.include_router(outbound_router())  # POST /calls, /campaigns, outbound callbacks, the campaign dialler
+    app.include_router(outbound_router())  # outbound callbacks, the campaign dialler
+    app.router.routes.append(operator_api())  # POST /calls, /campaigns, /dnc: loaded on their first request
     if settings.fault_injection:
         from agent.testkit import faults
 

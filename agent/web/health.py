@@ -17,7 +17,7 @@ def _state(request: Request) -> AppState:
     return state
 
 
-@router.get("/healthz")
+@router.get("/healthz", response_model=None)  # no response model: nothing to validate, nothing to build
 async def healthz() -> dict[str, str]:
     """Alive: the process answers. Restart it only when this fails."""
     return {"status": "ok"}

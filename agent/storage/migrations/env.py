@@ -12,17 +12,15 @@ from typing import Any, Literal
 from alembic import context
 from alembic.autogenerate.api import AutogenContext
 from sqlalchemy import Connection
-from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.pool import NullPool
 
-import agent.campaigns.tables
-import agent.storage.call_state
-import agent.storage.nonces  # noqa: F401 - registers the webhook_nonces table on Base.metadata for autogenerate
+from agent.storage.aio import create_async_engine
 from agent.storage.database import normalise_url
-from agent.storage.models import Base, UtcDateTime
+from agent.storage.migrations.metadata import declared_metadata
+from agent.storage.tables import JsonDocument, UtcDateTime
 
 config = context.config
-target_metadata = Base.metadata
+target_metadata = declared_metadata()
 DEFAULT_URL = "sqlite+aiosqlite:///var/agent.db"
 
 
@@ -40,6 +38,9 @@ def _render_item(kind: str, obj: Any, autogen_context: AutogenContext) -> str | 
     """Revisions spell out plain column types, so they never depend on this package's Python classes."""
     if kind == "type" and isinstance(obj, UtcDateTime):
         return "sa.DateTime(timezone=True)"
+    if kind == "type" and isinstance(obj, JsonDocument):
+        autogen_context.imports.add("from sqlalchemy.dialects import postgresql")
+        return 'sa.JSON().with_variant(postgresql.JSONB(), "postgresql")'
     return False
 
 
