@@ -144,6 +144,9 @@ def render(report: dict[str, Any]) -> str:
             f"audio), total {gaps['total_ms']:.0f} ms, max {_fmt(gaps['duration_ms']['max'], 0)} ms; "
             f"{gaps['during_generator_stalls']} began while the bench or the engine was stalled"
             + (f", {gaps['during_server_gc']} during a GC pause of the agent" if a["server_gc_pauses_ms"] else ""),
+            "    by cause: "
+            + ", ".join(f"{cause} {n}" for cause, n in gaps["causes"].items())
+            + " (engine: its audio came too late; carrier: the simulator was stalled; agent: neither)",
             f"  appends {c.get('appends', 0)} ({c.get('appends_batched', 0)} carried >1 frame); responses "
             f"{c.get('responses', 0)} ({c.get('responses_cancelled', 0)} cancelled); barge-ins {c.get('barge_ins', 0)}",
         ]
