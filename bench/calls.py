@@ -9,7 +9,9 @@ Vobiz carrier in this process, and measures:
   `input_audio_buffer.append`) and model → caller (engine sent a response's first audio delta → carrier got
   that response's first `playAudio`);
 * barge-in reaction: engine sent `speech_started` while bot audio was playing → carrier got `clearAudio`;
-* for the agent: truncation error (|truncate.audio_end_ms − what the carrier had played|) and playout gaps.
+* for the agent: truncation error (|truncate.audio_end_ms − what the carrier had played|) and playout gaps, each
+  put down to its cause: the engine sent the audio too late, the carrier simulator (this process) was stalled, or
+  neither, which makes it the agent's own.
 
 Results go to stdout as a table and to a JSON file (default bench/results/calls-<timestamp>.json).
 """

@@ -2,9 +2,10 @@
 
 The model streams audio faster than real time. Sending it all at once would put seconds of audio in Vobiz's
 queue, so an interruption would have to claw it back and nobody would know what the caller heard. Instead
-audio leaves paced, keeping only about `lead_ms` queued at the carrier; every message's scheduled play time
-is recorded, `checkpoint` acknowledgements (`playedStream`) correct the schedule when the carrier runs late,
-and the clock interpolates between acknowledgements.
+audio leaves paced, keeping only about `lead_ms` queued at the carrier (more for a while after the event loop
+woke a pacer late or the carrier ran dry, so that the next stall like it does not empty the carrier's queue:
+`WakeLateness`); every message's scheduled play time is recorded, `checkpoint` acknowledgements (`playedStream`)
+correct the schedule when the carrier runs late, and the clock interpolates between acknowledgements.
 
 How big each `playAudio` is does not bound how fast the caller stops hearing the bot: `clearAudio` empties the
 carrier's whole queue. So audio that is due leaves in messages of up to `chunk_ms` (whatever has arrived, never
