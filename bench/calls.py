@@ -9,7 +9,9 @@ Vobiz carrier in this process, and measures:
   `input_audio_buffer.append`) and model → caller (engine sent a response's first audio delta → carrier got
   that response's first `playAudio`);
 * barge-in reaction: engine sent `speech_started` while bot audio was playing → carrier got `clearAudio`;
-* for the agent: truncation error (|truncate.audio_end_ms − what the carrier had played|) and playout gaps.
+* for the agent: truncation error (|truncate.audio_end_ms − what the carrier had played|) and playout gaps, each
+  put down to its cause: the engine sent the audio too late, the carrier simulator (this process) was stalled, or
+  neither, which makes it the agent's own.
 
 Results go to stdout as a table and to a JSON file (default bench/results/calls-<timestamp>.json).
 """
@@ -144,6 +146,9 @@ def render(report: dict[str, Any]) -> str:
             f"audio), total {gaps['total_ms']:.0f} ms, max {_fmt(gaps['duration_ms']['max'], 0)} ms; "
             f"{gaps['during_generator_stalls']} began while the bench or the engine was stalled"
             + (f", {gaps['during_server_gc']} during a GC pause of the agent" if a["server_gc_pauses_ms"] else ""),
+            "    by cause: "
+            + ", ".join(f"{cause} {n}" for cause, n in gaps["causes"].items())
+            + " (engine: its audio came too late; carrier: the simulator was stalled; agent: neither)",
             f"  appends {c.get('appends', 0)} ({c.get('appends_batched', 0)} carried >1 frame); responses "
             f"{c.get('responses', 0)} ({c.get('responses_cancelled', 0)} cancelled); barge-ins {c.get('barge_ins', 0)}",
         ]

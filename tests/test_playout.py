@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
+import time
 
 import pytest
 
 from agent.audio.formats import MediaFormat
-from agent.carrier.playout import Playout
+from agent.carrier.playout import LATE_FACTOR, LATE_MARGIN_S, Playout, WakeLateness
+from agent.waiting import wait_event
 
 MULAW = MediaFormat("audio/x-mulaw", 8000)
 
@@ -41,8 +44,18 @@ class Sink:
         return [str(m["name"]) for m in self.messages if m["event"] == "checkpoint"]
 
 
-def make(clock: Clock, sink: Sink, **kw: int) -> Playout:
-    return Playout(sink, "stream-1", MULAW, clock=clock, **kw)
+def make(
+    clock: Clock, sink: Sink, *, lead_ms: int = 200, checkpoint_interval_ms: int = 1000, chunk_ms: int = 20
+) -> Playout:
+    return Playout(
+        sink,
+        "stream-1",
+        MULAW,
+        clock=clock,
+        lead_ms=lead_ms,
+        checkpoint_interval_ms=checkpoint_interval_ms,
+        chunk_ms=chunk_ms,
+    )
 
 
 async def pace(playout: Playout, clock: Clock, chunks: int) -> None:
@@ -291,3 +304,77 @@ async def test_hold_and_release_with_large_chunks_resume_mid_message() -> None:
     await pace(playout, clock, 5)
     sent = b"".join(base64.b64decode(m["media"]["payload"]) for m in sink.messages if m["event"] == "playAudio")  # type: ignore[index]
     assert sent == audio[400 - 80 :]  # 50 ms less the 10 ms rewind
+
+
+async def test_a_late_wake_up_deepens_the_lead_and_the_depth_fades() -> None:
+    clock, sink = Clock(), Sink()
+    lateness = WakeLateness(half_life_s=10.0)
+    playout = Playout(sink, "stream-1", MULAW, clock=clock, lead_ms=200, lateness=lateness)
+    playout.enqueue("item_a", b"\x11" * 8 * 3000)
+    await playout.step()
+    assert sink.audio_ms() == pytest.approx(220, abs=0.1)
+    # The pacer woke 300 ms late (a long collection): the lead now covers a stall like that, with room to spare.
+    clock.t += 0.32
+    lateness.observe(0.3, clock.t)
+    await playout.step()
+    assert playout.idle_at() - clock.t == pytest.approx(0.3 * LATE_FACTOR + LATE_MARGIN_S, abs=0.021)
+    # Two half-lives later the stall counts a quarter: 75 ms * 1.25 + 60 ms is under the configured 200 ms.
+    assert playout.lead(clock.t + 20) == pytest.approx(0.2)
+    assert playout.lead(clock.t + 10) == pytest.approx(0.15 * LATE_FACTOR + LATE_MARGIN_S)
+
+
+async def test_a_stalled_loop_deepens_the_lead_of_every_call_on_it() -> None:
+    """A real stall of the running loop, seen by one pacer, keeps the carrier fed through the next one in all."""
+    stall_s, first, woke = 0.3, asyncio.Event(), asyncio.Event()
+    stalled_until: list[float] = []
+
+    async def sink(text: str) -> None:
+        first.set()
+        if stalled_until and time.monotonic() >= stalled_until[0]:
+            woke.set()
+
+    playing = Playout(sink, "stream-1", MULAW, lead_ms=100)
+    quiet = Playout(sink, "stream-2", MULAW, lead_ms=100)  # another call, silent meanwhile
+    playing.enqueue("item_a", b"\x11" * 8 * 5000)
+    task = asyncio.create_task(playing.run())
+    try:
+        assert await wait_event(first, 2)
+        time.sleep(stall_s)  # noqa: ASYNC251 - the stall under test: the loop freezes, the pacer wakes late
+        stalled_until.append(time.monotonic())
+        assert await wait_event(woke, 2)
+        now = time.monotonic()
+        assert playing.idle_at() - now > stall_s  # the carrier now holds more than such a stall
+        assert quiet.lead(now) == playing.lead(now) > stall_s
+    finally:
+        task.cancel()
+
+
+async def test_a_carrier_that_ran_dry_deepens_the_lead_but_its_start_up_does_not() -> None:
+    clock, sink = Clock(), Sink()
+    playout = Playout(sink, "stream-1", MULAW, clock=clock, lead_ms=200, checkpoint_interval_ms=100, lateness=None)
+    playout.lateness = WakeLateness()
+    playout.enqueue("item_a", b"\x11" * 8 * 3000)
+    await playout.step()
+    first, second = sink.checkpoints()[:2]  # expected at t0 + 0.1 and t0 + 0.2
+    clock.t += 0.115  # a frame's start-up: no sign of running dry
+    playout.on_played(first)
+    assert playout.lead(clock.t) == pytest.approx(0.2)
+    clock.t += 0.185  # 85 ms late: the carrier's queue ran dry that long, its 200 ms were not enough
+    playout.on_played(second)
+    assert playout.lead(clock.t) == pytest.approx((0.2 + 0.085) * LATE_FACTOR + LATE_MARGIN_S, abs=0.002)
+
+
+async def test_a_carrier_late_once_is_not_late_again_at_every_later_checkpoint() -> None:
+    """The schedule moved by a late ack; the checkpoints after it move too, or each later ack, just as late, would
+    move the schedule again: the agent would think the carrier holds ever more than it does and let it run dry."""
+    clock, sink = Clock(), Sink()
+    playout = make(clock, sink, lead_ms=1000, checkpoint_interval_ms=100)
+    playout.enqueue("item_a", b"\x11" * 8 * 600)
+    await playout.step()
+    t0, names = clock.t, sink.checkpoints()  # every 100 ms of audio, expected at t0 + 0.1, 0.2, ...
+    for n, name in enumerate(names[:4]):
+        clock.t = t0 + 0.1 * (n + 1) + 0.08  # the carrier started 80 ms late and has kept that pace since
+        playout.on_played(name)
+    assert playout.late_acks == 1
+    assert playout.idle_at() == pytest.approx(t0 + 0.6 + 0.08, abs=1e-6)
+    assert playout.heard_ms("item_a") == pytest.approx(400, abs=0.5)

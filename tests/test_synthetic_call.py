@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import importlib
 import json
+import time
 import wave
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner, Result
 
+from agent.carrier.playout import loop_lateness
 from agent.engine import RealtimeSimConfig
 from agent.testkit.analysis.call import Truncation
 from agent.testkit.carrier import SimCall
@@ -106,7 +108,9 @@ async def test_call_command_barges_in_gets_answers_and_records_a_true_timeline(t
     assert 150 <= after_barge_in <= 1500 and 450 <= normal <= 1500
     assert len(m["barge_in_ms"]) == 1 and 0 < m["barge_in_ms"][0] < 300
     assert 0 < m["answer_ms"] < 1000 and 0 < m["greeting_ms"] < 1000
-    assert m["queue_max_ms"] <= 200 + 100 + 20 and m["playout_gaps_ms"] == []  # the lead plus one playAudio
+    # The lead plus one playAudio: 200 ms, unless this loop was seen to stall (a busy machine), which deepens it.
+    lead_ms = loop_lateness().lead_s(0.2, time.monotonic() - 60) * 1000
+    assert m["queue_max_ms"] <= lead_ms + 100 + 20 and m["playout_gaps_ms"] == []
 
     # The stereo recording lines up with that timeline: caller left, bot right.
     frames, rate = read_stereo(out.with_suffix(".wav"))

@@ -2,9 +2,10 @@
 
 The model streams audio faster than real time. Sending it all at once would put seconds of audio in Vobiz's
 queue, so an interruption would have to claw it back and nobody would know what the caller heard. Instead
-audio leaves paced, keeping only about `lead_ms` queued at the carrier; every message's scheduled play time
-is recorded, `checkpoint` acknowledgements (`playedStream`) correct the schedule when the carrier runs late,
-and the clock interpolates between acknowledgements.
+audio leaves paced, keeping only about `lead_ms` queued at the carrier (more for a while after the event loop
+woke a pacer late or the carrier ran dry, so that the next stall like it does not empty the carrier's queue:
+`WakeLateness`); every message's scheduled play time is recorded, `checkpoint` acknowledgements (`playedStream`)
+correct the schedule when the carrier runs late, and the clock interpolates between acknowledgements.
 
 How big each `playAudio` is does not bound how fast the caller stops hearing the bot: `clearAudio` empties the
 carrier's whole queue. So audio that is due leaves in messages of up to `chunk_ms` (whatever has arrived, never
@@ -16,8 +17,10 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import math
 import time
+import weakref
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -34,6 +37,53 @@ _POLL_S = 0.05
 HOLD_REWIND_MS = 10.0
 _RESTART_S = 0.02  # a carrier plays in 20 ms frames: resumed audio starts at the next one
 Send = Callable[[str], Awaitable[None]]
+# The lead grows to cover how late the loop has lately woken a pacer (a long collection, a starved CPU): a pacer
+# that wakes later than its lead finds the carrier's queue already empty. A stall counts half after
+# LATE_HALF_LIFE_S; the lead then covers the stall times LATE_FACTOR plus LATE_MARGIN_S (the carrier's 20 ms
+# frame, the trip to it), up to MAX_LEAD_S.
+LATE_HALF_LIFE_S = 120.0
+LATE_FACTOR = 1.25
+LATE_MARGIN_S = 0.06
+MAX_LEAD_S = 1.0
+# An acknowledgement this late says the carrier ran dry (a stall on its side, network jitter): the lead then was
+# short by that much, and grows as after a wake-up as late. Below it: the carrier's start-up, its frame grid.
+LATE_ACK_S = 0.04
+
+
+class WakeLateness:
+    """How late the event loop has lately woken the pacers: the worst recent lateness, halving every
+    `half_life_s`. Every call's pacer runs on the same loop, so one that saw a stall protects all of them."""
+
+    def __init__(self, half_life_s: float = LATE_HALF_LIFE_S) -> None:
+        self.half_life_s = half_life_s
+        self._worst = 0.0
+        self._at = 0.0
+
+    def observe(self, late_s: float, now: float) -> None:
+        if late_s > self.worst(now):
+            self._worst, self._at = late_s, now
+
+    def worst(self, now: float) -> float:
+        if self._worst <= 0:
+            return 0.0
+        return self._worst * math.pow(0.5, max(0.0, now - self._at) / self.half_life_s)
+
+    def lead_s(self, base_s: float, now: float) -> float:
+        """The lead that keeps the carrier fed through a stall like the worst lately seen."""
+        worst = self.worst(now)
+        return base_s if worst <= 0 else max(base_s, min(MAX_LEAD_S, worst * LATE_FACTOR + LATE_MARGIN_S))
+
+
+_loop_lateness: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, WakeLateness] = weakref.WeakKeyDictionary()
+
+
+def loop_lateness() -> WakeLateness:
+    """The running loop's own record, shared by every pacer on it."""
+    loop = asyncio.get_running_loop()
+    found = _loop_lateness.get(loop)
+    if found is None:
+        found = _loop_lateness[loop] = WakeLateness()
+    return found
 
 
 @dataclass
@@ -90,7 +140,10 @@ class Playout:
         lead_ms: int = 200,
         checkpoint_interval_ms: int = 1000,
         clock: Clock = time.monotonic,
+        lateness: WakeLateness | None = None,
     ) -> None:
+        """`lateness`: the record of how late wake-ups have been, which deepens the lead (default: the running
+        loop's, shared with every other call's playout)."""
         self._send = send
         self.stream_id = stream_id
         self.format = fmt
@@ -98,6 +151,10 @@ class Playout:
         self.lead_s = lead_ms / 1000
         self.checkpoint_interval_ms = checkpoint_interval_ms
         self.clock = clock
+        if lateness is None:
+            with contextlib.suppress(RuntimeError):  # made outside a loop: run() picks its loop's record
+                lateness = loop_lateness()
+        self.lateness = lateness
         self._chunk_bytes = fmt.frame_bytes(chunk_ms)
         self._queue: deque[_Chunk] = deque()
         self._partial: dict[str, bytearray] = {}
@@ -173,21 +230,31 @@ class Playout:
 
     async def run(self) -> None:
         """Send queued chunks on a real-time schedule, keeping about `lead_ms` queued at the carrier."""
+        if self.lateness is None:
+            self.lateness = loop_lateness()
         while True:
             wait = await self.step()
             if wait is None:
                 self._wakeup.clear()
                 await self._wakeup.wait()
             elif wait > 0:
+                due = self.clock() + wait
                 await asyncio.sleep(wait)
+                now = self.clock()
+                self.lateness.observe(now - due, now)
+
+    def lead(self, now: float) -> float:
+        """Seconds of audio to keep queued at the carrier now: `lead_ms`, or more after the loop lagged."""
+        return self.lead_s if self.lateness is None else self.lateness.lead_s(self.lead_s, now)
 
     async def step(self) -> float | None:
         """Send every chunk that is due now; return seconds until the next is due, or None when idle."""
         while self._queue and not self.paused and self._stash is None:
             now = self.clock()
             ahead = self._play_end - now
-            if ahead > self.lead_s:
-                return ahead - self.lead_s
+            lead = self.lead(now)
+            if ahead > lead:
+                return ahead - lead
             await self._send_chunk(self._take(), now)
         return None
 
@@ -269,7 +336,12 @@ class Playout:
                 for seg in item.segments:
                     if seg.start >= cp.expected_at - 1e-9:
                         seg.start += delay
+            for later in self._checkpoints.values():  # their acks will come as late: no new news then
+                if later.expected_at >= cp.expected_at - 1e-9:
+                    later.expected_at += delay
             self._play_end += delay
+            if delay > LATE_ACK_S and self.lateness is not None:
+                self.lateness.observe(self.lead(now) + delay, now)
         if cp.final:
             info.played.set()
         return True

@@ -45,22 +45,33 @@ T = TypeVar("T")
 Verdict = tuple[FailureCause, str]
 
 
+_CLIENTS = 8
+
+
 class TimedCarrier:
-    """Shared HTTP client for simulated carriers that notes when each answer webhook's response arrived.
+    """Shared HTTP clients for simulated carriers that note when each answer webhook's response arrived.
 
     The carrier records when a webhook was sent; this adds the other end, so answer time is webhook -> 200.
-    One client serves many calls (connection reuse, like a real carrier's webhook sender).
+    A few clients serve many calls (connection reuse, like a real carrier's webhook sender).
     """
 
     def __init__(self, base_url: str, answer_path: str = "/vobiz/answer") -> None:
         self.base_url = base_url.rstrip("/")
         self.answer_path = answer_path
         self._answered: dict[str, float] = {}
-        limits = httpx.Limits(max_connections=None, max_keepalive_connections=100)
-        self.http = httpx.AsyncClient(event_hooks={"response": [self._on_response]}, limits=limits)
+        # Calls share a few clients round robin, not one: a client scans its whole pool of connections on every
+        # request, and a hundred calls' status callbacks through one pool cost the carrier more than their sockets.
+        limits = httpx.Limits(max_connections=None, max_keepalive_connections=100 // _CLIENTS)
+        self._clients = [
+            httpx.AsyncClient(event_hooks={"response": [self._on_response]}, limits=limits) for _ in range(_CLIENTS)
+        ]
+        self.http = self._clients[0]
+        self._placed = 0
 
     async def _on_response(self, response: httpx.Response) -> None:
         request = response.request
+        if request.method == "POST" and b"StartApp" not in request.content:
+            return  # a status callback
         raw = request.content.decode("utf-8", "replace") if request.method == "POST" else request.url.query.decode()
         fields = parse_qs(raw)
         if fields.get("Event") == ["StartApp"] and fields.get("CallUUID"):
@@ -68,14 +79,16 @@ class TimedCarrier:
 
     def carrier(self) -> CarrierSim:
         """A fresh carrier per call, so finished calls (and their audio) are not kept alive by the carrier."""
-        return CarrierSim(self.base_url, self.answer_path, http=self.http)
+        self._placed += 1
+        return CarrierSim(self.base_url, self.answer_path, http=self._clients[self._placed % _CLIENTS])
 
     def answer_ms(self, call_uuid: str, sent_at: float | None) -> float | None:
         answered = self._answered.pop(call_uuid, None)
         return None if answered is None or sent_at is None else (answered - sent_at) * 1000
 
     async def aclose(self) -> None:
-        await self.http.aclose()
+        for client in self._clients:
+            await client.aclose()
 
     async def __aenter__(self) -> TimedCarrier:
         return self

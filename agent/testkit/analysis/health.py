@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import bisect
 import itertools
+import math
 import re
 from collections import Counter
 from collections.abc import Iterable, Sequence
@@ -139,6 +140,23 @@ def collect_problems(
 
 
 STALL_SLACK_S = (0.05, 0.02)  # a stall explains a gap that began up to 50 ms after it ended (20 ms before it began)
+# The server needs a moment to pass audio on: audio the engine sent later than this before the carrier ran dry
+# could not have been there in time, whatever the server did.
+ENGINE_MARGIN_S = 0.05
+GAP_CAUSES = ("engine", "carrier", "agent")  # whose doing a playout gap was (gap_causes)
+
+
+def _stalls(spikes: Iterable[tuple[float, float]]) -> tuple[list[tuple[float, float]], list[float]]:
+    """(start, end) of each stall, sorted by start, and the latest end among the first i+1."""
+    stalls = sorted((t - lag / 1000, t) for t, lag in spikes)
+    return stalls, list(itertools.accumulate((b for _, b in stalls), max))
+
+
+def _stalled_at(stalls: tuple[list[tuple[float, float]], list[float]], t: float) -> bool:
+    spans, latest_end = stalls
+    after, before = STALL_SLACK_S
+    i = bisect.bisect_right(spans, (t + before, math.inf))
+    return bool(i) and latest_end[i - 1] >= t - after
 
 
 def gaps_during_stalls(gap_spans: Sequence[tuple[float, float]], spikes: Iterable[tuple[float, float]]) -> int:
@@ -148,13 +166,34 @@ def gaps_during_stalls(gap_spans: Sequence[tuple[float, float]], spikes: Iterabl
     server sent in time (its playout clock catches up first and finds the queue empty), and a stalled engine sends
     a response's audio late: either can empty the carrier's queue with no fault of the server's.
     """
-    stalls = sorted((t - lag / 1000, t) for t, lag in spikes)
-    starts = [a for a, _ in stalls]
-    latest_end = list(itertools.accumulate((b for _, b in stalls), max))
-    after, before = STALL_SLACK_S
-    count = 0
-    for g0, _g1 in gap_spans:
-        i = bisect.bisect_right(starts, g0 + before)
-        if i and latest_end[i - 1] >= g0 - after:
-            count += 1
-    return count
+    stalls = _stalls(spikes)
+    return sum(1 for g0, _g1 in gap_spans if _stalled_at(stalls, g0))
+
+
+def gap_causes(
+    gap_spans: Sequence[tuple[float, float]],
+    audio_sent: Sequence[float | None],
+    carrier_spikes: Iterable[tuple[float, float]],
+    engine_spikes: Iterable[tuple[float, float]],
+) -> list[str]:
+    """Whose doing each playout gap was, one of GAP_CAUSES.
+
+    * engine: the audio the carrier ran out of left the engine less than ENGINE_MARGIN_S before (a stall of the
+      engine's loop right after it stamped the send counts as sending late); with no such record, the engine's
+      loop was stalled when the carrier ran dry;
+    * carrier: the bench process (the carrier simulator) was stalled then, so it read in time what came late
+      or played its ticks late;
+    * agent: neither, so the audio was at the agent in time and the carrier was listening: the server's fault.
+    """
+    engine = _stalls(engine_spikes)
+    carrier = _stalls(carrier_spikes)
+    out: list[str] = []
+    for (g0, _g1), sent in zip(gap_spans, audio_sent, strict=True):
+        if sent is None:
+            late = _stalled_at(engine, g0)
+        else:
+            # A stall that began as the engine stamped the send delayed the send itself.
+            held = [end for start, end in engine[0] if start <= sent + 0.005 and end >= sent]
+            late = max([sent, *held]) > g0 - ENGINE_MARGIN_S
+        out.append("engine" if late else "carrier" if _stalled_at(carrier, g0) else "agent")
+    return out

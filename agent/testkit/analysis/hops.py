@@ -138,6 +138,10 @@ class Matched:
     answers: dict[int, list[measures.Answer]] = field(default_factory=dict)  # call -> its bot answers
     gap_spans: list[tuple[float, float]] = field(default_factory=list)  # (carrier ran dry, audio resumed)
     gap_where: list[tuple[int, float, float]] = field(default_factory=list)  # (call, s into the call, gap ms)
+    # Per gap: when the engine sent the audio the carrier ran out of (None: not known, e.g. L16)
+    gap_audio_sent: list[float | None] = field(default_factory=list)
+    # call -> (first playAudio at the carrier, the engine's [send time, audio ms so far] per delta) per response
+    call_responses: dict[int, list[tuple[float, list[list[float]]]]] = field(default_factory=dict)
     send_lag_ms: list[float] = field(default_factory=list)  # caller frame sent vs its schedule (back-pressure)
     playout_lag_ms: list[float] = field(default_factory=list)  # the sim's playout ticks vs their schedule
     response_starts: dict[int, list[float]] = field(default_factory=dict)  # call -> first playAudio times
@@ -340,12 +344,15 @@ def _model_to_caller(pairs: Sequence[Pair], calls: Sequence[CallResult], exact: 
             (m.greeting_delta_ms if resp["id"] == greeting else m.delta_ms).append(lat)
             worst.append({"ms": round(lat, 1), "call": call.index, "session": sess["id"], "response": resp["id"]})
             m.response_starts.setdefault(call.index, []).append(t_play)
+            m.call_responses.setdefault(call.index, []).append((t_play, resp.get("audio_sent") or []))
             if resp.get("item_id"):
                 m.item_first_play[(s_idx, str(resp["item_id"]))] = t_play
     worst.sort(key=lambda x: -float(x["ms"]))
     m.outliers["model_to_caller"] = worst[:5]
     for starts in m.response_starts.values():
         starts.sort()
+    for played in m.call_responses.values():
+        played.sort(key=lambda r: r[0])
 
 
 def _barge_ins(pairs: Sequence[Pair], m: Matched) -> None:
@@ -444,13 +451,30 @@ def _truncations(pairs: Sequence[Pair], m: Matched) -> None:
 
 
 def _playout_gaps(calls: Sequence[CallResult], m: Matched) -> None:
-    """The carrier ran dry in the middle of an answer, then went on with it (:func:`measures.answers`)."""
+    """The carrier ran dry in the middle of an answer, then went on with it (:func:`measures.answers`); for each
+    gap, when the engine sent the audio that was missing (:func:`_missing_audio_sent`)."""
     for call in calls:
+        responses = m.call_responses.get(call.index, [])
         for answer in m.answers.get(call.index, []):
-            for a, b in answer.gap_spans():
+            for (a, b), before in zip(answer.gap_spans(), answer.runs, strict=False):
                 m.gaps_ms.append((b - a) * 1000)
                 m.gap_spans.append((a, b))
                 m.gap_where.append((call.index, round(a - (call.start_t or a), 2), round((b - a) * 1000, 1)))
+                heard = before.played_after_ms - answer.runs[0].played_before_ms
+                m.gap_audio_sent.append(_missing_audio_sent(responses, answer.start, heard))
+
+
+def _missing_audio_sent(
+    responses: Sequence[tuple[float, list[list[float]]]], answer_start: float, heard_ms: float
+) -> float | None:
+    """When the engine sent the audio that follows the first `heard_ms` of the response that began playing at
+    `answer_start`; None when that response or that much of its audio is not on record."""
+    k = bisect.bisect_right([t for t, _ in responses], answer_start + 0.001) - 1
+    if k < 0 or answer_start - responses[k][0] > BARGE_WINDOW_S:
+        return None
+    sent = responses[k][1]
+    i = bisect.bisect_right([end for _, end in sent], heard_ms + 0.5)
+    return float(sent[i][0]) if i < len(sent) else None
 
 
 def ratio(agent: float | None, baseline: float | None) -> float | None:

@@ -386,6 +386,8 @@ def side_report(run: SideRun, content_type: str, calls: int) -> dict[str, Any]:
     during = log_bytes[begin:stop_at].decode(errors="replace")
     shutdown = log_bytes[stop_at:end].decode(errors="replace")
     gc_pauses = health.gc_pauses(during)
+    engine_spikes = [(float(t), float(lag)) for t, lag in run.engine.get("loop_lag_spikes", [])]
+    causes = health.gap_causes(m.gap_spans, m.gap_audio_sent, run.bench_lag_spikes, engine_spikes)
     return {
         "overloaded": health.overload(m, run.engine),
         "cpu": {
@@ -421,14 +423,14 @@ def side_report(run: SideRun, content_type: str, calls: int) -> dict[str, Any]:
         "truncation_signed_error_ms": hops.stats(m.trunc_signed_ms),
         "playout_gaps": {
             "count": len(m.gaps_ms),
-            "during_generator_stalls": health.gaps_during_stalls(
-                m.gap_spans,
-                [*run.bench_lag_spikes, *((float(t), float(lag)) for t, lag in run.engine.get("loop_lag_spikes", []))],
-            ),
+            "during_generator_stalls": health.gaps_during_stalls(m.gap_spans, [*run.bench_lag_spikes, *engine_spikes]),
+            # engine: its audio came too late; carrier: the simulator was stalled; agent: the server's own fault
+            "causes": {cause: causes.count(cause) for cause in health.GAP_CAUSES},
             "total_ms": round(sum(m.gaps_ms), 1),
             "per_min_of_bot_audio": round(len(m.gaps_ms) / bot_min, 2) if bot_min else None,
             "duration_ms": hops.stats(m.gaps_ms),
-            "first": m.gap_where[:20],  # (call, seconds into the call, ms)
+            # (call, seconds into the call, ms, cause) of the first 40
+            "first": [[*where, cause] for where, cause in zip(m.gap_where[:40], causes, strict=False)],
             # With --gc-probe: gaps that began during (or up to 50 ms after) a GC pause of the server.
             "during_server_gc": health.gaps_during_stalls(m.gap_spans, [(t, ms) for t, ms, _ in gc_pauses]),
         },

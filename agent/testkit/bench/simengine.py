@@ -69,6 +69,16 @@ class NoisyToneReplies:
         return Reply(transcript=text, audio=float_to_pcm16((tone + noise) / 32767.0))
 
 
+def _response(rid: str, t_created: float | None) -> dict[str, Any]:
+    # audio_sent: [engine send time, the response's audio ms sent so far] per delta
+    return {"id": rid, "t_created": t_created, "t_first_delta": None, "item_id": None, "prefix": None, "audio_sent": []}
+
+
+def _b64_len(text: str) -> int:
+    """Decoded size of a base64 string, without decoding it."""
+    return len(text) // 4 * 3 - text[-2:].count("=")
+
+
 def summarize(session: SimSession) -> dict[str, Any]:
     """Everything the bench matches on, without audio: a few hundred KB for a 20 s call at most."""
     pcmu = session.input_format.type == "audio/pcmu"
@@ -93,6 +103,7 @@ def summarize(session: SimSession) -> dict[str, Any]:
         elif kind == "conversation.item.truncate":
             truncates.append({"t": t, "item_id": event.get("item_id"), "audio_end_ms": event.get("audio_end_ms")})
     responses: dict[str, dict[str, Any]] = {}
+    out_bytes_per_ms = 8.0 if session.output_format.type in ("audio/pcmu", "audio/pcma") else 48.0
     speech_started: list[float] = []
     speech_stopped: list[float] = []
     errors: list[str] = []
@@ -107,16 +118,20 @@ def summarize(session: SimSession) -> dict[str, Any]:
             speech_stopped.append(t)
         elif kind == "response.created":
             rid = str(event["response"]["id"])
-            responses[rid] = {"id": rid, "t_created": t, "t_first_delta": None, "item_id": None, "prefix": None}
+            responses[rid] = _response(rid, t)
         elif kind == "response.output_audio.delta":
             rid = str(event.get("response_id"))
-            resp = responses.setdefault(
-                rid, {"id": rid, "t_created": None, "t_first_delta": None, "item_id": None, "prefix": None}
-            )
+            resp = responses.setdefault(rid, _response(rid, None))
+            delta = str(event.get("delta", ""))
             if resp["t_first_delta"] is None:
                 resp["t_first_delta"] = t
                 resp["item_id"] = event.get("item_id")
-                resp["prefix"] = str(event.get("delta", ""))[:PREFIX_CHARS]
+                resp["prefix"] = delta[:PREFIX_CHARS]
+            # When each stretch of the answer left the engine: a playout gap is the engine's doing when the audio
+            # the carrier ran out of had not been sent yet.
+            ends = resp["audio_sent"]
+            end_ms = (ends[-1][1] if ends else 0.0) + _b64_len(delta) / out_bytes_per_ms
+            ends.append([t, round(end_ms, 3)])
         elif kind == "response.done":
             rid = str(event["response"]["id"])
             if rid in responses:

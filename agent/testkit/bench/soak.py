@@ -233,6 +233,7 @@ def side_json(
             "model_to_caller_ms": hops.stats(q.delta_ms),
             "playout_gaps": len(q.gaps_ms),
             "playout_gaps_during_generator_stalls": q.gaps_during_stalls,
+            "playout_gaps_of_the_agent": q.gaps_of_the_agent,
             "playout_gaps_during_server_gc": q.gaps_during_server_gc,
             "server_gc_pauses_ms": hops.stats(ms for _, ms, _ in state.server_gc) if state.server_gc else None,
             "playout_gap_ms": hops.stats(q.gaps_ms),

@@ -66,7 +66,8 @@ def render_side(name: str, s: dict[str, Any], concurrency: int) -> str:
         f"({_f(s['cpu_per_call_pct'], 2)}% per call)"
         f"; barge-in p50/p99 {_f(q['barge_in_ms']['p50'])}/{_f(q['barge_in_ms']['p99'])} ms "
         f"(n={q['barge_in_ms']['n']}); playout gaps {q['playout_gaps']} "
-        f"({q['playout_gaps_during_generator_stalls']} began during a bench/engine stall"
+        f"({q['playout_gaps_of_the_agent']} the agent's own, {q['playout_gaps_during_generator_stalls']} began during "
+        "a bench/engine stall"
         + (
             f", {q['playout_gaps_during_server_gc']} during a GC pause of the server; server GC pauses > 20 ms: "
             f"{q['server_gc_pauses_ms']['n']}, max {q['server_gc_pauses_ms']['max']:.0f} ms"

@@ -160,6 +160,7 @@ class Quality:
     gaps_ms: list[float] = field(default_factory=list)
     gaps_during_stalls: int = 0
     gaps_during_server_gc: int = 0
+    gaps_of_the_agent: int = 0  # health.gap_causes: neither the engine's doing nor the carrier simulator's
     counts: Counter[str] = field(default_factory=Counter)
     turns: Counter[str] = field(default_factory=Counter)
     problems: Counter[str] = field(default_factory=Counter)
@@ -253,6 +254,8 @@ class SoakState:
         self.engine_spikes += [(float(t), float(lag)) for t, lag in engine.get("loop_lag_spikes", [])]
         stalled = health.gaps_during_stalls(m.gap_spans, [*self.lag.spikes, *self.engine_spikes])
         q.gaps_during_stalls += stalled
+        own = health.gap_causes(m.gap_spans, m.gap_audio_sent, self.lag.spikes, self.engine_spikes).count("agent")
+        q.gaps_of_the_agent += own
         in_gc = health.gaps_during_stalls(m.gap_spans, [(t, ms) for t, ms, _ in self.server_gc])
         q.gaps_during_server_gc += in_gc
         problems, _tallies = health.collect_problems(batch_calls, batch, m, self.name)
@@ -273,6 +276,7 @@ class SoakState:
             "barge_in_ms": hops.stats(m.barge_ms),
             "gaps": len(m.gaps_ms),
             "gaps_during_stalls": stalled,
+            "gaps_of_the_agent": own,
             "gaps_during_server_gc": in_gc,
             "caller_to_model_p99": hops.stats(m.frame_ms)["p99"],
             "model_to_caller_p99": hops.stats(m.delta_ms)["p99"],
