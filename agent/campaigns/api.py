@@ -43,25 +43,20 @@ class CampaignRequest(BaseModel):
 
 async def create_campaign(state: AppState, body: CampaignRequest) -> str:
     """Validate and store a campaign (shared by the API and the console's form); raises CampaignError."""
-    prompt = body.prompt or state.settings.default_prompt
-    state.prompts.get(prompt)  # PromptError for an unknown or broken prompt
-    sender = body.from_ or state.settings.outbound_from_number
-    if not sender:
-        raise CampaignError("no caller ID: give a from number or set AGENT_OUTBOUND_FROM_NUMBER")
-    timezone = body.timezone or state.settings.campaign_timezone
-    spec = CampaignSpec(
+    spec = CampaignSpec.asked(
+        state.settings,
         name=body.name,
-        prompt=prompt,
-        from_number=sender,
+        prompt=body.prompt,
+        from_number=body.from_,
+        timezone=body.timezone,
         concurrency=body.concurrency,
         rate_per_min=body.rate_per_min,
         window=body.window,
-        timezone=timezone,
         max_attempts=body.max_attempts,
         retry_delay_s=body.retry_delay_s,
         retry_on=tuple(body.retry_on),
     )
-    spec.check()
+    state.prompts.get(spec.prompt)  # PromptError for an unknown or broken prompt
     rows = parse_csv(body.csv)
     return await CampaignStore(state.store.db).create(spec, rows)
 

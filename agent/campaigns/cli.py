@@ -140,22 +140,22 @@ def campaign_run(
 ) -> None:
     """Dial every number in CSV_FILE (a `number` column; other columns are prompt variables)."""
     settings = _settings()
-    sender = from_number or settings.outbound_from_number
-    if not sender:
-        raise click.ClickException("no caller ID: pass --from or set AGENT_OUTBOUND_FROM_NUMBER")
-    spec = CampaignSpec(
-        name=name or csv_file.stem,
-        prompt=prompt_name or settings.default_prompt,
-        from_number=sender,
-        concurrency=concurrency,
-        rate_per_min=_rate(rate),
-        window=window,
-        timezone=timezone or settings.campaign_timezone,
-        max_attempts=max_attempts,
-        retry_delay_s=retry_delay,
-        retry_on=tuple(r.strip() for r in retry_on.split(",") if r.strip()),
-    )
-
+    try:
+        spec = CampaignSpec.asked(
+            settings,
+            name=name or csv_file.stem,
+            prompt=prompt_name,
+            from_number=from_number,
+            timezone=timezone,
+            concurrency=concurrency,
+            rate_per_min=_rate(rate),
+            window=window,
+            max_attempts=max_attempts,
+            retry_delay_s=retry_delay,
+            retry_on=tuple(r.strip() for r in retry_on.split(",") if r.strip()),
+        )
+    except CampaignError as exc:
+        raise click.ClickException(str(exc)) from None
     text = csv_file.read_text(encoding="utf-8-sig")
 
     async def job() -> None:

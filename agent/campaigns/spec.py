@@ -6,9 +6,12 @@ import csv
 import io
 import secrets
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from agent.campaigns.windows import WindowError, normalise_number, parse_window, zone
+
+if TYPE_CHECKING:
+    from agent.config import Settings
 
 RESULTS = ("person", "machine", "busy", "no_answer", "failed")
 OUTCOMES = (*RESULTS, "dnc")
@@ -32,6 +35,42 @@ class CampaignSpec:
     max_attempts: int = 3
     retry_delay_s: float = 600.0
     retry_on: tuple[str, ...] = RETRYABLE
+
+    @classmethod
+    def asked(
+        cls,
+        settings: Settings,
+        *,
+        name: str,
+        prompt: str | None,
+        from_number: str | None,
+        timezone: str | None,
+        concurrency: int,
+        rate_per_min: float,
+        window: str,
+        max_attempts: int,
+        retry_delay_s: float,
+        retry_on: tuple[str, ...],
+    ) -> CampaignSpec:
+        """A campaign as an operator asked for it (command line, API or console), what they left out taken from the
+        service's settings, and checked."""
+        sender = from_number or settings.outbound_from_number
+        if not sender:
+            raise CampaignError("no caller ID: give a from number or set AGENT_OUTBOUND_FROM_NUMBER")
+        spec = cls(
+            name=name,
+            prompt=prompt or settings.default_prompt,
+            from_number=sender,
+            concurrency=concurrency,
+            rate_per_min=rate_per_min,
+            window=window,
+            timezone=timezone or settings.campaign_timezone,
+            max_attempts=max_attempts,
+            retry_delay_s=retry_delay_s,
+            retry_on=retry_on,
+        )
+        spec.check()
+        return spec
 
     def check(self) -> None:
         if not self.name.strip() or len(self.name) > 128:
