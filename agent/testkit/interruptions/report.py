@@ -59,6 +59,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         vad_ms=args.vad_ms,
         vad_threshold_rms=args.vad_threshold_rms,
         speed=args.speed,
+        transcript_ms=args.transcript_ms,
         agent_path=args.agent_path,
         agent_env=cast(tuple[tuple[str, str], ...], settings),
     )
@@ -70,6 +71,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             "vad_ms": opts.vad_ms,
             "vad_threshold_rms": opts.vad_threshold_rms,
             "speed": opts.speed,
+            "transcript_ms": opts.transcript_ms,
             "agent_path": str(opts.agent_path) if opts.agent_path else None,
             "agent_env": dict(opts.agent_env),
             "seed": args.seed,
@@ -103,7 +105,8 @@ def render(report: dict[str, Any]) -> str:
         f"Interruption bench: {sum(c.values())} events per side ({c['real']} real interruptions, "
         f"{c['backchannel']} backchannels, {c['cough']} coughs/noise bursts, {c['echo']} echo) in {cfg['calls']} "
         f"concurrent calls; engine VAD after {cfg['vad_ms']} ms of speech (RMS >= {cfg['vad_threshold_rms']:g}), "
-        f"replies at {cfg['speed']:g}x real time; transcripts {cfg['transcripts']}",
+        f"replies at {cfg['speed']:g}x real time; transcripts {cfg['transcripts']}, "
+        f"{cfg.get('transcript_ms', 20)} ms after the commit",
         "",
         f"{'':46}" + "".join(f"{n:>11}" for n in names) + "   goal",
     ]
@@ -204,6 +207,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--vad-ms", type=int, default=300, help="speech the engine's VAD needs (default 300)")
     parser.add_argument("--vad-threshold-rms", type=float, default=250.0, help="engine VAD level (default 250)")
     parser.add_argument("--speed", type=float, default=2.0, help="engine audio speed vs real time (default 2)")
+    parser.add_argument(
+        "--transcript-ms", type=int, default=20, help="engine: commit -> transcript, as a remote ASR (default 20)"
+    )
     parser.add_argument("--seed", type=int, default=16, help="event plan seed")
     parser.add_argument(
         "--agent-path",
