@@ -98,6 +98,9 @@ class Pause:
             local_ms=detector.sound_ms if detector is not None else 0.0,
             local_voiced_ms=max(self.voiced_ms, detector.voiced_ms) if detector is not None else 0.0,
             playing=self.playing,
+            tail_unvoiced=(
+                detector is not None and detector.voiced_ms == 0 and detector.sound_ms > 0 and self.voiced_ms > 0
+            ),
         )
 
     def held_ms(self, now: float) -> float:

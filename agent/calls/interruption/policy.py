@@ -13,10 +13,10 @@ voicing for `noise_ms` (a cough, a rustle, a thud) → resume at once; a sound t
 model's VAD heard no speech → resume.
 
 PLAY is a provisional resume: a short voiced sound (under `short_speech_ms`) over for `resume_quiet_ms` on the
-line, its transcript not in yet. The bot plays on from
-where it stopped while the pause stays open: a transcript with a stop word or content words still cuts it (then,
-to what was heard, the resumed part included), and the caller starting again pauses it again. The transcript of a
-murmur takes 0.05-1.5 s; the bot need not be silent that long for it.
+line (`NOISE_END_MS` when it ended on an unvoiced burst: a word's last consonant), its transcript not in yet. The
+bot plays on from where it stopped while the pause stays open: a transcript with a stop word or content words
+still cuts it (then, to what was heard, the resumed part included), and the caller starting again pauses it
+again. The transcript of a murmur takes 0.05-1.5 s; the bot need not be silent that long for it.
 """
 
 from __future__ import annotations
@@ -72,6 +72,7 @@ class Evidence:
     local_ms: float = 0.0
     local_voiced_ms: float = 0.0
     playing: bool = False  # resumed provisionally (PLAY): the bot plays while the pause waits for the words
+    tail_unvoiced: bool = False  # the latest sound had no voice, an earlier one had: a word's last consonant
 
 
 def decide(e: Evidence, rules: Rules, words: WordLists) -> Decision:
@@ -105,7 +106,7 @@ def decide(e: Evidence, rules: Rules, words: WordLists) -> Decision:
         and rules.resume_quiet_ms > 0
         and e.transcript is None
         and e.local_quiet_ms is not None
-        and e.local_quiet_ms >= rules.resume_quiet_ms
+        and e.local_quiet_ms >= (min(NOISE_END_MS, rules.resume_quiet_ms) if e.tail_unvoiced else rules.resume_quiet_ms)
         and e.local_voiced_ms > 0
         and e.speech_ms < rules.short_speech_ms
     ):
