@@ -145,6 +145,13 @@ class Settings(BaseSettings):
     interruption_transcript_wait_ms: float = Field(
         default=1200.0, ge=0, le=10000, description="adaptive: no transcript this long after the speech: resume"
     )
+    interruption_resume_quiet_ms: float = Field(
+        default=200.0,
+        ge=0,
+        le=1000,
+        description="adaptive: a short voiced sound over for this long plays the bot on before its words are known,"
+        " still cut if they interrupt (0: wait for the words)",
+    )
     interruption_max_pause_ms: float = Field(
         default=2500.0, ge=200, le=20000, description="adaptive: the longest the bot is held while unsure"
     )

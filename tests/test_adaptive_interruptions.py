@@ -164,6 +164,113 @@ async def test_a_stop_word_cuts_the_bot_even_when_short() -> None:
         assert call.protocol_errors == [] and session.protocol_errors == []
 
 
+async def test_a_short_sound_plays_the_bot_on_until_its_stop_word_cuts_it_to_what_was_heard() -> None:
+    # The words of a 400 ms "wait" come 700 ms after its turn closes: the bot does not stay silent that long.
+    config = RealtimeSimConfig(reply_ms=6000, speed=1.2, transcribe=said("wait", "wait"), transcription_delay_ms=700)
+    async with running_stack(config) as stack:
+        call = await stack.carrier.place_call(
+            [CallerAudio.after_bot_audio(1000, CallerAudio.tone(300, 400, 0.4)), CallerAudio.silence(7000)]
+        )
+        session = await stack.engine.wait_for_session()
+        truncate = await session.wait_for_client_event("conversation.item.truncate", timeout=8)
+        assert client(session, "response.cancel")
+        answer = await session.wait_for_client_event("response.create", ours, timeout=4)
+        [committed] = [e for e in session.server_events if e["type"] == "input_audio_buffer.committed"]
+        [words] = [e for e in session.server_events if e["type"].endswith("transcription.completed")]
+        assert answer["_t"] >= words["_t"] and 0 <= (answer["_t"] - committed["_t"]) * 1000 < 800
+        # Quiet on the onset; the bot played on once the sound was over; quiet again, for good, on the words.
+        await call.wait_clear(count=2, timeout=4)
+        first, second = call.clears[:2]
+        assert 1000 <= first.played_ms_at_clear < 1250
+        assert second.played_ms_at_clear - first.played_ms_at_clear >= 400
+        assert 0 <= (second.t - words["_t"]) * 1000 < 150
+        record = stack.state.registry.records[call.call_uuid]
+        [playing] = [e.detail for e in record.events if e.kind == "interruption_playing"]
+        assert playing["reason"] == "short_sound" and 0 < playing["paused_ms"] < 600
+        [decision] = interruptions(stack, call)
+        assert (decision["outcome"], decision["reason"], decision["played_on"]) == ("cut", "stop_word", True)
+        # Cut to what the caller heard, the part played on included: the samples played are the model's, with
+        # nothing skipped at the resume (the first clear's flight time heard twice), and the truncate is there.
+        sent, played = model_audio(session, truncate["item_id"]), call.played
+        stopped, cut = round(first.played_ms_at_clear * 8), round(second.played_ms_at_clear * 8)
+        first_pause, second_pause = [e.detail for e in record.events if e.kind == "pause"][:2]
+        expected = round((next(iter(first_pause["heard"].values())) - HOLD_REWIND_MS) * 8)
+        resumed_at = next(
+            at
+            for at in range(expected - 16, expected + 17)
+            if np.array_equal(played[stopped : stopped + 80], sent[at : at + 80])
+        )
+        assert 0 <= stopped - resumed_at <= 40 * 8
+        assert np.array_equal(played[:stopped], sent[:stopped])
+        assert np.array_equal(played[stopped:cut], sent[resumed_at : resumed_at + cut - stopped])
+        heard_ms = (resumed_at + cut - stopped) / 8
+        assert truncate["audio_end_ms"] == pytest.approx(heard_ms, abs=60)
+        assert truncate["audio_end_ms"] == pytest.approx(next(iter(second_pause["heard"].values())), abs=1)
+        assert record.barge_ins[0].heard_ms == pytest.approx(truncate["audio_end_ms"], abs=1)
+        assert [i for i in session.items if i["id"] == committed["item_id"]]  # the caller's turn kept, answered
+        await call.hangup()
+        assert call.protocol_errors == [] and session.protocol_errors == []
+
+
+async def test_the_caller_going_on_after_a_short_sound_holds_the_bot_again_at_once() -> None:
+    # "Okay ... stop, I meant Tuesday": a short word, a breath long enough to play the bot on, then the sentence.
+    config = RealtimeSimConfig(
+        reply_ms=8000, speed=1.2, transcribe=said("okay", "stop I meant Tuesday"), transcription_delay_ms=700
+    )
+    async with running_stack(config) as stack:
+        call = await stack.carrier.place_call(
+            [
+                CallerAudio.after_bot_audio(1000, CallerAudio.tone(300, 300, 0.4)),
+                CallerAudio.silence(300),
+                CallerAudio.tone(300, 1800, 0.4),
+                CallerAudio.silence(6000),
+            ]
+        )
+        session = await stack.engine.wait_for_session()
+        await session.wait_for_client_event("conversation.item.truncate", timeout=10)
+        answer = await session.wait_for_client_event("response.create", ours, timeout=6)
+        # While paused the VAD closes a turn after 200 ms of silence (the offline engine applies a session.update
+        # from its next 20 ms window on, mid-utterance too): the 300 ms breath split the caller's sentence in two.
+        # They get one answer, once the sentence's last part is committed; not one to "okay" while they talk.
+        committed = [e for e in session.server_events if e["type"] == "input_audio_buffer.committed"]
+        assert len(committed) == 2 and answer["_t"] >= committed[1]["_t"]
+        assert len([e for e in client(session, "response.create") if ours(e)]) == 1
+        record = stack.state.registry.records[call.call_uuid]
+        assert [e.detail["reason"] for e in record.events if e.kind == "interruption_playing"] == ["short_sound"]
+        [again] = [e for e in call.events("caller_segment_started") if e.detail["kind"] == "tone"][1:]
+        t0 = next(e.t for e in call.timeline if e.kind == "start_sent")
+        await call.wait_clear(count=2, timeout=4)
+        second = call.clears[1]
+        assert second.played_ms_at_clear > call.clears[0].played_ms_at_clear  # it had played on
+        # then quiet on the caller's next onset (call clock), not on their words
+        assert 0 <= (second.t - t0) * 1000 - again.detail["call_ms"] < 150
+        [decision] = interruptions(stack, call)
+        assert decision["outcome"] == "cut" and decision["played_on"]
+        await call.hangup()
+        assert call.protocol_errors == [] and session.protocol_errors == []
+
+
+async def test_a_words_unvoiced_last_consonant_is_not_taken_for_a_cough() -> None:
+    # "wai-t": the voiced part, a closure, then the release, a short burst of noise on its own. The pause had a
+    # voice in it: not noise, resumed for good; the words come, and cut.
+    config = RealtimeSimConfig(reply_ms=6000, speed=1.2, transcribe=said("wait", "wait"), transcription_delay_ms=300)
+    async with running_stack(config) as stack:
+        call = await stack.carrier.place_call(
+            [
+                CallerAudio.after_bot_audio(1000, CallerAudio.tone(300, 340, 0.4)),
+                CallerAudio.silence(80),
+                CallerAudio.noise(40, 0.3, seed=3),
+                CallerAudio.silence(6000),
+            ]
+        )
+        session = await stack.engine.wait_for_session()
+        await session.wait_for_client_event("conversation.item.truncate", timeout=8)
+        [decision] = interruptions(stack, call)
+        assert (decision["outcome"], decision["reason"]) == ("cut", "stop_word")
+        await call.hangup()
+        assert call.protocol_errors == [] and session.protocol_errors == []
+
+
 async def test_an_ordinary_turn_while_the_bot_is_silent_is_answered_at_once() -> None:
     config = RealtimeSimConfig(reply_ms=600, speed=4.0, transcribe=said("hello", "what are your opening hours"))
     async with running_stack(config) as stack:

@@ -55,8 +55,10 @@ def _played(audio: Int16Array, spans: list[tuple[int, int, int]]) -> list[tuple[
     return pieces
 
 
-def _outcome(kind: str, pieces: list[tuple[int, Int16Array]], session: dict[str, Any], onset_ms: float) -> Any:
-    event = Event(0, kind, "test sound", 1000)  # type: ignore[arg-type]
+def _outcome(
+    kind: str, pieces: list[tuple[int, Int16Array]], session: dict[str, Any], onset_ms: float, sound_ms: float = 0.0
+) -> Any:
+    event = Event(0, kind, "test sound", 1000, sound_ms=sound_ms)  # type: ignore[arg-type]
     call = CallRun(0, [EventRun(event, onset_ms)], pieces=pieces)
     (outcome,), unknown_ms = outcomes_of_call(call, session)
     assert unknown_ms == 0
@@ -96,6 +98,30 @@ def test_a_real_interruption_cut_for_good_is_recalled_with_its_talk_over() -> No
     assert fig["model_told_pct"] == 100
 
 
+def test_a_real_interruption_resumed_by_mistake_counts_all_the_talk_after_its_onset() -> None:
+    audio = _answer(4, 3000)
+    # Onset at 1 s; quiet at 1.08 s; played on 1.4-1.6 s (from where it stopped), then cut for good.
+    pieces = _played(audio, [(0, 0, 8640), (8000 + 3200, 8640, 8640 + 1600)])
+    o = _outcome("real", pieces, _session(audio[:12000], "cancelled", truncate_ms=1280, full_ms=3000), 1000)
+    assert o.cut and o.resumed_then_cut and not o.resumed
+    assert o.talk_over_ms == pytest.approx(80) and o.talk_total_ms == pytest.approx(80 + 200)
+    fig = figures([o])["real"]
+    assert fig["resumed_then_cut"] == 1 and fig["talk_total_ms"]["p95"] == pytest.approx(280)
+    assert fig["talk_over_ms"]["p95"] == pytest.approx(80)
+
+
+def test_dead_air_is_from_the_end_of_the_callers_sound_to_the_resume() -> None:
+    audio = _answer(5, 3000)
+    # A 400 ms murmur from 1 s; quiet from 1.06 s; resumed at 1.55 s: a 490 ms pause, 150 ms of it dead air.
+    pieces = _played(audio, [(0, 0, 8480), (12400, 8480, len(audio))])
+    o = _outcome("backchannel", pieces, _session(audio), onset_ms=1000, sound_ms=400)
+    assert o.resumed and o.pause_ms == pytest.approx(490) and o.dead_air_ms == pytest.approx(150)
+    fig = figures([o])["false"]
+    assert fig["dead_air_ms"]["p95"] == pytest.approx(150)
+    assert fig["by_kind"]["backchannel"]["dead_air_ms"]["p50"] == pytest.approx(150)
+    assert fig["by_kind"]["backchannel"]["resume_pause_ms"]["p50"] == pytest.approx(490)
+
+
 @pytest.mark.skipif(bool(missing_packages("espeakng_loader")), reason="needs the sim extra (eSpeak NG)")
 async def test_immediate_mode_recalls_a_real_interruption_and_a_cough_cuts_the_bot(tmp_path: Path) -> None:
     manifest = tmp_path / "manifest.npz"
@@ -114,4 +140,7 @@ async def test_immediate_mode_recalls_a_real_interruption_and_a_cough_cuts_the_b
     assert c["cut"] and not c["resumed"] and c["lost_ms"] > 0
     fig = side["figures"]
     assert fig["real"]["recall_pct"] == 100 and fig["false"]["cut_pct"] == 100
-    assert fig["false"]["by_kind"]["cough"] == {"n": 1, "cut_pct": 100.0, "paused_pct": 0.0}
+    cough_fig = fig["false"]["by_kind"]["cough"]
+    assert (cough_fig["n"], cough_fig["cut_pct"], cough_fig["paused_pct"]) == (1, 100.0, 0.0)
+    assert fig["real"]["resumed_then_cut"] == 0
+    assert fig["real"]["talk_total_ms"]["p95"] == pytest.approx(r["talk_over_ms"], abs=0.1)

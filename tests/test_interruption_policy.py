@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 
 import numpy as np
@@ -174,9 +175,22 @@ def test_local_evidence_resumes_noise_and_short_sounds_without_the_model() -> No
     assert local(local_quiet_ms=0.0, local_ms=140.0, local_voiced_ms=0.0).verdict is Verdict.WAIT
     # A voiced sound over for 200 ms that the model's VAD never took for speech.
     assert local(local_quiet_ms=200.0, local_ms=240.0, local_voiced_ms=120.0) == Decision(Verdict.RESUME, "no_speech")
-    # ... but once the VAD heard speech in it, only the transcript (or its length) decides.
-    wait = local(vad=True, local_quiet_ms=300.0, local_ms=240.0, local_voiced_ms=120.0)
-    assert wait.verdict is Verdict.WAIT
+    # ... but once the VAD heard speech in it, only the transcript (or its length) decides: the bot plays on
+    # meanwhile (a provisional resume), and the pause stays open for the words.
+    heard = {"vad": True, "local_ms": 240.0, "local_voiced_ms": 120.0}
+    assert local(**heard, local_quiet_ms=300.0) == Decision(Verdict.PLAY, "short_sound")
+    assert local(**heard, local_quiet_ms=300.0, playing=True).verdict is Verdict.WAIT
+    assert local(**heard, local_quiet_ms=RULES.resume_quiet_ms - 20).verdict is Verdict.WAIT  # not over yet
+    assert local(**heard, local_quiet_ms=300.0, speech_ms=900.0).verdict is Verdict.WAIT  # not short
+    # Ended on its last consonant (an unvoiced burst after a voiced sound): over sooner, but not a cough.
+    ended = {"vad": True, "local_ms": 40.0, "local_voiced_ms": 300.0, "tail_unvoiced": True}
+    assert local(**ended, local_quiet_ms=60.0).verdict is Verdict.WAIT
+    assert local(**ended, local_quiet_ms=100.0) == Decision(Verdict.PLAY, "short_sound")
+    no_play = dataclasses.replace(RULES, resume_quiet_ms=0.0)
+    off = decide(
+        Evidence(150.0, True, True, 200.0, local_quiet_ms=300.0, local_ms=240.0, local_voiced_ms=120.0), no_play, EN
+    )
+    assert off.verdict is Verdict.WAIT
     # A voiced sound still going: wait (a stop word sounds like any word).
     assert local(local_quiet_ms=0.0, local_ms=300.0, local_voiced_ms=260.0).verdict is Verdict.WAIT
     # A transcript overrides the line: a stop word cuts whatever the line showed.

@@ -59,6 +59,7 @@ class EchoEstimator:
         self._in_db = [_FLOOR_DB] * _RING
         self._in_slot = [-1] * _RING
         self._in_samples = 0
+        self._in_last = -1  # the latest inbound slot
         self._anchor: float | None = None  # playout-clock time of inbound sample 0 (earliest arrival seen)
         self._last_arrival: float | None = None
         self._frames = 0
@@ -129,6 +130,7 @@ class EchoEstimator:
         # Frames arrive late (jitter), never early: the earliest arrival dates the stream; it may drift later slowly.
         self._anchor = offset if self._anchor is None or offset < self._anchor else self._anchor + 0.0002
         end_slot = int((self._anchor + self._in_samples / self.rate) / _SLOT_S)
+        self._in_last = max(self._in_last, end_slot)
         echo = True
         for j in range(n):
             block = samples[j * self._slot_n : (j + 1) * self._slot_n].astype(np.float64)
@@ -188,6 +190,11 @@ class EchoEstimator:
         elif best < self.min_corr / 2 and self.delay_slots is None:
             self._quiet_windows += 1
             self.no_echo = self._quiet_windows >= 2
+
+    def rearm(self) -> None:
+        """The bot plays on after a pause on a sound that may have been its echo (the prior was off: no echo had
+        shown): the prior applies again until the line shows (once more) that it carries no echo."""
+        self.no_echo, self._quiet_windows = False, 0
 
     @property
     def delay_ms(self) -> float | None:

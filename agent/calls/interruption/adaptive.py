@@ -11,6 +11,9 @@ commits the caller's speech. So:
 * RESUME: the held audio plays on from the exact sample where it stopped; the model is told nothing, and the
   caller's committed murmur is deleted from the conversation (`conversation.item.delete`), so that its memory
   holds the answer and not the "mm-hmm", and no reply to it ever starts.
+* PLAY (a short voiced sound, over on the line, its words not known yet): the held audio plays on as for RESUME,
+  but the pause stays open. Its transcript may still CUT (the line goes quiet then, and the answer is cut to what
+  was heard, the resumed part included); the caller talking again holds the line again.
 * The bot is silent: an ordinary turn, answered the moment it is committed (an answer still being prepared, not
   yet heard, is cancelled, as the server's `interrupt_response` used to).
 * `speech_started` while the line carries only the bot's echo is not trusted: no pause, and its item is deleted.
@@ -46,6 +49,8 @@ class LineControl(Protocol):
 
     async def cut_held(self, reason: str, paused_ms: float, clear_ms: float, transcript: str | None) -> None: ...
 
+    async def cut_playing(self, reason: str, paused_ms: float, transcript: str | None) -> None: ...
+
     def release_held(self) -> None: ...
 
     async def cancel_unheard_answer(self) -> None: ...
@@ -68,6 +73,10 @@ class Pause:
     committed: set[str] = field(default_factory=set)
     changed: asyncio.Event = field(default_factory=asyncio.Event)
     local: bool = False  # the line's detector heard the sound this pause is about (its onset, or sound since)
+    playing: bool = False  # resumed provisionally (PLAY): the bot plays while the pause waits for the words
+    plays: int = 0  # provisional resumes so far
+    voiced_ms: float = 0.0  # the most voicing any sound of this pause had (a word's last consonant is unvoiced)
+    quiet_s: float = 0.0  # how long the line was held, over the spells of this pause that ended
 
     def evidence(self, now: float, detector: SpeechOnset | None = None) -> Evidence:
         vad = bool(self.items)
@@ -87,8 +96,16 @@ class Pause:
             transcript=transcript,
             local_quiet_ms=detector.quiet_ms if detector is not None and self.local else None,
             local_ms=detector.sound_ms if detector is not None else 0.0,
-            local_voiced_ms=detector.voiced_ms if detector is not None else 0.0,
+            local_voiced_ms=max(self.voiced_ms, detector.voiced_ms) if detector is not None else 0.0,
+            playing=self.playing,
+            tail_unvoiced=(
+                detector is not None and detector.voiced_ms == 0 and detector.sound_ms > 0 and self.voiced_ms > 0
+            ),
         )
+
+    def held_ms(self, now: float) -> float:
+        """How long the caller heard the bot stopped, over this pause's spells."""
+        return (self.quiet_s + (0.0 if self.playing else now - self.started)) * 1000
 
     def heard_text(self) -> str | None:
         words = [self.transcripts[i] for i in self.items if i in self.transcripts]
@@ -108,6 +125,7 @@ class AdaptiveTurns:
             max_pause_ms=settings.interruption_max_pause_ms,
             confirm_ms=settings.early_barge_in_confirm_ms,
             min_words=settings.interruption_min_words,
+            resume_quiet_ms=settings.interruption_resume_quiet_ms,
         )
         policy = meta.interruptions
         languages = policy.languages or [meta.language or "en", "en"]
@@ -128,6 +146,9 @@ class AdaptiveTurns:
     async def on_onset(self, *, caller_speaking: bool, voiced: bool = True) -> None:
         ctx = self._ctx
         now = ctx.playout.clock()
+        if self.pause is not None and self.pause.playing and now >= self._all_onsets_ignored_until:
+            await self._hold_again(self.pause)  # the caller goes on after the murmur the bot played on over
+            return
         if self.pause is not None or self._line.line is not Line.PLAYING or ctx.ending.closing:
             return
         if caller_speaking and self._fates.get(self._vad_item or "") not in ("echo", "resumed"):
@@ -146,6 +167,9 @@ class AdaptiveTurns:
             return
         now = ctx.playout.clock()
         if self.pause is not None:
+            if self.pause.playing and ctx.sound.echo_at > ctx.sound.caller_at:
+                self._fates[item_id] = "echo"  # the bot, played on, came back: not the caller's murmur
+                return
             self._attach(self.pause, item_id, audio_start_ms)
             return
         if self._line.line is Line.PLAYING and ctx.playout.is_audible(now):
@@ -182,6 +206,8 @@ class AdaptiveTurns:
         pause = self.pause
         if pause is not None:
             pause.local = pause.local or loud
+            if self.local is not None:
+                pause.voiced_ms = max(pause.voiced_ms, self.local.voiced_ms)
             pause.changed.set()
 
     def on_transcript(self, item_id: str, text: str) -> None:
@@ -239,6 +265,28 @@ class AdaptiveTurns:
             await self._vad_silence(PAUSE_VAD_SILENCE_MS)
         return pause
 
+    async def _hold_again(self, pause: Pause) -> None:
+        if not self._line.hold_line("pause"):
+            return
+        pause.playing, pause.local = False, True
+        pause.started = self._ctx.playout.clock()
+        pause.clear_ms = await self._line.send_clear()
+        pause.changed.set()
+
+    def _play_on(self, pause: Pause, decision: Decision) -> None:
+        """PLAY: the held audio plays on; the pause stays open for the transcript."""
+        ctx = self._ctx
+        now = ctx.playout.clock()
+        pause.quiet_s += now - pause.started
+        pause.playing = True
+        pause.plays += 1
+        self._line.release_held()
+        if ctx.echo is not None:
+            ctx.echo.rearm()  # a sound that stopped with the bot may have been its echo: it comes back now
+        ctx.record.event(
+            "interruption_playing", reason=decision.reason, paused_ms=round(pause.quiet_s * 1000), source=pause.source
+        )
+
     async def _vad_silence(self, silence_ms: float | None) -> None:
         """A murmur's turn closes sooner while the bot is paused (its transcript decides): the server VAD's silence
         is shortened for the pause and put back when it ends. The `session.update` names only turn_detection."""
@@ -252,6 +300,9 @@ class AdaptiveTurns:
         while self.pause is pause:
             pause.changed.clear()
             decision = decide(pause.evidence(self._ctx.playout.clock(), self.local), self.rules, self.words)
+            if decision.verdict is Verdict.PLAY:
+                self._play_on(pause, decision)
+                continue
             if decision.verdict is not Verdict.WAIT:
                 await self._settle(pause, decision)
                 return
@@ -265,17 +316,23 @@ class AdaptiveTurns:
     async def _decided(self, pause: Pause, decision: Decision) -> None:
         ctx = self._ctx
         self.pause = None
-        paused_ms = (ctx.playout.clock() - pause.started) * 1000
+        paused_ms = pause.held_ms(ctx.playout.clock())
         text = pause.heard_text()
-        self._report(decision.verdict, decision.reason, paused_ms, text, pause.source)
+        self._report(decision.verdict, decision.reason, paused_ms, text, pause.source, pause.plays > 0)
         if decision.verdict is Verdict.CUT:
             for item_id in pause.items:
                 self._fates[item_id] = "cut"
-            await self._line.cut_held(decision.reason, paused_ms, pause.clear_ms, text)
-            for item_id in pause.items:
-                if item_id in pause.committed:
-                    self._fates.pop(item_id, None)
-                    await self._answer(item_id)
+            if pause.playing:
+                await self._line.cut_playing(decision.reason, paused_ms, text)
+            else:
+                await self._line.cut_held(decision.reason, paused_ms, pause.clear_ms, text)
+            # One answer, once the caller's turn is whole: while paused the VAD's short silence may have split
+            # their sentence at a breath ("okay, | stop, I meant Tuesday"); a part still open answers on its commit.
+            committed = [i for i in pause.items if i in pause.committed]
+            for item_id in committed:
+                self._fates.pop(item_id, None)
+            if committed and (self._vad_item is None or self._vad_item not in pause.items):
+                await self._answer(committed[-1])
             return
         self._line.release_held()
         ctx.metrics.early_clear_false_alarms.inc()
@@ -284,6 +341,8 @@ class AdaptiveTurns:
             # A sound the model never took for speech (often the bot's own echo, stopping when the bot did):
             # no onset pauses the bot again for a while, voiced or not.
             self._onsets_ignored_until = self._all_onsets_ignored_until = now + NOISE_BACKOFF_S
+            if ctx.echo is not None:
+                ctx.echo.rearm()
         elif decision.reason == "noise" and not pause.transcripts:
             self._onsets_ignored_until = now + NOISE_BACKOFF_S  # only a voiced onset: a cough, then words
             self._noise_resumed_at = now
@@ -293,10 +352,19 @@ class AdaptiveTurns:
                 self._fates.pop(item_id, None)
                 await self._forget(item_id)
 
-    def _report(self, verdict: Verdict, reason: str, paused_ms: float, text: str | None, source: str) -> None:
+    def _report(
+        self, verdict: Verdict, reason: str, paused_ms: float, text: str | None, source: str, played: bool = False
+    ) -> None:
+        """`played`: the bot had played on (PLAY) before this verdict."""
         outcome = "cut" if verdict is Verdict.CUT else "resumed"
         self._ctx.record.event(
-            "interruption", outcome=outcome, reason=reason, paused_ms=round(paused_ms), transcript=text, source=source
+            "interruption",
+            outcome=outcome,
+            reason=reason,
+            paused_ms=round(paused_ms),
+            transcript=text,
+            source=source,
+            played_on=played,
         )
 
     # --- the caller's turns ---------------------------------------------------------------------------------

@@ -188,6 +188,22 @@ class Interruption:
         heard = await self._drop_answer(ctx.playout.clear())
         self._record_barge_in(heard, clear_ms, reason=reason, paused_ms=paused_ms, transcript=transcript)
 
+    async def cut_playing(self, reason: str, paused_ms: float, transcript: str | None) -> None:
+        """A provisional resume was a real interruption after all: quiet now, the answer cut to what was heard
+        (the part played on included). With nothing audible any more, only an answer still on its way goes."""
+        ctx = self._ctx
+        if self._line is not Line.PLAYING:
+            return
+        if self.hold_line("pause"):
+            clear_ms = await self.send_clear()
+            await self.cut_held(reason, paused_ms, clear_ms, transcript)
+            return
+        if ctx.responses.active:
+            ctx.metrics.barge_ins.inc()
+            self.barge_ins += 1
+            heard = await self._drop_answer(ctx.playout.clear())
+            self._record_barge_in(heard, 0.0, reason=reason, paused_ms=paused_ms, transcript=transcript)
+
     async def cancel_unheard_answer(self) -> None:
         """The caller talks while the bot is silent: an answer being prepared (none of it heard) is dropped."""
         await self._drop_answer({})

@@ -12,10 +12,11 @@ Local evidence from the line itself (`agent.audio.speech_onset`) settles what ne
 voicing for `noise_ms` (a cough, a rustle, a thud) → resume at once; a sound that ended `quiet_ms` ago while the
 model's VAD heard no speech → resume.
 
-In order: echo → resume; a stop word ("stop", "ruko", "नहीं") → cut; `min_words` words that are not
-backchannels → cut; `long_speech_ms` of speech → cut; a transcript of backchannels only (or nothing) → resume;
-no word from the model's VAD `confirm_ms` after a local onset → resume; no transcript `transcript_wait_ms` after
-the speech ended → resume; `max_pause_ms` without an answer → cut if the caller is still talking, else resume.
+PLAY is a provisional resume: a short voiced sound (under `short_speech_ms`) over for `resume_quiet_ms` on the
+line (`NOISE_END_MS` when it ended on an unvoiced burst: a word's last consonant), its transcript not in yet. The
+bot plays on from where it stopped while the pause stays open: a transcript with a stop word or content words
+still cuts it (then, to what was heard, the resumed part included), and the caller starting again pauses it
+again. The transcript of a murmur takes 0.05-1.5 s; the bot need not be silent that long for it.
 """
 
 from __future__ import annotations
@@ -32,12 +33,13 @@ class Verdict(enum.Enum):
     WAIT = "wait"
     CUT = "cut"
     RESUME = "resumed"
+    PLAY = "playing"  # resume provisionally: the pause stays open until the transcript decides
 
 
 @dataclass(frozen=True)
 class Decision:
     verdict: Verdict
-    reason: str = ""  # stop_word | words | duration | backchannel | noise | no_speech | echo | timeout
+    reason: str = ""  # stop_word | words | duration | backchannel | noise | no_speech | echo | timeout | short_sound
     recheck_ms: float | None = None  # WAIT: ask again after this long, even with no new evidence
 
 
@@ -51,6 +53,9 @@ class Rules:
     min_words: int = 2
     noise_ms: float = 200.0  # this much sound with no voiced frame is not speech
     quiet_ms: float = 200.0  # the line this quiet after a sound the VAD did not take for speech: it is over
+    # A short voiced sound over for this long: play on while its words come (0: off). Shorter plays on in the
+    # breath after a sentence's first word ("no, | stop"): 140-180 ms in the bench's speech.
+    resume_quiet_ms: float = 200.0
 
 
 @dataclass(frozen=True)
@@ -66,6 +71,8 @@ class Evidence:
     local_quiet_ms: float | None = None
     local_ms: float = 0.0
     local_voiced_ms: float = 0.0
+    playing: bool = False  # resumed provisionally (PLAY): the bot plays while the pause waits for the words
+    tail_unvoiced: bool = False  # the latest sound had no voice, an earlier one had: a word's last consonant
 
 
 def decide(e: Evidence, rules: Rules, words: WordLists) -> Decision:
@@ -94,10 +101,20 @@ def decide(e: Evidence, rules: Rules, words: WordLists) -> Decision:
             return Decision(Verdict.RESUME, "noise")  # a cough, a rustle: no voice in it
         if not e.vad and e.local_quiet_ms >= rules.quiet_ms:
             return Decision(Verdict.RESUME, "no_speech")  # over, and the model heard no speech in it
-    if e.speech_ms >= rules.long_speech_ms and (e.vad or e.speaking):
+    if (
+        not e.playing
+        and rules.resume_quiet_ms > 0
+        and e.transcript is None
+        and e.local_quiet_ms is not None
+        and e.local_quiet_ms >= (min(NOISE_END_MS, rules.resume_quiet_ms) if e.tail_unvoiced else rules.resume_quiet_ms)
+        and e.local_voiced_ms > 0
+        and e.speech_ms < rules.short_speech_ms
+    ):
+        return Decision(Verdict.PLAY, "short_sound")
+    if e.speech_ms >= rules.long_speech_ms and (e.vad or e.speaking) and not e.playing:
         return Decision(Verdict.CUT, "duration")
     if e.paused_ms >= rules.max_pause_ms:
-        return Decision(Verdict.CUT, "timeout") if e.speaking else Decision(Verdict.RESUME, "timeout")
+        return Decision(Verdict.CUT if e.speaking and not e.playing else Verdict.RESUME, "timeout")
     waits = [rules.max_pause_ms - e.paused_ms]
     if not e.vad:
         if e.local_quiet_ms is not None and e.local_quiet_ms < rules.quiet_ms:
@@ -105,7 +122,7 @@ def decide(e: Evidence, rules: Rules, words: WordLists) -> Decision:
         if e.paused_ms >= rules.confirm_ms:
             return Decision(Verdict.RESUME, "no_speech")
         waits.append(rules.confirm_ms - e.paused_ms)
-    if e.speaking:
+    if e.speaking and not e.playing:
         waits.append(rules.long_speech_ms - e.speech_ms)
     elif e.stopped_ms is not None and e.transcript is None:
         if e.stopped_ms >= rules.transcript_wait_ms:

@@ -11,9 +11,12 @@ contiguous play (no silent tick, no jump in position); the first run after t is 
 
 * R **played to its end**: the engine completed R and the caller heard its last sample;
   otherwise R was **cut for good** (it stopped before its end and never came back).
-* **talk-over** (real interruptions cut for good): t → the end of R's last played sample (silence on the line).
+* **talk-over** (real interruptions cut for good): t → the end of the first run (the first silence on the line);
+  **talk in all**: how much of R played after t, every run counted (a real interruption resumed by mistake, then
+  cut, talks over the caller again); **resumed by mistake**: R played again after a gap before it was cut.
 * **paused and resumed** (false events not cut): R played again after a gap that began after t;
-  **pause** = the sum of those gaps (what the caller heard as the bot hesitating).
+  **pause** = the sum of those gaps (what the caller heard as the bot hesitating); **dead air** = the first
+  resume − the end of the caller's sound (negative: the bot resumed while the sound still ran; not for echo).
 * **answer audio lost**: R's generated audio the caller never heard (generated ms − heard ms, a sample heard twice
   counts once): on a resume it is what the resume skipped; on a cut, what was generated and dropped.
 * **model told** (engine): R's item was truncated or deleted by the client; truncate error = |audio_end_ms − the
@@ -57,6 +60,7 @@ class Outcome:
     kind: str
     sound: str
     onset_ms: float | None
+    sound_ms: float = 0.0
     landed: bool = False
     note: str = ""
     response_id: str | None = None
@@ -65,9 +69,12 @@ class Outcome:
     played_to_end: bool = False
     cut: bool = False
     talk_over_ms: float | None = None
+    talk_total_ms: float | None = None
+    resumed_then_cut: bool = False
     paused: bool = False
     resumed: bool = False
     pause_ms: float = 0.0
+    dead_air_ms: float | None = None
     skipped_ms: float = 0.0  # positions jumped over at resumes (negative: repeated)
     lost_ms: float = 0.0
     engine_status: str | None = None
@@ -170,7 +177,8 @@ def _heard(runs: list[Run]) -> tuple[int, int]:
 
 def outcomes_of_call(call: CallRun, session: dict[str, Any] | None) -> tuple[list[Outcome], float]:
     out = [
-        Outcome(call.index, e.event.index, e.event.kind, e.event.sound, e.onset_ms, note=e.note) for e in call.events
+        Outcome(call.index, e.event.index, e.event.kind, e.event.sound, e.onset_ms, e.event.sound_ms, note=e.note)
+        for e in call.events
     ]
     if session is None:
         for o in out:
@@ -216,8 +224,12 @@ def outcomes_of_call(call: CallRun, session: dict[str, Any] | None) -> tuple[lis
         o.resumed = o.paused and not o.cut
         o.pause_ms = sum(g for g, _ in gaps)
         o.skipped_ms = sum(s for _, s in gaps) / PER_MS
+        if o.resumed and o.sound_ms > 0:
+            o.dead_air_ms = after[1].t - (t + o.sound_ms)
         if o.cut:
-            o.talk_over_ms = mine[-1].t_end - t
+            o.talk_over_ms = after[0].t_end - t
+            o.talk_total_ms = sum(r.t_end - max(r.t, t) for r in after)
+            o.resumed_then_cut = o.paused
         item = resp.get("item_id")
         o.client_cancelled = audio.ids[ri] in cancels
         o.deleted = item in deletes
@@ -277,11 +289,17 @@ def _pct(part: int, whole: int) -> float | None:
     return round(100 * part / whole, 1) if whole else None
 
 
+def _p50_p95(values: list[float]) -> dict[str, float | None]:
+    return {"p50": percentile(values, 50), "p95": percentile(values, 95)}
+
+
 def figures(outcomes: list[Outcome]) -> dict[str, Any]:
     real = [o for o in outcomes if o.kind == "real" and o.landed]
     false = [o for o in outcomes if o.kind in FALSE_KINDS and o.landed]
     recalled = [o for o in real if o.cut]
     talk = [o.talk_over_ms for o in recalled if o.talk_over_ms is not None]
+    talk_total = [o.talk_total_ms for o in recalled if o.talk_total_ms is not None]
+    mistaken = [o for o in recalled if o.resumed_then_cut]
     resumed = [o for o in false if o.resumed]
     told = [o for o in recalled if o.truncated_ms is not None or o.deleted]
     errors = [o.truncate_error_ms for o in recalled if o.truncate_error_ms is not None]
@@ -290,6 +308,8 @@ def figures(outcomes: list[Outcome]) -> dict[str, Any]:
             "n": len(ks := [o for o in false if o.kind == k]),
             "cut_pct": _pct(sum(o.cut for o in ks), len(ks)),
             "paused_pct": _pct(sum(o.paused for o in ks), len(ks)),
+            "resume_pause_ms": _p50_p95([o.pause_ms for o in ks if o.resumed]),
+            "dead_air_ms": _p50_p95([o.dead_air_ms for o in ks if o.dead_air_ms is not None]),
         }
         for k in FALSE_KINDS
     }
@@ -300,6 +320,9 @@ def figures(outcomes: list[Outcome]) -> dict[str, Any]:
             "n": len(real),
             "recall_pct": _pct(len(recalled), len(real)),
             "talk_over_ms": {"p50": percentile(talk, 50), "p95": percentile(talk, 95), "max": max(talk, default=None)},
+            "talk_total_ms": _p50_p95(talk_total) | {"max": max(talk_total, default=None)},
+            "resumed_then_cut": len(mistaken),
+            "resumed_then_cut_sounds": [o.sound for o in mistaken],
             "model_told_pct": _pct(len(told), len(recalled)),
             "truncate_error_ms_p95": percentile(errors, 95),
             "missed": [o.sound for o in real if not o.cut],
@@ -313,6 +336,7 @@ def figures(outcomes: list[Outcome]) -> dict[str, Any]:
                 "p50": percentile([o.pause_ms for o in resumed], 50),
                 "p95": percentile([o.pause_ms for o in resumed], 95),
             },
+            "dead_air_ms": _p50_p95([o.dead_air_ms for o in resumed if o.dead_air_ms is not None]),
             "lost_on_resume_ms": {
                 "total": round(sum(o.lost_ms for o in resumed), 1),
                 "max": max((round(o.lost_ms, 1) for o in resumed), default=None),

@@ -264,6 +264,9 @@ class EngineOptions:
     vad_ms: int = 300
     vad_threshold_rms: float = 250.0
     speed: float = 2.0
+    transcript_ms: int = 20  # the engine's commit -> transcript delay (on top of its recognition's own time)
+    agent_path: Path | None = None  # the agent's source tree (PYTHONPATH of the agent only), for an A/B
+    agent_env: tuple[tuple[str, str], ...] = ()  # settings for the agent (AGENT_...), for a sweep
 
 
 @dataclass
@@ -282,11 +285,15 @@ class Stack:
 @contextlib.asynccontextmanager
 async def running_stack(mode: Mode, opts: EngineOptions, stem: Path, manifest: Path) -> AsyncIterator[Stack]:
     """A fresh engine and the server under test (the bare relay, or the agent in ``mode``); always stopped."""
-    env_extra = {} if mode == "relay" else {"AGENT_INTERRUPTIONS": mode}
+    env_extra: dict[str, str] = {} if mode == "relay" else {"AGENT_INTERRUPTIONS": mode}
+    if mode != "relay":
+        env_extra |= dict(opts.agent_env)
+        if opts.agent_path is not None:
+            env_extra["PYTHONPATH"] = str(opts.agent_path)
     engine_port = procs.free_port()
     engine_args = ["-m", "agent.testkit.interruptions.engine", "--port", str(engine_port), "--manifest", str(manifest)]
     engine_args += ["--vad-ms", str(opts.vad_ms), "--vad-threshold-rms", str(opts.vad_threshold_rms)]
-    engine_args += ["--speed", str(opts.speed)]
+    engine_args += ["--speed", str(opts.speed), "--transcript-ms", str(opts.transcript_ms)]
     engine = procs.start("engine", engine_args, procs.clean_env({}), Path(f"{stem}-engine-{mode}.log"))
     server: procs.Child | None = None
     workdir = Path(tempfile.mkdtemp(prefix="bench-interruptions-"))

@@ -248,6 +248,7 @@ async def _main(args: argparse.Namespace) -> None:
         first_audio_delay_ms=args.first_audio_delay_ms,
         vad_start_ms=args.vad_ms,
         vad_threshold_rms=args.vad_threshold_rms,
+        transcription_delay_ms=args.transcript_ms,
     )
     engine = InterruptionEngine(config, args.port, Manifest(load_manifest(Path(args.manifest))))
     for text in (GREETING, *ANSWERS, *ACKS):  # synthesise once up front, not while a call waits
@@ -273,6 +274,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--first-audio-delay-ms", type=int, default=50)
     parser.add_argument("--vad-ms", type=int, default=300)
     parser.add_argument("--vad-threshold-rms", type=float, default=250.0)
+    parser.add_argument("--transcript-ms", type=int, default=20, help="commit -> transcript (a remote ASR's delay)")
     args = parser.parse_args(argv)
     run_async(lambda: _main(args), "engine")
     sys.exit(0)

@@ -9,7 +9,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from agent.testkit import procs
 from agent.testkit.bench.tool import cancel_on_signals, machine_info
@@ -54,7 +54,15 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     stem = out.with_suffix("")
     manifest = Path(f"{stem}-manifest.npz")
     save_manifest(manifest)
-    opts = EngineOptions(vad_ms=args.vad_ms, vad_threshold_rms=args.vad_threshold_rms, speed=args.speed)
+    settings = tuple(tuple(kv.split("=", 1)) for kv in args.agent_env)
+    opts = EngineOptions(
+        vad_ms=args.vad_ms,
+        vad_threshold_rms=args.vad_threshold_rms,
+        speed=args.speed,
+        transcript_ms=args.transcript_ms,
+        agent_path=args.agent_path,
+        agent_env=cast(tuple[tuple[str, str], ...], settings),
+    )
     report: dict[str, Any] = {
         "config": {
             "counts": counts,
@@ -63,6 +71,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             "vad_ms": opts.vad_ms,
             "vad_threshold_rms": opts.vad_threshold_rms,
             "speed": opts.speed,
+            "transcript_ms": opts.transcript_ms,
+            "agent_path": str(opts.agent_path) if opts.agent_path else None,
+            "agent_env": dict(opts.agent_env),
             "seed": args.seed,
             "transcripts": "scripted per utterance (manifest match); echo as the bot's own words",
         },
@@ -94,7 +105,8 @@ def render(report: dict[str, Any]) -> str:
         f"Interruption bench: {sum(c.values())} events per side ({c['real']} real interruptions, "
         f"{c['backchannel']} backchannels, {c['cough']} coughs/noise bursts, {c['echo']} echo) in {cfg['calls']} "
         f"concurrent calls; engine VAD after {cfg['vad_ms']} ms of speech (RMS >= {cfg['vad_threshold_rms']:g}), "
-        f"replies at {cfg['speed']:g}x real time; transcripts {cfg['transcripts']}",
+        f"replies at {cfg['speed']:g}x real time; transcripts {cfg['transcripts']}, "
+        f"{cfg.get('transcript_ms', 20)} ms after the commit",
         "",
         f"{'':46}" + "".join(f"{n:>11}" for n in names) + "   goal",
     ]
@@ -120,6 +132,13 @@ def render(report: dict[str, Any]) -> str:
         checked("talk_over_p95", [r["talk_over_ms"]["p95"] for r in real]),
         GOALS["talk_over_p95"][0],
     )
+    row("  bot talk after onset in all, p50 ms", [_fmt(r["talk_total_ms"]["p50"]) for r in real])
+    row(
+        "  bot talk after onset in all, p95 ms",
+        checked("talk_over_p95", [r["talk_total_ms"]["p95"] for r in real]),
+        GOALS["talk_over_p95"][0],
+    )
+    row("  resumed by mistake, then cut (events)", [str(r["resumed_then_cut"]) for r in real], "0")
     row("  model told what was heard (truncate/delete)", [_fmt(r["model_told_pct"], " %") for r in real])
     row("  truncate error p95 ms", [_fmt(r["truncate_error_ms_p95"]) for r in real])
     row("false interruptions (landed mid-answer)", [str(f["n"]) for f in false])
@@ -133,6 +152,18 @@ def render(report: dict[str, Any]) -> str:
         checked("resume_pause_p95", [f["resume_pause_ms"]["p95"] for f in false]),
         GOALS["resume_pause_p95"][0],
     )
+    row(
+        "  dead air after the caller stopped p50/p95 ms",
+        [f"{_fmt(f['dead_air_ms']['p50'])}/{_fmt(f['dead_air_ms']['p95'])}" for f in false],
+    )
+    for kind, label in (("backchannel", "backchannels"), ("cough", "coughs / noise"), ("echo", "echo")):
+        for key, what in (("resume_pause_ms", "pause"), ("dead_air_ms", "dead air")):
+            if kind == "echo" and key == "dead_air_ms":
+                continue  # the bot's own voice has no end of its own
+            row(
+                f"    {label}: {what} p50/p95 ms",
+                [f"{_fmt(f['by_kind'][kind][key]['p50'])}/{_fmt(f['by_kind'][kind][key]['p95'])}" for f in false],
+            )
     row(
         "  answer audio lost on a resume, ms total",
         checked(
@@ -154,6 +185,7 @@ def render(report: dict[str, Any]) -> str:
         side, fig = sides[n], sides[n]["figures"]
         extra = [f"did not land: {x}" for x in fig["not_landed"]]
         extra += [f"real interruption not stopped: {s}" for s in fig["real"]["missed"]]
+        extra += [f"real interruption resumed by mistake: {s}" for s in fig["real"]["resumed_then_cut_sounds"]]
         extra += [f"note: {x}" for x in side["notes"]] + [f"problem: {x}" for x in side["problems"]]
         if extra:
             lines += ["", f"[{n}]"] + [f"  {x}" for x in extra[:20]]
@@ -175,9 +207,23 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--vad-ms", type=int, default=300, help="speech the engine's VAD needs (default 300)")
     parser.add_argument("--vad-threshold-rms", type=float, default=250.0, help="engine VAD level (default 250)")
     parser.add_argument("--speed", type=float, default=2.0, help="engine audio speed vs real time (default 2)")
+    parser.add_argument(
+        "--transcript-ms", type=int, default=20, help="engine: commit -> transcript, as a remote ASR (default 20)"
+    )
     parser.add_argument("--seed", type=int, default=16, help="event plan seed")
+    parser.add_argument(
+        "--agent-path",
+        type=Path,
+        default=None,
+        help="run the agent (not the engine or the bench) from this source tree: an A/B against another checkout",
+    )
+    parser.add_argument(
+        "--agent-env", action="append", default=[], metavar="KEY=VALUE", help="a setting for the agent (repeatable)"
+    )
     parser.add_argument("--out", type=Path, default=None, help="JSON (default bench/results/interruptions-<time>.json)")
     args = parser.parse_args(argv)
     if args.per_call < 1:
         parser.error("--per-call must be >= 1")
+    if any("=" not in kv for kv in args.agent_env):
+        parser.error("--agent-env takes KEY=VALUE")
     return args

@@ -9,6 +9,7 @@ nothing for a cough), not guessed by a recogniser.
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from dataclasses import dataclass, field
 from functools import cache
@@ -104,6 +105,7 @@ class Event:
     delay_ms: float = 0.0
     level_db: float = 0.0
     echo_ms: float = 0.0
+    sound_ms: float = 0.0  # how long the caller's sound lasts (0 for echo: the bot's own voice, no end of its own)
 
 
 def _trim(samples: Int16Array, rel: float = 0.02) -> Int16Array:
@@ -217,7 +219,7 @@ def plan_events(counts: dict[Kind, int], seed: int) -> list[Event]:
                 name = f"echo {level:.0f} dB, {delay:.0f} ms late"
                 events.append(Event(0, kind, name, at_ms, delay_ms=delay, level_db=level, echo_ms=3000))
             else:
-                pool = pools[kind]
-                events.append(Event(0, kind, pool[i % len(pool)], at_ms))
+                name = pools[kind][i % len(pools[kind])]
+                events.append(Event(0, kind, name, at_ms, sound_ms=sounds[name].ms))
     rng.shuffle(events)
-    return [Event(i, e.kind, e.sound, e.at_ms, e.delay_ms, e.level_db, e.echo_ms) for i, e in enumerate(events)]
+    return [dataclasses.replace(e, index=i) for i, e in enumerate(events)]
