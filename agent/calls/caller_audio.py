@@ -31,6 +31,8 @@ class CallerAudio:
         self._spawn = spawn
         settings = ctx.settings
         self._converter = CallerAudioConverter(ctx.format, settings.l16_byte_order)
+        self._passthrough = ctx.format.is_mulaw  # the model takes the carrier's μ-law as it is
+        self._bytes_per_s = ctx.format.bytes_per_ms * 1000
         # A token holder must not pump audio into the model session (and the bill) faster than a phone line can.
         self._rate = InboundRateLimiter(settings.inbound_audio_max_rate, settings.inbound_audio_burst_s)
         mode = settings.interruption_mode
@@ -41,6 +43,7 @@ class CallerAudio:
         self._queue: deque[bytes] = deque()
         self.queued_ms = 0.0
         self._data = asyncio.Event()
+        self._sending = False  # the pump is handing a backlog to the model
         self._bytes_per_ms = ctx.format.model_bytes_per_ms
         self._dtmf: list[str] = []
         self._dtmf_task: asyncio.Task[None] | None = None
@@ -67,30 +70,45 @@ class CallerAudio:
         except (binascii.Error, ValueError) as exc:
             self._drop("bad_audio", str(exc))
             return
-        if not self._rate.admit(len(payload) / ctx.format.bytes_per_ms / 1000, time.monotonic()):
+        if not self._rate.admit(len(payload) / self._bytes_per_s, time.monotonic()):
             self._drop("too_fast", "caller audio arriving faster than real time")
             return
-        try:
-            audio = self._converter.convert(payload)
-        except ValueError as exc:
-            self._drop("bad_audio", str(exc))
-            return
+        if self._passthrough:
+            audio = payload
+        else:
+            try:
+                audio = self._converter.convert(payload)
+            except ValueError as exc:
+                self._drop("bad_audio", str(exc))
+                return
         recorder = ctx.recorder
         if recorder is not None and recorder.mulaw:
             recorder.caller_mulaw(payload)  # as it came: decoded when the file is written, off the event loop
             recorder = None
+        # Samples only for whoever needs them now: most frames of a call need none (the bot is silent).
         pcm = None
-        if self.divert is not None or recorder is not None or self._onset is not None:
+        if self.divert is not None or recorder is not None or self._onset_listening():
             pcm = pcm16(ctx.format, payload, self._converter.big_endian)  # once, for all who need samples
         if self.divert is not None and pcm is not None:
             self.divert(pcm)
-        else:
-            self._enqueue(audio)
+        elif audio:
+            # The carrier's own base64 goes on unchanged when the model takes the same bytes (μ-law).
+            self._forward(audio, payload_b64 if self._passthrough else None)
         if pcm is not None:
             if recorder is not None:
                 recorder.caller(pcm, ctx.format.rate)
             if self._onset is not None:
                 await self._detect(pcm)
+        elif self._onset is not None:
+            self._onset.reset()  # no sound in progress while the bot (and its echo) is silent, as in `_detect`
+
+    def _onset_listening(self) -> bool:
+        """Whether the onset detector wants this frame: only while the bot is audible or its echo may come back."""
+        if self._onset is None:
+            return False
+        playout = self._ctx.playout
+        now = playout.clock()
+        return playout.is_audible(now) or now < playout.idle_at() + _ECHO_TAIL_S
 
     async def _detect(self, pcm: Int16Array) -> None:
         """While the bot is audible (and its echo may still come back): is the caller starting to talk over it?"""
@@ -110,14 +128,37 @@ class CallerAudio:
             await self._interruption.on_onset(caller_speaking=self.speaking, voiced=onset.voiced_ms > 0)
         self._interruption.on_local_sound(onset.loud)
 
-    def _enqueue(self, audio: bytes) -> None:
-        """Bounded: if the model side stalls, the oldest caller audio goes first and is counted."""
-        if not audio:
-            return
-        self._queue.append(audio)
+    def _forward(self, audio: bytes, audio_b64: str | None) -> None:
+        """Send a frame to the model from the task that read it, at once. Only a backlog (the model link not
+        ready or its socket's buffer full, or the pump still sending earlier audio) goes through the queue and
+        the pump: waking a second task for every frame cost more than the rest of the frame's handling."""
+        ctx = self._ctx
         ms = len(audio) / self._bytes_per_ms
+        ctx.latency.caller_frame(ms, ctx.playout.clock())
+        link = ctx.link
+        model = link.socket
+        if self._queue or self._sending or model is None or not link.ready.is_set():
+            self._enqueue(audio, ms)
+            return
+        if audio_b64 is not None and len(audio_b64) == 4 * ((len(audio) + 2) // 3):  # canonical: as we would
+            text = client_commands.append_audio_b64_json(audio_b64)
+        else:
+            text = client_commands.append_audio_json(audio)
+        try:
+            if not model.send_now(text):
+                self._enqueue(audio, ms)  # the socket is holding back writes: the pump waits for it
+                return
+        except MODEL_ERRORS:
+            # The model reader notices the drop and reconnects; the pump gives this audio to the new session.
+            self._enqueue(audio, ms)
+            link.ready.clear()
+            return
+        ctx.turns.sent(audio)
+
+    def _enqueue(self, audio: bytes, ms: float) -> None:
+        """Bounded: if the model side stalls, the oldest caller audio goes first and is counted."""
+        self._queue.append(audio)
         self.queued_ms += ms
-        self._ctx.latency.caller_frame(ms, self._ctx.playout.clock())
         while self.queued_ms > self._ctx.settings.caller_queue_ms and len(self._queue) > 1:
             dropped = self._queue.popleft()
             ms = len(dropped) / self._bytes_per_ms
@@ -126,7 +167,8 @@ class CallerAudio:
         self._data.set()
 
     async def pump(self) -> None:
-        """Forward caller audio as it arrives; frames that queued up during a stall go out together."""
+        """Forward the caller audio that queued up while the model link was not ready (or still sending earlier
+        audio), all together once it is."""
         link = self._ctx.link
         while True:
             await self._data.wait()
@@ -139,6 +181,7 @@ class CallerAudio:
             self._queue.clear()
             self.queued_ms = 0.0
             self._data.clear()
+            self._sending = True
             try:
                 await model.send_text(client_commands.append_audio_json(audio))
                 self._ctx.turns.sent(audio)
@@ -147,6 +190,8 @@ class CallerAudio:
                 self._queue.appendleft(audio)
                 self.queued_ms += len(audio) / self._bytes_per_ms
                 link.ready.clear()
+            finally:
+                self._sending = False
 
     def on_dtmf(self, digit: str) -> None:
         """Collect key presses and hand them to the model together, after a pause or on '#'."""

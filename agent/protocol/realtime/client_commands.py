@@ -64,4 +64,9 @@ def append_audio(audio: bytes) -> Command:
 
 def append_audio_json(audio: bytes) -> str:
     """`append_audio`, serialised by hand: the hot path (50 a second per call) skips `json.dumps`."""
-    return '{"type":"input_audio_buffer.append","audio":"' + base64.b64encode(audio).decode() + '"}'
+    return append_audio_b64_json(base64.b64encode(audio).decode())
+
+
+def append_audio_b64_json(audio_b64: str) -> str:
+    """`append_audio` for audio already in base64 (the carrier's μ-law payload, validated): nothing to encode."""
+    return '{"type":"input_audio_buffer.append","audio":"' + audio_b64 + '"}'
