@@ -7,6 +7,7 @@ pile up in the socket. The stall is injected through the test-only `/debug/stall
 
 from __future__ import annotations
 
+import base64
 from collections.abc import AsyncIterator
 
 import httpx
@@ -58,6 +59,9 @@ async def test_a_stall_costs_one_gap_loses_no_caller_audio_and_truncation_stays_
             timeout=3,
             what="caller audio appended",
         )
+        # The frames read in one go after the stall reached the model together, not in one write each.
+        appends = [e for e in session.client_events if e["type"] == "input_audio_buffer.append"]
+        assert max(len(base64.b64decode(e["audio"])) for e in appends) >= 10 * 160
         await call.hangup()
         assert call.protocol_errors == [] and session.protocol_errors == []
 

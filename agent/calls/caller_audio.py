@@ -41,9 +41,12 @@ class CallerAudio:
             interruption.listen(self._onset)
         self._echo = ctx.echo if mode == "adaptive" else None
         self._queue: deque[bytes] = deque()
-        self.queued_ms = 0.0
+        self._queued_ms = 0.0
         self._data = asyncio.Event()
         self._sending = False  # the pump is handing a backlog to the model
+        # Frames read in this pass of the event loop, written together at its end (one, unless it fell behind).
+        self._batch: list[tuple[bytes, str | None]] = []
+        self._batch_ms = 0.0
         self._bytes_per_ms = ctx.format.model_bytes_per_ms
         self._dtmf: list[str] = []
         self._dtmf_task: asyncio.Task[None] | None = None
@@ -54,7 +57,12 @@ class CallerAudio:
 
     @property
     def queued(self) -> bool:
-        return bool(self._queue)
+        return bool(self._queue) or bool(self._batch)
+
+    @property
+    def queued_ms(self) -> float:
+        """Caller audio that arrived but was not handed to the model yet."""
+        return self._queued_ms + self._batch_ms
 
     def active(self, *, speaking: bool | None = None) -> None:
         """The caller made a sound (or the model's VAD says they started or stopped talking)."""
@@ -129,40 +137,59 @@ class CallerAudio:
         self._interruption.on_local_sound(onset.loud)
 
     def _forward(self, audio: bytes, audio_b64: str | None) -> None:
-        """Send a frame to the model from the task that read it, at once. Only a backlog (the model link not
-        ready or its socket's buffer full, or the pump still sending earlier audio) goes through the queue and
-        the pump: waking a second task for every frame cost more than the rest of the frame's handling."""
+        """Send a frame to the model without a second task: it joins the frames read in this pass of the event
+        loop, written together at its end (`_flush`, one write a frame while the loop keeps up, fewer when it
+        fell behind). Only a backlog (the model link not ready or its socket's buffer full, or the pump still
+        sending earlier audio) goes through the queue and the pump: waking a second task for every frame cost
+        more than the rest of the frame's handling."""
         ctx = self._ctx
         ms = len(audio) / self._bytes_per_ms
         ctx.latency.caller_frame(ms, ctx.playout.clock())
-        link = ctx.link
-        model = link.socket
-        if self._queue or self._sending or model is None or not link.ready.is_set():
-            self._enqueue(audio, ms)
+        if not self._batch:
+            link = ctx.link
+            if self._queue or self._sending or link.socket is None or not link.ready.is_set():
+                self._enqueue(audio, ms)
+                return
+            asyncio.get_running_loop().call_soon(self._flush)
+        # While a batch waits the queue stays empty and the pump idle, so the order of the frames is kept.
+        self._batch.append((audio, audio_b64))
+        self._batch_ms += ms
+
+    def _flush(self) -> None:
+        batch, self._batch, self._batch_ms = self._batch, [], 0.0
+        if not batch:
             return
-        if audio_b64 is not None and len(audio_b64) == 4 * ((len(audio) + 2) // 3):  # canonical: as we would
-            text = client_commands.append_audio_b64_json(audio_b64)
+        link = self._ctx.link
+        model = link.socket
+        if len(batch) == 1:
+            audio, audio_b64 = batch[0]
+            if audio_b64 is not None and len(audio_b64) == 4 * ((len(audio) + 2) // 3):  # canonical, as ours
+                text = client_commands.append_audio_b64_json(audio_b64)
+            else:
+                text = client_commands.append_audio_json(audio)
         else:
+            audio = b"".join(frame for frame, _ in batch)
             text = client_commands.append_audio_json(audio)
         try:
-            if not model.send_now(text):
-                self._enqueue(audio, ms)  # the socket is holding back writes: the pump waits for it
-                return
+            sent = model is not None and link.ready.is_set() and model.send_now(text)
         except MODEL_ERRORS:
             # The model reader notices the drop and reconnects; the pump gives this audio to the new session.
-            self._enqueue(audio, ms)
+            sent = False
             link.ready.clear()
+        if not sent:  # not ready since, or the socket is holding back writes: the pump waits for it
+            for frame, _ in batch:
+                self._enqueue(frame, len(frame) / self._bytes_per_ms)
             return
-        ctx.turns.sent(audio)
+        self._ctx.turns.sent(audio)
 
     def _enqueue(self, audio: bytes, ms: float) -> None:
         """Bounded: if the model side stalls, the oldest caller audio goes first and is counted."""
         self._queue.append(audio)
-        self.queued_ms += ms
-        while self.queued_ms > self._ctx.settings.caller_queue_ms and len(self._queue) > 1:
+        self._queued_ms += ms
+        while self._queued_ms > self._ctx.settings.caller_queue_ms and len(self._queue) > 1:
             dropped = self._queue.popleft()
             ms = len(dropped) / self._bytes_per_ms
-            self.queued_ms -= ms
+            self._queued_ms -= ms
             self._ctx.metrics.caller_audio_dropped_ms.inc(ms)
         self._data.set()
 
@@ -179,7 +206,7 @@ class CallerAudio:
                 continue
             audio = b"".join(self._queue)
             self._queue.clear()
-            self.queued_ms = 0.0
+            self._queued_ms = 0.0
             self._data.clear()
             self._sending = True
             try:
@@ -188,7 +215,7 @@ class CallerAudio:
             except MODEL_ERRORS:
                 # The model reader notices the drop and reconnects; keep this audio for the new session.
                 self._queue.appendleft(audio)
-                self.queued_ms += len(audio) / self._bytes_per_ms
+                self._queued_ms += len(audio) / self._bytes_per_ms
                 link.ready.clear()
             finally:
                 self._sending = False
