@@ -114,15 +114,18 @@ async def test_model_socket_carries_the_sdk_url_and_bearer_key() -> None:
     assert "OpenAI-Beta" not in seen["headers"]  # GA only
 
 
-async def test_the_operator_api_loads_on_its_first_request(tmp_path: Path) -> None:
-    token = "operator-token-for-the-lazy-operator-api"
-    settings = Settings(
+def _operator_settings(tmp_path: Path, token: str) -> Settings:
+    return Settings(
         openai_api_key="sk-test-not-used",
         operator_token=token,
         insecure_webhooks=True,
         database_url=f"sqlite+aiosqlite:///{tmp_path}/agent.db",
     )
-    app = create_app(settings)
+
+
+async def test_the_operator_api_loads_on_its_first_request(tmp_path: Path) -> None:
+    token = "operator-token-for-the-lazy-operator-api"
+    app = create_app(_operator_settings(tmp_path, token))
     (api,) = [r for r in app.router.routes if isinstance(r, LazyRoutes) and "/campaigns" in r.prefixes]
     client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://agent")
     async with app.router.lifespan_context(app), client as http:
@@ -141,13 +144,7 @@ async def test_the_operator_api_loads_on_its_first_request(tmp_path: Path) -> No
 
 async def test_the_console_loads_on_its_first_request(tmp_path: Path) -> None:
     token = "operator-token-for-the-lazy-console"
-    settings = Settings(
-        openai_api_key="sk-test-not-used",
-        operator_token=token,
-        insecure_webhooks=True,
-        database_url=f"sqlite+aiosqlite:///{tmp_path}/agent.db",
-    )
-    app = create_app(settings)
+    app = create_app(_operator_settings(tmp_path, token))
     (console,) = [route for route in app.router.routes if isinstance(route, LazyConsole)]
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://agent") as http:
         assert (await http.get("/healthz")).status_code == 200

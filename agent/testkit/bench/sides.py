@@ -71,11 +71,12 @@ class ServerOptions:
             gc_probe=args.gc_probe,
             vad_ms=args.vad_ms,
             early_barge_in=args.early_barge_in,
-            agent_env=tuple(_key_value(item) for item in getattr(args, "agent_env", None) or ()),
+            agent_env=tuple(getattr(args, "agent_env", None) or ()),
         )
 
 
-def _key_value(item: str) -> tuple[str, str]:
+def agent_setting(item: str) -> tuple[str, str]:
+    """`--agent-env KEY=VALUE` (the argparse type every bench tool uses for it)."""
     key, sep, value = item.partition("=")
     if not sep or not key:
         raise argparse.ArgumentTypeError(f"--agent-env wants KEY=VALUE, got {item!r}")
@@ -102,6 +103,7 @@ def add_server_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--agent-env",
         action="append",
+        type=agent_setting,
         metavar="KEY=VALUE",
         help="a setting for the agent under test, e.g. AGENT_INTERRUPTIONS=immediate (repeatable)",
     )

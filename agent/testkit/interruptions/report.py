@@ -9,9 +9,10 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 from agent.testkit import procs
+from agent.testkit.bench.sides import agent_setting
 from agent.testkit.bench.tool import cancel_on_signals, machine_info
 from agent.testkit.interruptions.analysis import analyse
 from agent.testkit.interruptions.caller import MODES, EngineOptions, Mode, run_mode
@@ -54,14 +55,13 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     stem = out.with_suffix("")
     manifest = Path(f"{stem}-manifest.npz")
     save_manifest(manifest)
-    settings = tuple(tuple(kv.split("=", 1)) for kv in args.agent_env)
     opts = EngineOptions(
         vad_ms=args.vad_ms,
         vad_threshold_rms=args.vad_threshold_rms,
         speed=args.speed,
         transcript_ms=args.transcript_ms,
         agent_path=args.agent_path,
-        agent_env=cast(tuple[tuple[str, str], ...], settings),
+        agent_env=tuple(args.agent_env),
     )
     report: dict[str, Any] = {
         "config": {
@@ -218,12 +218,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="run the agent (not the engine or the bench) from this source tree: an A/B against another checkout",
     )
     parser.add_argument(
-        "--agent-env", action="append", default=[], metavar="KEY=VALUE", help="a setting for the agent (repeatable)"
+        "--agent-env",
+        action="append",
+        default=[],
+        type=agent_setting,
+        metavar="KEY=VALUE",
+        help="a setting for the agent (repeatable)",
     )
     parser.add_argument("--out", type=Path, default=None, help="JSON (default bench/results/interruptions-<time>.json)")
     args = parser.parse_args(argv)
     if args.per_call < 1:
         parser.error("--per-call must be >= 1")
-    if any("=" not in kv for kv in args.agent_env):
-        parser.error("--agent-env takes KEY=VALUE")
     return args
