@@ -145,8 +145,10 @@ class Settings(BaseSettings):
     interruption_transcript_wait_ms: float = Field(
         default=1200.0, ge=0, le=10000, description="adaptive: no transcript this long after the speech: resume"
     )
+    # Off by default: on the bench it did not shorten the pause, and until a short interruption's words arrive
+    # (0.3-1 s from a remote recogniser) the bot plays on over it.
     interruption_resume_quiet_ms: float = Field(
-        default=200.0,
+        default=0.0,
         ge=0,
         le=1000,
         description="adaptive: a short voiced sound over for this long plays the bot on before its words are known,"

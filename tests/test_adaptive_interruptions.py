@@ -167,7 +167,7 @@ async def test_a_stop_word_cuts_the_bot_even_when_short() -> None:
 async def test_a_short_sound_plays_the_bot_on_until_its_stop_word_cuts_it_to_what_was_heard() -> None:
     # The words of a 400 ms "wait" come 700 ms after its turn closes: the bot does not stay silent that long.
     config = RealtimeSimConfig(reply_ms=6000, speed=1.2, transcribe=said("wait", "wait"), transcription_delay_ms=700)
-    async with running_stack(config) as stack:
+    async with running_stack(config, interruption_resume_quiet_ms=200.0) as stack:  # opt-in
         call = await stack.carrier.place_call(
             [CallerAudio.after_bot_audio(1000, CallerAudio.tone(300, 400, 0.4)), CallerAudio.silence(7000)]
         )
@@ -217,7 +217,7 @@ async def test_the_caller_going_on_after_a_short_sound_holds_the_bot_again_at_on
     config = RealtimeSimConfig(
         reply_ms=8000, speed=1.2, transcribe=said("okay", "stop I meant Tuesday"), transcription_delay_ms=700
     )
-    async with running_stack(config) as stack:
+    async with running_stack(config, interruption_resume_quiet_ms=200.0) as stack:  # opt-in
         call = await stack.carrier.place_call(
             [
                 CallerAudio.after_bot_audio(1000, CallerAudio.tone(300, 300, 0.4)),
