@@ -95,37 +95,34 @@ class CallerAudio:
             recorder = None
         # Samples only for whoever needs them now: most frames of a call need none (the bot is silent).
         pcm = None
-        if self.divert is not None or recorder is not None or self._onset_listening():
+        listening_at = self._listening_at()
+        if self.divert is not None or recorder is not None or listening_at is not None:
             pcm = pcm16(ctx.format, payload, self._converter.big_endian)  # once, for all who need samples
         if self.divert is not None and pcm is not None:
             self.divert(pcm)
         elif audio:
             # The carrier's own base64 goes on unchanged when the model takes the same bytes (μ-law).
             self._forward(audio, payload_b64 if self._passthrough else None)
-        if pcm is not None:
-            if recorder is not None:
-                recorder.caller(pcm, ctx.format.rate)
-            if self._onset is not None:
-                await self._detect(pcm)
+        if pcm is not None and recorder is not None:
+            recorder.caller(pcm, ctx.format.rate)
+        if pcm is not None and listening_at is not None:
+            await self._detect(pcm, listening_at)
         elif self._onset is not None:
-            self._onset.reset()  # no sound in progress while the bot (and its echo) is silent, as in `_detect`
+            self._onset.reset()  # no sound in progress while the bot (and its echo) is silent
 
-    def _onset_listening(self) -> bool:
-        """Whether the onset detector wants this frame: only while the bot is audible or its echo may come back."""
+    def _listening_at(self) -> float | None:
+        """The playout clock now if the onset detector wants this frame (the bot audible, or its echo may still
+        come back); None otherwise, and for most frames of a call. Asked once per frame."""
         if self._onset is None:
-            return False
+            return None
         playout = self._ctx.playout
         now = playout.clock()
-        return playout.is_audible(now) or now < playout.idle_at() + _ECHO_TAIL_S
+        return now if playout.is_audible(now) or now < playout.idle_at() + _ECHO_TAIL_S else None
 
-    async def _detect(self, pcm: Int16Array) -> None:
+    async def _detect(self, pcm: Int16Array, now: float) -> None:
         """While the bot is audible (and its echo may still come back): is the caller starting to talk over it?"""
         ctx, onset = self._ctx, self._onset
         assert onset is not None
-        now = ctx.playout.clock()
-        if not (ctx.playout.is_audible(now) or now < ctx.playout.idle_at() + _ECHO_TAIL_S):
-            onset.reset()
-            return
         echo = self._echo is not None and self._echo.inbound(pcm, now)
         fired = onset.feed(pcm, ctx.format.rate, echo=echo)
         if echo:
