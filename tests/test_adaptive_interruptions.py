@@ -294,9 +294,10 @@ async def test_an_ordinary_turn_while_the_bot_is_silent_is_answered_at_once() ->
 class Echo:
     """The line sends the bot's own voice back: what the carrier played, `delay_ms` later, `loss_db` quieter."""
 
-    def __init__(self, call: SimCall, delay_ms: int, loss_db: float) -> None:
+    def __init__(self, call: SimCall, delay_ms: int, loss_db: float, *, after_ms: int = 0) -> None:
         self.call = call
         self.gain = 10 ** (loss_db / 20)
+        self.after = call.media_format.rate * after_ms // 1000  # the speakerphone goes on this far into the bot's audio
         self.frame = call.media_format.rate // 50
         self.line = np.zeros(call.media_format.rate * delay_ms // 1000, dtype=np.float64)
         self.seen = 0
@@ -306,6 +307,8 @@ class Echo:
     def __call__(self) -> Int16Array:
         played = self.call.played
         fresh = played[self.seen : self.seen + self.frame].astype(np.float64)
+        if self.seen < self.after:
+            fresh[: self.after - self.seen] = 0.0
         self.seen = min(len(played), self.seen + self.frame)
         fresh = np.concatenate([fresh, np.zeros(self.frame - len(fresh))])
         self.line = np.concatenate([self.line, fresh])
@@ -330,6 +333,33 @@ async def test_the_bots_own_echo_pauses_nothing(delay_ms: int, loss_db: float) -
             await session.wait_for_client_event("conversation.item.delete", timeout=4)
             assert [d["reason"] for d in interruptions(stack, call)] == ["echo"]
         assert len(client(session, "response.create")) == 1
+        await call.hangup()
+        assert call.protocol_errors == [] and session.protocol_errors == []
+
+
+async def test_an_echo_that_begins_mid_answer_holds_the_bot_once_and_briefly() -> None:
+    """The line showed no echo through the greeting and 2 s of the answer; then the caller's speakerphone sends the
+    bot back, 18 dB down, 150 ms late. Its onset holds the bot, but the sound stops one echo delay after the bot did
+    and its samples are the bot's: resumed as echo once it is over (not after the usual quiet), from where it
+    stopped, and never held again."""
+    config = RealtimeSimConfig(reply_ms=6000, speed=1.2, transcribe=said("reply number one", "reply number one"))
+    async with running_stack(config) as stack:
+        call = await stack.carrier.place_call([CallerAudio.silence(12000)])
+        Echo(call, 150, -18.0, after_ms=2000)
+        session = await stack.engine.wait_for_session()
+        await call.wait_bot_audio(5990, timeout=10)
+        await call.wait_bot_silence(300, timeout=4)
+        decided = interruptions(stack, call)  # the VAD's speech_started on the echo too (not trusted: no hold)
+        assert {d["reason"] for d in decided} == {"echo"} and all(d["outcome"] == "resumed" for d in decided)
+        [pause] = [d for d in decided if d["source"] == "onset"]
+        assert pause["paused_ms"] < 350  # the echo's delay and the clear, not 200 ms of quiet on top
+        [clear] = call.clears  # held once: from then on the echo is known
+        sent, played = model_audio(session), call.played
+        stopped = round(clear.played_ms_at_clear * 8)
+        resumed_at = stopped - (len(played) - len(sent))  # a few ms before the heard position (HOLD_REWIND_MS)
+        assert 0 <= stopped - resumed_at <= 40 * 8
+        assert np.array_equal(played[:stopped], sent[:stopped]) and np.array_equal(played[stopped:], sent[resumed_at:])
+        assert client(session, "conversation.item.truncate") == [] and client(session, "response.cancel") == []
         await call.hangup()
         assert call.protocol_errors == [] and session.protocol_errors == []
 

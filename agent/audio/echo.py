@@ -8,6 +8,12 @@ An inbound frame is echo when the bot was playing at that delay and the frame is
 (+ `margin_db`). Before the delay is known a cautious prior applies (anything `prior_loss_db` below the loudest bot
 audio of the past 40-300 ms may be echo), until the line shows it has no echo at all.
 
+An echo can also begin mid-call (the caller switches to the speakerphone) after the line showed none: the first
+sound pauses the bot, and `followed_bot` recognises it once it is over. It stopped one echo delay after the bot did,
+and its waveform is the bot's at that delay (normalised cross-correlation of the samples: a copy scores near 1, the
+caller's own voice near 0); the delay and loss it shows are then this call's. For that the last `_WAVE_SLOTS` of
+both sides' samples are kept too.
+
 Pure numpy, no I/O; a few microseconds per 20 ms frame (see the report in docs-interruptions.md).
 """
 
@@ -24,6 +30,8 @@ _RING = 1024  # slots kept: ~10 s of both envelopes
 _FLOOR_DB = -70.0  # envelopes are clipped here: digital silence carries no timing
 _ACTIVE_DB = -50.0  # the bot is audible in a slot above this
 _FULL_SCALE = 32768.0**2
+_ABOVE_LINE_DB = 10.0  # a sound stands this far above the line's own floor
+_WAVE_SLOTS = 128  # 1.28 s of samples kept on each side, for `followed_bot`
 
 
 def _db(power: float) -> float:
@@ -58,6 +66,10 @@ class EchoEstimator:
         self._ref_last = -1  # the latest slot with bot audio scheduled
         self._in_db = [_FLOOR_DB] * _RING
         self._in_slot = [-1] * _RING
+        self._bot_wave = np.zeros((_WAVE_SLOTS, self._slot_n), dtype=np.int16)
+        self._bot_wave_slot = np.full(_WAVE_SLOTS, -1, dtype=np.int64)
+        self._in_wave = np.zeros((_WAVE_SLOTS, self._slot_n), dtype=np.int16)
+        self._in_wave_slot = np.full(_WAVE_SLOTS, -1, dtype=np.int64)
         self._in_samples = 0
         self._in_last = -1  # the latest inbound slot
         self._anchor: float | None = None  # playout-clock time of inbound sample 0 (earliest arrival seen)
@@ -76,9 +88,14 @@ class EchoEstimator:
         n = len(samples) // self._slot_n
         if n == 0:
             return
-        blocks = samples[: n * self._slot_n].astype(np.float64).reshape(n, self._slot_n)
+        raw = samples[: n * self._slot_n].reshape(n, self._slot_n)
+        blocks = raw.astype(np.float64)
         levels = 10 * np.log10(np.mean(blocks * blocks, axis=1) / _FULL_SCALE + 1e-10)
         first = int(start / _SLOT_S)
+        keep = min(n, _WAVE_SLOTS)
+        slots = np.arange(first + n - keep, first + n)
+        self._bot_wave[slots % _WAVE_SLOTS] = raw[n - keep :]
+        self._bot_wave_slot[slots % _WAVE_SLOTS] = slots
         for i, level in enumerate(levels.tolist()):
             self._ref_db[(first + i) % _RING] = max(level, _FLOOR_DB)
             self._ref_slot[(first + i) % _RING] = first + i
@@ -105,6 +122,12 @@ class EchoEstimator:
                 self._ref_db[(slot + move) % _RING] = self._ref_db[at]
                 self._ref_slot[(slot + move) % _RING] = slot + move
                 self._ref_slot[at] = -1
+                wave, moved = slot % _WAVE_SLOTS, (slot + move) % _WAVE_SLOTS
+                if self._bot_wave_slot[wave] == slot:
+                    self._bot_wave[moved] = self._bot_wave[wave]
+                    self._bot_wave_slot[moved] = slot + move
+                    if moved != wave:
+                        self._bot_wave_slot[wave] = -1
         self._ref_last += move
 
     def _ref_level(self, slot: int) -> float:
@@ -138,6 +161,8 @@ class EchoEstimator:
             slot = end_slot - (n - 1 - j)
             self._in_db[slot % _RING] = level
             self._in_slot[slot % _RING] = slot
+            self._in_wave[slot % _WAVE_SLOTS] = samples[j * self._slot_n : (j + 1) * self._slot_n]
+            self._in_wave_slot[slot % _WAVE_SLOTS] = slot
             echo = echo and self._explained(slot, level)
         self._frames += 1
         if self._frames % self._estimate_every == 0:
@@ -190,6 +215,57 @@ class EchoEstimator:
         elif best < self.min_corr / 2 and self.delay_slots is None:
             self._quiet_windows += 1
             self.no_echo = self._quiet_windows >= 2
+
+    def followed_bot(self, start: float, *, min_corr: float = 0.5, max_loss_db: float = -6.0) -> bool:
+        """Whether the sound on the line since `start` (playout clock), now over, was the bot's echo: it ended about
+        one echo delay (40-300 ms) after the bot's audio did, and its samples are the bot's at one such delay
+        (normalised cross-correlation >= `min_corr`), quieter by `max_loss_db` or more. True also makes that delay
+        and loss this call's echo."""
+        first, last = int(start / _SLOT_S), self._in_last
+        if not 8 <= last - first < _WAVE_SLOTS - self._max_lag - 1:
+            return False
+        if any(self._in_slot[s % _RING] != s for s in range(first, last + 1)):
+            return False
+        inbound = np.array([self._in_db[s % _RING] for s in range(first, last + 1)])
+        loud = inbound >= max(float(inbound.max()) - 25.0, float(inbound.min()) + _ABOVE_LINE_DB)
+        begin, end = first + int(np.flatnonzero(loud)[0]), first + int(np.flatnonzero(loud)[-1])  # the sound
+        bot_end = min(self._ref_last, last)
+        while bot_end > first - self._max_lag and self._ref_level(bot_end) <= _ACTIVE_DB:
+            bot_end -= 1
+        if end >= last or end - begin < 2 or not self._min_lag - 3 <= end - bot_end <= self._max_lag + 3:
+            return False  # still sounding, too short to tell, or it did not stop with the bot
+        y = self._wave(self._in_wave, self._in_wave_slot, begin, end)
+        x = self._wave(self._bot_wave, self._bot_wave_slot, begin - self._max_lag, end - self._min_lag, bot=True)
+        y -= y.mean()
+        y_energy = float(np.dot(y, y))
+        if y_energy <= 0:
+            return False
+        size = 1 << (len(x) + len(y)).bit_length()
+        # Entry k: x shifted by (max_lag slots - k samples) against y; only whole overlaps ("valid").
+        products = np.fft.irfft(np.fft.rfft(x, size) * np.conj(np.fft.rfft(y, size)), size)[: len(x) - len(y) + 1]
+        energy = np.cumsum(np.concatenate([[0.0], x * x]))
+        x_energy = energy[len(y) :] - energy[: len(x) - len(y) + 1]
+        corr = products / np.sqrt(np.maximum(x_energy, 1e-9) * y_energy)
+        k = int(np.argmax(corr))
+        loss_db = 10 * math.log10(y_energy / max(float(x_energy[k]), 1e-9))
+        if corr[k] < min_corr or loss_db > max_loss_db:
+            return False
+        self.corr = float(corr[k])
+        self.delay_slots = round((self._max_lag * self._slot_n - k) / self._slot_n)
+        self.loss_db = loss_db
+        self.no_echo, self._quiet_windows = False, 0
+        return True
+
+    def _wave(self, ring: np.ndarray, stamps: np.ndarray, first: int, last: int, *, bot: bool = False) -> np.ndarray:
+        """Samples of slots [first, last] from a ring, as floats; zeros where none are kept (for the bot: where it
+        played nothing, the line was cleared or held)."""
+        slots = np.arange(first, last + 1)
+        kept = stamps[slots % _WAVE_SLOTS] == slots
+        if bot:
+            kept &= np.array([self._ref_slot[s % _RING] == s for s in range(first, last + 1)])
+        out = ring[slots % _WAVE_SLOTS].astype(np.float64)
+        out[~kept] = 0.0
+        return out.reshape(-1)
 
     def rearm(self) -> None:
         """The bot plays on after a pause on a sound that may have been its echo (the prior was off: no echo had

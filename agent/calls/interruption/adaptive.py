@@ -22,7 +22,7 @@ commits the caller's speech. So:
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 from agent.audio.speech_onset import SpeechOnset
@@ -35,6 +35,7 @@ from agent.waiting import wait_event
 
 NOISE_BACKOFF_S = 1.5  # after a pause on a sound the model did not take for speech, only voiced onsets count
 PAUSE_VAD_SILENCE_MS = 200.0  # while paused the server VAD closes the caller's turn after this much silence
+ECHO_END_MS = 40.0  # a sound over for this long may be judged by its end: did it stop one echo delay after the bot?
 
 
 class LineControl(Protocol):
@@ -299,7 +300,10 @@ class AdaptiveTurns:
     async def _watch(self, pause: Pause) -> None:
         while self.pause is pause:
             pause.changed.clear()
-            decision = decide(pause.evidence(self._ctx.playout.clock(), self.local), self.rules, self.words)
+            evidence = pause.evidence(self._ctx.playout.clock(), self.local)
+            if self._echo_ended(pause, evidence):
+                evidence = replace(evidence, echo=True)
+            decision = decide(evidence, self.rules, self.words)
             if decision.verdict is Verdict.PLAY:
                 self._play_on(pause, decision)
                 continue
@@ -307,6 +311,20 @@ class AdaptiveTurns:
                 await self._settle(pause, decision)
                 return
             await wait_event(pause.changed, (decision.recheck_ms or 50.0) / 1000)
+
+    def _echo_ended(self, pause: Pause, evidence: Evidence) -> bool:
+        """The sound that paused the bot stopped one echo delay after the bot did, and followed its voice: an echo
+        that began after the line had shown none (`EchoEstimator.followed_bot`). No need to wait for quiet, and its
+        transcript, if the model's VAD took it for speech, is the bot's own words."""
+        echo = self._ctx.echo
+        return (
+            echo is not None
+            and pause.local
+            and not pause.playing
+            and evidence.local_quiet_ms is not None
+            and evidence.local_quiet_ms >= ECHO_END_MS
+            and echo.followed_bot(pause.speech_from)
+        )
 
     async def _settle(self, pause: Pause, decision: Decision) -> None:
         await self._decided(pause, decision)

@@ -1,0 +1,157 @@
+"""The echo model on its own: an echo that begins mid-call, after the line had shown none."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from agent.audio.codecs import Int16Array
+from agent.audio.echo import EchoEstimator
+
+RATE = 8000
+FRAME = RATE // 50
+T0 = 100.0  # playout clock at the first frame
+
+
+def speechlike(seconds: float, rng: np.random.Generator, level: float = 0.3) -> np.ndarray:
+    """Noise shaped into syllables (120-300 ms each, 20-80 ms apart): an envelope with speech's rhythm."""
+    n = int(seconds * RATE)
+    env = np.zeros(n)
+    at = 0
+    while at < n:
+        length = int(rng.uniform(0.12, 0.3) * RATE)
+        env[at : at + length] = rng.uniform(0.3, 1.0) * np.hanning(length)[: n - at]
+        at += length + int(rng.uniform(0.02, 0.08) * RATE)
+    return env * rng.normal(0, level * 32768 / 3, n)
+
+
+def line_noise(n: int, rng: np.random.Generator) -> np.ndarray:
+    return rng.normal(0, 30, n)  # about -60 dBFS
+
+
+def pcm(x: np.ndarray) -> Int16Array:
+    return np.clip(x, -32768, 32767).astype(np.int16)
+
+
+def delayed(x: np.ndarray, delay_ms: float, loss_db: float, start: int, stop: int) -> np.ndarray:
+    """`x` come back `delay_ms` later and `loss_db` quieter, for what `x` played in [start, stop)."""
+    d = int(delay_ms * RATE / 1000)
+    out = np.zeros(len(x) + d)
+    out[start + d : stop + d] = x[start:stop] * 10 ** (loss_db / 20)
+    return out[: len(x)]
+
+
+class Bot:
+    """The playout: the bot's audio scheduled 200 ms ahead, 20 ms at a time, until it is held at `held`."""
+
+    def __init__(self, est: EchoEstimator, audio: np.ndarray, held: int | None = None) -> None:
+        self.est, self.audio, self.held = est, audio, len(audio) if held is None else held
+        self.scheduled = 0
+
+    def until(self, sample: int) -> None:
+        while self.scheduled < min(sample + RATE // 5, self.held):
+            chunk = self.audio[self.scheduled : min(self.scheduled + FRAME, self.held)]
+            self.est.played(pcm(chunk), T0 + self.scheduled / RATE)
+            self.scheduled += len(chunk)
+
+
+def feed_line(bot: Bot, line: np.ndarray, frames: range, *, late_s: float = 0.004) -> list[bool]:
+    """Caller frames as they arrive (a little after their time); what the estimator said of each."""
+    said = []
+    for i in frames:
+        bot.until(i * FRAME)
+        said.append(bot.est.inbound(pcm(line[i * FRAME : (i + 1) * FRAME]), T0 + (i + 1) * FRAME / RATE + late_s))
+    return said
+
+
+def test_an_echo_that_begins_mid_call_is_learned_once_the_prior_is_rearmed() -> None:
+    """The line shows no echo for 4 s of bot talk (the prior goes off); then the caller's speakerphone sends the bot
+    back, 18 dB down, 120 ms late; the pause on it re-arms the prior, which holds until the delay is learned."""
+    rng = np.random.default_rng(1)
+    audio = speechlike(8.0, rng)
+    est = EchoEstimator(RATE)
+    bot = Bot(est, audio)
+    quiet = line_noise(len(audio), rng)
+    begins = 4 * RATE
+    feed_line(bot, quiet, range(0, begins // FRAME))
+    assert est.no_echo  # the prior went off: the line showed no echo while the bot talked
+    line = quiet + delayed(audio, 120, -18.0, begins, len(audio))
+    feed_line(bot, line, range(begins // FRAME, begins // FRAME + 15))
+    est.rearm()  # the pause on that sound ended: it may have been the echo
+    prior_off_again = []
+    for i in range(begins // FRAME + 15, len(audio) // FRAME):
+        feed_line(bot, line, range(i, i + 1))
+        prior_off_again.append(est.no_echo and est.delay_slots is None)
+    assert not any(prior_off_again)
+    assert est.delay_ms is not None and abs(est.delay_ms - 120) <= 20
+    assert est.loss_db is not None and abs(est.loss_db + 18) <= 4
+
+
+def pause_on_sound(
+    rng: np.random.Generator,
+    sound: np.ndarray | None,
+    *,
+    delay_ms: int = 0,
+    loss_db: float = 0.0,
+    heard_s: float = 0.15,
+) -> tuple[EchoEstimator, float]:
+    """The bot talks, the line has shown no echo; at 4 s a sound begins on the line (`sound`, or the bot's own
+    audio from then on, `delay_ms` late and `loss_db` down), and `heard_s` later the bot is held. Returns the
+    estimator fed until 60 ms after the sound's end, and when it began."""
+    audio = speechlike(6.0, rng)
+    begins = 4 * RATE
+    held = begins + int(heard_s * RATE)
+    # The bot is mid-syllable when the sound begins (a sound the onset detector pauses on is 60-100 ms long).
+    span = held - begins + RATE // 5
+    wobble = 0.7 + 0.3 * np.sin(2 * np.pi * 5 * np.arange(span) / RATE)
+    audio[begins - RATE // 10 : held + RATE // 10] = rng.normal(0, 0.3 * 32768 / 3, span) * wobble
+    est = EchoEstimator(RATE)
+    bot = Bot(est, audio, held)
+    line = line_noise(len(audio), rng)
+    feed_line(bot, line, range(0, begins // FRAME))
+    assert est.no_echo
+    if sound is None:
+        sound = delayed(audio, delay_ms, loss_db, begins, held)[begins : held + int(delay_ms * RATE / 1000)]
+    line[begins : begins + len(sound)] += sound
+    est.cut(T0 + held / RATE)
+    feed_line(bot, line, range(begins // FRAME, (begins + len(sound) + int(0.06 * RATE)) // FRAME))
+    return est, T0 + begins / RATE
+
+
+@pytest.mark.parametrize("delay_ms,loss_db", [(50, -17.0), (120, -20.0), (245, -18.0), (180, -26.0)])
+def test_a_sound_that_stopped_one_echo_delay_after_the_bot_is_its_echo(delay_ms: int, loss_db: float) -> None:
+    for seed in range(5):
+        est, began = pause_on_sound(np.random.default_rng(seed), None, delay_ms=delay_ms, loss_db=loss_db)
+        assert est.followed_bot(began), seed
+        assert est.delay_ms is not None and abs(est.delay_ms - delay_ms) <= 20
+        assert est.loss_db is not None and abs(est.loss_db - loss_db) <= 5
+        assert not est.no_echo
+
+
+@pytest.mark.parametrize("after_hold_ms", [60, 150, 250])
+def test_the_callers_own_word_ending_just_after_the_bot_is_not_echo(after_hold_ms: int) -> None:
+    """The worst case for the rule: the caller's word, as quiet as an echo, ends exactly when an echo would."""
+    misses = 0
+    for seed in range(20):
+        rng = np.random.default_rng(seed)
+        word = speechlike(0.15 + after_hold_ms / 1000, rng, level=0.05)
+        est, began = pause_on_sound(rng, word)
+        misses += est.followed_bot(began)
+    assert misses == 0
+
+
+def test_a_sound_still_going_is_not_judged() -> None:
+    """The echo, then the caller right after it: the sound is not over, so it is not judged yet."""
+    rng = np.random.default_rng(3)
+    caller = np.concatenate([np.zeros(int(0.25 * RATE)), speechlike(1.5, rng, 0.05)])
+    audio = speechlike(6.0, rng)
+    begins, held = 4 * RATE, 4 * RATE + int(0.15 * RATE)
+    est = EchoEstimator(RATE)
+    bot = Bot(est, audio, held)
+    line = line_noise(len(audio), rng)
+    feed_line(bot, line, range(0, begins // FRAME))
+    line[begins:] += delayed(audio, 100, -18.0, begins, held)[begins:]
+    line[begins : begins + len(caller)] += caller
+    est.cut(T0 + held / RATE)
+    feed_line(bot, line, range(begins // FRAME, (begins + RATE) // FRAME))
+    assert not est.followed_bot(T0 + begins / RATE)
