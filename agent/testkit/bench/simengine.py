@@ -20,6 +20,7 @@ import asyncio
 import base64
 import binascii
 import contextlib
+import functools
 import json
 import resource
 import signal
@@ -30,6 +31,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import numpy as np
+import numpy.typing as npt
 from websockets.asyncio.server import ServerConnection
 from websockets.http11 import Request, Response
 
@@ -43,9 +45,18 @@ from agent.engine import (
     describe_audio,
     sine_tone,
 )
+from agent.heap import freeze_startup_heap
 from agent.testkit.bench.tool import run_async
 from agent.testkit.bench.wire import MULAW_FRAME_BYTES, PREFIX_CHARS, LoopLag, frame_key
 from agent.waiting import within
+
+
+@functools.lru_cache(maxsize=16)
+def _tone(hz: float, amplitude: float, duration_ms: int, sample_rate: int) -> npt.NDArray[np.float64]:
+    """The tone under every reply, synthesised once per shape (only the noise on top is fresh per response)."""
+    tone: npt.NDArray[np.float64] = sine_tone(hz, amplitude, duration_ms, sample_rate).astype(np.float64)
+    tone.setflags(write=False)
+    return tone
 
 
 class NoisyToneReplies:
@@ -64,7 +75,7 @@ class NoisyToneReplies:
         fmt = request.audio_format
         if fmt is None or request.reply_ms <= 0:
             return Reply(transcript=text)
-        tone = sine_tone(cfg.tone_hz, cfg.tone_amplitude, request.reply_ms, fmt.sample_rate).astype(np.float64)
+        tone = _tone(cfg.tone_hz, cfg.tone_amplitude, request.reply_ms, fmt.sample_rate)
         noise = self._rng.uniform(-self._noise, self._noise, len(tone)) * 32767.0
         return Reply(transcript=text, audio=float_to_pcm16((tone + noise) / 32767.0))
 
@@ -235,6 +246,9 @@ async def _main(args: argparse.Namespace) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await engine.start()
+    # Start-up leaves ~100,000 long-lived objects (the SDK's event models above all) that every full collection
+    # would walk, tens of ms each time, stalling every session's stream at once.
+    freeze_startup_heap()
     lag = asyncio.create_task(engine.loop_lag.watch())
     try:
         await stop.wait()
