@@ -148,3 +148,26 @@ async def test_appends_are_judged_as_the_sdk_judges_them() -> None:
         sent = [{k: v for k, v in e.items() if k != "_t"} for e in session.client_events]
         assert sent[1 : 1 + len(appends)] == appends  # recorded as received
         assert accepted == 4
+
+
+async def test_a_cancel_wakes_a_paced_response_at_once() -> None:
+    """Between two paced deltas the stream sleeps on a timer; a cancel must end it then, not at the next delta."""
+    config = RealtimeSimConfig(speed=1, chunk_ms=2000, reply_ms=6000, first_audio_delay_ms=0)
+    async with RealtimeServer(config) as server, ws_connect(server.ws_base_url + "/realtime?model=gpt-realtime") as ws:
+
+        async def next_of(kind: str) -> dict[str, Any]:
+            async with asyncio.timeout(5):
+                while True:
+                    event = json.loads(await ws.recv())
+                    if event["type"] == kind:
+                        return event
+
+        await next_of("session.created")
+        await ws.send(json.dumps({"type": "response.create"}))
+        await next_of("response.output_audio.delta")  # the next one is 2 s away
+        loop = asyncio.get_running_loop()
+        asked = loop.time()
+        await ws.send(json.dumps({"type": "response.cancel"}))
+        done = await next_of("response.done")
+        assert done["response"]["status"] == "cancelled"
+        assert loop.time() - asked < 1.0
