@@ -310,7 +310,7 @@ class SessionCore:
             data = json.dumps(wire)
         else:
             data = dumps_event(wire, verbatim)
-        record = copy_json(wire)
+        record: Event = copy_json(wire)
         record["_t"] = time.monotonic()
         self._server_log.add(record)
         await self._ws.send(data)
@@ -427,6 +427,9 @@ class SessionCore:
         raise NotImplementedError
 
     def _reset_vad(self) -> None:
+        raise NotImplementedError
+
+    async def _on_append(self, event: Event) -> None:
         raise NotImplementedError
 
     def _recognition(self, item_id: str, audio: Int16Array, rate: int) -> asyncio.Task[str]:
