@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import os
 import re
 from typing import Any
 
@@ -171,3 +172,17 @@ async def test_a_cancel_wakes_a_paced_response_at_once() -> None:
         done = await next_of("response.done")
         assert done["response"]["status"] == "cancelled"
         assert loop.time() - asked < 1.0
+
+
+def test_a_forked_child_does_not_repeat_its_parents_ids() -> None:
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report one id and leave at once
+        os.write(write, new_id("event_").encode())
+        os._exit(0)
+    os.close(write)
+    child = os.read(read, 100).decode()
+    os.close(read)
+    os.waitpid(pid, 0)
+    mine = new_id("event_")
+    assert child[:16] != mine[:16]  # "event_" and the stem differ

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import os
 import random
 import string
 from dataclasses import dataclass
@@ -20,6 +21,16 @@ _ids = random.Random()
 # and an id is drawn for every event sent.
 _ID_STEM = "".join(_ids.choices(_ID_ALPHABET, k=10))
 _id_counter = itertools.count()
+
+
+def _new_stem() -> None:
+    """A forked child draws its own stem, or it would repeat its parent's ids."""
+    global _ID_STEM
+    _ids.seed()
+    _ID_STEM = "".join(_ids.choices(_ID_ALPHABET, k=10))
+
+
+os.register_at_fork(after_in_child=_new_stem)
 # Obfuscation values cycle through a pool drawn once: they pad a delta's size and need not be unique.
 _OBFUSCATION = tuple("".join(_ids.choices(_ID_ALPHABET, k=8)) for _ in range(251))
 _obfuscation_counter = itertools.count()
