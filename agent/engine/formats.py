@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+import os
 import random
 import string
 from dataclasses import dataclass
@@ -14,6 +16,24 @@ from agent.audio.codecs import Int16Array, float_to_pcm16, mulaw_to_pcm16, pcm16
 
 _ID_ALPHABET = string.ascii_letters + string.digits
 _ids = random.Random()
+# A random stem per process and a counter: ids stay unique (within the process by the counter, across processes by
+# the stem's 59 random bits) at the cost of one string format, where drawing 20 random characters took ~2 µs an id
+# and an id is drawn for every event sent.
+_ID_STEM = "".join(_ids.choices(_ID_ALPHABET, k=10))
+_id_counter = itertools.count()
+
+
+def _new_stem() -> None:
+    """A forked child draws its own stem, or it would repeat its parent's ids."""
+    global _ID_STEM
+    _ids.seed()
+    _ID_STEM = "".join(_ids.choices(_ID_ALPHABET, k=10))
+
+
+os.register_at_fork(after_in_child=_new_stem)
+# Obfuscation values cycle through a pool drawn once: they pad a delta's size and need not be unique.
+_OBFUSCATION = tuple("".join(_ids.choices(_ID_ALPHABET, k=8)) for _ in range(251))
+_obfuscation_counter = itertools.count()
 
 
 class SimulatorBug(RuntimeError):
@@ -21,8 +41,14 @@ class SimulatorBug(RuntimeError):
 
 
 def new_id(prefix: str) -> str:
-    """An id shaped like the API's (``event_…``, ``item_…``, ``resp_…``), unique for practical purposes."""
-    return prefix + "".join(_ids.choices(_ID_ALPHABET, k=20))
+    """An id shaped like the API's (``event_…``, ``item_…``, ``resp_…``: 20 letters and digits after the prefix),
+    unique for practical purposes."""
+    return f"{prefix}{_ID_STEM}{next(_id_counter):010x}"
+
+
+def obfuscation() -> str:
+    """The ``obfuscation`` padding of a transcript delta: 8 random-looking letters and digits."""
+    return _OBFUSCATION[next(_obfuscation_counter) % len(_OBFUSCATION)]
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -63,9 +89,9 @@ class AudioFormat:
     @classmethod
     def from_session(cls, fmt: Any) -> AudioFormat:
         """Read a GA ``{"type": ...}`` format object; the API default (pcm 24 kHz) when absent."""
-        if isinstance(fmt, dict) and fmt.get("type") in ("audio/pcmu", "audio/pcma"):
-            return cls(fmt["type"])
-        return cls("audio/pcm")
+        kind = fmt.get("type") if isinstance(fmt, dict) else None
+        # Shared instances: the input format is read for every append, and building a frozen dataclass costs a µs.
+        return _FORMATS.get(kind, _PCM) if isinstance(kind, str) else _PCM
 
     @property
     def sample_rate(self) -> int:
@@ -95,6 +121,10 @@ class AudioFormat:
         if self.type == "audio/pcma":
             return bytes(_ALAW_ENCODE[samples.astype(np.int32) + 32768].tobytes())
         return samples.astype("<i2").tobytes()
+
+
+_FORMATS: dict[str, AudioFormat] = {kind: AudioFormat(kind) for kind in ("audio/pcm", "audio/pcmu", "audio/pcma")}
+_PCM = _FORMATS["audio/pcm"]
 
 
 # ---------------------------------------------------------------------------------------------------------------

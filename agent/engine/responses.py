@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import copy
 from typing import Any, Literal
 
-import numpy as np
-
-from agent.engine.formats import AudioFormat, new_id
-from agent.engine.protocol import Event, ResponseState
+from agent.engine.formats import AudioFormat, new_id, obfuscation
+from agent.engine.protocol import Event, ResponseState, copy_json
 from agent.engine.replies import Reply, ReplyRequest, ToolCall
 from agent.engine.session_core import SessionCore
+
+
+def _wake(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
 
 
 class ResponseGeneration(SessionCore):
@@ -68,22 +70,29 @@ class ResponseGeneration(SessionCore):
         if response.stop_reason is None:
             response.stop_reason = reason
         response.stop.set()
+        if response.wake is not None and not response.wake.done():
+            response.wake.set_result(None)  # out of _pause_until now
         if response.task is not None:
             await asyncio.wait([response.task])
 
     async def _pause_until(self, response: ResponseState, deadline: float) -> None:
         """Emulated generation clock; returns early when the response is stopped."""
-        delay = deadline - asyncio.get_running_loop().time()
+        loop = asyncio.get_running_loop()
+        delay = deadline - loop.time()
         if response.stop.is_set():
             return
         if delay <= 0:
             await asyncio.sleep(0)  # let the reader run, so barge-in works even at speed=0
             return
+        # A bare future woken by a timer or by _cancel_active: what ``timeout(stop.wait())`` did, without a
+        # cancellation and its exception at the end of every wait (one wait per delta).
+        wake = response.wake = loop.create_future()
+        timer = loop.call_at(deadline, _wake, wake)
         try:
-            async with asyncio.timeout(delay):
-                await response.stop.wait()
-        except TimeoutError:
-            pass
+            await wake
+        finally:
+            timer.cancel()
+            response.wake = None
 
     def _response_object(
         self, response: ResponseState, status: str, details: Event | None, usage: Event | None
@@ -94,7 +103,7 @@ class ResponseGeneration(SessionCore):
             "id": response.id,
             "status": status,
             "status_details": details,
-            "output": copy.deepcopy(response.output),
+            "output": copy_json(response.output),
             "conversation_id": self.conversation_id if response.in_conversation else None,
             "output_modalities": response.modalities,
             "max_output_tokens": max_tokens,
@@ -180,16 +189,14 @@ class ResponseGeneration(SessionCore):
                 "type": "response.output_item.added",
                 "response_id": response.id,
                 "output_index": output_index,
-                "item": copy.deepcopy(item),
+                "item": copy_json(item),
             }
         )
         previous = None
         if response.in_conversation:
             previous = self.items[-1]["id"] if self.items else None
             self.items.append(item)
-            await self._send(
-                {"type": "conversation.item.added", "item": copy.deepcopy(item), "previous_item_id": previous}
-            )
+            await self._send({"type": "conversation.item.added", "item": copy_json(item), "previous_item_id": previous})
         return previous
 
     async def _emit_item_done(
@@ -200,13 +207,11 @@ class ResponseGeneration(SessionCore):
                 "type": "response.output_item.done",
                 "response_id": response.id,
                 "output_index": output_index,
-                "item": copy.deepcopy(item),
+                "item": copy_json(item),
             }
         )
         if response.in_conversation:
-            await self._send(
-                {"type": "conversation.item.done", "item": copy.deepcopy(item), "previous_item_id": previous}
-            )
+            await self._send({"type": "conversation.item.done", "item": copy_json(item), "previous_item_id": previous})
 
     async def _stream_message(
         self, response: ResponseState, reply: Reply, audio_out: bool, reply_ms: int, first_delta_at: float
@@ -233,12 +238,18 @@ class ResponseGeneration(SessionCore):
         if audio_out:
             assert reply.audio is not None
             step = max(1, fmt.sample_rate * cfg.chunk_ms // 1000)
-            chunks = [reply.audio[i : i + step] for i in range(0, len(reply.audio), step)]
+            # Encoded once for the whole reply (the codecs work sample by sample), then cut into deltas.
+            encoded = fmt.encode(reply.audio)
+            width = len(encoded) // len(reply.audio)
+            chunks = [encoded[i : i + step * width] for i in range(0, len(encoded), step * width)]
             self.assistant_audio_ms[item["id"]] = 0
         else:
-            chunks = [np.zeros(0, dtype=np.int16)] * max(1, -(-reply_ms // cfg.chunk_ms))
+            width = 1
+            chunks = [b""] * max(1, -(-reply_ms // cfg.chunk_ms))
         interval = cfg.chunk_ms / cfg.speed / 1000 if cfg.speed > 0 else 0.0
         sent_chars = 0
+        # A response's deltas differ only in their string payload: the SDK's model checks the first of each kind.
+        checked_text = checked_audio = False
         for k, chunk in enumerate(chunks):
             await self._pause_until(response, first_delta_at + k * interval)
             if response.stop.is_set():
@@ -252,17 +263,18 @@ class ResponseGeneration(SessionCore):
                             "type": "response.output_audio_transcript.delta",
                             **ids,
                             "delta": piece,
-                            "obfuscation": new_id("")[:8],
-                        }
+                            "obfuscation": obfuscation(),
+                        },
+                        checked=checked_text,
                     )
+                    checked_text = True
                 await self._send(
-                    {
-                        "type": "response.output_audio.delta",
-                        **ids,
-                        "delta": base64.b64encode(fmt.encode(chunk)).decode("ascii"),
-                    }
+                    {"type": "response.output_audio.delta", **ids, "delta": base64.b64encode(chunk).decode("ascii")},
+                    verbatim="delta",  # base64 needs no JSON escaping
+                    checked=checked_audio,
                 )
-                response.audio_ms += len(chunk) * 1000 // fmt.sample_rate
+                checked_audio = True
+                response.audio_ms += len(chunk) // width * 1000 // fmt.sample_rate
                 self.assistant_audio_ms[item["id"]] = response.audio_ms
             elif piece:
                 await self._send({"type": "response.output_text.delta", **ids, "delta": piece})

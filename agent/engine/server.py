@@ -3,8 +3,10 @@
 Why it exists: the agent's tests, the load-test tool and the offline engine need a server that speaks the GA
 wire protocol (event names, wire order, ids, error codes, barge-in behaviour) with no network access and no cost.
 Every event this server sends is checked with the SDK-derived ``validate_server_event`` before it goes out (a
-failure is a bug in the fake and is raised loudly), and every client event is checked with
-``validate_client_event``, so an agent that drifts from the protocol shows up in ``SimSession.protocol_errors``.
+failure is a bug in the fake and is raised loudly; of a response's stream of deltas, which differ only in their
+payload string, the first of each kind), and every client event is checked with ``validate_client_event`` (a
+plain ``input_audio_buffer.append``, by the few lines that are that check for its one shape), so an agent that
+drifts from the protocol shows up in ``SimSession.protocol_errors``.
 
 What the model "says" comes from a pluggable :class:`ReplySource`; the default, :class:`ToneReplySource`, speaks
 sine tones and describes caller audio instead of recognising it. :mod:`agent.engine.engine` plugs in speech

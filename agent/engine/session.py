@@ -6,13 +6,12 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
-import copy
 import time
 from collections.abc import Awaitable, Callable
 
 from agent.engine.formats import new_id
 from agent.engine.input_audio import InputAudio
-from agent.engine.protocol import Event
+from agent.engine.protocol import Event, copy_json
 
 
 class SimSession(InputAudio):
@@ -59,7 +58,7 @@ class SimSession(InputAudio):
         return None
 
     async def _on_item_create(self, event: Event) -> None:
-        item: Event = copy.deepcopy(event["item"])
+        item: Event = copy_json(event["item"])
         item_id = item.get("id") or new_id("item_")
         if self._find_item(item_id) is not None:
             await self._error(
@@ -94,8 +93,8 @@ class SimSession(InputAudio):
                         self.user_audio[item_id] = (audio, self.input_format.sample_rate)
         self.items.insert(position, item)
         previous = self.items[position - 1]["id"] if position > 0 else None
-        await self._send({"type": "conversation.item.added", "item": copy.deepcopy(item), "previous_item_id": previous})
-        await self._send({"type": "conversation.item.done", "item": copy.deepcopy(item), "previous_item_id": previous})
+        await self._send({"type": "conversation.item.added", "item": copy_json(item), "previous_item_id": previous})
+        await self._send({"type": "conversation.item.done", "item": copy_json(item), "previous_item_id": previous})
 
     async def _on_item_retrieve(self, event: Event) -> None:
         index = self._find_item(event["item_id"])
@@ -108,7 +107,7 @@ class SimSession(InputAudio):
                 record=False,
             )
             return
-        await self._send({"type": "conversation.item.retrieved", "item": copy.deepcopy(self.items[index])})
+        await self._send({"type": "conversation.item.retrieved", "item": copy_json(self.items[index])})
 
     async def _on_item_delete(self, event: Event) -> None:
         index = self._find_item(event["item_id"])

@@ -20,6 +20,7 @@ import asyncio
 import base64
 import binascii
 import contextlib
+import functools
 import json
 import resource
 import signal
@@ -30,6 +31,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import numpy as np
+import numpy.typing as npt
 from websockets.asyncio.server import ServerConnection
 from websockets.http11 import Request, Response
 
@@ -43,9 +45,18 @@ from agent.engine import (
     describe_audio,
     sine_tone,
 )
+from agent.heap import freeze_startup_heap
 from agent.testkit.bench.tool import run_async
 from agent.testkit.bench.wire import MULAW_FRAME_BYTES, PREFIX_CHARS, LoopLag, frame_key
 from agent.waiting import within
+
+
+@functools.lru_cache(maxsize=16)
+def _tone(hz: float, amplitude: float, duration_ms: int, sample_rate: int) -> npt.NDArray[np.float64]:
+    """The tone under every reply, synthesised once per shape (only the noise on top is fresh per response)."""
+    tone: npt.NDArray[np.float64] = sine_tone(hz, amplitude, duration_ms, sample_rate).astype(np.float64)
+    tone.setflags(write=False)
+    return tone
 
 
 class NoisyToneReplies:
@@ -64,13 +75,13 @@ class NoisyToneReplies:
         fmt = request.audio_format
         if fmt is None or request.reply_ms <= 0:
             return Reply(transcript=text)
-        tone = sine_tone(cfg.tone_hz, cfg.tone_amplitude, request.reply_ms, fmt.sample_rate).astype(np.float64)
+        tone = _tone(cfg.tone_hz, cfg.tone_amplitude, request.reply_ms, fmt.sample_rate)
         noise = self._rng.uniform(-self._noise, self._noise, len(tone)) * 32767.0
         return Reply(transcript=text, audio=float_to_pcm16((tone + noise) / 32767.0))
 
 
 def _response(rid: str, t_created: float | None) -> dict[str, Any]:
-    # audio_sent: [engine send time, the response's audio ms sent so far] per delta
+    # audio_sent: (engine send time, the response's audio ms sent so far) per delta
     return {"id": rid, "t_created": t_created, "t_first_delta": None, "item_id": None, "prefix": None, "audio_sent": []}
 
 
@@ -80,9 +91,13 @@ def _b64_len(text: str) -> int:
 
 
 def summarize(session: SimSession) -> dict[str, Any]:
-    """Everything the bench matches on, without audio: a few hundred KB for a 20 s call at most."""
+    """Everything the bench matches on, without audio: a few hundred KB for a 20 s call at most.
+
+    Its many small rows are tuples (JSON arrays all the same): the collector stops tracking tuples of numbers and
+    strings, where lists would be walked by every full collection for as long as the summary waits to be drained
+    (hundreds of ms each once 100 calls had closed)."""
     pcmu = session.input_format.type == "audio/pcmu"
-    appends: list[list[Any]] = []
+    appends: list[tuple[float, int, tuple[str, ...]]] = []
     truncates: list[dict[str, Any]] = []
     client_counts: Counter[str] = Counter()
     for event in session.client_events:
@@ -95,11 +110,11 @@ def summarize(session: SimSession) -> dict[str, Any]:
             except (binascii.Error, ValueError):
                 continue
             keys = (
-                [frame_key(data[i : i + MULAW_FRAME_BYTES]) for i in range(0, len(data), MULAW_FRAME_BYTES)]
+                tuple(frame_key(data[i : i + MULAW_FRAME_BYTES]) for i in range(0, len(data), MULAW_FRAME_BYTES))
                 if pcmu
-                else []
+                else ()
             )
-            appends.append([t, len(data), keys])
+            appends.append((t, len(data), keys))
         elif kind == "conversation.item.truncate":
             truncates.append({"t": t, "item_id": event.get("item_id"), "audio_end_ms": event.get("audio_end_ms")})
     responses: dict[str, dict[str, Any]] = {}
@@ -131,7 +146,7 @@ def summarize(session: SimSession) -> dict[str, Any]:
             # the carrier ran out of had not been sent yet.
             ends = resp["audio_sent"]
             end_ms = (ends[-1][1] if ends else 0.0) + _b64_len(delta) / out_bytes_per_ms
-            ends.append([t, round(end_ms, 3)])
+            ends.append((t, round(end_ms, 3)))
         elif kind == "response.done":
             rid = str(event["response"]["id"])
             if rid in responses:
@@ -235,6 +250,9 @@ async def _main(args: argparse.Namespace) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await engine.start()
+    # Start-up leaves ~100,000 long-lived objects (the SDK's event models above all) that every full collection
+    # would walk, tens of ms each time, stalling every session's stream at once.
+    freeze_startup_heap()
     lag = asyncio.create_task(engine.loop_lag.watch())
     try:
         await stop.wait()
