@@ -439,6 +439,20 @@ async def test_dtmf_and_raw_frames_share_the_sequence(agent: FakeAgent, sim: Car
         await call.send_dtmf("x")
 
 
+async def test_what_goes_on_the_wire_is_the_caller_track_even_when_a_frame_is_changed_after_it_was_taken(
+    agent: FakeAgent, sim: CarrierSim
+) -> None:
+    """Caller audio is encoded for the wire when it is pushed; a frame someone changes afterwards (a test's echo
+    mixer wraps _next_caller_frame) must go out as changed, and the caller track must say what went out."""
+    call = await sim.place_call([CallerAudio.tone(400, 300), CallerAudio.tone(900, 300)])
+    own = call._next_caller_frame
+    call._next_caller_frame = lambda: (own() // 3).astype(np.int16)  # type: ignore[method-assign]
+    session = await until_media(call, agent, 25)
+    payloads = b"".join(base64.b64decode(m["media"]["payload"]) for _, m in session.events("media")[:25])
+    assert payloads == pcm16_to_mulaw(call.caller_track()[: 25 * 160])
+    assert abs(int(np.abs(mulaw_to_pcm16(payloads)).max()) - 0.3 * 32767 / 3) < 400
+
+
 class _YieldingSocket:
     """A pass-through wrapper whose every send yields to the loop first: the carrier cannot write frames straight
     to the socket and must take its queued path."""

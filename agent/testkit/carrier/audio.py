@@ -224,7 +224,7 @@ class CallerAudio:
 
 
 def as_cue_or_segment(item: ScriptItem) -> Segment | Cue:
-    if isinstance(item, Segment | Cue):
+    if isinstance(item, (Segment, Cue)):
         return item
     if callable(item):
         return CallerAudio.when(item, None, getattr(item, "__name__", "gate"))

@@ -29,7 +29,6 @@ from agent.testkit.carrier.records import (
     XmlAction,
     _Hangup,
 )
-from agent.testkit.carrier.ticker import ticker
 from agent.testkit.carrier.webhooks import open_stream
 
 
@@ -174,7 +173,10 @@ class SimCall(Playout):
     def _push_caller(self, segment: Segment) -> None:
         rate = self.media_format.rate
         start_ms = (self.frames_sent * self._in_frame + len(self._cbuf)) * 1000 / rate
-        self._cbuf = np.concatenate([self._cbuf, segment.render(rate)]).astype(np.int16, copy=False)
+        samples = np.asarray(segment.render(rate), dtype=np.int16)
+        self._cbuf = np.concatenate([self._cbuf, samples])
+        # Encoded for the wire now, in one go (both encodings are per sample): cheaper than frame by frame.
+        self._wbuf += self._encode_inbound(samples)
         self._record("caller_segment_started", kind=segment.kind, label=segment.label, call_ms=start_ms)
 
     def _next_caller_frame(self) -> Int16Array:
@@ -197,8 +199,12 @@ class SimCall(Playout):
             if item.segment is not None:
                 self._push_caller(item.segment)
         frame, self._cbuf = self._cbuf[:n], self._cbuf[n:]
+        nbytes = n * self.media_format.bytes_per_sample
+        wire, self._wbuf = self._wbuf[:nbytes], self._wbuf[nbytes:]
         if len(frame) < n:
             frame = np.concatenate([frame, np.zeros(n - len(frame), dtype=np.int16)])
+            wire = self._encode_inbound(frame)
+        self._frame_wire = (frame, wire)
         if self.script_done and not self._script_done_recorded:
             self._script_done_recorded = True
             self._record("caller_script_done")
@@ -228,14 +234,17 @@ class SimCall(Playout):
         """Frame k's content is decided when its interval starts (k*P) and sent when it ends ((k+1)*P), so a
         cue fires at the call-clock moment its condition became true and the caller track lines up."""
         when = self._t0 + (self._caller_k + 1) * self._period
-        self._caller_handle = ticker().call_at(when, self._caller_tick)
+        self._caller_handle = self._ticker.call_at(when, self._caller_tick)
 
     def _media_text(self, k: int, frame: Int16Array) -> tuple[str, int]:
         """Frame k's `media` message, numbered now (call it when the message is next on the wire)."""
         if frame is self._silent_frame:
             nbytes, payload = self._silence_wire
         else:
-            raw = self._encode_inbound(frame)
+            # Encoded when it was pushed, unless someone changed the frame since (a test's echo mixer, say).
+            cached, raw = self._frame_wire
+            if cached is not frame:
+                raw = self._encode_inbound(frame)
             nbytes, payload = len(raw), base64.b64encode(raw).decode("ascii")
         chunk = k + 1 - self._chunk_base  # per stream, from 1
         text = self._media_fmt % (self._seq, self._epoch_ms0 + (k + 1) * self.options.frame_ms, chunk, payload)

@@ -36,7 +36,7 @@ from agent.testkit.carrier.records import (
     TimelineEntry,
     XmlAction,
 )
-from agent.testkit.carrier.ticker import TickHandle
+from agent.testkit.carrier.ticker import Ticker, TickHandle, ticker
 from agent.testkit.carrier.webhooks import CallContext, max_retries, wall_time
 
 # ----------------------------------------------------------------------------------------------------------
@@ -145,6 +145,7 @@ class CallState:
         self._stream_gen = 0
         self._caller_handle: TickHandle | None = None
         self._play_handle: TickHandle | None = None
+        self._ticker: Ticker = ticker()  # drives the stream's clocks (placed from a running loop)
         self._slow_sends = 0  # sends waiting for (or holding) the send lock: nothing may jump ahead of them
         self._media_fmt = ""
         self._silence_wire = (0, "")
@@ -161,6 +162,8 @@ class CallState:
         self._script: deque[Segment | Cue] = deque(as_cue_or_segment(i) for i in script)
         self._armed: Callable[[], bool] | None = None
         self._cbuf: Int16Array = _EMPTY
+        self._wbuf = b""  # _cbuf as sent on the wire (encoded when pushed)
+        self._frame_wire: tuple[Int16Array, bytes] = (_EMPTY, b"")  # the last frame taken from _cbuf, encoded
         self._caller_frames: list[Int16Array] = []
         self._pending_frame: Int16Array = self._silent_frame
         self._script_done_recorded = False
@@ -334,7 +337,7 @@ class CallState:
 
     def say(self, *items: ScriptItem) -> None:
         """Append to the caller's script while the call runs."""
-        self._script.extend(as_cue_or_segment(i) for i in items)
+        self._script.extend(map(as_cue_or_segment, items))
 
     def wrap_socket(self, wrap: Callable[[ClientConnection], ClientConnection]) -> None:
         """Put something between the carrier and the agent (network jitter, loss...): ``wrap`` gets the stream

@@ -21,7 +21,6 @@ from agent.audio.codecs import (
 from agent.testkit.carrier.audio import resample
 from agent.testkit.carrier.call_state import CallState, Mark, QueuedAudio
 from agent.testkit.carrier.records import L16, MULAW, PLAYBACK_RATES, ClearRecord
-from agent.testkit.carrier.ticker import ticker
 
 
 class Playout(CallState):
@@ -31,7 +30,7 @@ class Playout(CallState):
         """Wake for the next playout tick (tick k starts playing frame k at t0 + k*P) or for an ack due before it."""
         tick_at = self._t0 + self._play_k * self._period
         deadline = min(tick_at, self._ack_due[0][0]) if self._ack_due else tick_at
-        self._play_handle = ticker().call_at(deadline, self._playout_wake)
+        self._play_handle = self._ticker.call_at(deadline, self._playout_wake)
 
     def _playout_wake(self) -> None:
         self._play_handle = None

@@ -84,12 +84,19 @@ class Ticker:
 _tickers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Ticker] = weakref.WeakKeyDictionary()
 
 
+_last: tuple[weakref.ref[asyncio.AbstractEventLoop], Ticker] | None = None
+
+
 def ticker() -> Ticker:
     """The running loop's ticker (one per loop: tests run many loops in one process)."""
+    global _last
     loop = asyncio.get_running_loop()
+    if _last is not None and _last[0]() is loop:
+        return _last[1]  # the common case, without the weak dictionary's lookup
     found = _tickers.get(loop)
     if found is None:
         found = _tickers[loop] = Ticker(loop)
+    _last = (weakref.ref(loop), found)
     return found
 
 
