@@ -39,6 +39,7 @@ from agent.testkit.carrier import (
     SimCall,
     SimCallOptions,
 )
+from agent.testkit.carrier.callbacks import CallbackSender
 from agent.waiting import within
 
 # One uvicorn server for the module (its shutdown alone costs ~0.2 s); each test resets the fake agent.
@@ -438,6 +439,56 @@ async def test_dtmf_and_raw_frames_share_the_sequence(agent: FakeAgent, sim: Car
         await call.send_dtmf("x")
 
 
+async def test_what_goes_on_the_wire_is_the_caller_track_even_when_a_frame_is_changed_after_it_was_taken(
+    agent: FakeAgent, sim: CarrierSim
+) -> None:
+    """Caller audio is encoded for the wire when it is pushed; a frame someone changes afterwards (a test's echo
+    mixer wraps _next_caller_frame) must go out as changed, and the caller track must say what went out."""
+    call = await sim.place_call([CallerAudio.tone(400, 300), CallerAudio.tone(900, 300)])
+    own = call._next_caller_frame
+    call._next_caller_frame = lambda: (own() // 3).astype(np.int16)  # type: ignore[method-assign]
+    session = await until_media(call, agent, 25)
+    payloads = b"".join(base64.b64decode(m["media"]["payload"]) for _, m in session.events("media")[:25])
+    assert payloads == pcm16_to_mulaw(call.caller_track()[: 25 * 160])
+    assert abs(int(np.abs(mulaw_to_pcm16(payloads)).max()) - 0.3 * 32767 / 3) < 400
+
+
+class _YieldingSocket:
+    """A pass-through wrapper whose every send yields to the loop first: the carrier cannot write frames straight
+    to the socket and must take its queued path."""
+
+    def __init__(self, ws: Any) -> None:
+        self._ws = ws
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._ws, name)
+
+    def __aiter__(self) -> Any:
+        return self._ws.__aiter__()
+
+    async def send(self, message: str) -> None:
+        await asyncio.sleep(0)
+        await self._ws.send(message)
+
+
+async def test_frames_through_a_wrapped_socket_keep_their_clock_and_numbering(
+    agent: FakeAgent, sim: CarrierSim
+) -> None:
+    call = await sim.place_call([CallerAudio.tone(400, 600)])
+    call.wrap_socket(_YieldingSocket)
+    session = await until_media(call, agent, 2)
+    await asyncio.gather(call.send_dtmf("1"), call.send_dtmf("2"))
+    await until_media(call, agent, 20)
+    numbers = [m["sequenceNumber"] for _, m in session.received if "sequenceNumber" in m]
+    assert numbers == list(range(len(numbers)))
+    chunks = [m["media"]["chunk"] for _, m in session.events("media")]
+    assert chunks == list(range(1, len(chunks) + 1))
+    assert [m["dtmf"]["digit"] for _, m in session.events("dtmf")] == ["1", "2"]
+    start = call.events("start_sent")[0].t
+    lateness = [e.t - start - (k + 1) * 0.020 for k, e in enumerate(call.events("frame_sent")[:20])]
+    assert min(lateness) > -0.001 and max(lateness) < 0.040
+
+
 # ----------------------------------------------------------------------------------------------------------
 # Playout, checkpoints, clearAudio
 # ----------------------------------------------------------------------------------------------------------
@@ -610,6 +661,41 @@ async def test_stop_runs_the_xml_after_stream(agent: FakeAgent, sim: CarrierSim)
     status = agent.hooks_for("/vobiz/stream-status")
     assert sorted(h.fields["Event"] for h in status) == ["PlayedStream", "StartStream", "StopStream"]
     assert {h.fields["StreamID"] for h in status} == {call.stream_id}
+
+
+async def test_status_callbacks_through_the_shared_sender_are_the_requests_httpx_sends(agent: FakeAgent) -> None:
+    """Load tests send stream status callbacks through a CallbackSender (kept-alive HTTP/1.1, no httpx): the agent
+    gets the same signed form posts, and the call records their answers like any webhook's."""
+
+    async def greet(session: AgentSession) -> None:
+        await session.play(tone(440, 100, 8000))
+        await session.checkpoint("bye")
+
+    async def stop_after_bye(session: AgentSession, message: dict[str, Any]) -> None:
+        if message["event"] == "playedStream" and message["name"] == "bye":
+            await session.stop()
+
+    agent.on_start, agent.on_message, agent.status_callback = greet, stop_after_bye, True
+    sender = CallbackSender()
+    try:
+        async with CarrierSim(agent.base_url, callbacks=sender) as carrier:
+            call = await carrier.place_call(options=SimCallOptions(auth_token="s3cret"))
+            await call.wait_ended(timeout=4)
+    finally:
+        await sender.aclose()
+    status = agent.hooks_for("/vobiz/stream-status")
+    assert [h.fields["Event"] for h in status] == ["StartStream", "PlayedStream", "StopStream"]
+    assert status[1].fields["Name"] == "bye" and {h.fields["StreamID"] for h in status} == {call.stream_id}
+    for hook in status:
+        assert hook.method == "POST" and hook.headers["user-agent"] == "Vobiz"
+        assert hook.headers["content-type"] == "application/x-www-form-urlencoded"
+        assert {"x-vobiz-signature-v3", "x-vobiz-signature-v3-nonce", "x-vobiz-signature-v2"} <= set(hook.headers)
+    recorded = [w for w in call.webhooks if w.event in ("StartStream", "PlayedStream", "StopStream")]
+    assert [(w.event, w.status, w.error) for w in recorded] == [
+        ("StartStream", 200, None),
+        ("PlayedStream", 200, None),
+        ("StopStream", 200, None),
+    ]
 
 
 async def test_agent_closing_the_socket_also_continues_the_xml(agent: FakeAgent, sim: CarrierSim) -> None:

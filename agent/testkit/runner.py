@@ -29,6 +29,7 @@ from agent.testkit.carrier import (
     SimCallOptions,
     SimulationError,
 )
+from agent.testkit.carrier.callbacks import CallbackSender
 from agent.testkit.scenarios import Driver, finish_conversation
 
 __all__ = [
@@ -66,6 +67,7 @@ class TimedCarrier:
             httpx.AsyncClient(event_hooks={"response": [self._on_response]}, limits=limits) for _ in range(_CLIENTS)
         ]
         self.http = self._clients[0]
+        self._callbacks = CallbackSender()  # stream status callbacks: hundreds a second at load, kept cheap
         self._placed = 0
 
     async def _on_response(self, response: httpx.Response) -> None:
@@ -80,7 +82,9 @@ class TimedCarrier:
     def carrier(self) -> CarrierSim:
         """A fresh carrier per call, so finished calls (and their audio) are not kept alive by the carrier."""
         self._placed += 1
-        return CarrierSim(self.base_url, self.answer_path, http=self._clients[self._placed % _CLIENTS])
+        return CarrierSim(
+            self.base_url, self.answer_path, http=self._clients[self._placed % _CLIENTS], callbacks=self._callbacks
+        )
 
     def answer_ms(self, call_uuid: str, sent_at: float | None) -> float | None:
         answered = self._answered.pop(call_uuid, None)
@@ -89,6 +93,7 @@ class TimedCarrier:
     async def aclose(self) -> None:
         for client in self._clients:
             await client.aclose()
+        await self._callbacks.aclose()
 
     async def __aenter__(self) -> TimedCarrier:
         return self

@@ -26,10 +26,10 @@ from typing import Any, Literal, cast
 import numpy as np
 from websockets.exceptions import ConnectionClosed
 
-from agent.audio.codecs import float_to_pcm16
 from agent.testkit.analysis.call import FailureCause
 from agent.testkit.carrier import CallerAudio, Cue, ScriptItem, Segment, SimCall
-from agent.testkit.carrier.audio import CallView
+from agent.testkit.carrier.audio import CallView, resample
+from agent.testkit.carrier.ticker import sleep as ticker_sleep
 from agent.testkit.network import impair_network
 from agent.waiting import cancel_and_wait, wait_event
 
@@ -325,9 +325,11 @@ class NoiseCaller:
 
     @staticmethod
     def noise(rng: np.random.Generator, ms: int, amplitude: float, rate: int) -> Segment:
-        """Fresh white noise: every 20 ms frame differs, so each can be recognised at the engine."""
-        samples = float_to_pcm16(rng.uniform(-amplitude, amplitude, rate * ms // 1000))
-        return CallerAudio.pcm(samples, rate, "noise")
+        """Fresh white noise: every 20 ms frame differs, so each can be recognised at the engine. Drawn as int16
+        at once (uniform in +-amplitude of full scale): the bench makes a chunk per call every 80 ms."""
+        peak = round(amplitude * 32767)
+        samples = rng.integers(-peak, peak, rate * ms // 1000, dtype=np.int16, endpoint=True)
+        return Segment("pcm", "noise", ms, lambda target: resample(samples, rate, target))
 
     def _say(self, ms: int, amplitude: float) -> None:
         self.call.say(self.noise(self.rng, ms, amplitude, self.call.media_format.rate))
@@ -337,7 +339,7 @@ class NoiseCaller:
         return self.pushed_ms - self.call.frames_sent * self.call.options.frame_ms
 
     async def _tick(self) -> None:
-        await asyncio.sleep(DRIVER_TICK_S)
+        await ticker_sleep(DRIVER_TICK_S)
         while self._buffered_ms() < QUIET_LOW_WATER_MS:
             self._say(QUIET_CHUNK_MS, self.cfg.quiet_amplitude)
         if self.call.bot_playing or self.call.queued_ms > 0:

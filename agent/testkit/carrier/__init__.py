@@ -9,7 +9,9 @@ the synthetic-call CLI and load tests exercise the agent the way a real call doe
 Clock model: the call clock starts when ``start`` is sent (t0). Caller frame k carries audio for
 [k*P, (k+1)*P): its content is decided at t0 + k*P and it is sent at t0 + (k+1)*P. Playout tick k starts
 playing frame k of bot audio at t0 + k*P, using only audio that had arrived by then. Both run on absolute
-schedules, so they never drift, and a late event loop catches up instead of slipping.
+schedules, so they never drift, and a late event loop catches up instead of slipping. Both are callbacks on one
+shared ticker (:mod:`~agent.testkit.carrier.ticker`) and write straight to the socket when nothing is queued
+(:mod:`~agent.testkit.carrier.fastsend`), so a hundred calls cost the load generator little of its own.
 
 It is a stand-in: it implements the protocol from the reference and never imports the product's own protocol
 code (tests/test_conformance.py checks that).

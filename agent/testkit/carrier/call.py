@@ -7,6 +7,7 @@ import base64
 import json
 import time
 import uuid
+from collections.abc import Coroutine
 from typing import Any
 
 import numpy as np
@@ -15,9 +16,9 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 from agent.audio.codecs import (
     Int16Array,
     pcm16_to_l16,
-    pcm16_to_mulaw,
 )
-from agent.testkit.carrier.audio import Segment
+from agent.testkit.carrier.audio import Segment, mulaw_encode
+from agent.testkit.carrier.fastsend import can_send_now, write_text
 from agent.testkit.carrier.playout import Playout
 from agent.testkit.carrier.records import (
     _CONTINUE_XML,
@@ -50,23 +51,53 @@ class SimCall(Playout):
         self._runner = asyncio.create_task(self._run(), name=f"sim-call-{self.call_uuid}")
 
     def _start_tasks(self) -> None:
-        self._tasks = [
-            asyncio.create_task(self._caller_loop(), name=f"sim-caller-{self.call_uuid}"),
-            asyncio.create_task(self._playout_loop(), name=f"sim-playout-{self.call_uuid}"),
-        ]
+        """Start the stream's clocks (caller frames, playout ticks) on the shared ticker, and its timeout."""
+        self._tasks = set()
+        self._clocks_on = True
+        self._stream_gen += 1
+        self._media_fmt = self._media_template()
+        silence = self._encode_inbound(self._silent_frame)
+        self._silence_wire = (len(silence), base64.b64encode(silence).decode("ascii"))
+        # Frame 0's content is decided once this turn of the loop is over, as it was when each clock was a task:
+        # whoever placed the call may still patch or wrap the call first (on_connected).
+        asyncio.get_running_loop().call_soon(self._first_caller_frame, self._stream_gen)
+        self._schedule_playout()
         timeout = self.stream_attrs.get("streamTimeout")
         if timeout and timeout.isdigit() and int(timeout) > 0:
-            self._tasks.append(asyncio.create_task(self._stream_timeout(int(timeout))))
-        for task in self._tasks:
-            task.add_done_callback(self._on_task_done)
+            self._add_task(self._stream_timeout(int(timeout)), f"sim-timeout-{self.call_uuid}")
+
+    def _first_caller_frame(self, gen: int) -> None:
+        if not self._clocks_on or gen != self._stream_gen:
+            return
+        try:
+            self._pending_frame = self._next_caller_frame()
+            self._schedule_caller()
+        except Exception as exc:
+            self._clock_failed(f"sim-caller-{self.call_uuid}", exc)
+
+    def _add_task(self, coro: Coroutine[Any, Any, None], name: str) -> None:
+        task = asyncio.create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(self._on_task_done)
+
+    async def _stop_tasks(self) -> None:
+        """Stop the clocks and every task of this stream (a frame waiting to be sent is not sent)."""
+        self._clocks_on = False
+        for handle in (self._caller_handle, self._play_handle):
+            if handle is not None:
+                handle.cancel()
+        self._caller_handle = self._play_handle = None
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _reconnect(self) -> bool:
         """A dropped stream, as Vobiz retries it (`maxRetries`): a new socket to the same URL and a new `start` with
         a new streamId and the same callId. What Vobiz had queued to play is lost; the caller goes on talking, and
         what they said while the stream was down never reaches the agent."""
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._stop_tasks()
         self._finish_playout(time.monotonic())
         self._status_callback("DroppedStream", {"Error": "connection disconnected with the remote service"})
         try:
@@ -129,12 +160,7 @@ class SimCall(Playout):
     def _on_task_done(self, task: asyncio.Task[None]) -> None:
         if task.cancelled() or task.exception() is None:
             return
-        self._internal_error(task.get_name(), task.exception() or RuntimeError("?"))
-        if self._local_reason is None:
-            self._local_reason = "error"
-            closer = asyncio.create_task(self._close_ws(1011))
-            self._callback_tasks.add(closer)
-            closer.add_done_callback(self._callback_tasks.discard)
+        self._clock_failed(task.get_name(), task.exception() or RuntimeError("?"))
 
     async def _stream_timeout(self, seconds: int) -> None:
         await asyncio.sleep(seconds)
@@ -147,7 +173,10 @@ class SimCall(Playout):
     def _push_caller(self, segment: Segment) -> None:
         rate = self.media_format.rate
         start_ms = (self.frames_sent * self._in_frame + len(self._cbuf)) * 1000 / rate
-        self._cbuf = np.concatenate([self._cbuf, segment.render(rate)]).astype(np.int16, copy=False)
+        samples = np.asarray(segment.render(rate), dtype=np.int16)
+        self._cbuf = np.concatenate([self._cbuf, samples])
+        # Encoded for the wire now, in one go (both encodings are per sample): cheaper than frame by frame.
+        self._wbuf += self._encode_inbound(samples)
         self._record("caller_segment_started", kind=segment.kind, label=segment.label, call_ms=start_ms)
 
     def _next_caller_frame(self) -> Int16Array:
@@ -170,8 +199,12 @@ class SimCall(Playout):
             if item.segment is not None:
                 self._push_caller(item.segment)
         frame, self._cbuf = self._cbuf[:n], self._cbuf[n:]
+        nbytes = n * self.media_format.bytes_per_sample
+        wire, self._wbuf = self._wbuf[:nbytes], self._wbuf[nbytes:]
         if len(frame) < n:
             frame = np.concatenate([frame, np.zeros(n - len(frame), dtype=np.int16)])
+            wire = self._encode_inbound(frame)
+        self._frame_wire = (frame, wire)
         if self.script_done and not self._script_done_recorded:
             self._script_done_recorded = True
             self._record("caller_script_done")
@@ -179,7 +212,7 @@ class SimCall(Playout):
 
     def _encode_inbound(self, frame: Int16Array) -> bytes:
         if self.media_format.encoding == MULAW:
-            return pcm16_to_mulaw(frame)
+            return mulaw_encode(frame)
         if self.options.l16_big_endian:
             return frame.astype(">i2").tobytes()
         return pcm16_to_l16(frame)
@@ -197,41 +230,67 @@ class SimCall(Playout):
             + "}"
         )
 
-    async def _caller_loop(self) -> None:
+    def _schedule_caller(self) -> None:
         """Frame k's content is decided when its interval starts (k*P) and sent when it ends ((k+1)*P), so a
         cue fires at the call-clock moment its condition became true and the caller track lines up."""
-        frame_ms = self.options.frame_ms
-        template = self._media_template()
-        silence = self._encode_inbound(self._silent_frame)
-        silence_b64 = base64.b64encode(silence).decode("ascii")
-        k = self._caller_k
+        when = self._t0 + (self._caller_k + 1) * self._period
+        self._caller_handle = self._ticker.call_at(when, self._caller_tick)
+
+    def _media_text(self, k: int, frame: Int16Array) -> tuple[str, int]:
+        """Frame k's `media` message, numbered now (call it when the message is next on the wire)."""
+        if frame is self._silent_frame:
+            nbytes, payload = self._silence_wire
+        else:
+            # Encoded when it was pushed, unless someone changed the frame since (a test's echo mixer, say).
+            cached, raw = self._frame_wire
+            if cached is not frame:
+                raw = self._encode_inbound(frame)
+            nbytes, payload = len(raw), base64.b64encode(raw).decode("ascii")
+        chunk = k + 1 - self._chunk_base  # per stream, from 1
+        text = self._media_fmt % (self._seq, self._epoch_ms0 + (k + 1) * self.options.frame_ms, chunk, payload)
+        self._seq += 1
+        if self.options.keep_sent_frames:
+            self.sent_frames.append(text)
+        return text, nbytes
+
+    def _caller_tick(self) -> None:
+        """Send the frame now due: straight to the socket when nothing is in the way, else from a task that waits
+        its turn (the clock resumes once it is sent, as the frames must go out in order)."""
+        self._caller_handle = None
+        if not self._clocks_on:
+            return
         try:
-            frame = self._next_caller_frame()
-            while True:
-                delay = self._t0 + (k + 1) * self._period - time.monotonic()
-                await asyncio.sleep(max(0.0, delay))
-                if frame is self._silent_frame or not frame.any():
-                    nbytes, payload = len(silence), silence_b64
-                else:
-                    raw = self._encode_inbound(frame)
-                    nbytes, payload = len(raw), base64.b64encode(raw).decode("ascii")
-                async with self._send_lock:
-                    chunk = k + 1 - self._chunk_base  # per stream, from 1
-                    text = template % (self._seq, self._epoch_ms0 + (k + 1) * frame_ms, chunk, payload)
-                    self._seq += 1
-                    await self._ws.send(text)
-                    if self.options.keep_sent_frames:
-                        self.sent_frames.append(text)
-                self._caller_frames.append(frame)
-                self.frames_sent += 1
-                if self.options.record_frames:
-                    self._record("frame_sent", chunk=k + 1, bytes=nbytes)
-                k += 1
-                self._caller_k = k
-                self._notify()
-                frame = self._next_caller_frame()
+            k, frame = self._caller_k, self._pending_frame
+            if self._slow_sends == 0 and can_send_now(self._ws):
+                text, nbytes = self._media_text(k, frame)
+                write_text(self._ws, text)
+                self._caller_sent(k, frame, nbytes)
+            else:
+                task = asyncio.create_task(self._caller_send_slow(k, frame), name=f"sim-caller-{self.call_uuid}")
+                self._track_slow_send(task, self._tasks)
+                task.add_done_callback(self._on_task_done)
+        except Exception as exc:
+            self._clock_failed(f"sim-caller-{self.call_uuid}", exc)
+
+    async def _caller_send_slow(self, k: int, frame: Int16Array) -> None:
+        try:
+            async with self._send_lock:
+                text, nbytes = self._media_text(k, frame)
+                await self._ws.send(text)
         except ConnectionClosed:
             return
+        if self._clocks_on:
+            self._caller_sent(k, frame, nbytes)
+
+    def _caller_sent(self, k: int, frame: Int16Array, nbytes: int) -> None:
+        self._caller_frames.append(frame)
+        self.frames_sent += 1
+        if self.options.record_frames:
+            self._record("frame_sent", chunk=k + 1, bytes=nbytes)
+        self._caller_k = k + 1
+        self._notify()
+        self._pending_frame = self._next_caller_frame()
+        self._schedule_caller()
 
     # ---- playout side -------------------------------------------------------------------------------------
 
@@ -284,9 +343,7 @@ class SimCall(Playout):
             self._internal_error("reader", exc)
         t_end = time.monotonic()
         self._stream_live = False
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._stop_tasks()
         await self._close_ws(1000)
         self._finish_playout(t_end)
         reason: EndReason = self._local_reason or ("agent_stop" if self._stop_received else "agent_closed")

@@ -20,11 +20,13 @@ from typing import Any, Literal
 
 import numpy as np
 from websockets.asyncio.client import ClientConnection
+from websockets.exceptions import ConnectionClosed
 
 from agent.audio.codecs import (
     Int16Array,
 )
 from agent.testkit.carrier.audio import Cue, ScriptItem, Segment, StreamFormat, as_cue_or_segment, resample
+from agent.testkit.carrier.fastsend import can_send_now, write_text
 from agent.testkit.carrier.records import (
     _EMPTY,
     DTMF_DIGITS,
@@ -34,6 +36,7 @@ from agent.testkit.carrier.records import (
     TimelineEntry,
     XmlAction,
 )
+from agent.testkit.carrier.ticker import Ticker, TickHandle, ticker
 from agent.testkit.carrier.webhooks import CallContext, max_retries, wall_time
 
 # ----------------------------------------------------------------------------------------------------------
@@ -137,7 +140,16 @@ class CallState:
         self._seq = 0
         self._send_lock = asyncio.Lock()
         self._changed = asyncio.Event()
-        self._tasks: list[asyncio.Task[None]] = []
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._clocks_on = False  # the stream's caller and playout clocks run (see SimCall._start_tasks)
+        self._stream_gen = 0
+        self._caller_handle: TickHandle | None = None
+        self._play_handle: TickHandle | None = None
+        self._ticker: Ticker = ticker()  # drives the stream's clocks (placed from a running loop)
+        self._slow_sends = 0  # sends waiting for (or holding) the send lock: nothing may jump ahead of them
+        self._media_fmt = ""
+        self._silence_wire = (0, "")
+        self._waiters = 0  # wait_for calls waiting on _changed
         self._callback_tasks: set[asyncio.Task[Any]] = set()
         self._runner: asyncio.Task[None] | None = None
         self._stream_live = False
@@ -150,7 +162,10 @@ class CallState:
         self._script: deque[Segment | Cue] = deque(as_cue_or_segment(i) for i in script)
         self._armed: Callable[[], bool] | None = None
         self._cbuf: Int16Array = _EMPTY
+        self._wbuf = b""  # _cbuf as sent on the wire (encoded when pushed)
+        self._frame_wire: tuple[Int16Array, bytes] = (_EMPTY, b"")  # the last frame taken from _cbuf, encoded
         self._caller_frames: list[Int16Array] = []
+        self._pending_frame: Int16Array = self._silent_frame
         self._script_done_recorded = False
         # playout side
         self._queue: deque[QueuedAudio | Mark] = deque()
@@ -246,8 +261,10 @@ class CallState:
     # ---- waiting ------------------------------------------------------------------------------------------
 
     def _notify(self) -> None:
-        self._changed.set()
-        self._changed = asyncio.Event()
+        # Called on every frame and tick of every call: a fresh Event only when someone waits on this one.
+        if self._waiters:
+            self._changed.set()
+            self._changed = asyncio.Event()
 
     def _state_summary(self) -> str:
         recent = [e.kind for e in self.timeline[-400:] if e.kind not in ("frame_sent", "caller_segment_started")]
@@ -278,9 +295,13 @@ class CallState:
                 desc = what or _describe_predicate(predicate)
                 raise TimeoutError(f"timed out after {timeout:g}s waiting for {desc}; {self._state_summary()}")
             changed = self._changed
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(remaining):
-                    await changed.wait()
+            self._waiters += 1
+            try:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(remaining):
+                        await changed.wait()
+            finally:
+                self._waiters -= 1
 
     async def wait_bot_audio(self, ms: float, timeout: float = 5.0) -> None:  # noqa: ASYNC109 - per-wait deadline
         await self.wait_for(lambda: self.played_ms >= ms, timeout, f"{ms:g} ms of bot audio played")
@@ -316,7 +337,7 @@ class CallState:
 
     def say(self, *items: ScriptItem) -> None:
         """Append to the caller's script while the call runs."""
-        self._script.extend(as_cue_or_segment(i) for i in items)
+        self._script.extend(map(as_cue_or_segment, items))
 
     def wrap_socket(self, wrap: Callable[[ClientConnection], ClientConnection]) -> None:
         """Put something between the carrier and the agent (network jitter, loss...): ``wrap`` gets the stream
@@ -399,6 +420,15 @@ class CallState:
         self.internal_errors.append(f"{where}: {type(exc).__name__}: {exc}")
         self._notify()
 
+    def _clock_failed(self, where: str, exc: BaseException) -> None:
+        """A simulator bug in a clock or task: surfaced through wait_for, and the stream closed as an error."""
+        self._internal_error(where, exc)
+        if self._local_reason is None:
+            self._local_reason = "error"
+            closer = asyncio.create_task(self._close_ws(1011))
+            self._callback_tasks.add(closer)
+            closer.add_done_callback(self._callback_tasks.discard)
+
     def _extra_headers_value(self) -> str:
         raw = self.stream_attrs.get("extraHeaders")
         if not raw:
@@ -411,16 +441,57 @@ class CallState:
         # The on-socket encoding of your pairs is undocumented (§9.11); a JSON object string is a guess.
         return json.dumps(pairs, separators=(",", ":"))
 
+    def _message_text(self, msg: Mapping[str, Any], sequence: bool) -> str:
+        """The message as sent, numbered now (call it when the message is next on the wire)."""
+        if sequence:
+            msg = {"sequenceNumber": self._seq, **msg}
+            self._seq += 1
+        text = json.dumps(msg, separators=(",", ":"))
+        if self.options.keep_sent_frames:
+            self.sent_frames.append(text)
+        return text
+
     async def _send(self, msg: dict[str, Any], *, sequence: bool) -> None:
-        # One lock so sequenceNumber order always equals wire order across the three sending tasks.
+        # One lock so sequenceNumber order always equals wire order across everything that sends; a send that
+        # would not wait (nobody else sending, socket writable) skips it.
+        if self._slow_sends == 0 and can_send_now(self._ws):
+            write_text(self._ws, self._message_text(msg, sequence))
+            return
+        self._slow_sends += 1
+        try:
+            await self._send_in_turn(msg, sequence)
+        finally:
+            self._slow_sends -= 1
+
+    async def _send_in_turn(self, msg: Mapping[str, Any], sequence: bool) -> None:
         async with self._send_lock:
-            if sequence:
-                msg = {"sequenceNumber": self._seq, **msg}
-                self._seq += 1
-            text = json.dumps(msg, separators=(",", ":"))
-            await self._ws.send(text)
-            if self.options.keep_sent_frames:
-                self.sent_frames.append(text)
+            await self._ws.send(self._message_text(msg, sequence))
+
+    def _send_soon(self, msg: Mapping[str, Any], sequence: bool, then: Callable[[], None]) -> None:
+        """Send from a callback: now when nothing is in the way, else from a task that waits its turn; ``then``
+        runs once it is on the wire (never if the socket closed first)."""
+        if self._slow_sends == 0 and can_send_now(self._ws):
+            write_text(self._ws, self._message_text(msg, sequence))
+            then()
+            return
+
+        async def send() -> None:
+            with contextlib.suppress(ConnectionClosed):
+                await self._send_in_turn(msg, sequence)
+                then()
+
+        self._track_slow_send(asyncio.create_task(send()), self._callback_tasks)
+
+    def _track_slow_send(self, task: asyncio.Task[None], tasks: set[asyncio.Task[None]]) -> None:
+        """Count a queued send from the moment it is queued (nothing sent later may overtake it) until its task
+        is done, cancelled or not."""
+        self._slow_sends += 1
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+        task.add_done_callback(self._slow_send_done)
+
+    def _slow_send_done(self, task: asyncio.Task[None]) -> None:
+        self._slow_sends -= 1
 
     async def _close_ws(self, code: int) -> None:
         with contextlib.suppress(Exception):
@@ -444,6 +515,6 @@ class CallState:
             "status_callback_method": method,
             **extra,
         }
-        task = asyncio.create_task(self._ctx.request(url, method, fields, event))
+        task = asyncio.create_task(self._ctx.status_callback(url, method, fields, event))
         self._callback_tasks.add(task)
         task.add_done_callback(self._callback_tasks.discard)

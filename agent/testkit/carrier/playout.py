@@ -7,6 +7,7 @@ import base64
 import binascii
 import contextlib
 import time
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -25,23 +26,37 @@ from agent.testkit.carrier.records import L16, MULAW, PLAYBACK_RATES, ClearRecor
 class Playout(CallState):
     """Plays the bot's audio on the 20 ms tick grid and answers the agent's playout commands."""
 
-    async def _playout_loop(self) -> None:
-        k = self._play_k
-        try:
-            while True:
-                tick_at = self._t0 + k * self._period
-                deadline = min(tick_at, self._ack_due[0][0]) if self._ack_due else tick_at
-                await asyncio.sleep(max(0.0, deadline - time.monotonic()))
-                now = time.monotonic()
-                await self._flush_due_acks(now)
-                if now >= tick_at:
-                    self._play_tick(k, tick_at)
-                    await self._flush_due_acks(now)
-                    k += 1
-                    self._play_k = k
-                self._notify()
-        except ConnectionClosed:
+    def _schedule_playout(self) -> None:
+        """Wake for the next playout tick (tick k starts playing frame k at t0 + k*P) or for an ack due before it."""
+        tick_at = self._t0 + self._play_k * self._period
+        deadline = min(tick_at, self._ack_due[0][0]) if self._ack_due else tick_at
+        self._play_handle = self._ticker.call_at(deadline, self._playout_wake)
+
+    def _playout_wake(self) -> None:
+        self._play_handle = None
+        if not self._clocks_on:
             return
+        try:
+            now = time.monotonic()
+            self._send_due_acks(now)
+            k = self._play_k
+            tick_at = self._t0 + k * self._period
+            if now >= tick_at:
+                self._play_tick(k, tick_at)
+                self._send_due_acks(now)
+                self._play_k = k + 1
+            self._notify()
+            self._schedule_playout()
+        except Exception as exc:
+            self._clock_failed(f"sim-playout-{self.call_uuid}", exc)
+
+    def _send_due_acks(self, now: float) -> None:
+        """The clock's ack path: each playedStream goes out now, or in order behind a send in progress."""
+        while self._ack_due and self._ack_due[0][0] <= now:
+            name = self._ack_due.popleft()[1]
+            self._send_soon(
+                self._played_stream_msg(name), self.options.ack_sequence_numbers, partial(self._acked, name)
+            )
 
     def _commit_current(self, heard: int) -> None:
         assert self._cur is not None and self.played_rate
@@ -93,11 +108,17 @@ class Playout(CallState):
         for name in names:
             await self._send_played_stream(name)
 
-    async def _send_played_stream(self, name: str) -> None:
+    def _played_stream_msg(self, name: str) -> dict[str, Any]:
         msg: dict[str, Any] = {"event": "playedStream", "name": name}
         if self.options.played_stream_stream_id:
             msg["streamId"] = self.stream_id
-        await self._send(msg, sequence=self.options.ack_sequence_numbers)
+        return msg
+
+    async def _send_played_stream(self, name: str) -> None:
+        await self._send(self._played_stream_msg(name), sequence=self.options.ack_sequence_numbers)
+        self._acked(name)
+
+    def _acked(self, name: str) -> None:
         self.acked_checkpoints.append(name)
         self._record("played_stream_sent", name=name, played_ms=self.played_ms)
         self._status_callback("PlayedStream", {"Name": name})

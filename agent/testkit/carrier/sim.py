@@ -12,6 +12,7 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 
 from agent.testkit.carrier.audio import ScriptItem, StreamFormat
 from agent.testkit.carrier.call import SimCall
+from agent.testkit.carrier.callbacks import CallbackSender
 from agent.testkit.carrier.records import (
     _END_OF_XML,
     CallEndedWithoutStream,
@@ -30,9 +31,16 @@ class CarrierSim:
     """Plays Vobiz against an agent at ``base_url``: answer webhook, stream socket, follow-up XML, hangup."""
 
     def __init__(
-        self, base_url: str, answer_path: str = "/vobiz/answer", http: httpx.AsyncClient | None = None
+        self,
+        base_url: str,
+        answer_path: str = "/vobiz/answer",
+        http: httpx.AsyncClient | None = None,
+        callbacks: CallbackSender | None = None,
     ) -> None:
+        """``callbacks``: a shared sender for stream status callbacks (load tests); without one they go through
+        ``http`` like the other webhooks."""
         self.base_url = base_url.rstrip("/")
+        self._callbacks = callbacks
         self.answer_url = self.base_url + answer_path
         self._owns_http = http is None
         self._http = http or httpx.AsyncClient()
@@ -56,7 +64,7 @@ class CarrierSim:
         XML ends the call before streaming (after posting the hangup webhook, as Vobiz would).
         """
         opts = options or SimCallOptions()
-        ctx = CallContext(call_uuid or str(uuid.uuid4()), opts, self._http, self.answer_url)
+        ctx = CallContext(call_uuid or str(uuid.uuid4()), opts, self._http, self.answer_url, self._callbacks)
         if opts.direction == "outbound" and opts.ring_callback:
             # Vobiz tells the answer URL that an outbound call rings; the XML only counts once it is answered.
             ringing = ctx.fields(call_status="ringing", event="Ring") | dict(opts.extra_fields)

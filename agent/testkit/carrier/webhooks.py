@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 import httpx
 from websockets.asyncio.client import ClientConnection, connect
 
+from agent.testkit.carrier.callbacks import CallbackSender
 from agent.testkit.carrier.records import (
     _END_OF_XML,
     _HANGUP_REASONS,
@@ -92,10 +93,18 @@ def _dial_target(element: ET.Element) -> str:
 class CallContext:
     """HTTP side of one call: identity fields, signing, webhook records and the XML interpreter."""
 
-    def __init__(self, call_uuid: str, options: SimCallOptions, http: httpx.AsyncClient, answer_url: str) -> None:
+    def __init__(
+        self,
+        call_uuid: str,
+        options: SimCallOptions,
+        http: httpx.AsyncClient,
+        answer_url: str,
+        callbacks: CallbackSender | None = None,
+    ) -> None:
         self.call_uuid = call_uuid
         self.options = options
         self.http = http
+        self.callbacks = callbacks
         self.answer_url = answer_url
         self.webhooks: list[WebhookRecord] = []
         self.warnings: list[str] = []
@@ -135,6 +144,25 @@ class CallContext:
             return None
         self.webhooks.append(WebhookRecord(t, event, method.upper(), url, sent, resp.status_code, resp.text[:2000]))
         return resp
+
+    async def status_callback(self, url: str, method: str, fields: Mapping[str, str], event: str) -> None:
+        """A stream status callback: through the shared light sender when there is one, else like any webhook."""
+        sender = self.callbacks
+        if sender is None or not sender.supports(url):
+            await self.request(url, method, fields, event)
+            return
+        headers = {"User-Agent": "Vobiz"}
+        if self.options.auth_token:
+            headers.update(vobiz_signature_headers(self.options.auth_token, url))
+        sent = dict(fields)
+        t = time.monotonic()
+        method = method.upper()
+        try:
+            resp = await sender.send(url, method, sent, headers, self.options.webhook_timeout)
+        except Exception as exc:  # recorded, never raised, as Vobiz just logs a failed callback
+            self.webhooks.append(WebhookRecord(t, event, method, url, sent, None, "", f"{type(exc).__name__}: {exc}"))
+            return
+        self.webhooks.append(WebhookRecord(t, event, method, url, sent, resp.status, resp.body[:2000]))
 
     async def fetch_xml(self, url: str, method: str, event: str) -> tuple[ET.Element, str]:
         fields = self.fields(call_status="in-progress", event=event)
