@@ -67,7 +67,10 @@ class _Channel:
     def append(self, samples: Int16Array | bytes) -> None:
         if not len(samples):
             return
-        data = samples if isinstance(samples, bytes) else samples.astype("<i2", copy=False).tobytes()
+        self.append_bytes(samples if isinstance(samples, bytes) else samples.astype("<i2", copy=False).tobytes())
+
+    def append_bytes(self, data: bytes) -> None:
+        """Whole samples as stored (μ-law bytes, or little-endian int16): a caller frame's path, 50 times a second."""
         if not self.spilled and self._file.tell() + len(data) > self._spill_bytes:
             spill = tempfile.TemporaryFile(  # noqa: SIM115 - lives as long as the channel
                 prefix="call-recording-", buffering=SPILL_BUFFER_BYTES
@@ -206,10 +209,11 @@ class CallRecorder:
             return
         at = self.clock() if at is None else at
         start = self._index(at - len(data) / self.rate)
-        if not self._caller_started or start > self._caller.length + self._caller_jitter:
+        channel = self._caller
+        if not self._caller_started or start > channel.length + self._caller_jitter:
             self._caller_started = True
-            self._caller.pad_to(start)
-        self._caller.append(data)
+            channel.pad_to(start)
+        channel.append_bytes(data)
 
     def bot(self, samples: Int16Array, rate: int, start: float) -> None:
         """A bot chunk the playout scheduled to start playing at `start`."""
