@@ -952,3 +952,25 @@ def test_a_recording_holds_at_most_a_few_seconds_in_memory_by_default() -> None:
         recorder.caller_mulaw(frame)
     assert recorder.spilled
     recorder.discard()
+
+
+async def test_a_long_spilled_mulaw_recording_is_byte_identical_to_one_kept_in_memory(tmp_path: Path) -> None:
+    """20 s of caller and bot audio: the spilled channels go through several flushes of the file's write buffer
+    (32 KB) and must give the very same WAV as channels that never left memory."""
+    rng = np.random.default_rng(11)
+    caller = rng.integers(0, 255, 8000 * 20, dtype=np.uint8).tobytes()
+    bot = rng.integers(0, 255, 8000 * 20, dtype=np.uint8).tobytes()
+    files = []
+    for memory in (8 << 20, 2 << 10):
+        clock = FakeClock()
+        origin = clock.now
+        recorder = CallRecorder(8000, clock=clock, max_memory_bytes=memory, mulaw=True)
+        for i in range(1000):
+            clock.now = origin + (i + 1) * 0.02
+            recorder.caller_mulaw(caller[i * 160 : (i + 1) * 160])
+            if i % 5 == 0:
+                k = i // 5
+                recorder.bot_mulaw(bot[k * 800 : (k + 1) * 800], origin + 0.2 + k * 0.1)
+        assert recorder.spilled == (memory < 64 << 10)
+        files.append((await recorder.write(tmp_path / f"{memory}.wav", end_at=origin + 20.0)).read_bytes())
+    assert len(files[0]) > 2 * 2 * 8000 * 19 and files[0] == files[1]

@@ -21,19 +21,22 @@ class CarrierClock:
         self._last_local = 0.0
 
     def observe(self, timestamp: str | int | None, now: float) -> None:
-        """A media frame with this timestamp was read at `now`."""
+        """A media frame with this timestamp was read at `now` (every frame of a call: kept lean)."""
+        if timestamp is None:
+            return
         try:
-            ts = float(timestamp) / 1000 if timestamp is not None else None
+            ts = float(timestamp) / 1000
         except ValueError:
-            ts = None
-        if ts is None:
             return
         offset = now - ts
-        if self._offset is None or self._last_ts is None or ts < self._last_ts:
+        last_ts = self._last_ts
+        if self._offset is None or last_ts is None or ts < last_ts:
             self._offset = offset  # first frame, or a new stream whose clock started over
         else:
-            self._offset = min(offset, self._offset + _FORGET_PER_S * (now - self._last_local))
-        self._last_ts, self._last_local = ts, now
+            drifted = self._offset + _FORGET_PER_S * (now - self._last_local)
+            self._offset = drifted if drifted < offset else offset  # min(offset, drifted), NaN included
+        self._last_ts = ts
+        self._last_local = now
 
     def sent_at(self, now: float) -> float:
         """When the message being read at `now` most likely left Vobiz: no later than a frame after the last."""

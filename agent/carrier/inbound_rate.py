@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 _EPSILON_S = 1e-9
 
 
-@dataclass
+@dataclass(slots=True)
 class InboundRateLimiter:
     """Admits caller audio up to `max_rate` x real time, with a `burst_s` allowance for catch-up after a stall.
 
@@ -47,12 +47,15 @@ class InboundRateLimiter:
         """
         if duration_s < 0:
             raise ValueError("duration_s must not be negative")
-        if self._last is not None:
-            elapsed = max(0.0, now - self._last)  # never refill on a clock that went backwards
-            self._budget_s = min(self.burst_s, self._budget_s + elapsed * self.max_rate)
-        self._last = now if self._last is None else max(self._last, now)
-        if duration_s <= self._budget_s + _EPSILON_S:
-            self._budget_s = max(0.0, self._budget_s - duration_s)
+        last = self._last
+        if last is None:
+            self._last = now
+        elif now > last:  # never refill on a clock that stood still or went backwards
+            self._budget_s = min(self.burst_s, self._budget_s + (now - last) * self.max_rate)
+            self._last = now
+        budget = self._budget_s
+        if duration_s <= budget + _EPSILON_S:
+            self._budget_s = max(0.0, budget - duration_s)
             return True
         self.dropped_frames += 1
         self.dropped_s += duration_s

@@ -8,7 +8,8 @@ stay in a short in-memory window (`commit_after_s`, well beyond the playout lead
 
 Committed audio goes to a per-channel buffer that moves from memory to an anonymous temporary file once it
 grows past a limit (32 KB a call by default: each channel's first 2 s of μ-law, 1 s of 8 kHz PCM), so a call
-costs a small, bounded amount of memory (a buffered file's 8 KB a channel from then on).
+costs a small, bounded amount of memory (the file's 32 KB write buffer a channel from then on: a write system call
+every 4 s of μ-law, not every second).
 A μ-law call is recorded as the μ-law bytes that crossed the wire (`mulaw=True`): feeding is a bytes append, with
 no decoding on the event loop; `write` decodes and interleaves the channels into a 16-bit WAV in a worker thread.
 """
@@ -46,6 +47,9 @@ _background_writes: set[asyncio.Task[Path | None]] = set()
 # What a call's recording may hold in memory before it moves to a temporary file: calls last minutes, so most
 # spill anyway; a low limit keeps each concurrent call's memory small (was 256 KB: ~0.25 MB a call mid-call).
 DEFAULT_MEMORY_BYTES = 32 << 10
+# A spilled channel's write buffer: each flush is a system call on the event loop, ~1 a second a channel with the
+# default 8 KB; at 32 KB, one every 4 s of μ-law (2 s of 8 kHz PCM).
+SPILL_BUFFER_BYTES = 32 << 10
 
 
 class _Channel:
@@ -63,9 +67,14 @@ class _Channel:
     def append(self, samples: Int16Array | bytes) -> None:
         if not len(samples):
             return
-        data = samples if isinstance(samples, bytes) else samples.astype("<i2", copy=False).tobytes()
+        self.append_bytes(samples if isinstance(samples, bytes) else samples.astype("<i2", copy=False).tobytes())
+
+    def append_bytes(self, data: bytes) -> None:
+        """Whole samples as stored (μ-law bytes, or little-endian int16): a caller frame's path, 50 times a second."""
         if not self.spilled and self._file.tell() + len(data) > self._spill_bytes:
-            spill = tempfile.TemporaryFile(prefix="call-recording-")  # noqa: SIM115 - lives as long as the channel
+            spill = tempfile.TemporaryFile(  # noqa: SIM115 - lives as long as the channel
+                prefix="call-recording-", buffering=SPILL_BUFFER_BYTES
+            )
             assert isinstance(self._file, io.BytesIO)
             spill.write(self._file.getbuffer())
             self._file, self.spilled = spill, True
@@ -200,10 +209,11 @@ class CallRecorder:
             return
         at = self.clock() if at is None else at
         start = self._index(at - len(data) / self.rate)
-        if not self._caller_started or start > self._caller.length + self._caller_jitter:
+        channel = self._caller
+        if not self._caller_started or start > channel.length + self._caller_jitter:
             self._caller_started = True
-            self._caller.pad_to(start)
-        self._caller.append(data)
+            channel.pad_to(start)
+        channel.append_bytes(data)
 
     def bot(self, samples: Int16Array, rate: int, start: float) -> None:
         """A bot chunk the playout scheduled to start playing at `start`."""
