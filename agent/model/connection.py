@@ -23,14 +23,8 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import ConnectionClosed, SecurityError, WebSocketException
-from websockets.frames import OP_TEXT
 from websockets.protocol import State
 from websockets.uri import parse_uri
-
-try:
-    from websockets.speedups import apply_mask
-except ImportError:  # pragma: no cover - a build of websockets without its C extension
-    from websockets.utils import apply_mask
 
 from agent.config import Settings
 from agent.protocol.realtime import server_events
@@ -63,46 +57,6 @@ _IGNORED_QUIETLY = frozenset(
 _logged: set[tuple[str, str]] = set()  # (outcome, type) pairs already logged by this process
 
 
-class _MaskSource:
-    """Masking keys for the frames a client sends (RFC 6455 §5.3: each frame a fresh key, unpredictable, from a
-    strong source of entropy), read from `os.urandom` a block at a time. websockets asks `secrets.token_bytes(4)`
-    for every frame, a getrandom system call each; caller audio sends 50 frames a second per call. Every key is
-    still fresh kernel CSPRNG output, none is used twice, and a forked child starts a block of its own."""
-
-    BLOCK = 4096  # 1024 keys a system call
-
-    def __init__(self) -> None:
-        self._block = b""
-        self._at = 0
-
-    def reset(self) -> None:
-        self._block, self._at = b"", 0
-
-    def take(self) -> bytes:
-        at = self._at
-        if at + 4 > len(self._block):
-            self._block, at = os.urandom(self.BLOCK), 0
-        self._at = at + 4
-        return self._block[at : at + 4]
-
-
-_masks = _MaskSource()
-os.register_at_fork(after_in_child=_masks.reset)
-
-
-def masked_text_frame(data: bytes, mask: bytes) -> bytes:
-    """One final, masked, uncompressed text frame carrying `data` (what websockets' `Frame.serialize` builds for
-    a client, without its per-frame object, buffer and extension pass)."""
-    length = len(data)
-    if length < 126:
-        head = bytes((0x80 | OP_TEXT, 0x80 | length))
-    elif length < 65536:
-        head = bytes((0x80 | OP_TEXT, 0x80 | 126)) + length.to_bytes(2, "big")
-    else:
-        head = bytes((0x80 | OP_TEXT, 0x80 | 127)) + length.to_bytes(8, "big")
-    return head + mask + apply_mask(data, mask)
-
-
 class ModelSocket:
     """One call's realtime socket."""
 
@@ -131,12 +85,7 @@ class ModelSocket:
             or ws.transport.is_closing()
         ):
             return False
-        protocol = ws.protocol
-        if protocol.extensions or protocol.debug or protocol.expect_continuation_frame:
-            protocol.send_text(text.encode())  # the library's own path: compression, frame logging, its checks
-        else:
-            # What `send_text` queues, serialized here: same frame, its masking key from `_masks`.
-            protocol.writes.append(masked_text_frame(text.encode(), _masks.take()))
+        ws.protocol.send_text(text.encode())
         try:
             ws.send_data()
         except Exception as exc:
