@@ -23,12 +23,12 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import ConnectionClosed, SecurityError, WebSocketException
-from websockets.protocol import State
 from websockets.uri import parse_uri
 
 from agent.config import Settings
 from agent.protocol.realtime import server_events
 from agent.waiting import within
+from agent.ws_send import can_send_now, write_now
 
 log = logging.getLogger("agent.model")
 
@@ -77,20 +77,9 @@ class ModelSocket:
         its buffer is not full (flow control), no fragmented message is in progress. False: nothing was sent,
         await `send_text`. Caller audio goes this way 50 times a second per call, and `send`'s async context
         manager cost as much as the write itself."""
-        ws = self._ws
-        if (
-            ws.protocol.state is not State.OPEN
-            or ws.paused
-            or ws.fragmented_send_waiter is not None
-            or ws.transport.is_closing()
-        ):
+        if not can_send_now(self._ws):
             return False
-        ws.protocol.send_text(text.encode())
-        try:
-            ws.send_data()
-        except Exception as exc:
-            ws.transport.abort()  # as `send` does: the reader sees the connection close
-            raise OSError(f"model socket write failed: {exc!r}") from exc
+        write_now(self._ws, text)
         return True
 
     async def events(self) -> AsyncIterator[server_events.ServerEvent]:
