@@ -66,12 +66,14 @@ class Child:
         return "\n".join(text.splitlines()[-lines:])
 
 
-def start(name: str, args: Sequence[str], env: Mapping[str, str], log_path: Path) -> Child:
+def start(name: str, args: Sequence[str], env: Mapping[str, str], log_path: Path, *, cwd: Path | None = None) -> Child:
+    """`python args...` in `cwd` (default this checkout: `-m agent` imports the package from there, ahead of
+    PYTHONPATH and the installed one)."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     log = log_path.open("wb")
     popen = subprocess.Popen(
         [sys.executable, *args],
-        cwd=ROOT,
+        cwd=cwd or ROOT,
         env=dict(env),
         stdin=subprocess.DEVNULL,
         stdout=log,
@@ -174,15 +176,16 @@ async def agent_process(
     log_path: Path | None = None,
     launch: Sequence[str] = ("-m", "agent"),
     ready_timeout: float = 30.0,
+    checkout: Path | None = None,
 ) -> AsyncIterator[AgentProcess]:
     """The agent as its own process: `serve` on a free loopback port with :func:`agent_env` plus `settings`
     (no OPENAI_API_KEY among them: the embedded offline engine), ready once /healthz answers; stopped (SIGTERM,
     then SIGKILL) and its scratch directory removed on exit. The log goes to `log_path` (default: the scratch
-    directory); `launch` replaces `-m agent`, e.g. to run another checkout."""
+    directory); `launch` replaces `-m agent`; `checkout` runs another checkout's agent (an A/B)."""
     workdir = Path(tempfile.mkdtemp(prefix="agent-proc-"))
     port = free_port()
     args = [*launch, "serve", "--host", "127.0.0.1", "--port", str(port)]
-    child = start("agent", args, agent_env(workdir, port, settings), log_path or workdir / "agent.log")
+    child = start("agent", args, agent_env(workdir, port, settings), log_path or workdir / "agent.log", cwd=checkout)
     agent = AgentProcess(child, f"http://127.0.0.1:{port}", workdir)
     try:
         await wait_ready(child, f"{agent.base_url}/healthz", timeout=ready_timeout)

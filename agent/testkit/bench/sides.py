@@ -61,6 +61,7 @@ class ServerOptions:
     vad_ms: int = 60  # loud audio the engine's VAD needs before speech_started
     early_barge_in: bool = False  # the agent silences the bot on the caller's onset (AGENT_EARLY_BARGE_IN)
     agent_env: tuple[tuple[str, str], ...] = ()  # more settings for the agent under test (--agent-env KEY=VALUE)
+    agent_path: Path | None = None  # run the agent from this checkout (--agent-path), the bench and engine from ours
 
     @classmethod
     def from_args(cls, args: argparse.Namespace, content_type: str | None = None) -> ServerOptions:
@@ -72,6 +73,7 @@ class ServerOptions:
             vad_ms=args.vad_ms,
             early_barge_in=args.early_barge_in,
             agent_env=tuple(getattr(args, "agent_env", None) or ()),
+            agent_path=getattr(args, "agent_path", None),
         )
 
 
@@ -106,6 +108,11 @@ def add_server_args(parser: argparse.ArgumentParser) -> None:
         type=agent_setting,
         metavar="KEY=VALUE",
         help="a setting for the agent under test, e.g. AGENT_INTERRUPTIONS=immediate (repeatable)",
+    )
+    parser.add_argument(
+        "--agent-path",
+        type=Path,
+        help="run the agent under test from this checkout (an A/B of the agent alone: bench and engine stay ours)",
     )
 
 
@@ -234,7 +241,7 @@ async def start_side(name: str, opts: ServerOptions, stem: Path) -> AsyncIterato
         await procs.wait_ready(engine, f"http://127.0.0.1:{engine_port}/bench/health")
         if name == "agent":
             agent = await stack.enter_async_context(
-                procs.agent_process(agent_settings(engine_port, opts), log_path=log_path)
+                procs.agent_process(agent_settings(engine_port, opts), log_path=log_path, checkout=opts.agent_path)
             )
             stack.callback(lambda: notes.extend(agent.notes))  # runs before the engine stops, after the agent
             server, base_url, answer_path = agent.child, agent.base_url, "/vobiz/answer"

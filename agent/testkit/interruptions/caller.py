@@ -265,7 +265,7 @@ class EngineOptions:
     vad_threshold_rms: float = 250.0
     speed: float = 2.0
     transcript_ms: int = 20  # the engine's commit -> transcript delay (on top of its recognition's own time)
-    agent_path: Path | None = None  # the agent's source tree (PYTHONPATH of the agent only), for an A/B
+    agent_path: Path | None = None  # the checkout the agent runs from (its working directory), for an A/B
     agent_env: tuple[tuple[str, str], ...] = ()  # settings for the agent (AGENT_...), for a sweep
 
 
@@ -288,8 +288,6 @@ async def running_stack(mode: Mode, opts: EngineOptions, stem: Path, manifest: P
     env_extra: dict[str, str] = {} if mode == "relay" else {"AGENT_INTERRUPTIONS": mode}
     if mode != "relay":
         env_extra |= dict(opts.agent_env)
-        if opts.agent_path is not None:
-            env_extra["PYTHONPATH"] = str(opts.agent_path)
     engine_port = procs.free_port()
     engine_args = ["-m", "agent.testkit.interruptions.engine", "--port", str(engine_port), "--manifest", str(manifest)]
     engine_args += ["--vad-ms", str(opts.vad_ms), "--vad-threshold-rms", str(opts.vad_threshold_rms)]
@@ -320,7 +318,8 @@ async def running_stack(mode: Mode, opts: EngineOptions, stem: Path, manifest: P
                 | env_extra,
             )
             args = ["-m", "agent", "serve", "--host", "127.0.0.1", "--port", str(port)]
-            server, answer_path = procs.start(f"agent ({mode})", args, env, log), "/vobiz/answer"
+            server = procs.start(f"agent ({mode})", args, env, log, cwd=opts.agent_path)
+            answer_path = "/vobiz/answer"
         base_url = f"http://127.0.0.1:{port}"
         await procs.wait_ready(server, f"{base_url}/healthz")
         yield Stack(mode, base_url, answer_path, engine_port, notes)
