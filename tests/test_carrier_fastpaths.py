@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from agent.testkit.carrier.callbacks import CallbackSender
+from agent.testkit.carrier.callbacks import CallbackError, CallbackSender
 from agent.testkit.carrier.ticker import Ticker
 from agent.waiting import within
 
@@ -133,3 +133,30 @@ async def test_callback_sender_reports_an_unreachable_agent() -> None:
     sender = CallbackSender()
     with pytest.raises(Exception, match="ConnectError"):
         await sender.send("http://127.0.0.1:9/s", "POST", {}, {}, 2)
+
+
+async def test_callback_sender_keeps_only_connections_h11_says_can_be_reused(scripted: _Server) -> None:
+    """An HTTP/1.0 reply, even framed, ends its connection; a body without length runs to the server's close."""
+    scripted.responses += [
+        b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok",
+        b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\nto the end",
+    ]
+    sender = CallbackSender()
+    url = f"http://127.0.0.1:{scripted.port}/s"
+    try:
+        first = await sender.send(url, "POST", {"Event": "StartStream"}, {}, 2)
+        second = await sender.send(url, "POST", {"Event": "PlayedStream"}, {}, 2)
+    finally:
+        await sender.aclose()
+    assert [(r.status, r.body) for r in (first, second)] == [(200, "ok"), (200, "to the end")]
+    assert scripted.connections == 2
+
+
+async def test_callback_sender_reports_a_malformed_reply(scripted: _Server) -> None:
+    scripted.responses += [b"HTTP/1.1 two hundred OK\r\n\r\n"]
+    sender = CallbackSender()
+    try:
+        with pytest.raises(CallbackError, match="malformed reply"):
+            await sender.send(f"http://127.0.0.1:{scripted.port}/s", "POST", {}, {}, 2)
+    finally:
+        await sender.aclose()

@@ -3,8 +3,9 @@
 Vobiz posts one of these to `<Stream statusCallbackUrl>` for every checkpoint played and every clear; a load test
 with a hundred calls sends hundreds a second, and through httpx each cost the carrier more than a call's audio.
 This sender writes the same form-encoded request (or GET with a query) on a small pool of kept-alive connections
-per host and reads the reply by its Content-Length or chunks. Used when the carrier is given one (the load-test
-runner does); otherwise callbacks go through the carrier's httpx client like every other webhook.
+per host; h11 frames the request and parses the reply (Content-Length, chunked or read-to-close) and says whether
+the connection may carry another. Used when the carrier is given one (the load-test runner does); otherwise
+callbacks go through the carrier's httpx client like every other webhook.
 """
 
 from __future__ import annotations
@@ -15,12 +16,20 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from urllib.parse import urlencode, urlsplit
 
+import h11
+
 _MAX_IDLE_PER_HOST = 32
 _MAX_BODY = 1 << 20
+_READ_SIZE = 65536
+_FORM = ("Content-Type", "application/x-www-form-urlencoded")
 
 
 class CallbackError(Exception):
     """The callback got no usable HTTP response (connection refused, timeout, malformed reply)."""
+
+
+class _ClosedBeforeReply(ConnectionError):
+    """The server closed the connection before sending a byte of the reply (a stale kept-alive one, maybe)."""
 
 
 @dataclass(frozen=True)
@@ -37,7 +46,21 @@ class CallbackResponse:
     body: str
 
 
-_Conn = tuple[asyncio.StreamReader, asyncio.StreamWriter]
+class _Conn:
+    """One socket and the h11 state machine that frames what goes over it."""
+
+    __slots__ = ("h11", "reader", "writer")
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
+        self.h11 = h11.Connection(h11.CLIENT)
+
+    def usable(self) -> bool:
+        return not self.writer.is_closing() and not self.reader.at_eof()
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.writer.close()
 
 
 class CallbackSender:
@@ -69,106 +92,103 @@ class CallbackSender:
         """One request; raises CallbackError (or TimeoutError) when no response came."""
         target = self._target(url)
         form = urlencode(fields)
+        head = [("Host", target.host_header), ("Accept", "*/*"), ("Connection", "keep-alive"), *headers.items()]
         if method == "GET":
             sep = "&" if "?" in target.path else "?"
-            head = f"GET {target.path}{sep}{form} HTTP/1.1\r\n"
+            request = h11.Request(method=method, target=f"{target.path}{sep}{form}", headers=head)
             body = b""
         else:
-            head = f"POST {target.path} HTTP/1.1\r\n"
             body = form.encode()
-        lines = [head, f"Host: {target.host_header}\r\nAccept: */*\r\nConnection: keep-alive\r\n"]
-        lines += [f"{k}: {v}\r\n" for k, v in headers.items()]
-        if method != "GET":
-            lines.append(f"Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {len(body)}\r\n")
-        request = "".join(lines).encode("latin-1") + b"\r\n" + body
+            head += [_FORM, ("Content-Length", str(len(body)))]
+            request = h11.Request(method=method, target=target.path, headers=head)
         async with asyncio.timeout(limit_s):
             for attempt in range(2):
                 conn, reused = await self._connection(target)
                 try:
-                    return await self._exchange(target, conn, request)
-                except (ConnectionError, asyncio.IncompleteReadError) as exc:
-                    self._discard(conn)
-                    # A kept-alive connection the server had closed before answering anything: try a new one.
-                    stale = reused and not attempt and not getattr(exc, "partial", b"")
-                    if not stale:
+                    response = await self._exchange(conn, request, body)
+                except _ClosedBeforeReply as exc:
+                    conn.close()
+                    if not reused or attempt:  # only a kept-alive connection may have gone stale: try a new one
                         raise CallbackError(f"{type(exc).__name__}: {exc}") from exc
+                    continue
                 except BaseException:
-                    self._discard(conn)
+                    conn.close()
                     raise
+                self._release(target, conn)
+                return response
         raise CallbackError("unreachable")  # pragma: no cover
 
     async def _connection(self, target: _Target) -> tuple[_Conn, bool]:
         idle = self._idle.get((target.host, target.port))
         while idle:
             conn = idle.pop()
-            if not conn[1].is_closing() and not conn[0].at_eof():
+            if conn.usable():
                 return conn, True
-            self._discard(conn)
+            conn.close()
         try:
-            return await asyncio.open_connection(target.host, target.port), False
+            reader, writer = await asyncio.open_connection(target.host, target.port)
         except OSError as exc:
             raise CallbackError(f"ConnectError: {exc}") from exc
-
-    async def _exchange(self, target: _Target, conn: _Conn, request: bytes) -> CallbackResponse:
-        reader, writer = conn
-        writer.write(request)
-        head = await reader.readuntil(b"\r\n\r\n")
-        status_line, *header_lines = head.decode("latin-1").split("\r\n")
-        parts = status_line.split(" ", 2)
-        if len(parts) < 2 or not parts[0].startswith("HTTP/1.") or not parts[1].isdigit():
-            raise CallbackError(f"malformed status line {status_line[:80]!r}")
-        status = int(parts[1])
-        headers: dict[str, str] = {}
-        for line in header_lines:
-            name, sep, value = line.partition(":")
-            if sep:
-                headers[name.strip().lower()] = value.strip()
-        keep = headers.get("connection", "").lower() != "close" and parts[0] == "HTTP/1.1"
-        if "chunked" in headers.get("transfer-encoding", "").lower():
-            body = await self._read_chunked(reader)
-        elif "content-length" in headers:
-            length = int(headers["content-length"])
-            if length > _MAX_BODY:
-                raise CallbackError(f"response body of {length} bytes")
-            body = await reader.readexactly(length)
-        elif status in (204, 304) or 100 <= status < 200:
-            body = b""
-        else:
-            body, keep = await reader.read(_MAX_BODY), False
-        if keep and not self._closed:
-            self._idle.setdefault((target.host, target.port), []).append(conn)
-            if len(self._idle[(target.host, target.port)]) > _MAX_IDLE_PER_HOST:
-                self._discard(self._idle[(target.host, target.port)].pop(0))
-        else:
-            self._discard(conn)
-        return CallbackResponse(status, body.decode("utf-8", "replace"))
+        return _Conn(reader, writer), False
 
     @staticmethod
-    async def _read_chunked(reader: asyncio.StreamReader) -> bytes:
-        out = bytearray()
-        while True:
-            size_line = await reader.readuntil(b"\r\n")
-            size = int(size_line.split(b";", 1)[0].strip() or b"0", 16)
-            if size == 0:
-                while (await reader.readuntil(b"\r\n")) != b"\r\n":
-                    pass  # trailers
-                return bytes(out)
-            out += await reader.readexactly(size)
-            await reader.readexactly(2)
-            if len(out) > _MAX_BODY:
-                raise CallbackError("response body too large")
+    async def _exchange(conn: _Conn, request: h11.Request, body: bytes) -> CallbackResponse:
+        """Writes the request and reads events until the reply's end; h11 does the framing both ways."""
+        http = conn.h11
+        out = http.send(request) or b""
+        if body:
+            out += http.send(h11.Data(data=body)) or b""
+        conn.writer.write(out + (http.send(h11.EndOfMessage()) or b""))
+        status, received, size, chunks = 0, 0, 0, []
+        try:
+            while True:
+                event = http.next_event()
+                if event is h11.NEED_DATA:
+                    data = await conn.reader.read(_READ_SIZE)
+                    if not data and not received:
+                        raise _ClosedBeforeReply("server closed the connection before replying")
+                    received += len(data)
+                    http.receive_data(data)
+                elif isinstance(event, h11.Response):
+                    status = event.status_code
+                elif isinstance(event, h11.Data):
+                    chunks.append(event.data)
+                    size += len(event.data)
+                    if size > _MAX_BODY:
+                        raise CallbackError("response body too large")
+                elif isinstance(event, h11.EndOfMessage):
+                    break
+                elif isinstance(event, h11.ConnectionClosed):
+                    raise CallbackError("connection closed before the reply ended")
+                # InformationalResponse (1xx): the real reply follows
+        except h11.RemoteProtocolError as exc:
+            raise CallbackError(f"malformed reply: {exc}") from exc
+        except _ClosedBeforeReply:
+            raise
+        except ConnectionError as exc:
+            if not received:  # reset before any reply, as a stale kept-alive connection may be
+                raise _ClosedBeforeReply(f"{type(exc).__name__}: {exc}") from exc
+            raise CallbackError(f"{type(exc).__name__}: {exc}") from exc  # part-way through: not sent again
+        return CallbackResponse(status, b"".join(chunks).decode("utf-8", "replace"))
 
-    @staticmethod
-    def _discard(conn: _Conn) -> None:
-        with contextlib.suppress(Exception):
-            conn[1].close()
+    def _release(self, target: _Target, conn: _Conn) -> None:
+        """Back to the pool when h11 says the connection can carry another request, else closed."""
+        http = conn.h11
+        if self._closed or http.our_state is not h11.DONE or http.their_state is not h11.DONE:
+            conn.close()  # MUST_CLOSE: Connection: close, HTTP/1.0 or a body read to the end of the stream
+            return
+        http.start_next_cycle()
+        idle = self._idle.setdefault((target.host, target.port), [])
+        idle.append(conn)
+        if len(idle) > _MAX_IDLE_PER_HOST:
+            idle.pop(0).close()
 
     async def aclose(self) -> None:
         self._closed = True
         conns = [c for idle in self._idle.values() for c in idle]
         self._idle.clear()
         for conn in conns:
-            self._discard(conn)
-        for _, writer in conns:
+            conn.close()
+        for conn in conns:
             with contextlib.suppress(Exception):
-                await writer.wait_closed()
+                await conn.writer.wait_closed()
