@@ -15,13 +15,14 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pytest
 import pytest_asyncio
 import uvicorn
 from fastapi import FastAPI, Request, Response, WebSocket
+from websockets.asyncio.client import ClientConnection
 
 from agent.audio.codecs import (
     Int16Array,
@@ -475,7 +476,7 @@ async def test_frames_through_a_wrapped_socket_keep_their_clock_and_numbering(
     agent: FakeAgent, sim: CarrierSim
 ) -> None:
     call = await sim.place_call([CallerAudio.tone(400, 600)])
-    call.wrap_socket(_YieldingSocket)
+    call.wrap_socket(lambda ws: cast(ClientConnection, _YieldingSocket(ws)))
     session = await until_media(call, agent, 2)
     await asyncio.gather(call.send_dtmf("1"), call.send_dtmf("2"))
     await until_media(call, agent, 20)

@@ -30,7 +30,8 @@ def line_noise(n: int, rng: np.random.Generator) -> np.ndarray:
 
 
 def pcm(x: np.ndarray) -> Int16Array:
-    return np.clip(x, -32768, 32767).astype(np.int16)
+    out: Int16Array = np.clip(x, -32768, 32767).astype(np.int16)
+    return out
 
 
 def delayed(x: np.ndarray, delay_ms: float, loss_db: float, start: int, stop: int) -> np.ndarray:

@@ -159,7 +159,7 @@ async def test_a_cancel_wakes_a_paced_response_at_once() -> None:
         async def next_of(kind: str) -> dict[str, Any]:
             async with asyncio.timeout(5):
                 while True:
-                    event = json.loads(await ws.recv())
+                    event: dict[str, Any] = json.loads(await ws.recv())
                     if event["type"] == kind:
                         return event
 
