@@ -632,9 +632,11 @@ async def test_caller_hangup_posts_hangup_webhook(agent: FakeAgent, sim: Carrier
     assert agent.hooks_for("/vobiz/after") == []
 
 
-async def test_stop_runs_the_xml_after_stream(agent: FakeAgent, sim: CarrierSim) -> None:
+def greet_then_stop(agent: FakeAgent, greeting_ms: int) -> None:
+    """The agent plays a greeting, checkpoints it as "bye" and sends `stop` once that played; status callbacks on."""
+
     async def greet(session: AgentSession) -> None:
-        await session.play(tone(440, 200, 8000))
+        await session.play(tone(440, greeting_ms, 8000))
         await session.checkpoint("bye")
 
     async def stop_after_bye(session: AgentSession, message: dict[str, Any]) -> None:
@@ -642,6 +644,10 @@ async def test_stop_runs_the_xml_after_stream(agent: FakeAgent, sim: CarrierSim)
             await session.stop()
 
     agent.on_start, agent.on_message, agent.status_callback = greet, stop_after_bye, True
+
+
+async def test_stop_runs_the_xml_after_stream(agent: FakeAgent, sim: CarrierSim) -> None:
+    greet_then_stop(agent, 200)
     call = await sim.place_call()
     await call.wait_ended(timeout=4)
 
@@ -667,16 +673,7 @@ async def test_stop_runs_the_xml_after_stream(agent: FakeAgent, sim: CarrierSim)
 async def test_status_callbacks_through_the_shared_sender_are_the_requests_httpx_sends(agent: FakeAgent) -> None:
     """Load tests send stream status callbacks through a CallbackSender (kept-alive HTTP/1.1, no httpx): the agent
     gets the same signed form posts, and the call records their answers like any webhook's."""
-
-    async def greet(session: AgentSession) -> None:
-        await session.play(tone(440, 100, 8000))
-        await session.checkpoint("bye")
-
-    async def stop_after_bye(session: AgentSession, message: dict[str, Any]) -> None:
-        if message["event"] == "playedStream" and message["name"] == "bye":
-            await session.stop()
-
-    agent.on_start, agent.on_message, agent.status_callback = greet, stop_after_bye, True
+    greet_then_stop(agent, 100)
     sender = CallbackSender()
     try:
         async with CarrierSim(agent.base_url, callbacks=sender) as carrier:
