@@ -14,11 +14,11 @@ from websockets.protocol import State
 
 
 def can_send_now(ws: Connection) -> bool:
-    return not (
-        ws.protocol.state is not State.OPEN
-        or ws.paused
-        or ws.fragmented_send_waiter is not None
-        or ws.transport.is_closing()
+    return (
+        ws.protocol.state is State.OPEN
+        and not ws.paused
+        and ws.fragmented_send_waiter is None
+        and not ws.transport.is_closing()
     )
 
 

@@ -70,8 +70,8 @@ class ResponseGeneration(SessionCore):
         if response.stop_reason is None:
             response.stop_reason = reason
         response.stop.set()
-        if response.wake is not None and not response.wake.done():
-            response.wake.set_result(None)  # out of _pause_until now
+        if response.wake is not None:
+            _wake(response.wake)  # out of _pause_until now
         if response.task is not None:
             await asyncio.wait([response.task])
 

@@ -28,7 +28,7 @@ from websockets.exceptions import ConnectionClosed
 
 from agent.testkit.analysis.call import FailureCause
 from agent.testkit.carrier import CallerAudio, Cue, ScriptItem, Segment, SimCall
-from agent.testkit.carrier.audio import CallView, resample
+from agent.testkit.carrier.audio import CallView
 from agent.testkit.carrier.ticker import sleep as ticker_sleep
 from agent.testkit.network import impair_network
 from agent.waiting import cancel_and_wait, wait_event
@@ -328,8 +328,9 @@ class NoiseCaller:
         """Fresh white noise: every 20 ms frame differs, so each can be recognised at the engine. Drawn as int16
         at once (uniform in +-amplitude of full scale): the bench makes a chunk per call every 80 ms."""
         peak = round(amplitude * 32767)
-        samples = rng.integers(-peak, peak, rate * ms // 1000, dtype=np.int16, endpoint=True)
-        return Segment("pcm", "noise", ms, lambda target: resample(samples, rate, target))
+        return CallerAudio.pcm(
+            rng.integers(-peak, peak, rate * ms // 1000, dtype=np.int16, endpoint=True), rate, "noise"
+        )
 
     def _say(self, ms: int, amplitude: float) -> None:
         self.call.say(self.noise(self.rng, ms, amplitude, self.call.media_format.rate))

@@ -18,7 +18,7 @@ from agent.audio.codecs import (
     pcm16_to_l16,
 )
 from agent.testkit.carrier.audio import Segment, mulaw_encode
-from agent.testkit.carrier.fastsend import can_send_now, write_text
+from agent.testkit.carrier.fastsend import write_text
 from agent.testkit.carrier.playout import Playout
 from agent.testkit.carrier.records import (
     _CONTINUE_XML,
@@ -261,7 +261,7 @@ class SimCall(Playout):
             return
         try:
             k, frame = self._caller_k, self._pending_frame
-            if self._slow_sends == 0 and can_send_now(self._ws):
+            if self._writes_now():
                 text, nbytes = self._media_text(k, frame)
                 write_text(self._ws, text)
                 self._caller_sent(k, frame, nbytes)

@@ -454,7 +454,7 @@ class CallState:
     async def _send(self, msg: dict[str, Any], *, sequence: bool) -> None:
         # One lock so sequenceNumber order always equals wire order across everything that sends; a send that
         # would not wait (nobody else sending, socket writable) skips it.
-        if self._slow_sends == 0 and can_send_now(self._ws):
+        if self._writes_now():
             write_text(self._ws, self._message_text(msg, sequence))
             return
         self._slow_sends += 1
@@ -467,10 +467,14 @@ class CallState:
         async with self._send_lock:
             await self._ws.send(self._message_text(msg, sequence))
 
+    def _writes_now(self) -> bool:
+        """A message may go straight to the socket: no queued send waits ahead of it and `send` would not wait."""
+        return self._slow_sends == 0 and can_send_now(self._ws)
+
     def _send_soon(self, msg: Mapping[str, Any], sequence: bool, then: Callable[[], None]) -> None:
         """Send from a callback: now when nothing is in the way, else from a task that waits its turn; ``then``
         runs once it is on the wire (never if the socket closed first)."""
-        if self._slow_sends == 0 and can_send_now(self._ws):
+        if self._writes_now():
             write_text(self._ws, self._message_text(msg, sequence))
             then()
             return
