@@ -33,7 +33,6 @@ from agent.testkit import procs
 from agent.testkit.carrier import CallerAudio, CarrierSim, SimCall, SimCallOptions
 
 RESULTS = procs.BENCH_DIR / "results"
-_FROM_SOURCE = "import runpy, sys; sys.path.insert(0, {src!r}); runpy.run_module('agent', run_name='__main__')"
 
 
 @dataclass
@@ -107,11 +106,10 @@ def _went_on(drop: float, reconnects: list[SimSession]) -> bool:
 
 @contextlib.asynccontextmanager
 async def agent_against(
-    engine: RealtimeServer, log_path: Path, agent_src: Path | None, extra: dict[str, str] | None = None
+    engine: RealtimeServer, log_path: Path, agent_path: Path | None, extra: dict[str, str] | None = None
 ) -> AsyncIterator[CarrierSim]:
-    """The agent in its own process (the test kit's launcher) against `engine`; a carrier pointed at it."""
-    # `-m agent` would put the bench's own checkout first on sys.path; another checkout goes in front of it.
-    launch = ("-m", "agent") if agent_src is None else ("-c", _FROM_SOURCE.format(src=str(agent_src)))
+    """The agent in its own process (the test kit's launcher) against `engine`; a carrier pointed at it.
+    `agent_path`: the checkout to run the agent from (its working directory), as the other bench tools do."""
     RESULTS.mkdir(exist_ok=True)
     settings = {
         "OPENAI_API_KEY": "dummy",
@@ -120,7 +118,7 @@ async def agent_against(
         "AGENT_PROMPTS_DIR": str(procs.ROOT / "prompts"),
     } | (extra or {})
     async with (
-        procs.agent_process(settings, log_path=log_path, launch=launch) as agent,
+        procs.agent_process(settings, log_path=log_path, checkout=agent_path) as agent,
         CarrierSim(agent.base_url) as carrier,
     ):
         yield carrier
@@ -158,7 +156,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     stamp = time.strftime("%Y%m%d-%H%M%S")
     async with RealtimeServer(config) as engine:
         engine.on_session = dropper
-        async with agent_against(engine, RESULTS / f"model-drop-{stamp}-agent.log", args.agent_src) as carrier:
+        async with agent_against(engine, RESULTS / f"model-drop-{stamp}-agent.log", args.agent_path) as carrier:
             script = [
                 CallerAudio.silence(args.reply_ms + 1000),
                 CallerAudio.tone(300, 600, 0.4),
@@ -202,7 +200,7 @@ def main() -> None:
     parser.add_argument("--speech", action="store_true", help="spoken replies (offline engine) instead of tones")
     parser.add_argument("--silent", action="store_true", help="the network goes silent instead of resetting")
     parser.add_argument("--drop-after-ms", type=int, default=1000, help="into the answer's audio")
-    parser.add_argument("--agent-src", type=Path, help="run the agent from this checkout (a before/after run)")
+    parser.add_argument("--agent-path", type=Path, help="run the agent from this checkout (a before/after run)")
     parser.add_argument("--stagger-ms", type=int, default=300)
     report = asyncio.run(run(parser.parse_args()))
     dead, base = report["dead_air_ms"], report["baseline_answer_latency_ms"]

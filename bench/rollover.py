@@ -50,7 +50,7 @@ async def side(args: argparse.Namespace, rollover: bool, stamp: str) -> dict[str
     name = "rollover" if rollover else "baseline"
     async with RealtimeServer(config) as engine:
         log = RESULTS / f"rollover-{stamp}-{name}.log"
-        async with agent_against(engine, log, args.agent_src, settings if rollover else None) as carrier:
+        async with agent_against(engine, log, args.agent_path, settings if rollover else None) as carrier:
             deadline_s = args.turns * (args.reply_ms / 1000 * 2 + 2) + 20
 
             async def one(index: int) -> SimCall:
@@ -97,7 +97,7 @@ def main() -> None:
     parser.add_argument("--session-s", type=float, default=3.0, help="AGENT_MODEL_SESSION_MAX_S of the agent")
     parser.add_argument("--quiet-wait-s", type=float, default=0.5, help="AGENT_ROLLOVER_QUIET_WAIT_S")
     parser.add_argument("--stagger-ms", type=int, default=300)
-    parser.add_argument("--agent-src", type=Path, help="run the agent from this checkout (a before/after run)")
+    parser.add_argument("--agent-path", type=Path, help="run the agent from this checkout (a before/after run)")
     report = asyncio.run(run(parser.parse_args()))
     print(f"{'':24}{'baseline':>12}{'rollover':>12}")
     for key in ("turns", "model_sessions", "lost_turns", "doubled_answers", "playout_gaps", "playout_gap_ms_max"):
