@@ -6,6 +6,7 @@ conversation items in :mod:`session`), so that no module carries the whole proto
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import time
 from collections import deque
@@ -36,7 +37,12 @@ from agent.engine.protocol import (
     normalise_session,
 )
 from agent.engine.replies import RealtimeSimConfig, ReplySource, ToneReplySource, ToolCall
-from agent.engine.sdk_types import BETA_SESSION_KEYS, validate_client_event, validate_server_event
+from agent.engine.sdk_types import (
+    BETA_SESSION_KEYS,
+    ShapeCheckedServerEvents,
+    validate_client_event,
+    validate_server_event,
+)
 
 _T = TypeVar("_T")
 
@@ -50,6 +56,12 @@ def _plain_append(event: dict[str, Any]) -> bool:
         return True
     event_id = event.get("event_id", 0)
     return len(event) == 3 and (event_id is None or type(event_id) is str)
+
+
+@functools.cache
+def _shape_checked() -> ShapeCheckedServerEvents:
+    """One per process: a shape that passed once passes for every session."""
+    return ShapeCheckedServerEvents()
 
 
 class SessionOwner(Protocol):
@@ -101,6 +113,9 @@ class SessionCore:
         self._queued_tool_calls: list[ToolCall] = []
         self._scripted_replies: deque[ScriptedReply] = deque()
         self._handlers = self._event_handlers()
+        self._check_event: Callable[[Event], Any] = (
+            _shape_checked() if sim_config.sdk_check == "per_shape" else validate_server_event
+        )
         # Caller audio: everything appended (for input_pcm16) and the uncommitted buffer.
         self._input_chunks: list[tuple[int, Int16Array]] = []
         self._input_rate = 24000
@@ -302,7 +317,7 @@ class SessionCore:
         wire.update(event)  # "type" keeps its place, first; an event_id in ``event`` wins, as before
         if not checked:
             try:
-                validate_server_event(wire)
+                self._check_event(wire)
             except ValidationError as exc:
                 raise SimulatorBug(f"the fake built an invalid {wire['type']!r} event: {exc}") from exc
         if self.sim_config.newer_server:
