@@ -43,6 +43,7 @@ from agent.engine.sdk_types import (
     validate_client_event,
     validate_server_event,
 )
+from agent.ws_send import can_send_now, write_now
 
 _T = TypeVar("_T")
 
@@ -328,12 +329,24 @@ class SessionCore:
         record: Event = copy_json(wire)
         record["_t"] = time.monotonic()
         self._server_log.add(record)
-        await self._ws.send(data)
+        await self._write(data)
         if self.sim_config.newer_server and wire["type"] == "response.created":
             unknown = {"type": NEWER_EVENT_TYPE, "event_id": new_id("event_"), "response_id": wire["response"]["id"]}
             self._server_log.add(dict(unknown, _t=time.monotonic()))
-            await self._ws.send(json.dumps(unknown))
+            await self._write(json.dumps(unknown))
         return record
+
+    async def _write(self, data: str) -> None:
+        """``ws.send``, or the same frame written at once when ``send`` would not wait (``agent.ws_send``): its
+        async context manager cost more than the write, for the 20 deltas a second of every response."""
+        ws = self._ws
+        if type(ws) is ServerConnection and can_send_now(ws):
+            try:
+                write_now(ws, data)
+                return
+            except OSError:
+                pass  # the transport is aborted: ``send`` raises ConnectionClosed, as it would have
+        await ws.send(data)
 
     async def _error(
         self, client_event: Event, code: str | None, message: str, param: str | None = None, *, record: bool = True
