@@ -290,6 +290,7 @@ def _with_malformed_frames(drive: Driver) -> Driver:
 QUIET_CHUNK_MS = 80  # caller "silence" is pushed in chunks of this length...
 QUIET_LOW_WATER_MS = 240  # ...whenever less than this is waiting to be sent (rides out bench stalls)
 QUIET_BLOCK_CHUNKS = 25  # quiet noise is drawn this many chunks at a time
+DRIVER_EVERY_FRAMES = 2  # the caller decides what to say next every 40 ms of its clock
 BARGE_WAIT_S = 8.0  # a barge-in turn gives up waiting for bot audio after this long (counted as a timeout)
 NORMAL_WAIT_S = 10.0
 STAGGER_S = 0.04  # between call starts: 50 calls ramp up in 2 s
@@ -314,7 +315,7 @@ class NoiseCaller:
     """The bench's caller: feeds its audio on the fly (noise below the VAD between turns, louder noise as
     speech) and alternates barge-ins and polite turns as ``cfg.pattern`` says, until its time is up.
 
-    It runs on the call's caller clock: after every frame sent it tops up the quiet noise and checks whether its
+    It runs on the call's caller clock: every other frame sent it tops up the quiet noise and checks whether its
     turn has come (a plain callback, where a task that slept on a timer 25 times a second per call cost the
     load generator more than the frames it decided)."""
 
@@ -388,7 +389,10 @@ class NoiseCaller:
             call.frame_listeners.remove(self._on_frame)
 
     def _on_frame(self) -> None:
-        """After each caller frame: keep enough quiet noise queued, note bot audio, move the turns on."""
+        """Every DRIVER_EVERY_FRAMES caller frames: keep enough quiet noise queued, note bot audio, move the
+        turns on."""
+        if self.call.frames_sent % DRIVER_EVERY_FRAMES:
+            return
         while self._buffered_ms() < QUIET_LOW_WATER_MS:
             self._say_quiet()
         now = time.monotonic()
