@@ -15,6 +15,7 @@ import pytest
 from pydantic import ValidationError
 from websockets.asyncio.client import connect as ws_connect
 
+from agent.audio.codecs import mulaw_to_pcm16
 from agent.engine import RealtimeServer, RealtimeSimConfig, new_id, sdk_types, session_core
 from agent.engine.formats import AudioFormat, SimulatorBug, obfuscation
 from agent.engine.input_audio import loud_windows
@@ -260,3 +261,11 @@ async def test_a_per_shape_engine_still_refuses_an_invalid_event_and_the_default
             assert len(seen) in allowed, mode
             with pytest.raises(SimulatorBug):
                 await session.send_event({"type": "error", "error": {"type": "x", "message": 5}})
+
+
+def test_the_g711_decodes_are_the_shared_codecs() -> None:
+    every_byte = bytes(range(256)) * 2
+    assert np.array_equal(AudioFormat("audio/pcmu").decode(every_byte), mulaw_to_pcm16(every_byte))
+    alaw = AudioFormat("audio/pcma")
+    assert np.array_equal(alaw.decode(every_byte), alaw.decode(every_byte[:256] + every_byte[256:]))
+    assert alaw.encode(alaw.decode(every_byte)) == every_byte  # A-law levels round-trip
