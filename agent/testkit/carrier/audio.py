@@ -100,7 +100,7 @@ _MULAW_BY_BITS: Final[npt.NDArray[np.uint8]] = np.frombuffer(
 
 def mulaw_encode(samples: Int16Array) -> bytes:
     """μ-law bytes for int16 samples (as ``pcm16_to_mulaw``, for 50 frames a second per simulated call)."""
-    return _MULAW_BY_BITS[samples.view(np.uint16)].tobytes()
+    return _MULAW_BY_BITS.take(samples.view(np.uint16)).tobytes()
 
 
 def _ms_to_samples(ms: float, rate: int) -> int:
