@@ -84,11 +84,11 @@ class InputAudio(ResponseGeneration):
             td = self._turn_detection()
             if td is None:
                 return
-            loud = loud_windows(samples, win, self.sim_config.vad_threshold_rms)[0]
-            if not loud and not self._speaking:
+            is_loud = loud_windows(samples, win, self.sim_config.vad_threshold_rms)[0]
+            if not is_loud and not self._speaking:
                 self._vad_run_ms = 0
                 return
-            await self._vad_window(td, start_ms, loud)
+            await self._vad_window(td, start_ms, is_loud)
             return
         carry = self._vad_carry
         pending = np.concatenate([carry, samples]) if len(carry) else samples
