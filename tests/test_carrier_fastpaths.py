@@ -41,6 +41,30 @@ async def test_ticker_runs_callbacks_in_time_order_never_early_and_skips_cancell
     assert all(t - when < 0.015 for _, when, t in ran)
 
 
+async def test_ticker_keeps_scheduling_order_within_a_millisecond_and_runs_what_a_callback_adds_to_it() -> None:
+    loop = asyncio.get_running_loop()
+    tick = Ticker(loop)
+    ran: list[str] = []
+    done = asyncio.Event()
+    when = loop.time() + 0.02
+
+    def later() -> None:
+        ran.append("added")
+        done.set()
+
+    def first() -> None:
+        ran.append("first")
+        tick.call_at(when, later)  # its millisecond is being run: it runs now, after the rest of that millisecond
+
+    tick.call_at(when, first)
+    for name in ("second", "third"):
+        tick.call_at(when + 0.0002, lambda name=name: ran.append(name))  # type: ignore[misc]
+    gone = tick.call_at(when, lambda: ran.append("gone"))
+    gone.cancel()
+    await within(2, done.wait())
+    assert ran == ["first", "second", "third", "added"]
+
+
 class _Server:
     """A scripted HTTP/1.1 server: answers each request with the next canned response, records what came."""
 

@@ -454,6 +454,25 @@ async def test_what_goes_on_the_wire_is_the_caller_track_even_when_a_frame_is_ch
     assert abs(int(np.abs(mulaw_to_pcm16(payloads)).max()) - 0.3 * 32767 / 3) < 400
 
 
+async def test_a_frame_listener_runs_after_each_frame_and_what_it_says_goes_out_next(
+    agent: FakeAgent, sim: CarrierSim
+) -> None:
+    call = await sim.place_call()
+    seen: list[int] = []
+
+    def listener() -> None:
+        seen.append(call.frames_sent)
+        if call.frames_sent == 3:
+            call.say(CallerAudio.tone(400, 40))  # frames 4 and 5
+
+    call.frame_listeners.append(listener)
+    session = await until_media(call, agent, 8)
+    assert seen[:6] == [1, 2, 3, 4, 5, 6]
+    payloads = [base64.b64decode(m["media"]["payload"]) for _, m in session.events("media")[:8]]
+    loud = [int(np.abs(mulaw_to_pcm16(p)).max()) > 1000 for p in payloads]
+    assert loud == [False, False, False, True, True, False, False, False]
+
+
 class _YieldingSocket:
     """A pass-through wrapper whose every send yields to the loop first: the carrier cannot write frames straight
     to the socket and must take its queued path."""

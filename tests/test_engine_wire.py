@@ -15,11 +15,12 @@ import pytest
 from pydantic import ValidationError
 from websockets.asyncio.client import connect as ws_connect
 
-from agent.engine import RealtimeServer, RealtimeSimConfig, new_id
-from agent.engine.formats import AudioFormat, obfuscation
+from agent.audio.codecs import mulaw_to_pcm16
+from agent.engine import RealtimeServer, RealtimeSimConfig, new_id, sdk_types, session_core
+from agent.engine.formats import AudioFormat, SimulatorBug, obfuscation
 from agent.engine.input_audio import loud_windows
 from agent.engine.protocol import copy_json, describe_validation_error, dumps_event
-from agent.engine.sdk_types import validate_client_event
+from agent.engine.sdk_types import event_shape, validate_client_event
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -186,3 +187,85 @@ def test_a_forked_child_does_not_repeat_its_parents_ids() -> None:
     os.waitpid(pid, 0)
     mine = new_id("event_")
     assert child[:16] != mine[:16]  # "event_" and the stem differ
+
+
+def test_an_event_shape_ignores_ids_and_free_text_but_not_enum_values_or_types() -> None:
+    done = {
+        "type": "response.done",
+        "event_id": "event_a",
+        "response": {"id": "resp_a", "status": "completed", "output": [{"id": "item_a", "transcript": "hi"}]},
+    }
+    other_ids = copy_json(done)
+    other_ids["event_id"], other_ids["response"]["id"] = "event_b", "resp_b"
+    other_ids["response"]["output"][0].update(id="item_b", transcript="a different reply")
+    assert event_shape(other_ids) == event_shape(done)
+    cancelled = copy_json(done)
+    cancelled["response"]["status"] = "cancelled"
+    as_float = copy_json(done)
+    as_float["response"]["output"] = [{"id": "item_a", "transcript": 1.5}]
+    two_items = copy_json(done)
+    two_items["response"]["output"].append({"id": "item_c", "transcript": ""})
+    assert len({event_shape(e) for e in (done, cancelled, as_float, two_items)}) == 4
+
+
+def test_the_per_shape_check_checks_each_new_shape_in_full_and_each_shape_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    checked: list[dict[str, Any]] = []
+    real = sdk_types.validate_server_event
+
+    def counting(event: dict[str, Any]) -> Any:
+        checked.append(event)
+        return real(event)
+
+    monkeypatch.setattr(sdk_types, "validate_server_event", counting)
+    check = sdk_types.ShapeCheckedServerEvents()
+    committed = {"type": "input_audio_buffer.committed", "event_id": "event_1", "item_id": "item_1"}
+    check(dict(committed, previous_item_id=None))
+    check(dict(committed, event_id="event_2", item_id="item_2", previous_item_id=None))
+    assert len(checked) == 1
+    check(dict(committed, previous_item_id="item_0"))  # a string where there was null: a new shape
+    assert len(checked) == 2
+    with pytest.raises(ValidationError):
+        check({"type": "input_audio_buffer.committed", "event_id": "event_3", "item_id": 7})
+    with pytest.raises(ValidationError):  # a shape that failed is not remembered as passed
+        check({"type": "input_audio_buffer.committed", "event_id": "event_4", "item_id": 8})
+    assert len(checked) == 4
+
+
+async def test_a_per_shape_engine_still_refuses_an_invalid_event_and_the_default_checks_every_event(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # per_shape: at most one check of the three alike (none if an earlier test already passed that shape: the
+    # passed shapes are per process).
+    real = sdk_types.validate_server_event
+    seen: list[str] = []
+
+    def counting(event: dict[str, Any]) -> Any:
+        seen.append(event["type"])
+        return real(event)
+
+    monkeypatch.setattr(sdk_types, "validate_server_event", counting)
+    monkeypatch.setattr(session_core, "validate_server_event", counting)
+    for mode, allowed in (("per_shape", {0, 1}), ("every", {3})):
+        config = RealtimeSimConfig(speed=0, sdk_check=mode)  # type: ignore[arg-type]
+        async with (
+            RealtimeServer(config) as server,
+            ws_connect(server.ws_base_url + "/realtime?model=gpt-realtime") as ws,
+        ):
+            await ws.recv()  # session.created, checked before what this test counts
+            session = await server.wait_for_session()
+            seen.clear()
+            for _ in range(3):
+                await session.send_error("boom", code="x")
+            assert len(seen) in allowed, mode
+            with pytest.raises(SimulatorBug):
+                await session.send_event({"type": "error", "error": {"type": "x", "message": 5}})
+
+
+def test_the_g711_decodes_are_the_shared_codecs() -> None:
+    every_byte = bytes(range(256)) * 2
+    assert np.array_equal(AudioFormat("audio/pcmu").decode(every_byte), mulaw_to_pcm16(every_byte))
+    alaw = AudioFormat("audio/pcma")
+    assert np.array_equal(alaw.decode(every_byte), alaw.decode(every_byte[:256] + every_byte[256:]))
+    assert alaw.encode(alaw.decode(every_byte)) == every_byte  # A-law levels round-trip

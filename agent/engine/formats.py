@@ -76,6 +76,9 @@ def _build_alaw_tables() -> tuple[Int16Array, npt.NDArray[np.uint8]]:
 
 
 _ALAW_DECODE, _ALAW_ENCODE = _build_alaw_tables()
+# The shared codec's μ-law levels, read once: ``take`` on them is the codec's decode at half the cost of its fancy
+# indexing, for an append 50 times a second per call.
+_MULAW_DECODE: Int16Array = mulaw_to_pcm16(bytes(range(256)))
 
 FormatType = Literal["audio/pcm", "audio/pcmu", "audio/pcma"]
 
@@ -108,9 +111,9 @@ class AudioFormat:
 
     def decode(self, data: bytes) -> Int16Array:
         if self.type == "audio/pcmu":
-            return mulaw_to_pcm16(data)
+            return _MULAW_DECODE.take(np.frombuffer(data, dtype=np.uint8))
         if self.type == "audio/pcma":
-            return _ALAW_DECODE[np.frombuffer(data, dtype=np.uint8)]
+            return _ALAW_DECODE.take(np.frombuffer(data, dtype=np.uint8))
         if len(data) % 2:
             raise ValueError("audio/pcm payload has an odd number of bytes")
         return np.frombuffer(data, dtype="<i2").astype(np.int16)

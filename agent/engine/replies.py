@@ -48,6 +48,10 @@ class RealtimeSimConfig:
     field the SDK does not list, each ``response.created`` is followed by an event type it does not know, and
     ``response.done`` reports a ``status_details.reason`` outside its enum. Events are still checked against the
     SDK's types first, so the fake's own mistakes are caught before the additions are made."""
+    sdk_check: Literal["every", "per_shape"] = "every"
+    """How sent events are checked against the SDK's types: ``every`` event (the default: tests, the embedded
+    engine), or the first of each shape (``sdk_types.event_shape``), which a load generator uses to spend its
+    CPU on the load rather than on re-checking identical structures."""
 
 
 class ReplySession(Protocol):

@@ -6,6 +6,7 @@ conversation items in :mod:`session`), so that no module carries the whole proto
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import time
 from collections import deque
@@ -36,7 +37,13 @@ from agent.engine.protocol import (
     normalise_session,
 )
 from agent.engine.replies import RealtimeSimConfig, ReplySource, ToneReplySource, ToolCall
-from agent.engine.sdk_types import BETA_SESSION_KEYS, validate_client_event, validate_server_event
+from agent.engine.sdk_types import (
+    BETA_SESSION_KEYS,
+    ShapeCheckedServerEvents,
+    validate_client_event,
+    validate_server_event,
+)
+from agent.ws_send import can_send_now, write_now
 
 _T = TypeVar("_T")
 
@@ -50,6 +57,12 @@ def _plain_append(event: dict[str, Any]) -> bool:
         return True
     event_id = event.get("event_id", 0)
     return len(event) == 3 and (event_id is None or type(event_id) is str)
+
+
+@functools.cache
+def _shape_checked() -> ShapeCheckedServerEvents:
+    """One per process: a shape that passed once passes for every session."""
+    return ShapeCheckedServerEvents()
 
 
 class SessionOwner(Protocol):
@@ -101,6 +114,9 @@ class SessionCore:
         self._queued_tool_calls: list[ToolCall] = []
         self._scripted_replies: deque[ScriptedReply] = deque()
         self._handlers = self._event_handlers()
+        self._check_event: Callable[[Event], Any] = (
+            _shape_checked() if sim_config.sdk_check == "per_shape" else validate_server_event
+        )
         # Caller audio: everything appended (for input_pcm16) and the uncommitted buffer.
         self._input_chunks: list[tuple[int, Int16Array]] = []
         self._input_rate = 24000
@@ -302,7 +318,7 @@ class SessionCore:
         wire.update(event)  # "type" keeps its place, first; an event_id in ``event`` wins, as before
         if not checked:
             try:
-                validate_server_event(wire)
+                self._check_event(wire)
             except ValidationError as exc:
                 raise SimulatorBug(f"the fake built an invalid {wire['type']!r} event: {exc}") from exc
         if self.sim_config.newer_server:
@@ -313,12 +329,24 @@ class SessionCore:
         record: Event = copy_json(wire)
         record["_t"] = time.monotonic()
         self._server_log.add(record)
-        await self._ws.send(data)
+        await self._write(data)
         if self.sim_config.newer_server and wire["type"] == "response.created":
             unknown = {"type": NEWER_EVENT_TYPE, "event_id": new_id("event_"), "response_id": wire["response"]["id"]}
             self._server_log.add(dict(unknown, _t=time.monotonic()))
-            await self._ws.send(json.dumps(unknown))
+            await self._write(json.dumps(unknown))
         return record
+
+    async def _write(self, data: str) -> None:
+        """``ws.send``, or the same frame written at once when ``send`` would not wait (``agent.ws_send``): its
+        async context manager cost more than the write, for the 20 deltas a second of every response."""
+        ws = self._ws
+        if type(ws) is ServerConnection and can_send_now(ws):
+            try:
+                write_now(ws, data)
+                return
+            except OSError:
+                pass  # the transport is aborted: ``send`` raises ConnectionClosed, as it would have
+        await ws.send(data)
 
     async def _error(
         self, client_event: Event, code: str | None, message: str, param: str | None = None, *, record: bool = True

@@ -24,12 +24,12 @@ from functools import cache
 from typing import Any, Literal, cast
 
 import numpy as np
+import numpy.typing as npt
 from websockets.exceptions import ConnectionClosed
 
 from agent.testkit.analysis.call import FailureCause
 from agent.testkit.carrier import CallerAudio, Cue, ScriptItem, Segment, SimCall
 from agent.testkit.carrier.audio import CallView
-from agent.testkit.carrier.ticker import sleep as ticker_sleep
 from agent.testkit.network import impair_network
 from agent.waiting import cancel_and_wait, wait_event
 
@@ -289,7 +289,8 @@ def _with_malformed_frames(drive: Driver) -> Driver:
 
 QUIET_CHUNK_MS = 80  # caller "silence" is pushed in chunks of this length...
 QUIET_LOW_WATER_MS = 240  # ...whenever less than this is waiting to be sent (rides out bench stalls)
-DRIVER_TICK_S = 0.04
+QUIET_BLOCK_CHUNKS = 25  # quiet noise is drawn this many chunks at a time
+DRIVER_EVERY_FRAMES = 2  # the caller decides what to say next every 40 ms of its clock
 BARGE_WAIT_S = 8.0  # a barge-in turn gives up waiting for bot audio after this long (counted as a timeout)
 NORMAL_WAIT_S = 10.0
 STAGGER_S = 0.04  # between call starts: 50 calls ramp up in 2 s
@@ -312,7 +313,11 @@ class WorkloadConfig:
 
 class NoiseCaller:
     """The bench's caller: feeds its audio on the fly (noise below the VAD between turns, louder noise as
-    speech) and alternates barge-ins and polite turns as ``cfg.pattern`` says, until its time is up."""
+    speech) and alternates barge-ins and polite turns as ``cfg.pattern`` says, until its time is up.
+
+    It runs on the call's caller clock: every other frame sent it tops up the quiet noise and checks whether its
+    turn has come (a plain callback, where a task that slept on a timer 25 times a second per call cost the
+    load generator more than the frames it decided)."""
 
     def __init__(self, call: SimCall, rng: np.random.Generator, cfg: WorkloadConfig, pushed_ms: float) -> None:
         self.call = call
@@ -322,11 +327,20 @@ class NoiseCaller:
         self.turns: Counter[str] = Counter()
         self.speech_ms: list[float] = []  # where each utterance begins on the caller's track
         self._last_audible = time.monotonic()
+        self._kinds = itertools.cycle(cfg.pattern)
+        self._quiet: npt.NDArray[np.int16] = np.zeros(0, dtype=np.int16)
+        self._quiet_pos = 0
+        self._deadline = math.inf
+        self._finished: asyncio.Future[None] | None = None
+        # The wait in progress: what it waits for, when it gives up, and what to do next (with its outcome).
+        self._ready: Callable[[], bool] = lambda: False
+        self._give_up = math.inf
+        self._then: Callable[[bool], None] = lambda _ok: None
 
     @staticmethod
     def noise(rng: np.random.Generator, ms: int, amplitude: float, rate: int) -> Segment:
         """Fresh white noise: every 20 ms frame differs, so each can be recognised at the engine. Drawn as int16
-        at once (uniform in +-amplitude of full scale): the bench makes a chunk per call every 80 ms."""
+        at once (uniform in +-amplitude of full scale)."""
         peak = round(amplitude * 32767)
         return CallerAudio.pcm(
             rng.integers(-peak, peak, rate * ms // 1000, dtype=np.int16, endpoint=True), rate, "noise"
@@ -336,46 +350,88 @@ class NoiseCaller:
         self.call.say(self.noise(self.rng, ms, amplitude, self.call.media_format.rate))
         self.pushed_ms += ms
 
+    def _say_quiet(self) -> None:
+        """The next QUIET_CHUNK_MS of quiet noise, cut from a block drawn QUIET_BLOCK_MS at a time (one draw per
+        chunk cost more in numpy's call overhead than in drawing)."""
+        rate = self.call.media_format.rate
+        n = rate * QUIET_CHUNK_MS // 1000
+        if self._quiet_pos + n > len(self._quiet):
+            peak = round(self.cfg.quiet_amplitude * 32767)
+            self._quiet = self.rng.integers(-peak, peak, n * QUIET_BLOCK_CHUNKS, dtype=np.int16, endpoint=True)
+            self._quiet_pos = 0
+        chunk = self._quiet[self._quiet_pos : self._quiet_pos + n]
+        self._quiet_pos += n
+        self.call.say(CallerAudio.pcm(chunk, rate, "noise"))
+        self.pushed_ms += QUIET_CHUNK_MS
+
     def _buffered_ms(self) -> float:
         return self.pushed_ms - self.call.frames_sent * self.call.options.frame_ms
 
-    async def _tick(self) -> None:
-        await ticker_sleep(DRIVER_TICK_S)
-        while self._buffered_ms() < QUIET_LOW_WATER_MS:
-            self._say(QUIET_CHUNK_MS, self.cfg.quiet_amplitude)
-        if self.call.bot_playing or self.call.queued_ms > 0:
-            self._last_audible = time.monotonic()
-
-    async def _wait(self, ready: Callable[[], bool], limit_s: float, deadline: float) -> bool | None:
-        """True when `ready`, False on timeout, None when the call is over."""
-        give_up = time.monotonic() + limit_s
-        while True:
-            if time.monotonic() >= deadline or self.call.ended.is_set():
-                return None
-            if ready():
-                return True
-            if time.monotonic() >= give_up:
-                return False
-            await self._tick()
-
     async def run(self, deadline: float) -> None:
-        cfg = self.cfg
-        for kind in itertools.cycle(cfg.pattern):
-            base = self.call.played_ms
-            if kind == "barge":
-                lo, hi = cfg.barge_after_ms
-                ready = functools.partial(self._barge_ready, base, float(self.rng.uniform(lo, hi)))
-                outcome = await self._wait(ready, BARGE_WAIT_S, deadline)
+        """Drive the call until ``deadline`` (monotonic) or until it ends."""
+        call = self.call
+        self._deadline = deadline
+        finished = self._finished = asyncio.get_running_loop().create_future()
+        self._next_turn()
+        call.frame_listeners.append(self._on_frame)
+        try:
+            self._advance(time.monotonic())
+            if finished.done():
+                return
+            ended = asyncio.ensure_future(call.ended.wait())
+            try:
+                # The caller clock normally finishes the run; the deadline and the call's end cover a stopped clock.
+                timeout = max(0.0, deadline - time.monotonic())
+                await asyncio.wait([finished, ended], timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                ended.cancel()
+        finally:
+            call.frame_listeners.remove(self._on_frame)
+
+    def _on_frame(self) -> None:
+        """Every DRIVER_EVERY_FRAMES caller frames: keep enough quiet noise queued, note bot audio, move the
+        turns on."""
+        if self.call.frames_sent % DRIVER_EVERY_FRAMES:
+            return
+        while self._buffered_ms() < QUIET_LOW_WATER_MS:
+            self._say_quiet()
+        now = time.monotonic()
+        if self.call.bot_playing or self.call.queued_ms > 0:
+            self._last_audible = now
+        self._advance(now)
+
+    def _wait(self, ready: Callable[[], bool], limit_s: float, then: Callable[[bool], None]) -> None:
+        """From now on wait until ``ready`` (then ``then(True)``) or ``limit_s`` have passed (``then(False)``)."""
+        self._ready, self._give_up, self._then = ready, time.monotonic() + limit_s, then
+
+    def _advance(self, now: float) -> None:
+        while self._finished is not None and not self._finished.done():
+            if now >= self._deadline or self.call.ended.is_set():
+                self._finished.set_result(None)
+                return
+            if self._ready():
+                self._then(True)
+            elif now >= self._give_up:
+                self._then(False)
             else:
-                outcome = await self._wait(functools.partial(self._normal_ready, base), NORMAL_WAIT_S, deadline)
-            if outcome is None:
                 return
-            self.turns[kind if outcome else f"{kind}_timeout"] += 1
-            self.speech_ms.append(self.pushed_ms)
-            self._say(cfg.speech_ms, cfg.speech_amplitude)
-            # The next turn starts once the caller has finished saying this.
-            if await self._wait(functools.partial(self._said, self.pushed_ms), 10.0, deadline) is None:
-                return
+
+    def _next_turn(self) -> None:
+        kind = next(self._kinds)
+        base = self.call.played_ms
+        if kind == "barge":
+            lo, hi = self.cfg.barge_after_ms
+            ready = functools.partial(self._barge_ready, base, float(self.rng.uniform(lo, hi)))
+            self._wait(ready, BARGE_WAIT_S, functools.partial(self._speak, kind))
+        else:
+            self._wait(functools.partial(self._normal_ready, base), NORMAL_WAIT_S, functools.partial(self._speak, kind))
+
+    def _speak(self, kind: str, on_cue: bool) -> None:
+        self.turns[kind if on_cue else f"{kind}_timeout"] += 1
+        self.speech_ms.append(self.pushed_ms)
+        self._say(self.cfg.speech_ms, self.cfg.speech_amplitude)
+        # The next turn starts once the caller has finished saying this.
+        self._wait(functools.partial(self._said, self.pushed_ms), 10.0, lambda _ok: self._next_turn())
 
     def _barge_ready(self, base: float, after_ms: float) -> bool:
         """Bot audio is playing, and `after_ms` of it has played since the turn began."""

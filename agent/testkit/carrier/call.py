@@ -289,6 +289,8 @@ class SimCall(Playout):
             self._record("frame_sent", chunk=k + 1, bytes=nbytes)
         self._caller_k = k + 1
         self._notify()
+        for listener in self.frame_listeners:
+            listener()
         self._pending_frame = self._next_caller_frame()
         self._schedule_caller()
 

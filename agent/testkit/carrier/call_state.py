@@ -119,6 +119,10 @@ class CallState:
         self.play_audio_listeners: list[Callable[[dict[str, Any]], None]] = []
         """Called with every playAudio message as it arrives, before it is checked (e.g. to keep payload bytes,
         which the timeline does not)."""
+        self.frame_listeners: list[Callable[[], None]] = []
+        """Called after every caller frame is sent, on the caller clock, before the next frame is taken from the
+        script: a driver that decides what the caller says next (``say``) without a task of its own. No awaits;
+        an exception stops the call as a simulator error."""
 
         self._ws = ws
         self._socket_wrap: Callable[[ClientConnection], ClientConnection] | None = None

@@ -5,14 +5,15 @@ that was 10,000 wake-ups a second, each a future, a timer and a task step. Here 
 callbacks on a shared heap; the event loop holds one timer, for the earliest of them, and each wake-up runs every
 callback that is due. Due times are rounded up to the millisecond (the event loop's timers have that
 resolution anyway), so calls whose ticks fall in the same millisecond share a wake-up and no callback ever runs
-before its time.
+before its time. The heap holds each such millisecond once, with a list of its callbacks in the order they were
+scheduled: a hundred calls put a dozen callbacks in each millisecond, and a heap push and pop per callback showed
+up in profiles.
 """
 
 from __future__ import annotations
 
 import asyncio
 import heapq
-import itertools
 import math
 import weakref
 from collections.abc import Callable
@@ -38,8 +39,8 @@ class Ticker:
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
-        self._heap: list[tuple[float, int, TickHandle]] = []
-        self._order = itertools.count()
+        self._slots: dict[float, list[TickHandle]] = {}  # due millisecond -> its callbacks, in scheduling order
+        self._heap: list[float] = []  # the keys of _slots
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = math.inf
 
@@ -48,7 +49,12 @@ class Ticker:
         the loop's to report, so callers catch their own."""
         slot = math.ceil(when * 1000) / 1000
         handle = TickHandle(slot, callback)
-        heapq.heappush(self._heap, (slot, next(self._order), handle))
+        bucket = self._slots.get(slot)
+        if bucket is not None:
+            bucket.append(handle)
+            return handle
+        self._slots[slot] = [handle]
+        heapq.heappush(self._heap, slot)
         if slot < self._timer_at:
             self._arm(slot)
         return handle
@@ -62,23 +68,23 @@ class Ticker:
     def _run(self) -> None:
         self._timer, self._timer_at = None, math.inf
         now = self._loop.time()
-        heap = self._heap
-        while heap and heap[0][0] <= now:
-            handle = heapq.heappop(heap)[2]
-            callback = handle.callback
-            if callback is None:
-                continue
-            handle.callback = None
-            try:
-                callback()
-            except Exception as exc:  # one call's bug must not stop every other call's clock
-                self._loop.call_exception_handler(
-                    {"message": "simulated-call tick failed", "exception": exc, "handle": handle}
-                )
-        while heap and heap[0][2].cancelled:
-            heapq.heappop(heap)
+        heap, slots = self._heap, self._slots
+        while heap and heap[0] <= now:
+            # Taken out before it runs: a callback that schedules into this millisecond starts a new list, which
+            # runs after this one (in this same wake-up, as it is due).
+            for handle in slots.pop(heapq.heappop(heap)):
+                callback = handle.callback
+                if callback is None:
+                    continue
+                handle.callback = None
+                try:
+                    callback()
+                except Exception as exc:  # one call's bug must not stop every other call's clock
+                    self._loop.call_exception_handler(
+                        {"message": "simulated-call tick failed", "exception": exc, "handle": handle}
+                    )
         if heap:
-            self._arm(heap[0][0])
+            self._arm(heap[0])
 
 
 _tickers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Ticker] = weakref.WeakKeyDictionary()
