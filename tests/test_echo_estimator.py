@@ -156,3 +156,39 @@ def test_a_sound_still_going_is_not_judged() -> None:
     est.cut(T0 + held / RATE)
     feed_line(bot, line, range(begins // FRAME, (begins + RATE) // FRAME))
     assert not est.followed_bot(T0 + begins / RATE)
+
+
+def test_a_line_with_nothing_on_it_is_not_echo() -> None:
+    """A pause whose sound is not on the line any more (only the line's own noise since `start`): nothing stands
+    out of it, so there is nothing to judge (this once raised, and took the call down)."""
+    rng = np.random.default_rng(4)
+    audio = speechlike(6.0, rng)
+    begins, held = 4 * RATE, 4 * RATE + int(0.15 * RATE)
+    est = EchoEstimator(RATE)
+    bot = Bot(est, audio, held)
+    line = np.full(len(audio), 20.0)  # a flat line: every slot the same level
+    feed_line(bot, line, range(0, (begins + RATE // 2) // FRAME))
+    est.cut(T0 + held / RATE)
+    assert not est.followed_bot(T0 + begins / RATE)
+
+
+def test_a_sound_over_is_correlated_once_however_often_it_is_asked(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A pause re-asks on every frame while it waits; the answer stays, the work is done once per sound."""
+    est, began = pause_on_sound(np.random.default_rng(0), None, delay_ms=120, loss_db=-20.0)
+    calls = []
+    correlate = est._correlate
+
+    def counted(begin: int, end: int) -> tuple[float, int, float] | None:
+        calls.append((begin, end))
+        return correlate(begin, end)
+
+    monkeypatch.setattr(est, "_correlate", counted)
+    assert est.followed_bot(began) and est.followed_bot(began)
+    quiet = pcm(line_noise(FRAME, np.random.default_rng(9)))
+    for _ in range(3):  # more quiet frames: the same sound, still over
+        est.inbound(quiet, (est._in_last + 3) * 0.01 + 0.004)
+        assert est.followed_bot(began)
+    assert len(calls) == 1
+    est.cut(began)  # the bot's kept audio changed: asked afresh
+    est.followed_bot(began)
+    assert len(calls) == 2
