@@ -92,9 +92,9 @@ async def test_a_backchannel_pauses_the_bot_which_resumes_at_the_exact_sample() 
         # The model's memory: its answer untouched, the murmur deleted, and no reply to it started.
         assert client(session, "conversation.item.truncate") == [] and client(session, "response.cancel") == []
         assert len(client(session, "response.create")) == 1  # the greeting only
-        # While paused the VAD closed the murmur's turn after 200 ms of silence, then went back to the prompt's.
+        # While paused the VAD closed the murmur's turn after 100 ms of silence, then went back to the prompt's.
         updates = [u["session"] for u in client(session, "session.update")[1:]]
-        assert [u["audio"]["input"]["turn_detection"]["silence_duration_ms"] for u in updates] == [200, 500]
+        assert [u["audio"]["input"]["turn_detection"]["silence_duration_ms"] for u in updates] == [100, 500]
         assert all(set(u) == {"type", "audio"} and set(u["audio"]) == {"input"} for u in updates)  # nothing else
         user_items = [e["item_id"] for e in session.server_events if e["type"] == "input_audio_buffer.committed"]
         assert deleted["item_id"] == user_items[0] and not [i for i in session.items if i["id"] == user_items[0]]
@@ -229,7 +229,7 @@ async def test_the_caller_going_on_after_a_short_sound_holds_the_bot_again_at_on
         session = await stack.engine.wait_for_session()
         await session.wait_for_client_event("conversation.item.truncate", timeout=10)
         answer = await session.wait_for_client_event("response.create", ours, timeout=6)
-        # While paused the VAD closes a turn after 200 ms of silence (the offline engine applies a session.update
+        # While paused the VAD closes a turn after 100 ms of silence (the offline engine applies a session.update
         # from its next 20 ms window on, mid-utterance too): the 300 ms breath split the caller's sentence in two.
         # They get one answer, once the sentence's last part is committed; not one to "okay" while they talk.
         committed = [e for e in session.server_events if e["type"] == "input_audio_buffer.committed"]

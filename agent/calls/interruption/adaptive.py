@@ -34,7 +34,9 @@ from agent.protocol.realtime import client_commands, session_config
 from agent.waiting import wait_event
 
 NOISE_BACKOFF_S = 1.5  # after a pause on a sound the model did not take for speech, only voiced onsets count
-PAUSE_VAD_SILENCE_MS = 200.0  # while paused the server VAD closes the caller's turn after this much silence
+# While paused the server VAD closes the caller's turn after this much silence: its words are on their way while
+# the policy waits for the caller to have finished (`Rules.turn_end_ms`, 200 ms), not only after that.
+PAUSE_VAD_SILENCE_MS = 100.0
 ECHO_END_MS = 40.0  # a sound over for this long may be judged by its end: did it stop one echo delay after the bot?
 
 
@@ -79,7 +81,7 @@ class Pause:
     voiced_ms: float = 0.0  # the most voicing any sound of this pause had (a word's last consonant is unvoiced)
     quiet_s: float = 0.0  # how long the line was held, over the spells of this pause that ended
 
-    def evidence(self, now: float, detector: SpeechOnset | None = None) -> Evidence:
+    def evidence(self, now: float, detector: SpeechOnset | None = None, vad_silence_ms: float = 0.0) -> Evidence:
         vad = bool(self.items)
         latest = self.items[-1] if self.items else None
         speaking = self.stopped_at is None
@@ -102,6 +104,7 @@ class Pause:
             tail_unvoiced=(
                 detector is not None and detector.voiced_ms == 0 and detector.sound_ms > 0 and self.voiced_ms > 0
             ),
+            vad_silence_ms=vad_silence_ms,
         )
 
     def held_ms(self, now: float) -> float:
@@ -300,7 +303,7 @@ class AdaptiveTurns:
     async def _watch(self, pause: Pause) -> None:
         while self.pause is pause:
             pause.changed.clear()
-            evidence = pause.evidence(self._ctx.playout.clock(), self.local)
+            evidence = pause.evidence(self._ctx.playout.clock(), self.local, self._silence_ms)
             if self._echo_ended(pause, evidence):
                 evidence = replace(evidence, echo=True)
             decision = decide(evidence, self.rules, self.words)
