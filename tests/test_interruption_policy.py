@@ -211,6 +211,12 @@ def test_words_that_would_resume_wait_until_the_caller_has_finished() -> None:
         by_vad = {"transcript": said, "vad_silence_ms": 100.0}
         assert decide(ev(**by_vad, stopped_ms=60), RULES, EN).verdict is Verdict.WAIT, said
         assert decide(ev(**by_vad, stopped_ms=end - 100), RULES, EN).verdict is Verdict.RESUME, said
+    # Never past the longest pause: a line that is never quiet (a television) does not hold the bot for good.
+    noisy = decide(ev(transcript="okay", local_quiet_ms=0.0, paused_ms=RULES.max_pause_ms - 50), RULES, EN)
+    assert noisy.verdict is Verdict.WAIT and noisy.recheck_ms == pytest.approx(50)
+    assert decide(ev(transcript="okay", local_quiet_ms=0.0, paused_ms=RULES.max_pause_ms), RULES, EN).verdict is (
+        Verdict.RESUME
+    )
     # What cuts still cuts at once.
     assert decide(ev(transcript="okay stop", stopped_ms=0, local_quiet_ms=0.0), RULES, EN).verdict is Verdict.CUT
     assert decide(ev(transcript="okay a table for four", local_quiet_ms=0.0), RULES, EN).verdict is Verdict.CUT

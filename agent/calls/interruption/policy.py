@@ -103,8 +103,9 @@ def decide(e: Evidence, rules: Rules, words: WordLists) -> Decision:
         if e.speech_ms >= rules.long_speech_ms:
             return Decision(Verdict.CUT, "duration")
         quiet = e.caller_quiet_ms
-        if quiet is not None and quiet < rules.turn_end_ms and not e.playing:
-            return Decision(Verdict.WAIT, recheck_ms=rules.turn_end_ms - quiet)  # they may go on: hear it all
+        if quiet is not None and quiet < rules.turn_end_ms and not e.playing and e.paused_ms < rules.max_pause_ms:
+            # They may go on: hear it all (though never past the longest pause: a noisy line is never quiet).
+            return Decision(Verdict.WAIT, recheck_ms=min(rules.turn_end_ms - quiet, rules.max_pause_ms - e.paused_ms))
         if heard.content == 0:
             return Decision(Verdict.RESUME, "noise" if heard.empty else "backchannel")
         if e.speech_ms >= rules.short_speech_ms:
