@@ -164,6 +164,31 @@ async def test_a_stop_word_cuts_the_bot_even_when_short() -> None:
         assert call.protocol_errors == [] and session.protocol_errors == []
 
 
+async def test_a_sentence_split_at_a_breath_is_answered_once_when_the_caller_has_finished() -> None:
+    # "Wait, | wait": while paused the VAD closes the first word's turn in the breath, and its stop word cuts the
+    # bot at once; but the caller is not done, so the answer waits for all they say, not one per part.
+    config = RealtimeSimConfig(reply_ms=6000, speed=1.2, transcribe=said("wait", "wait"))
+    async with running_stack(config) as stack:
+        call = await stack.carrier.place_call(
+            [
+                CallerAudio.after_bot_audio(1000, CallerAudio.tone(300, 300, 0.4)),
+                CallerAudio.silence(150),  # more than the VAD's 100 ms, less than a finished turn's 200
+                CallerAudio.tone(300, 400, 0.4),
+                CallerAudio.silence(3000),
+            ]
+        )
+        session = await stack.engine.wait_for_session()
+        answer = await session.wait_for_client_event("response.create", ours, timeout=8)
+        committed = [e for e in session.server_events if e["type"] == "input_audio_buffer.committed"]
+        assert len(committed) == 2 and answer["_t"] >= committed[1]["_t"]  # split in two, answered after both
+        decision = interruptions(stack, call)[0]
+        assert (decision["outcome"], decision["reason"]) == ("cut", "stop_word")
+        await call.wait_bot_silence(500, timeout=6)  # the answer has played
+        assert len([e for e in client(session, "response.create") if ours(e)]) == 1
+        await call.hangup()
+        assert call.protocol_errors == [] and session.protocol_errors == []
+
+
 async def test_a_short_sound_plays_the_bot_on_until_its_stop_word_cuts_it_to_what_was_heard() -> None:
     # The words of a 400 ms "wait" come 700 ms after its turn closes: the bot does not stay silent that long.
     config = RealtimeSimConfig(reply_ms=6000, speed=1.2, transcribe=said("wait", "wait"), transcription_delay_ms=700)
