@@ -32,6 +32,7 @@ _ACTIVE_DB = -50.0  # the bot is audible in a slot above this
 _FULL_SCALE = 32768.0**2
 _ABOVE_LINE_DB = 10.0  # a sound stands this far above the line's own floor
 _WAVE_SLOTS = 128  # 1.28 s of samples kept on each side, for `followed_bot`
+_TIE = 0.02  # correlation peaks this close to the best are as good: the sound's end tells them apart
 
 
 def _db(power: float) -> float:
@@ -81,7 +82,7 @@ class EchoEstimator:
         self._quiet_windows = 0
         self.no_echo = False  # the line showed no echo while the bot talked: the prior is off
         self._ref_version = 0  # bumped whenever kept samples change, either side (`followed_bot`'s cache)
-        self._followed: tuple[tuple[int, int, int], tuple[float, int, float] | None] | None = None
+        self._followed: tuple[tuple[int, int, int, int], tuple[float, int, float] | None] | None = None
 
     # --- the bot's side ------------------------------------------------------------------------------------
 
@@ -244,9 +245,9 @@ class EchoEstimator:
         if end >= last or end - begin < 2 or not self._min_lag - 3 <= end - bot_end <= self._max_lag + 3:
             return False  # still sounding, too short to tell, or it did not stop with the bot
         # A pause re-asks on every frame while it waits; the sound, once over, is correlated only once.
-        key = (begin, end, self._ref_version)
+        key = (begin, end, bot_end, self._ref_version)
         if self._followed is None or self._followed[0] != key:
-            self._followed = (key, self._correlate(begin, end))
+            self._followed = (key, self._correlate(begin, end, (end - bot_end) * self._slot_n))
         match = self._followed[1]
         if match is None or match[0] < min_corr or match[2] > max_loss_db:
             return False
@@ -256,10 +257,11 @@ class EchoEstimator:
         self.no_echo, self._quiet_windows = False, 0
         return True
 
-    def _correlate(self, begin: int, end: int) -> tuple[float, int, float] | None:
+    def _correlate(self, begin: int, end: int, stopped: int) -> tuple[float, int, float] | None:
         """The line's sound over slots [begin, end] against the bot's samples at every echo delay: the best
         normalised cross-correlation, its offset (samples short of `max_lag` slots) and the loss there (dB);
-        None for a sound with no energy."""
+        None for a sound with no energy. Of peaks within `_TIE` of the best (a voice held on one pitch, a tone,
+        repeats itself every period), the one nearest `stopped` (samples): the delay the sound's end showed."""
         y = self._wave(self._in_wave, self._in_wave_slot, begin, end)
         x = self._wave(self._bot_wave, self._bot_wave_slot, begin - self._max_lag, end - self._min_lag, bot=True)
         y -= y.mean()
@@ -272,7 +274,9 @@ class EchoEstimator:
         energy = np.cumsum(np.concatenate([[0.0], x * x]))
         x_energy = energy[len(y) :] - energy[: len(x) - len(y) + 1]
         corr = products / np.sqrt(np.maximum(x_energy, 1e-9) * y_energy)
-        k = int(np.argmax(corr))
+        near = np.flatnonzero(corr >= float(corr.max()) - _TIE)
+        delays = self._max_lag * self._slot_n - near
+        k = int(near[np.argmin(np.abs(delays - stopped))])
         return float(corr[k]), k, 10 * math.log10(y_energy / max(float(x_energy[k]), 1e-9))
 
     def _wave(self, ring: np.ndarray, stamps: np.ndarray, first: int, last: int, *, bot: bool = False) -> np.ndarray:
