@@ -92,9 +92,9 @@ async def test_a_backchannel_pauses_the_bot_which_resumes_at_the_exact_sample() 
         # The model's memory: its answer untouched, the murmur deleted, and no reply to it started.
         assert client(session, "conversation.item.truncate") == [] and client(session, "response.cancel") == []
         assert len(client(session, "response.create")) == 1  # the greeting only
-        # While paused the VAD closed the murmur's turn after 200 ms of silence, then went back to the prompt's.
+        # While paused the VAD closed the murmur's turn after 100 ms of silence, then went back to the prompt's.
         updates = [u["session"] for u in client(session, "session.update")[1:]]
-        assert [u["audio"]["input"]["turn_detection"]["silence_duration_ms"] for u in updates] == [200, 500]
+        assert [u["audio"]["input"]["turn_detection"]["silence_duration_ms"] for u in updates] == [100, 500]
         assert all(set(u) == {"type", "audio"} and set(u["audio"]) == {"input"} for u in updates)  # nothing else
         user_items = [e["item_id"] for e in session.server_events if e["type"] == "input_audio_buffer.committed"]
         assert deleted["item_id"] == user_items[0] and not [i for i in session.items if i["id"] == user_items[0]]
@@ -164,6 +164,31 @@ async def test_a_stop_word_cuts_the_bot_even_when_short() -> None:
         assert call.protocol_errors == [] and session.protocol_errors == []
 
 
+async def test_a_sentence_split_at_a_breath_is_answered_once_when_the_caller_has_finished() -> None:
+    # "Wait, | wait": while paused the VAD closes the first word's turn in the breath, and its stop word cuts the
+    # bot at once; but the caller is not done, so the answer waits for all they say, not one per part.
+    config = RealtimeSimConfig(reply_ms=6000, speed=1.2, transcribe=said("wait", "wait"))
+    async with running_stack(config) as stack:
+        call = await stack.carrier.place_call(
+            [
+                CallerAudio.after_bot_audio(1000, CallerAudio.tone(300, 300, 0.4)),
+                CallerAudio.silence(150),  # more than the VAD's 100 ms, less than a finished turn's 200
+                CallerAudio.tone(300, 400, 0.4),
+                CallerAudio.silence(3000),
+            ]
+        )
+        session = await stack.engine.wait_for_session()
+        answer = await session.wait_for_client_event("response.create", ours, timeout=8)
+        committed = [e for e in session.server_events if e["type"] == "input_audio_buffer.committed"]
+        assert len(committed) == 2 and answer["_t"] >= committed[1]["_t"]  # split in two, answered after both
+        decision = interruptions(stack, call)[0]
+        assert (decision["outcome"], decision["reason"]) == ("cut", "stop_word")
+        await call.wait_bot_silence(500, timeout=6)  # the answer has played
+        assert len([e for e in client(session, "response.create") if ours(e)]) == 1
+        await call.hangup()
+        assert call.protocol_errors == [] and session.protocol_errors == []
+
+
 async def test_a_short_sound_plays_the_bot_on_until_its_stop_word_cuts_it_to_what_was_heard() -> None:
     # The words of a 400 ms "wait" come 700 ms after its turn closes: the bot does not stay silent that long.
     config = RealtimeSimConfig(reply_ms=6000, speed=1.2, transcribe=said("wait", "wait"), transcription_delay_ms=700)
@@ -229,7 +254,7 @@ async def test_the_caller_going_on_after_a_short_sound_holds_the_bot_again_at_on
         session = await stack.engine.wait_for_session()
         await session.wait_for_client_event("conversation.item.truncate", timeout=10)
         answer = await session.wait_for_client_event("response.create", ours, timeout=6)
-        # While paused the VAD closes a turn after 200 ms of silence (the offline engine applies a session.update
+        # While paused the VAD closes a turn after 100 ms of silence (the offline engine applies a session.update
         # from its next 20 ms window on, mid-utterance too): the 300 ms breath split the caller's sentence in two.
         # They get one answer, once the sentence's last part is committed; not one to "okay" while they talk.
         committed = [e for e in session.server_events if e["type"] == "input_audio_buffer.committed"]

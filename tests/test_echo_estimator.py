@@ -156,3 +156,59 @@ def test_a_sound_still_going_is_not_judged() -> None:
     est.cut(T0 + held / RATE)
     feed_line(bot, line, range(begins // FRAME, (begins + RATE) // FRAME))
     assert not est.followed_bot(T0 + begins / RATE)
+
+
+def test_a_line_with_nothing_on_it_is_not_echo() -> None:
+    """A pause whose sound is not on the line any more (only the line's own noise since `start`): nothing stands
+    out of it, so there is nothing to judge (this once raised, and took the call down)."""
+    rng = np.random.default_rng(4)
+    audio = speechlike(6.0, rng)
+    begins, held = 4 * RATE, 4 * RATE + int(0.15 * RATE)
+    est = EchoEstimator(RATE)
+    bot = Bot(est, audio, held)
+    line = np.full(len(audio), 20.0)  # a flat line: every slot the same level
+    feed_line(bot, line, range(0, (begins + RATE // 2) // FRAME))
+    est.cut(T0 + held / RATE)
+    assert not est.followed_bot(T0 + begins / RATE)
+
+
+def test_a_sound_over_is_correlated_once_however_often_it_is_asked(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A pause re-asks on every frame while it waits; the answer stays, the work is done once per sound."""
+    est, began = pause_on_sound(np.random.default_rng(0), None, delay_ms=120, loss_db=-20.0)
+    calls = []
+    correlate = est._correlate
+
+    def counted(begin: int, end: int, stopped: int) -> tuple[float, int, float] | None:
+        calls.append((begin, end))
+        return correlate(begin, end, stopped)
+
+    monkeypatch.setattr(est, "_correlate", counted)
+    assert est.followed_bot(began) and est.followed_bot(began)
+    quiet = pcm(line_noise(FRAME, np.random.default_rng(9)))
+    for _ in range(3):  # more quiet frames: the same sound, still over
+        est.inbound(quiet, (est._in_last + 3) * 0.01 + 0.004)
+        assert est.followed_bot(began)
+    assert len(calls) == 1
+    est.cut(began)  # the bot's kept audio changed: asked afresh
+    est.followed_bot(began)
+    assert len(calls) == 2
+
+
+@pytest.mark.parametrize("delay_ms", [60, 150, 240])
+def test_a_tones_echo_takes_the_delay_its_end_shows(delay_ms: int) -> None:
+    """A tone (or a voice held on one pitch) repeats itself every period: its samples match the bot's at many
+    delays equally well. The one taken is where the sound's end put it (it stopped one echo delay after the bot),
+    not whichever peak numerical noise puts first (300 ms, once: the next echo was not recognised)."""
+    for seed in range(4):
+        rng = np.random.default_rng(seed)
+        audio = 0.3 * 32768 * np.sin(2 * np.pi * 440 * np.arange(6 * RATE) / RATE)
+        begins, held = 4 * RATE, 4 * RATE + int(0.15 * RATE)
+        est = EchoEstimator(RATE)
+        bot = Bot(est, audio, held)
+        line = line_noise(len(audio), rng)
+        feed_line(bot, line, range(0, begins // FRAME))
+        line += delayed(audio, delay_ms, -18.0, begins, held)
+        est.cut(T0 + held / RATE)
+        feed_line(bot, line, range(begins // FRAME, (held + int((delay_ms + 60) * RATE / 1000)) // FRAME))
+        assert est.followed_bot(T0 + begins / RATE), seed
+        assert est.delay_ms is not None and abs(est.delay_ms - delay_ms) <= 20, (seed, est.delay_ms)

@@ -18,8 +18,9 @@ from agent.audio.codecs import Int16Array, mulaw_to_pcm16, pcm16_to_mulaw
 from agent.engine.speech import missing_packages
 from agent.testkit.interruptions.analysis import figures, outcomes_of_call
 from agent.testkit.interruptions.caller import CallRun, EngineOptions, EventRun
+from agent.testkit.interruptions.engine import Manifest
 from agent.testkit.interruptions.report import run_side
-from agent.testkit.interruptions.sounds import ANSWERS, Event, save_manifest
+from agent.testkit.interruptions.sounds import ANSWERS, RATE, Event, caller_sounds, load_manifest, save_manifest
 
 FRAME = 160  # 20 ms at 8 kHz
 
@@ -144,3 +145,29 @@ async def test_immediate_mode_recalls_a_real_interruption_and_a_cough_cuts_the_b
     assert (cough_fig["n"], cough_fig["cut_pct"], cough_fig["paused_pct"]) == (1, 100.0, 0.0)
     assert fig["real"]["resumed_then_cut"] == 0
     assert fig["real"]["talk_total_ms"]["p95"] == pytest.approx(r["talk_over_ms"], abs=0.1)
+
+
+@pytest.mark.skipif(bool(missing_packages("espeakng_loader")), reason="needs the sim extra (eSpeak NG)")
+def test_the_engine_transcribes_a_part_of_a_sound_as_the_words_in_that_part(tmp_path: Path) -> None:
+    """The VAD's short silence while the bot is paused closes "okay, | but I wanted Thursday" at its comma: each
+    committed part is transcribed as the words said in it (an ideal recogniser), not as the bot's own words."""
+    manifest = tmp_path / "manifest.npz"
+    save_manifest(manifest)
+    known = Manifest(load_manifest(manifest))
+    pcm = caller_sounds()["real: okay, but I wanted Thursday"].pcm
+    rng = np.random.default_rng(5)
+
+    def turn(part: Int16Array) -> Int16Array:  # as committed: padding and the VAD's silence around it, line noise
+        padded = np.concatenate([np.zeros(2400), part, np.zeros(800)]) + rng.normal(0, 40, len(part) + 3200)
+        return mulaw_to_pcm16(pcm16_to_mulaw(np.clip(padded, -32767, 32767).astype(np.int16)))
+
+    x = pcm.astype(np.float64)
+    w = 80
+    quiet = np.sqrt((x[: len(x) // w * w].reshape(-1, w) ** 2).mean(axis=1)) < 250
+    comma = next(i for i in range(12, len(quiet)) if quiet[i - 12 : i + 1].all()) * w  # 130 ms quiet: the comma
+    assert known.match(turn(pcm), RATE)[0] == "okay, but I wanted Thursday"
+    assert known.match(turn(pcm[:comma]), RATE)[0] == "okay"
+    assert known.match(turn(pcm[comma:]), RATE)[0] == "but I wanted Thursday"
+    assert known.match(turn(caller_sounds()["backchannel: okay"].pcm), RATE)[0] == "okay"
+    noise = np.clip(rng.normal(0, 3000, 4000), -32767, 32767).astype(np.int16)
+    assert known.match(turn(noise), RATE)[0] is None  # no caller sound: the bot's echo, say

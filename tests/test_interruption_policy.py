@@ -195,3 +195,28 @@ def test_local_evidence_resumes_noise_and_short_sounds_without_the_model() -> No
     assert local(local_quiet_ms=0.0, local_ms=300.0, local_voiced_ms=260.0).verdict is Verdict.WAIT
     # A transcript overrides the line: a stop word cuts whatever the line showed.
     assert local(transcript="stop", local_quiet_ms=300.0, local_ms=300.0).verdict is Verdict.CUT
+
+
+def test_words_that_would_resume_wait_until_the_caller_has_finished() -> None:
+    """While paused the VAD closes a turn after a short silence, so the words of "okay, | but I meant Thursday"
+    may come at the breath: the bot resumes only once the caller has been quiet for `turn_end_ms`, on the line
+    (the detector heard them) or by the VAD (its silence, then the time since its speech_stopped)."""
+    end = RULES.turn_end_ms
+    for said in ("okay", "mm-hmm", "", "Tuesday"):
+        breath = decide(ev(transcript=said, stopped_ms=30, local_quiet_ms=130.0, local_ms=300.0), RULES, EN)
+        assert breath.verdict is Verdict.WAIT and breath.recheck_ms == pytest.approx(end - 130), said
+        talking = decide(ev(transcript=said, stopped_ms=90, local_quiet_ms=0.0, local_ms=80.0), RULES, EN)
+        assert talking.verdict is Verdict.WAIT, said  # they went on: the VAD has not heard it yet
+        assert decide(ev(transcript=said, stopped_ms=30, local_quiet_ms=end), RULES, EN).verdict is Verdict.RESUME
+        by_vad = {"transcript": said, "vad_silence_ms": 100.0}
+        assert decide(ev(**by_vad, stopped_ms=60), RULES, EN).verdict is Verdict.WAIT, said
+        assert decide(ev(**by_vad, stopped_ms=end - 100), RULES, EN).verdict is Verdict.RESUME, said
+    # Never past the longest pause: a line that is never quiet (a television) does not hold the bot for good.
+    noisy = decide(ev(transcript="okay", local_quiet_ms=0.0, paused_ms=RULES.max_pause_ms - 50), RULES, EN)
+    assert noisy.verdict is Verdict.WAIT and noisy.recheck_ms == pytest.approx(50)
+    assert decide(ev(transcript="okay", local_quiet_ms=0.0, paused_ms=RULES.max_pause_ms), RULES, EN).verdict is (
+        Verdict.RESUME
+    )
+    # What cuts still cuts at once.
+    assert decide(ev(transcript="okay stop", stopped_ms=0, local_quiet_ms=0.0), RULES, EN).verdict is Verdict.CUT
+    assert decide(ev(transcript="okay a table for four", local_quiet_ms=0.0), RULES, EN).verdict is Verdict.CUT

@@ -32,6 +32,7 @@ _ACTIVE_DB = -50.0  # the bot is audible in a slot above this
 _FULL_SCALE = 32768.0**2
 _ABOVE_LINE_DB = 10.0  # a sound stands this far above the line's own floor
 _WAVE_SLOTS = 128  # 1.28 s of samples kept on each side, for `followed_bot`
+_TIE = 0.02  # correlation peaks this close to the best are as good: the sound's end tells them apart
 
 
 def _db(power: float) -> float:
@@ -80,6 +81,8 @@ class EchoEstimator:
         self.corr = 0.0
         self._quiet_windows = 0
         self.no_echo = False  # the line showed no echo while the bot talked: the prior is off
+        self._ref_version = 0  # bumped whenever kept samples change, either side (`followed_bot`'s cache)
+        self._followed: tuple[tuple[int, int, int, int], tuple[float, int, float] | None] | None = None
 
     # --- the bot's side ------------------------------------------------------------------------------------
 
@@ -92,6 +95,7 @@ class EchoEstimator:
         blocks = raw.astype(np.float64)
         levels = 10 * np.log10(np.mean(blocks * blocks, axis=1) / _FULL_SCALE + 1e-10)
         first = int(start / _SLOT_S)
+        self._ref_version += 1
         keep = min(n, _WAVE_SLOTS)
         slots = np.arange(first + n - keep, first + n)
         self._bot_wave[slots % _WAVE_SLOTS] = raw[n - keep :]
@@ -106,6 +110,7 @@ class EchoEstimator:
         first = int(at / _SLOT_S) + 1
         if first > self._ref_last:
             return
+        self._ref_version += 1
         for slot in range(max(first, self._ref_last - _RING + 1), self._ref_last + 1):
             self._ref_slot[slot % _RING] = -1
         self._ref_last = first - 1
@@ -116,6 +121,7 @@ class EchoEstimator:
         first = int(after / _SLOT_S)
         if move <= 0 or first > self._ref_last:
             return
+        self._ref_version += 1
         for slot in range(self._ref_last, max(first, self._ref_last - _RING + move + 1) - 1, -1):
             at = slot % _RING
             if self._ref_slot[at] == slot:
@@ -153,6 +159,8 @@ class EchoEstimator:
         # Frames arrive late (jitter), never early: the earliest arrival dates the stream; it may drift later slowly.
         self._anchor = offset if self._anchor is None or offset < self._anchor else self._anchor + 0.0002
         end_slot = int((self._anchor + self._in_samples / self.rate) / _SLOT_S)
+        if end_slot - n < self._in_last:
+            self._ref_version += 1  # a slot already kept is written again (the stream dated afresh)
         self._in_last = max(self._in_last, end_slot)
         echo = True
         for j in range(n):
@@ -227,34 +235,49 @@ class EchoEstimator:
         if any(self._in_slot[s % _RING] != s for s in range(first, last + 1)):
             return False
         inbound = np.array([self._in_db[s % _RING] for s in range(first, last + 1)])
-        loud = inbound >= max(float(inbound.max()) - 25.0, float(inbound.min()) + _ABOVE_LINE_DB)
-        begin, end = first + int(np.flatnonzero(loud)[0]), first + int(np.flatnonzero(loud)[-1])  # the sound
+        loud = np.flatnonzero(inbound >= max(float(inbound.max()) - 25.0, float(inbound.min()) + _ABOVE_LINE_DB))
+        if not len(loud):
+            return False  # nothing stands out of the line since `start`: no sound to judge
+        begin, end = first + int(loud[0]), first + int(loud[-1])  # the sound
         bot_end = min(self._ref_last, last)
         while bot_end > first - self._max_lag and self._ref_level(bot_end) <= _ACTIVE_DB:
             bot_end -= 1
         if end >= last or end - begin < 2 or not self._min_lag - 3 <= end - bot_end <= self._max_lag + 3:
             return False  # still sounding, too short to tell, or it did not stop with the bot
+        # A pause re-asks on every frame while it waits; the sound, once over, is correlated only once.
+        key = (begin, end, bot_end, self._ref_version)
+        if self._followed is None or self._followed[0] != key:
+            self._followed = (key, self._correlate(begin, end, (end - bot_end) * self._slot_n))
+        match = self._followed[1]
+        if match is None or match[0] < min_corr or match[2] > max_loss_db:
+            return False
+        self.corr = match[0]
+        self.delay_slots = round((self._max_lag * self._slot_n - match[1]) / self._slot_n)
+        self.loss_db = match[2]
+        self.no_echo, self._quiet_windows = False, 0
+        return True
+
+    def _correlate(self, begin: int, end: int, stopped: int) -> tuple[float, int, float] | None:
+        """The line's sound over slots [begin, end] against the bot's samples at every echo delay: the best
+        normalised cross-correlation, its offset (samples short of `max_lag` slots) and the loss there (dB);
+        None for a sound with no energy. Of peaks within `_TIE` of the best (a voice held on one pitch, a tone,
+        repeats itself every period), the one nearest `stopped` (samples): the delay the sound's end showed."""
         y = self._wave(self._in_wave, self._in_wave_slot, begin, end)
         x = self._wave(self._bot_wave, self._bot_wave_slot, begin - self._max_lag, end - self._min_lag, bot=True)
         y -= y.mean()
         y_energy = float(np.dot(y, y))
         if y_energy <= 0:
-            return False
+            return None
         size = 1 << (len(x) + len(y)).bit_length()
         # Entry k: x shifted by (max_lag slots - k samples) against y; only whole overlaps ("valid").
         products = np.fft.irfft(np.fft.rfft(x, size) * np.conj(np.fft.rfft(y, size)), size)[: len(x) - len(y) + 1]
         energy = np.cumsum(np.concatenate([[0.0], x * x]))
         x_energy = energy[len(y) :] - energy[: len(x) - len(y) + 1]
         corr = products / np.sqrt(np.maximum(x_energy, 1e-9) * y_energy)
-        k = int(np.argmax(corr))
-        loss_db = 10 * math.log10(y_energy / max(float(x_energy[k]), 1e-9))
-        if corr[k] < min_corr or loss_db > max_loss_db:
-            return False
-        self.corr = float(corr[k])
-        self.delay_slots = round((self._max_lag * self._slot_n - k) / self._slot_n)
-        self.loss_db = loss_db
-        self.no_echo, self._quiet_windows = False, 0
-        return True
+        near = np.flatnonzero(corr >= float(corr.max()) - _TIE)
+        delays = self._max_lag * self._slot_n - near
+        k = int(near[np.argmin(np.abs(delays - stopped))])
+        return float(corr[k]), k, 10 * math.log10(y_energy / max(float(x_energy[k]), 1e-9))
 
     def _wave(self, ring: np.ndarray, stamps: np.ndarray, first: int, last: int, *, bot: bool = False) -> np.ndarray:
         """Samples of slots [first, last] from a ring, as floats; zeros where none are kept (for the bot: where it

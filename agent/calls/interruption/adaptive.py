@@ -34,7 +34,10 @@ from agent.protocol.realtime import client_commands, session_config
 from agent.waiting import wait_event
 
 NOISE_BACKOFF_S = 1.5  # after a pause on a sound the model did not take for speech, only voiced onsets count
-PAUSE_VAD_SILENCE_MS = 200.0  # while paused the server VAD closes the caller's turn after this much silence
+# While paused the server VAD closes the caller's turn after this much silence: its words are on their way while
+# the policy waits for the caller to have finished (`Rules.turn_end_ms`, 200 ms), not only after that.
+PAUSE_VAD_SILENCE_MS = 100.0
+FED_S = 0.1  # no frame through the line's detector for this long: it is not listening (the bot is silent)
 ECHO_END_MS = 40.0  # a sound over for this long may be judged by its end: did it stop one echo delay after the bot?
 
 
@@ -79,7 +82,7 @@ class Pause:
     voiced_ms: float = 0.0  # the most voicing any sound of this pause had (a word's last consonant is unvoiced)
     quiet_s: float = 0.0  # how long the line was held, over the spells of this pause that ended
 
-    def evidence(self, now: float, detector: SpeechOnset | None = None) -> Evidence:
+    def evidence(self, now: float, detector: SpeechOnset | None = None, vad_silence_ms: float = 0.0) -> Evidence:
         vad = bool(self.items)
         latest = self.items[-1] if self.items else None
         speaking = self.stopped_at is None
@@ -102,6 +105,7 @@ class Pause:
             tail_unvoiced=(
                 detector is not None and detector.voiced_ms == 0 and detector.sound_ms > 0 and self.voiced_ms > 0
             ),
+            vad_silence_ms=vad_silence_ms,
         )
 
     def held_ms(self, now: float) -> float:
@@ -141,6 +145,9 @@ class AdaptiveTurns:
         self._all_onsets_ignored_until = 0.0  # until then, none does
         self._noise_resumed_at = float("-inf")
         self.local: SpeechOnset | None = None  # the caller's line detector (`CallerAudio`), if any
+        self._heard_at = float("-inf")  # the latest frame the detector heard (playout clock)
+        self._sound = asyncio.Event()  # set on every frame the detector hears
+        self._held_answer: str | None = None  # a cut turn answered once the caller has finished, not at a breath
 
     # --- evidence in -------------------------------------------------------------------------------------------
 
@@ -164,6 +171,7 @@ class AdaptiveTurns:
     async def on_speech_started(self, item_id: str, audio_start_ms: int) -> None:
         ctx = self._ctx
         self._vad_item = item_id
+        self._held_answer = None  # the caller went on: this item's commit is answered, with all they said
         if ctx.ending.closing:
             return
         now = ctx.playout.clock()
@@ -204,6 +212,8 @@ class AdaptiveTurns:
 
     def on_local_sound(self, loud: bool) -> None:
         """A frame of the caller's line went through the detector: new local evidence for a pause."""
+        self._heard_at = self._ctx.playout.clock()
+        self._sound.set()
         pause = self.pause
         if pause is not None:
             pause.local = pause.local or loud
@@ -300,7 +310,7 @@ class AdaptiveTurns:
     async def _watch(self, pause: Pause) -> None:
         while self.pause is pause:
             pause.changed.clear()
-            evidence = pause.evidence(self._ctx.playout.clock(), self.local)
+            evidence = pause.evidence(self._ctx.playout.clock(), self.local, self._silence_ms)
             if self._echo_ended(pause, evidence):
                 evidence = replace(evidence, echo=True)
             decision = decide(evidence, self.rules, self.words)
@@ -350,7 +360,8 @@ class AdaptiveTurns:
             for item_id in committed:
                 self._fates.pop(item_id, None)
             if committed and (self._vad_item is None or self._vad_item not in pause.items):
-                await self._answer(committed[-1])
+                self._held_answer = committed[-1]
+                self._spawn(self._answer_once_done(committed[-1]), "answer-when-done")
             return
         self._line.release_held()
         ctx.metrics.early_clear_false_alarms.inc()
@@ -386,6 +397,27 @@ class AdaptiveTurns:
         )
 
     # --- the caller's turns ---------------------------------------------------------------------------------
+
+    async def _answer_once_done(self, item_id: str) -> None:
+        """Answer a cut turn once the caller has been quiet for `Rules.turn_end_ms` on the line: its words may
+        have come at a breath ("wait, | wait, I meant..."). If they go on, the VAD's next item takes over (its
+        commit is answered) and this answer is dropped."""
+        end_ms, since = self.rules.turn_end_ms, self._ctx.playout.clock()
+        while self._held_answer == item_id:
+            now = self._ctx.playout.clock()
+            # The line's own quiet, in audio heard (late frames under load are still counted); once the detector
+            # is not fed any more (the bot's echo tail is over), the time since it last was.
+            detector = self.local
+            if detector is not None and now - self._heard_at < FED_S:
+                quiet_ms = detector.quiet_ms
+            else:
+                quiet_ms = (now - max(since, self._heard_at)) * 1000
+            if quiet_ms >= end_ms:
+                self._held_answer = None
+                await self._answer(item_id)
+                return
+            self._sound.clear()
+            await wait_event(self._sound, max(end_ms - quiet_ms, 20.0) / 1000)
 
     async def _answer(self, item_id: str) -> None:
         """A real turn: ask for its answer now (after the interrupted answer's end, if that is still on its way)."""

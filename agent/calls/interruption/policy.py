@@ -17,6 +17,10 @@ line (`NOISE_END_MS` when it ended on an unvoiced burst: a word's last consonant
 bot plays on from where it stopped while the pause stays open: a transcript with a stop word or content words
 still cuts it (then, to what was heard, the resumed part included), and the caller starting again pauses it
 again. The transcript of a murmur takes 0.05-1.5 s; the bot need not be silent that long for it.
+
+Words that would resume the bot wait until the caller has been quiet for `turn_end_ms` (on the line, or by the
+VAD): while paused the VAD closes a turn after a shorter silence, so that its words are on their way while that
+runs; a breath inside a sentence ("okay, | but I meant Thursday") splits it, and the rest decides.
 """
 
 from __future__ import annotations
@@ -56,6 +60,9 @@ class Rules:
     # A short voiced sound over for this long: play on while its words come (0: off). Shorter plays on in the
     # breath after a sentence's first word ("no, | stop"): 140-180 ms in the bench's speech.
     resume_quiet_ms: float = 200.0
+    # A caller quiet this long has finished what they were saying: words that would resume the bot wait for it.
+    # While paused the VAD closes a turn sooner (`vad_silence_ms`), so that its words come while this runs.
+    turn_end_ms: float = 200.0
 
 
 @dataclass(frozen=True)
@@ -73,6 +80,15 @@ class Evidence:
     local_voiced_ms: float = 0.0
     playing: bool = False  # resumed provisionally (PLAY): the bot plays while the pause waits for the words
     tail_unvoiced: bool = False  # the latest sound had no voice, an earlier one had: a word's last consonant
+    vad_silence_ms: float = 0.0  # the silence the VAD waits for before its speech_stopped
+
+    @property
+    def caller_quiet_ms(self) -> float | None:
+        """How long the caller has been quiet: on the line itself if the detector heard them, else by the VAD
+        (its silence, then the time since it said they stopped); None while the VAD hears them."""
+        if self.local_quiet_ms is not None:
+            return self.local_quiet_ms
+        return None if self.stopped_ms is None else self.stopped_ms + self.vad_silence_ms
 
 
 def decide(e: Evidence, rules: Rules, words: WordLists) -> Decision:
@@ -86,6 +102,10 @@ def decide(e: Evidence, rules: Rules, words: WordLists) -> Decision:
             return Decision(Verdict.CUT, "words")
         if e.speech_ms >= rules.long_speech_ms:
             return Decision(Verdict.CUT, "duration")
+        quiet = e.caller_quiet_ms
+        if quiet is not None and quiet < rules.turn_end_ms and not e.playing and e.paused_ms < rules.max_pause_ms:
+            # They may go on: hear it all (though never past the longest pause: a noisy line is never quiet).
+            return Decision(Verdict.WAIT, recheck_ms=min(rules.turn_end_ms - quiet, rules.max_pause_ms - e.paused_ms))
         if heard.content == 0:
             return Decision(Verdict.RESUME, "noise" if heard.empty else "backchannel")
         if e.speech_ms >= rules.short_speech_ms:

@@ -41,6 +41,7 @@ from agent.testkit.interruptions.sounds import ANSWERS, FALSE_KINDS, RATE
 PER_MS = RATE / 1000
 MIN_SEARCH = 16  # shorter pieces are only attributed as the continuation of the one before
 TICK_MS = 20.0
+STAGES = ("vad_stopped", "transcript", "decided", "resumed")
 LEFT_MS = 1000.0  # an event lands mid-answer when at least this much of the answer is still to come
 
 
@@ -75,6 +76,10 @@ class Outcome:
     resumed: bool = False
     pause_ms: float = 0.0
     dead_air_ms: float | None = None
+    # Where the dead air went (ms after the caller's sound ended, on the shared monotonic clock): the engine's
+    # speech_stopped and transcript of the caller's item, the client's delete of it (the decision to resume),
+    # and the bot back on the line. Empty when the item or the clocks are unknown.
+    stages_ms: dict[str, float] = field(default_factory=dict)
     skipped_ms: float = 0.0  # positions jumped over at resumes (negative: repeated)
     lost_ms: float = 0.0
     engine_status: str | None = None
@@ -226,6 +231,8 @@ def outcomes_of_call(call: CallRun, session: dict[str, Any] | None) -> tuple[lis
         o.skipped_ms = sum(s for _, s in gaps) / PER_MS
         if o.resumed and o.sound_ms > 0:
             o.dead_air_ms = after[1].t - (t + o.sound_ms)
+            if call.t0 is not None:
+                o.stages_ms = _stages(session, call.t0, t, t + o.sound_ms, after[1].t)
         if o.cut:
             o.talk_over_ms = after[0].t_end - t
             o.talk_total_ms = sum(r.t_end - max(r.t, t) for r in after)
@@ -237,6 +244,26 @@ def outcomes_of_call(call: CallRun, session: dict[str, Any] | None) -> tuple[lis
             o.truncated_ms = truncates[item]
             o.truncate_error_ms = abs(truncates[item] - furthest / PER_MS)
     return out, unknown_ms
+
+
+def _stages(session: dict[str, Any], t0: float, onset: float, end: float, resumed: float) -> dict[str, float]:
+    """The dead air's stages (see `Outcome.stages_ms`), for the caller item the VAD opened between the onset and
+    the resume (call-clock ms in; ms after `end` out)."""
+    lo, hi = t0 + onset / 1000 - 0.05, t0 + resumed / 1000
+    started = [v for v in session["vad"] if v["type"] == "speech_started" and lo <= v["t"] <= hi]
+    stages = {"resumed": resumed - end}
+    if not started:
+        return stages
+    item = started[-1]["item_id"]
+    found = {
+        "vad_stopped": [v["t"] for v in session["vad"] if v["type"] == "speech_stopped" and v["item_id"] == item],
+        "transcript": [x["t"] for x in session["transcripts"] if x["item_id"] == item],
+        "decided": [d["t"] for d in session["deletes"] if d["item_id"] == item],
+    }
+    for stage, times in found.items():
+        if times:
+            stages[stage] = (times[0] - t0) * 1000 - end
+    return stages
 
 
 def analyse(calls: list[CallRun], engine: dict[str, Any]) -> dict[str, Any]:
@@ -310,6 +337,9 @@ def figures(outcomes: list[Outcome]) -> dict[str, Any]:
             "paused_pct": _pct(sum(o.paused for o in ks), len(ks)),
             "resume_pause_ms": _p50_p95([o.pause_ms for o in ks if o.resumed]),
             "dead_air_ms": _p50_p95([o.dead_air_ms for o in ks if o.dead_air_ms is not None]),
+            "stages_ms_p50": {
+                stage: percentile([o.stages_ms[stage] for o in ks if stage in o.stages_ms], 50) for stage in STAGES
+            },
         }
         for k in FALSE_KINDS
     }

@@ -144,6 +144,7 @@ class CallRun:
     keys: list[str] = field(default_factory=list)
     error: str | None = None
     protocol_errors: list[str] = field(default_factory=list)
+    t0: float | None = None  # time.monotonic() of the call clock's 0 (the engine's records use the same clock)
 
 
 async def _event(call: SimCall, line: Line, run: EventRun, question: str) -> None:
@@ -219,6 +220,7 @@ async def one_call(timed: TimedCarrier, index: int, events: list[Event], seed: i
     if call is None:
         return result
     t0 = next(e.t for e in call.timeline if e.kind == "start_sent")
+    result.t0 = t0
     result.pieces = list(call.bot_pieces)
     result.clears_ms = [(c.t - t0) * 1000 for c in call.clears]
     result.keys = lines[0].keys if lines else []

@@ -21,7 +21,9 @@ import argparse
 import asyncio
 import base64
 import contextlib
+import itertools
 import json
+import re
 import signal
 import sys
 from http import HTTPStatus
@@ -43,21 +45,84 @@ from agent.waiting import within
 
 KEY_FRAMES = 150  # caller frames (20 ms each) keyed per session, to pair it with its call
 MATCH_MIN = 0.6  # normalised correlation a committed turn needs with a caller sound to be "that sound"
+PART_LEVEL = 400  # int16: louder samples are the caller's (the line's noise is about 40 RMS)
+PART_MIN = 400  # samples (50 ms): a shorter part of a sound is no word
+BREATH_WINDOWS = 8  # 10 ms windows: at least this much quiet inside a sound may be a breath between phrases
+WHOLE_SHARE = 0.85  # a turn whose caller part is shorter than this share of the sound it matches holds a part
 BOT_NOISE = 60  # int16 amplitude of the noise floor on every reply
 
 
+def _word_middles(text: str, sound: np.ndarray) -> list[tuple[str, int]]:
+    """Each word of `text` and the sample where its middle falls in `sound`: its phrases (between commas) are the
+    sound's stretches between its longest breaths, each word placed by its share of its phrase's letters (by its
+    share of all the letters over the whole sound when the breaths are too few)."""
+    win = RATE // 100
+    quiet = np.sqrt(np.mean(sound[: len(sound) // win * win].reshape(-1, win) ** 2, axis=1)) < PART_LEVEL
+    breaths: list[tuple[int, int]] = []  # (windows, first window) of each quiet run
+    at = 0
+    for q, group in itertools.groupby(quiet.tolist()):
+        n = len(list(group))
+        if q and n >= BREATH_WINDOWS:
+            breaths.append((n, at))
+        at += n
+    phrases = [p.split() for p in re.split(r"[,.?!]", text) if p.split()]
+    cuts = sorted(sorted(breaths, reverse=True)[: len(phrases) - 1], key=lambda b: b[1])
+    if len(cuts) != len(phrases) - 1:
+        phrases, cuts = [text.split()], []
+    edges = [0, *[b * win for n, b in cuts for b in (b, b + n)], len(sound)]
+    out: list[tuple[str, int]] = []
+    for words, a, b in zip(phrases, edges[::2], edges[1::2], strict=True):
+        letters, pos = sum(len(w) for w in words), 0
+        for word in words:
+            out.append((word.strip(",.?!"), a + round((pos + len(word) / 2) / letters * (b - a))))
+            pos += len(word)
+    return out
+
+
 class Manifest:
-    """Recognises a committed caller turn as one of the known caller sounds (or as none of them)."""
+    """Recognises a committed caller turn as one of the known caller sounds (or as none of them), or as a part of
+    one: the VAD's short silence while the bot is paused may close a turn at a breath ("okay, | wait, ...")."""
 
     def __init__(self, sounds: list[tuple[str, Int16Array]]) -> None:
         self._sounds = [(text, pcm.astype(np.float64)) for text, pcm in sounds]
 
     def match(self, audio: Int16Array, rate: int) -> tuple[str | None, float]:
-        """(text of the best-matching sound, its score); text None below MATCH_MIN."""
+        """(text of the best-matching sound, or of the part of one the turn holds; its score); text None below
+        MATCH_MIN."""
         x = audio.astype(np.float64) if rate == RATE else soxr.resample(audio.astype(np.float64), rate, RATE)
+        whole, length = self._whole(x)
+        loud = np.flatnonzero(np.abs(x) > PART_LEVEL)
+        if len(loud) < PART_MIN or (whole[0] is not None and loud[-1] - loud[0] >= WHOLE_SHARE * length):
+            return whole
+        part = self._part(x[loud[0] : loud[-1] + 1])  # the caller's part, without the VAD's padding and silence
+        return part if part[0] is not None else whole
+
+    def _part(self, y: np.ndarray) -> tuple[str | None, float]:
+        """The turn as a stretch of a longer sound: the words spoken in that stretch (each word's middle placed
+        by its share of the letters in the sound's voiced time), "" when it holds none of a word's middle."""
+        n = len(y)
         best: tuple[str | None, float] = (None, 0.0)
+        for text, sound in self._sounds:
+            m = len(sound)
+            if m <= n:
+                continue
+            size = 1 << int(np.ceil(np.log2(m + n)))
+            corr = np.fft.irfft(np.fft.rfft(sound, size) * np.conj(np.fft.rfft(y, size)), size)[: m - n + 1]
+            energy = np.concatenate([[0.0], np.cumsum(sound * sound)])
+            window = energy[n:] - energy[: m - n + 1]
+            score = corr / (np.sqrt(np.maximum(window, 1.0)) * np.sqrt(float(y @ y)))
+            at = int(np.argmax(score))
+            if score[at] > best[1]:
+                heard = " ".join(w for w, mid in _word_middles(text, sound) if at <= mid < at + n)
+                best = (heard, float(score[at]))
+        return best if best[1] >= MATCH_MIN else (None, best[1])
+
+    def _whole(self, x: np.ndarray) -> tuple[tuple[str | None, float], int]:
+        """(the best-matching whole sound's text, or None; its score), and that sound's length in samples."""
+        best: tuple[str | None, float] = (None, 0.0)
+        length = 0
         if len(x) == 0:
-            return best
+            return best, length
         for text, sound in self._sounds:
             m = len(sound)
             padded = np.concatenate([np.zeros(m), x, np.zeros(m)])
@@ -70,8 +135,8 @@ class Manifest:
             inside = np.minimum(np.arange(len(window)) + 1, m) / m
             top = float(np.max(score * np.sqrt(inside)))
             if top > best[1]:
-                best = (text, top)
-        return best if best[1] >= MATCH_MIN else (None, best[1])
+                best, length = (text, top), m
+        return (best if best[1] >= MATCH_MIN else (None, best[1])), length
 
 
 class SpokenReplies:

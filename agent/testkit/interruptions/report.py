@@ -14,7 +14,7 @@ from typing import Any
 from agent.testkit import procs
 from agent.testkit.bench.sides import agent_setting
 from agent.testkit.bench.tool import cancel_on_signals, machine_info
-from agent.testkit.interruptions.analysis import analyse
+from agent.testkit.interruptions.analysis import STAGES, analyse
 from agent.testkit.interruptions.caller import MODES, EngineOptions, Mode, run_mode
 from agent.testkit.interruptions.sounds import Event, Kind, plan_events, save_manifest
 
@@ -164,6 +164,11 @@ def render(report: dict[str, Any]) -> str:
                 f"    {label}: {what} p50/p95 ms",
                 [f"{_fmt(f['by_kind'][kind][key]['p50'])}/{_fmt(f['by_kind'][kind][key]['p95'])}" for f in false],
             )
+    for kind, label in (("backchannel", "backchannels"), ("cough", "coughs / noise")):
+        row(
+            f"    {label}: VAD stop/words/decided/line p50",
+            ["/".join(_fmt(f["by_kind"][kind].get("stages_ms_p50", {}).get(s)) for s in STAGES) for f in false],
+        )
     row(
         "  answer audio lost on a resume, ms total",
         checked(
@@ -199,7 +204,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         description="Interruptions, backchannels, coughs and echo while the bot talks: relay vs the agent's modes.",
     )
     parser.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES), help="sides to run (default all)")
-    parser.add_argument("--real", type=int, default=8, help="real interruptions (default 8)")
+    parser.add_argument("--real", type=int, default=9, help="real interruptions (default 9)")
     parser.add_argument("--backchannels", type=int, default=8, help="backchannels (default 8)")
     parser.add_argument("--coughs", type=int, default=6, help="coughs and noise bursts (default 6)")
     parser.add_argument("--echo", type=int, default=6, help="echo episodes (default 6)")

@@ -56,6 +56,8 @@ REAL: Final = (
     ("actually I need to change my booking to next Thursday afternoon because I am travelling", "en-us", 175),
     ("excuse me, that is not what I asked", "en-us", 175),
     ("no no, the other branch, the one near the station", "en-us", 175),
+    # A backchannel, a breath (160 ms), then the turn: the words of "okay" alone must not resume the bot.
+    ("okay, but I wanted Thursday", "en-us", 175),
 )
 # Backchannels, 250-600 ms: the caller is listening, not taking the turn.
 BACKCHANNELS: Final = (
