@@ -20,6 +20,7 @@ Pure numpy, no I/O; a few microseconds per 20 ms frame (see the report in docs-i
 from __future__ import annotations
 
 import math
+from array import array
 
 import numpy as np
 
@@ -61,12 +62,13 @@ class EchoEstimator:
         self._window = int(window_s / _SLOT_S)
         self.min_corr = min_corr
         self._estimate_every = estimate_every
-        # Rings of 10 ms slots, each stamped with its absolute slot number (plain lists: read one by one, fast).
-        self._ref_db = [_FLOOR_DB] * _RING
-        self._ref_slot = [-1] * _RING
+        # Rings of 10 ms slots, each stamped with its absolute slot number. Read one by one, so Python sequences,
+        # but typed arrays, not lists: a list holds a float or int object per slot (~130 KB per call in all).
+        self._ref_db = array("d", [_FLOOR_DB]) * _RING
+        self._ref_slot = array("q", [-1]) * _RING
         self._ref_last = -1  # the latest slot with bot audio scheduled
-        self._in_db = [_FLOOR_DB] * _RING
-        self._in_slot = [-1] * _RING
+        self._in_db = array("d", [_FLOOR_DB]) * _RING
+        self._in_slot = array("q", [-1]) * _RING
         self._bot_wave = np.zeros((_WAVE_SLOTS, self._slot_n), dtype=np.int16)
         self._bot_wave_slot = np.full(_WAVE_SLOTS, -1, dtype=np.int64)
         self._in_wave = np.zeros((_WAVE_SLOTS, self._slot_n), dtype=np.int16)
