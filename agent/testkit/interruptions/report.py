@@ -108,11 +108,12 @@ def render(report: dict[str, Any]) -> str:
         f"replies at {cfg['speed']:g}x real time; transcripts {cfg['transcripts']}, "
         f"{cfg.get('transcript_ms', 20)} ms after the commit",
         "",
-        f"{'':46}" + "".join(f"{n:>11}" for n in names) + "   goal",
+        f"{'':46}" + "".join(f" {n:>10}" for n in names) + "   goal",
     ]
 
     def row(label: str, values: list[str], goal: str = "") -> None:
-        lines.append(f"{label:46}" + "".join(f"{v:>11}" for v in values) + (f"   {goal}" if goal else ""))
+        # A value wider than its column still stands apart from its neighbours.
+        lines.append(f"{label:46}" + "".join(f" {v:>10}" for v in values) + (f"   {goal}" if goal else ""))
 
     def checked(key: str, values: list[float | None], unit: str = "", digits: int = 0) -> list[str]:
         test = GOALS[key][1]
