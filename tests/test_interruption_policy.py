@@ -220,3 +220,16 @@ def test_words_that_would_resume_wait_until_the_caller_has_finished() -> None:
     # What cuts still cuts at once.
     assert decide(ev(transcript="okay stop", stopped_ms=0, local_quiet_ms=0.0), RULES, EN).verdict is Verdict.CUT
     assert decide(ev(transcript="okay a table for four", local_quiet_ms=0.0), RULES, EN).verdict is Verdict.CUT
+
+
+def test_words_that_would_cut_wait_while_the_sound_may_still_be_the_bots_echo() -> None:
+    """The echo's own transcript is the bot's words ("reply number one": a cut on words). While the pause's sound
+    may still be that echo, not over long enough for the echo check to judge it, such words wait; the echo verdict
+    then comes first. Nothing else waits: once there is no echo to wait for, the words cut at once."""
+    early = decide(ev(transcript="reply number one", local_quiet_ms=10.0, echo_pending_ms=120.0), RULES, EN)
+    assert early.verdict is Verdict.WAIT and early.recheck_ms == pytest.approx(120)
+    stop = decide(ev(transcript="wait", local_quiet_ms=10.0, echo_pending_ms=120.0), RULES, EN)
+    assert stop.verdict is Verdict.WAIT
+    assert decide(ev(transcript="reply number one", echo=True), RULES, EN) == Decision(Verdict.RESUME, "echo")
+    later = decide(ev(transcript="reply number one", local_quiet_ms=60.0), RULES, EN)
+    assert (later.verdict, later.reason) == (Verdict.CUT, "words")

@@ -54,6 +54,7 @@ class EchoEstimator:
         estimate_every: int = 25,
     ) -> None:
         self.rate = rate
+        self.max_delay_ms = max_delay_ms
         self._slot_n = max(1, int(rate * _SLOT_S))
         self._max_lag = int(max_delay_ms / 10)
         self._min_lag = int(min_delay_ms / 10)

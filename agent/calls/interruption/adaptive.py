@@ -313,6 +313,8 @@ class AdaptiveTurns:
             evidence = pause.evidence(self._ctx.playout.clock(), self.local, self._silence_ms)
             if self._echo_ended(pause, evidence):
                 evidence = replace(evidence, echo=True)
+            else:
+                evidence = replace(evidence, echo_pending_ms=self._echo_pending_ms(pause, evidence))
             decision = decide(evidence, self.rules, self.words)
             if decision.verdict is Verdict.PLAY:
                 self._play_on(pause, decision)
@@ -335,6 +337,18 @@ class AdaptiveTurns:
             and evidence.local_quiet_ms >= ECHO_END_MS
             and echo.followed_bot(pause.speech_from)
         )
+
+    def _echo_pending_ms(self, pause: Pause, evidence: Evidence) -> float:
+        """How much longer words that would cut should wait for `_echo_ended` to judge the sound: it may be the bot's
+        echo (whose transcript is the bot's own words) until it has been over `ECHO_END_MS`, and an echo outlasts
+        the bot by its delay at most. 0 when there is nothing to wait for: a real caller's words come after they
+        stopped (the VAD's silence, then the transcript), so only an echo's words can come this early."""
+        echo = self._ctx.echo
+        if echo is None or not pause.local or pause.playing or evidence.local_quiet_ms is None:
+            return 0.0
+        if evidence.local_quiet_ms >= ECHO_END_MS:
+            return 0.0  # over long enough: `_echo_ended` has had its say
+        return max(0.0, echo.max_delay_ms + ECHO_END_MS - evidence.paused_ms)
 
     async def _settle(self, pause: Pause, decision: Decision) -> None:
         await self._decided(pause, decision)

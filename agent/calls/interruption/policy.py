@@ -81,6 +81,9 @@ class Evidence:
     playing: bool = False  # resumed provisionally (PLAY): the bot plays while the pause waits for the words
     tail_unvoiced: bool = False  # the latest sound had no voice, an earlier one had: a word's last consonant
     vad_silence_ms: float = 0.0  # the silence the VAD waits for before its speech_stopped
+    # The sound may still be the bot's own echo, which its end will tell (the echo check needs it over for a moment):
+    # words that would cut wait this much longer at most, for they may be the bot's own, heard back.
+    echo_pending_ms: float = 0.0
 
     @property
     def caller_quiet_ms(self) -> float | None:
@@ -96,10 +99,11 @@ def decide(e: Evidence, rules: Rules, words: WordLists) -> Decision:
         return Decision(Verdict.RESUME, "echo")
     if e.transcript is not None:
         heard = words.hear(e.transcript)
-        if heard.stop:
-            return Decision(Verdict.CUT, "stop_word")
-        if heard.content >= rules.min_words:
-            return Decision(Verdict.CUT, "words")
+        cut = "stop_word" if heard.stop else "words" if heard.content >= rules.min_words else None
+        if cut is not None and e.echo_pending_ms > 0:
+            return Decision(Verdict.WAIT, recheck_ms=e.echo_pending_ms)
+        if cut is not None:
+            return Decision(Verdict.CUT, cut)
         if e.speech_ms >= rules.long_speech_ms:
             return Decision(Verdict.CUT, "duration")
         quiet = e.caller_quiet_ms
