@@ -46,7 +46,7 @@ MULAW_SILENCE = 0xFF
 
 def mulaw_to_pcm16(data: bytes) -> Int16Array:
     """Decode μ-law bytes to int16 samples."""
-    samples: Int16Array = _DECODE[np.frombuffer(data, dtype=np.uint8)]
+    samples: Int16Array = _DECODE.take(np.frombuffer(data, dtype=np.uint8))  # take: half fancy indexing's cost
     return samples
 
 
