@@ -6,7 +6,7 @@ import gc
 
 import pytest
 
-from agent.testkit.bench.workload import LOAD_GC_THRESHOLDS, load_gc
+from agent.testkit.bench.tool import LOAD_GC_THRESHOLDS, load_gc
 
 
 def test_calls_run_with_the_load_thresholds_and_leave_the_collector_as_it_was() -> None:

@@ -47,7 +47,7 @@ from agent.engine import (
     sine_tone,
 )
 from agent.heap import freeze_startup_heap
-from agent.testkit.bench.tool import run_async
+from agent.testkit.bench.tool import LOAD_GC_THRESHOLDS, run_async
 from agent.testkit.bench.wire import MULAW_FRAME_BYTES, PREFIX_CHARS, LoopLag, frame_key
 from agent.waiting import within
 
@@ -255,10 +255,7 @@ async def _main(args: argparse.Namespace) -> None:
     # Start-up leaves ~100,000 long-lived objects (the SDK's event models above all) that every full collection
     # would walk, tens of ms each time, stalling every session's stream at once.
     freeze_startup_heap()
-    # As the bench's caller side does while it runs calls (workload.LOAD_GC_THRESHOLDS, not imported: that would
-    # load the carrier simulator and the analysis into this process): a young collection every 20,000 allocations,
-    # not every 700.
-    gc.set_threshold(20_000, 10, 10)
+    gc.set_threshold(*LOAD_GC_THRESHOLDS)  # for its life, as the bench's caller side while it runs calls
     lag = asyncio.create_task(engine.loop_lag.watch())
     try:
         await stop.wait()

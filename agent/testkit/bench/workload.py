@@ -14,37 +14,18 @@ included, is dropped.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import gc
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import replace
 
 import numpy as np
 
 from agent.testkit.analysis.hops import CallResult, summarize_call
+from agent.testkit.bench.tool import load_gc
 from agent.testkit.bench.wire import PREFIX_CHARS, content_rate
 from agent.testkit.carrier import SimCall, SimCallOptions
 from agent.testkit.runner import TimedCarrier, run_back_to_back, run_call, run_ramp
 from agent.testkit.scenarios import QUIET_CHUNK_MS, STAGGER_S, NoiseCaller, WorkloadConfig
-
-LOAD_GC_THRESHOLDS = (20_000, 10, 10)
-"""The collector's thresholds in the load generator's processes while they run calls. The default young-generation
-threshold (700 allocations) ran a young collection every few ms at 100 calls, and each tenth of those an older
-one: a few % of a core, and the full passes (tens of ms each) stalled every call's clock at once. Most of what a
-call allocates is freed by reference counting long before 20,000 allocations have passed."""
-
-
-@contextlib.contextmanager
-def load_gc() -> Iterator[None]:
-    """:data:`LOAD_GC_THRESHOLDS` for the duration, then the thresholds as they were."""
-    before = gc.get_threshold()
-    gc.set_threshold(*LOAD_GC_THRESHOLDS)
-    try:
-        yield
-    finally:
-        gc.set_threshold(*before)
-
 
 __all__ = ["STAGGER_S", "CallResult", "WorkloadConfig", "one_call", "run_back_to_back_calls", "run_calls"]
 
