@@ -25,6 +25,7 @@ import asyncio
 from dataclasses import dataclass, field, replace
 from typing import Protocol
 
+from agent.audio.echo import EchoEstimator
 from agent.audio.speech_onset import SpeechOnset
 from agent.calls.context import CallContext
 from agent.calls.interruption.policy import Decision, Evidence, Rules, Verdict, decide
@@ -328,26 +329,29 @@ class AdaptiveTurns:
         """The sound that paused the bot stopped one echo delay after the bot did, and followed its voice: an echo
         that began after the line had shown none (`EchoEstimator.followed_bot`). No need to wait for quiet, and its
         transcript, if the model's VAD took it for speech, is the bot's own words."""
-        echo = self._ctx.echo
+        echo = self._echo_judges(pause, evidence)
         return (
             echo is not None
-            and pause.local
-            and not pause.playing
             and evidence.local_quiet_ms is not None
             and evidence.local_quiet_ms >= ECHO_END_MS
             and echo.followed_bot(pause.speech_from)
         )
+
+    def _echo_judges(self, pause: Pause, evidence: Evidence) -> EchoEstimator | None:
+        """The echo estimator, when it can judge this pause's sound by its end: the line's detector heard the sound,
+        and the bot is held (not played on)."""
+        echo = self._ctx.echo
+        judges = echo is not None and pause.local and not pause.playing and evidence.local_quiet_ms is not None
+        return echo if judges else None
 
     def _echo_pending_ms(self, pause: Pause, evidence: Evidence) -> float:
         """How much longer words that would cut should wait for `_echo_ended` to judge the sound: it may be the bot's
         echo (whose transcript is the bot's own words) until it has been over `ECHO_END_MS`, and an echo outlasts
         the bot by its delay at most. 0 when there is nothing to wait for: a real caller's words come after they
         stopped (the VAD's silence, then the transcript), so only an echo's words can come this early."""
-        echo = self._ctx.echo
-        if echo is None or not pause.local or pause.playing or evidence.local_quiet_ms is None:
-            return 0.0
-        if evidence.local_quiet_ms >= ECHO_END_MS:
-            return 0.0  # over long enough: `_echo_ended` has had its say
+        echo = self._echo_judges(pause, evidence)
+        if echo is None or evidence.local_quiet_ms is None or evidence.local_quiet_ms >= ECHO_END_MS:
+            return 0.0  # nothing to judge, or over long enough: `_echo_ended` has had its say
         return max(0.0, echo.max_delay_ms + ECHO_END_MS - evidence.paused_ms)
 
     async def _settle(self, pause: Pause, decision: Decision) -> None:
