@@ -77,19 +77,6 @@ class InputAudio(ResponseGeneration):
 
     async def _run_vad(self, samples: Int16Array) -> None:
         win = self._input_rate * VAD_WINDOW_MS // 1000
-        if len(samples) == win and not len(self._vad_carry):
-            # The usual append, one whole window with nothing carried over: the loop below for a single window.
-            start_ms = self._vad_pos_ms
-            self._vad_pos_ms += VAD_WINDOW_MS
-            td = self._turn_detection()
-            if td is None:
-                return
-            is_loud = loud_windows(samples, win, self.sim_config.vad_threshold_rms)[0]
-            if not is_loud and not self._speaking:
-                self._vad_run_ms = 0
-                return
-            await self._vad_window(td, start_ms, is_loud)
-            return
         carry = self._vad_carry
         pending = np.concatenate([carry, samples]) if len(carry) else samples
         n = len(pending) // win

@@ -174,17 +174,16 @@ async def agent_process(
     settings: Mapping[str, str] | None = None,
     *,
     log_path: Path | None = None,
-    launch: Sequence[str] = ("-m", "agent"),
     ready_timeout: float = 30.0,
     checkout: Path | None = None,
 ) -> AsyncIterator[AgentProcess]:
     """The agent as its own process: `serve` on a free loopback port with :func:`agent_env` plus `settings`
     (no OPENAI_API_KEY among them: the embedded offline engine), ready once /healthz answers; stopped (SIGTERM,
     then SIGKILL) and its scratch directory removed on exit. The log goes to `log_path` (default: the scratch
-    directory); `launch` replaces `-m agent`; `checkout` runs another checkout's agent (an A/B)."""
+    directory); `checkout` runs another checkout's agent (an A/B)."""
     workdir = Path(tempfile.mkdtemp(prefix="agent-proc-"))
     port = free_port()
-    args = [*launch, "serve", "--host", "127.0.0.1", "--port", str(port)]
+    args = ["-m", "agent", "serve", "--host", "127.0.0.1", "--port", str(port)]
     child = start("agent", args, agent_env(workdir, port, settings), log_path or workdir / "agent.log", cwd=checkout)
     agent = AgentProcess(child, f"http://127.0.0.1:{port}", workdir)
     try:
