@@ -111,6 +111,14 @@ async def test_stream_socket_refused_without_a_valid_token() -> None:
         await stack.state.registry.shutdown()
 
 
+def test_a_stream_token_is_good_for_at_least_its_whole_ttl() -> None:
+    """A token issued late in a second must not lose that second: a 1 s TTL once left Vobiz 0.1 s to connect."""
+    token = stream_token.issue("s", "call-1", 1.0, now=100.9)
+    assert stream_token.verify("s", "call-1", token, now=101.85).ok
+    assert not stream_token.verify("s", "call-1", token, now=101.85).expired
+    assert stream_token.verify("s", "call-1", token, now=103.0).expired
+
+
 async def test_media_before_start_is_dropped_and_counted() -> None:
     async with running_stack(RealtimeSimConfig(reply_ms=200)) as stack, httpx.AsyncClient() as http:
         reply = await http.post(f"{stack.base_url}/vobiz/answer", data=FORM)

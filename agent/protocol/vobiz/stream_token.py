@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import math
 import time
 from dataclasses import dataclass
 
@@ -34,7 +35,8 @@ def _mac(secret: str, call_id: str, expires: int) -> str:
 
 
 def issue(secret: str, call_id: str, ttl_s: float, *, now: float | None = None) -> str:
-    expires = int((time.time() if now is None else now) + ttl_s)
+    # Rounded up: truncating would shorten the window by up to a second, to nothing at all for a 1 s TTL.
+    expires = math.ceil((time.time() if now is None else now) + ttl_s)
     return f"{expires}.{_mac(secret, call_id, expires)}"
 
 
