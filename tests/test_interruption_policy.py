@@ -119,7 +119,7 @@ def test_the_echo_path_is_found_and_the_caller_is_told_from_it(delay_ms: int, lo
     for k in range(len(inbound) // 160):
         arrival = t0 + (k + 1) * 0.02 + 0.02 + rng.random() * 0.008  # 20 ms of transport, some jitter
         started = time.perf_counter()
-        flags.append(echo.inbound(inbound[k * 160 : (k + 1) * 160], arrival))
+        flags.append(echo.inbound(inbound[k * 160 : (k + 1) * 160], arrival, k * 160))
         spent.append(time.perf_counter() - started)
     assert echo.delay_ms == pytest.approx(delay_ms + 40, abs=20)  # the echo plus the frames' own transport
     assert echo.loss_db == pytest.approx(loss_db, abs=3)
@@ -138,7 +138,7 @@ def test_no_echo_on_the_line_turns_the_prior_off() -> None:
     echo = EchoEstimator(8000)
     for k in range(len(bot) // 160):
         echo.played(bot[k * 160 : (k + 1) * 160], 100 + k * 0.02)
-        echo.inbound(np.zeros(160, dtype=np.int16), 100 + (k + 1) * 0.02 + 0.02)
+        echo.inbound(np.zeros(160, dtype=np.int16), 100 + (k + 1) * 0.02 + 0.02, k * 160)
     assert echo.no_echo and echo.delay_ms is None
 
 

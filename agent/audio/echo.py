@@ -33,6 +33,7 @@ _ACTIVE_DB = -50.0  # the bot is audible in a slot above this
 _FULL_SCALE = 32768.0**2
 _ABOVE_LINE_DB = 10.0  # a sound stands this far above the line's own floor
 _WAVE_SLOTS = 128  # 1.28 s of samples kept on each side, for `followed_bot`
+_REDATE_S = 0.1  # frames this much later than the stream's dating, for this long: the stream broke off
 _TIE = 0.02  # correlation peaks this close to the best are as good: the sound's end tells them apart
 
 
@@ -74,10 +75,9 @@ class EchoEstimator:
         self._bot_wave_slot = np.full(_WAVE_SLOTS, -1, dtype=np.int64)
         self._in_wave = np.zeros((_WAVE_SLOTS, self._slot_n), dtype=np.int16)
         self._in_wave_slot = np.full(_WAVE_SLOTS, -1, dtype=np.int64)
-        self._in_samples = 0
         self._in_last = -1  # the latest inbound slot
         self._anchor: float | None = None  # playout-clock time of inbound sample 0 (earliest arrival seen)
-        self._last_arrival: float | None = None
+        self._later: tuple[float, float] | None = None  # since when, and by how little at least, frames came late
         self._frames = 0
         self.delay_slots: int | None = None  # the echo delay, in 10 ms slots, once found
         self.loss_db: float | None = None  # echo level relative to the bot's playout, once found
@@ -149,19 +149,21 @@ class EchoEstimator:
 
     # --- the caller's side ---------------------------------------------------------------------------------
 
-    def inbound(self, samples: Int16Array, arrival: float) -> bool:
-        """A frame of caller audio that arrived at `arrival` (playout clock); True when it is only echo."""
+    def inbound(self, samples: Int16Array, arrival: float, position: int) -> bool:
+        """A frame of caller audio that arrived at `arrival` (playout clock); True when it is only echo.
+
+        `position`: the stream's samples before this frame, every frame the carrier sent counted (shown here or
+        not), so that the frames of the bot's silences, which nobody needs to see, leave no gap in the dating."""
         n = len(samples) // self._slot_n
         if n == 0:
             return False
-        if self._last_arrival is not None and arrival - self._last_arrival > 0.1:
-            self._anchor = None  # frames were not shown to us for a while: date the stream afresh
-        self._last_arrival = arrival
-        self._in_samples += len(samples)
-        offset = arrival - self._in_samples / self.rate
-        # Frames arrive late (jitter), never early: the earliest arrival dates the stream; it may drift later slowly.
-        self._anchor = offset if self._anchor is None or offset < self._anchor else self._anchor + 0.0002
-        end_slot = int((self._anchor + self._in_samples / self.rate) / _SLOT_S)
+        end = position + len(samples)
+        self._anchor = self._dated(arrival - end / self.rate, arrival)
+        end_slot = int((self._anchor + end / self.rate) / _SLOT_S)
+        if abs(end_slot - n - self._in_last) == 1:
+            # The dating moved by under a slot (it rides on the arrivals' jitter): the stream goes on where it was,
+            # rather than skip a slot (a hole in the sound, which `followed_bot` cannot judge) or write one twice.
+            end_slot = self._in_last + n
         if end_slot - n < self._in_last:
             self._ref_version += 1  # a slot already kept is written again (the stream dated afresh)
         self._in_last = max(self._in_last, end_slot)
@@ -179,6 +181,26 @@ class EchoEstimator:
         if self._frames % self._estimate_every == 0:
             self._estimate(end_slot)
         return echo
+
+    def _dated(self, offset: float, arrival: float) -> float:
+        """When the stream's sample 0 played: frames arrive late (jitter), never early, so the earliest arrival
+        dates the stream, drifting later slowly. Frames much later than that are either a stall of our own event
+        loop (they come in a burst, then on time again: the dating stands, or a burst would be written over one
+        slot and leave a hole in the sound) or a break in the stream itself (a reconnect), which shows as frames
+        late for `_REDATE_S` on end: only then is the stream dated afresh."""
+        anchor = self._anchor
+        if anchor is None or offset < anchor:
+            self._later = None
+            return offset
+        if offset - anchor <= _REDATE_S:
+            self._later = None
+            return anchor + 0.0002
+        since, least = self._later or (arrival, offset)
+        if arrival - since >= _REDATE_S:
+            self._later = None
+            return min(least, offset)
+        self._later = (since, min(least, offset))
+        return anchor
 
     def _explained(self, slot: int, level: float) -> bool:
         """Whether the bot's audio, come back, accounts for this much sound in this slot."""

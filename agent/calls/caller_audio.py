@@ -39,6 +39,9 @@ class CallerAudio:
         if self._onset is not None:
             interruption.listen(self._onset)
         self._echo = ctx.echo if mode == "adaptive" else None
+        # The stream's position, in carrier bytes: every frame counts, whether the echo model is shown it or not.
+        self._received = 0
+        self._bytes_per_sample = 1 if ctx.format.is_mulaw else 2
         self._queue: deque[bytes] = deque()
         self._queued_ms = 0.0
         self._data = asyncio.Event()
@@ -85,6 +88,8 @@ class CallerAudio:
         if not self._rate.admit(len(payload) / self._bytes_per_s, time.monotonic()):
             self._drop("too_fast", "caller audio arriving faster than real time")
             return
+        position = self._received // self._bytes_per_sample
+        self._received += len(payload)
         if self._passthrough:
             audio = payload
         else:
@@ -110,7 +115,7 @@ class CallerAudio:
         if pcm is not None and recorder is not None:
             recorder.caller(pcm, ctx.format.rate)
         if pcm is not None and listening_at is not None:
-            await self._detect(pcm, listening_at)
+            await self._detect(pcm, listening_at, position)
         elif self._onset is not None:
             self._onset.reset()  # no sound in progress while the bot (and its echo) is silent
 
@@ -123,11 +128,11 @@ class CallerAudio:
         now = playout.clock()
         return now if playout.is_audible(now) or now < playout.idle_at() + _ECHO_TAIL_S else None
 
-    async def _detect(self, pcm: Int16Array, now: float) -> None:
+    async def _detect(self, pcm: Int16Array, now: float, position: int) -> None:
         """While the bot is audible (and its echo may still come back): is the caller starting to talk over it?"""
         ctx, onset = self._ctx, self._onset
         assert onset is not None
-        echo = self._echo is not None and self._echo.inbound(pcm, now)
+        echo = self._echo is not None and self._echo.inbound(pcm, now, position)
         fired = onset.feed(pcm, ctx.format.rate, echo=echo)
         if echo:
             ctx.sound.echo_at = now
