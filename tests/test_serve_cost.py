@@ -22,7 +22,7 @@ from agent.model.connection import ModelConnector
 from agent.web.app import create_app
 from agent.web.lazy_routes import LazyRoutes
 from agent.web.tool_client import DeferredTransport, tool_client
-from tests.agent_process import clean_env
+from tests.agent_process import agent_process, clean_env
 
 NOT_IN_SERVE = (
     "openai",
@@ -193,3 +193,16 @@ async def test_the_http_tool_client_sets_up_tls_and_pooling_on_its_first_request
         await client.aclose()
     with pytest.raises(RuntimeError, match="closed"):
         await transport.handle_async_request(httpx.Request("GET", f"http://127.0.0.1:{port}/"))
+
+
+
+async def test_the_stream_socket_declines_compression() -> None:
+    """A carrier that offers permessage-deflate gets plain frames: base64 μ-law hardly compresses, and every call
+    would spend CPU on each 20 ms frame and keep two zlib states (hundreds of KB) for its socket. The simulated
+    carrier offers none, so only the served process itself shows this."""
+    form = {"CallUUID": "call-deflate-1", "From": "+911", "To": "+912", "Direction": "inbound", "Event": "StartApp"}
+    async with agent_process() as agent, httpx.AsyncClient() as http:
+        answer = await http.post(f"{agent.base_url}/vobiz/answer", data=form)
+        url = answer.text.split("<Stream", 1)[1].split(">", 1)[1].split("<", 1)[0].strip().replace("&amp;", "&")
+        async with websockets.connect(url, compression="deflate") as ws:
+            assert ws.protocol.extensions == []
