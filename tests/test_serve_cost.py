@@ -195,7 +195,6 @@ async def test_the_http_tool_client_sets_up_tls_and_pooling_on_its_first_request
         await transport.handle_async_request(httpx.Request("GET", f"http://127.0.0.1:{port}/"))
 
 
-
 async def test_the_stream_socket_declines_compression() -> None:
     """A carrier that offers permessage-deflate gets plain frames: base64 μ-law hardly compresses, and every call
     would spend CPU on each 20 ms frame and keep two zlib states (hundreds of KB) for its socket. The simulated
