@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from functools import partial
 
 import numpy as np
 import pytest
@@ -243,6 +244,10 @@ def on_time(i: int) -> float:
     return T0 + (i + 1) * FRAME / RATE + 0.004
 
 
+def jittered(late: np.ndarray, i: int) -> float:
+    return T0 + (i + 1) * FRAME / RATE + float(late[i])
+
+
 @pytest.mark.parametrize("stall_ms", [120, 200])
 def test_an_echo_whose_frames_came_in_a_burst_is_still_its_echo(stall_ms: int) -> None:
     """Our own event loop stalled while the echo was on the line (a busy host): its frames came late, then all at
@@ -276,4 +281,4 @@ def test_frames_with_jitter_are_dated_without_holes() -> None:
     assert [s for s in slots if est._in_slot[s % 1024] != s] == []
     for seed in range(4):  # and an echo among such frames is its echo
         jitter = np.random.default_rng(100 + seed).uniform(0.0085, 0.0165, 1000)
-        assert echo_on_a_late_line(seed, lambda i, late=jitter: T0 + (i + 1) * FRAME / RATE + late[i]), seed
+        assert echo_on_a_late_line(seed, partial(jittered, jitter)), seed
