@@ -6,9 +6,12 @@ its time is up; then it hangs up. Between turns the caller is not silent but sen
 engine's VAD threshold, so every 20 ms frame is different and can be found again, byte for byte, in what the
 engine receives (μ-law passes through the agent unchanged).
 
-Calls are placed by the one runner (:mod:`agent.testkit.runner`); each is boiled down to a
-:class:`~agent.testkit.analysis.hops.CallResult` as soon as it ends, and the simulator's record of it, audio
-included, is dropped.
+Calls are placed by the one runner (:mod:`agent.testkit.runner`) and boiled down to a
+:class:`~agent.testkit.analysis.hops.CallResult` each. A fixed set of calls (`run_calls`) is summarised once all
+of them have ended: a summary takes 10-25 ms of the generator's loop, and made while the later calls still ran it
+stalled the simulated carrier in their last seconds (the playout gaps the bench put down to the carrier clustered
+there). A soak (`run_back_to_back_calls`) summarises each call as it ends and drops the simulator's record of it,
+audio included: its calls end all the time, so that cost is part of its steady load.
 """
 
 from __future__ import annotations
@@ -45,8 +48,9 @@ def tap_play_audio(call: SimCall) -> list[tuple[float, str]]:
     return plays
 
 
-async def one_call(timed: TimedCarrier, index: int, cfg: WorkloadConfig) -> CallResult:
-    """One bench call through the runner: placed (15 s at most), talked for ``cfg.seconds``, hung up, summarised."""
+async def one_call(timed: TimedCarrier, index: int, cfg: WorkloadConfig) -> Callable[[], CallResult]:
+    """One bench call through the runner: placed (15 s at most), talked for ``cfg.seconds``, hung up; returns
+    what summarises it (see the module docstring for when)."""
     rng = np.random.default_rng([cfg.seed, index])
     rate = content_rate(cfg.content_type)
     first_ms = 2 * QUIET_CHUNK_MS
@@ -77,24 +81,29 @@ async def one_call(timed: TimedCarrier, index: int, cfg: WorkloadConfig) -> Call
     call = placed.call
     if call is None:
         cause, detail = placed.failure or ("stream_failed", "no stream")
-        return CallResult(index, error=f"place_call: {cause}: {detail}")
+        return lambda: CallResult(index, error=f"place_call: {cause}: {detail}")
     driver = taps["driver"]
     plays = taps["plays"]
     assert isinstance(driver, NoiseCaller) and isinstance(plays, list)
-    result = summarize_call(index, call, plays, driver.turns, driver.speech_ms)
-    if placed.failure is not None and placed.failure[0] == "timeout":
-        result.error = "driver timed out"
-    elif placed.failure is not None:
-        result.error = f"{placed.failure[0]}: {placed.failure[1]}"
-    elif call.end_reason != "caller_hangup":
-        result.error = f"call ended early: {call.end_reason} (close code {call.close_code})"
-    return result
+
+    def summary() -> CallResult:
+        result = summarize_call(index, call, plays, driver.turns, driver.speech_ms)
+        if placed.failure is not None and placed.failure[0] == "timeout":
+            result.error = "driver timed out"
+        elif placed.failure is not None:
+            result.error = f"{placed.failure[0]}: {placed.failure[1]}"
+        elif call.end_reason != "caller_hangup":
+            result.error = f"call ended early: {call.end_reason} (close code {call.close_code})"
+        return result
+
+    return summary
 
 
 async def run_calls(
     base_url: str, answer_path: str, cfg: WorkloadConfig, on_schedule: Callable[[float], None] | None = None
 ) -> list[CallResult]:
-    """Place `cfg.calls` calls `cfg.stagger_s` apart; returns one result per call, in call order."""
+    """Place `cfg.calls` calls `cfg.stagger_s` apart; returns one result per call, in call order, each summarised
+    once every call has ended."""
     async with TimedCarrier(base_url, answer_path) as timed:
         t0 = time.monotonic() + 0.2
         if on_schedule is not None:
@@ -110,14 +119,24 @@ async def run_calls(
                 clock=time.monotonic,
                 limit_s=limit,
             )
-        return [done.get(i) or CallResult(i, error="call task timed out") for i in range(cfg.calls)]
+    return [_summarised(i, done.get(i)) for i in range(cfg.calls)]
 
 
-async def _guarded(timed: TimedCarrier, index: int, cfg: WorkloadConfig) -> CallResult:
+def _summarised(index: int, summary: Callable[[], CallResult] | None) -> CallResult:
+    if summary is None:
+        return CallResult(index, error="call task timed out")
+    try:
+        return summary()
+    except Exception as exc:  # one broken call must not sink the run
+        return CallResult(index, error=f"call summary failed: {exc!r}")
+
+
+async def _guarded(timed: TimedCarrier, index: int, cfg: WorkloadConfig) -> Callable[[], CallResult]:
     try:
         return await one_call(timed, index, cfg)
     except Exception as exc:  # one broken call must not sink the run
-        return CallResult(index, error=f"call task failed: {exc!r}")
+        error = f"call task failed: {exc!r}"
+        return lambda: CallResult(index, error=error)
 
 
 async def run_back_to_back_calls(
@@ -141,9 +160,10 @@ async def run_back_to_back_calls(
             try:
                 # one_call bounds itself (place 15 s, talk seconds + 10, hang up 15); this is a backstop.
                 async with asyncio.timeout(seconds + 60):
-                    return await _guarded(timed, index, replace(cfg, seconds=seconds))
+                    summary = await _guarded(timed, index, replace(cfg, seconds=seconds))
             except TimeoutError:
                 return CallResult(index, error="call task timed out")
+            return _summarised(index, summary)
 
         return await run_back_to_back(
             cfg.calls,
