@@ -21,8 +21,12 @@ class MediaFormat:
         return self.encoding == "audio/x-mulaw"
 
     @property
+    def bytes_per_sample(self) -> int:
+        return 1 if self.is_mulaw else 2
+
+    @property
     def bytes_per_ms(self) -> float:
-        return self.rate / 1000 * (1 if self.is_mulaw else 2)
+        return self.rate / 1000 * self.bytes_per_sample
 
     @property
     def content_type(self) -> str:

@@ -41,7 +41,6 @@ class CallerAudio:
         self._echo = ctx.echo if mode == "adaptive" else None
         # The stream's position, in carrier bytes: every frame counts, whether the echo model is shown it or not.
         self._received = 0
-        self._bytes_per_sample = 1 if ctx.format.is_mulaw else 2
         self._queue: deque[bytes] = deque()
         self._queued_ms = 0.0
         self._data = asyncio.Event()
@@ -88,7 +87,7 @@ class CallerAudio:
         if not self._rate.admit(len(payload) / self._bytes_per_s, time.monotonic()):
             self._drop("too_fast", "caller audio arriving faster than real time")
             return
-        position = self._received // self._bytes_per_sample
+        position = self._received  # of this frame, in bytes
         self._received += len(payload)
         if self._passthrough:
             audio = payload
@@ -129,10 +128,11 @@ class CallerAudio:
         return now if playout.is_audible(now) or now < playout.idle_at() + _ECHO_TAIL_S else None
 
     async def _detect(self, pcm: Int16Array, now: float, position: int) -> None:
-        """While the bot is audible (and its echo may still come back): is the caller starting to talk over it?"""
+        """While the bot is audible (and its echo may still come back): is the caller starting to talk over it?
+        `position`: the frame's in the stream, in carrier bytes."""
         ctx, onset = self._ctx, self._onset
         assert onset is not None
-        echo = self._echo is not None and self._echo.inbound(pcm, now, position)
+        echo = self._echo is not None and self._echo.inbound(pcm, now, position // ctx.format.bytes_per_sample)
         fired = onset.feed(pcm, ctx.format.rate, echo=echo)
         if echo:
             ctx.sound.echo_at = now

@@ -368,7 +368,7 @@ class Playout:
                 continue  # over (a rewind stays inside the item still playing)
             # Whole samples the schedule says were heard, rounded down: resume at or before the caller's last.
             played = math.floor(max(0.0, resume_at - seg.start) * 1000 * self.format.bytes_per_ms + 1e-6)
-            played -= played % (1 if self.format.is_mulaw else 2)
+            played -= played % self.format.bytes_per_sample
             cut_ms = played / self.format.bytes_per_ms
             unheard.append(
                 _Chunk(
