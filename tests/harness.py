@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import json
 import tempfile
+import xml.etree.ElementTree as ET
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -124,6 +125,14 @@ def replica_settings(
         "spool_dir": tmp_path / f"spool-{index}",
     }
     return Settings(**(values | extra))
+
+
+def stream_url(xml_text: str) -> str:
+    """The stream URL in an answer's `<Stream>`, for tests that open the stream socket by hand."""
+    root = ET.fromstring(xml_text.split("?>", 1)[1])
+    stream = root.find("Stream")
+    assert stream is not None and stream.text
+    return stream.text.strip()
 
 
 def start_message(call_id: str, stream_id: str) -> str:

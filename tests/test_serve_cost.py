@@ -23,6 +23,7 @@ from agent.web.app import create_app
 from agent.web.lazy_routes import LazyRoutes
 from agent.web.tool_client import DeferredTransport, tool_client
 from tests.agent_process import agent_process, clean_env
+from tests.harness import stream_url
 
 NOT_IN_SERVE = (
     "openai",
@@ -202,6 +203,5 @@ async def test_the_stream_socket_declines_compression() -> None:
     form = {"CallUUID": "call-deflate-1", "From": "+911", "To": "+912", "Direction": "inbound", "Event": "StartApp"}
     async with agent_process() as agent, httpx.AsyncClient() as http:
         answer = await http.post(f"{agent.base_url}/vobiz/answer", data=form)
-        url = answer.text.split("<Stream", 1)[1].split(">", 1)[1].split("<", 1)[0].strip().replace("&amp;", "&")
-        async with websockets.connect(url, compression="deflate") as ws:
+        async with websockets.connect(stream_url(answer.text), compression="deflate") as ws:
             assert ws.protocol.extensions == []

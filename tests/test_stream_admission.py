@@ -16,7 +16,7 @@ from websockets.exceptions import InvalidStatus
 from agent.engine import RealtimeSimConfig
 from agent.testkit.carrier import CallerAudio, SimCallOptions
 from agent.waiting import within
-from tests.harness import running_stack, start_message
+from tests.harness import running_stack, start_message, stream_url
 
 RING = {"CallUUID": "call-out-1", "From": "+918000000002", "To": "+919000000001", "Direction": "outbound"}
 
@@ -107,8 +107,7 @@ async def test_a_token_holder_cannot_pump_audio_faster_than_a_phone_line() -> No
     """10 s of audio sent at once: the allowance (2 s) reaches the model, the rest is dropped and counted."""
     async with running_stack(RealtimeSimConfig(reply_ms=300)) as stack, httpx.AsyncClient() as http:
         answer = await http.post(f"{stack.base_url}/vobiz/answer", data=RING | {"Event": "StartApp"})
-        url = answer.text.split(">", 3)[-1].split("<")[0].strip().replace("&amp;", "&")
-        async with connect(url) as ws:
+        async with connect(stream_url(answer.text)) as ws:
             await ws.send(start_message("call-out-1", "s-1"))
             session = await stack.engine.wait_for_session()
             payload = base64.b64encode(b"\xff" * 160).decode()  # 20 ms of μ-law silence

@@ -8,7 +8,6 @@ import json
 import logging
 import signal
 import sys
-import xml.etree.ElementTree as ET
 from asyncio.subprocess import PIPE
 from pathlib import Path
 from typing import Any
@@ -30,17 +29,10 @@ from agent.waiting import within
 from agent.web.app import create_app
 from agent.web.webhooks import INSECURE_REFUSAL
 from tests.agent_process import agent_process, clean_env
-from tests.harness import ROOT, running_stack, start_message
+from tests.harness import ROOT, running_stack, start_message, stream_url
 
 TOKEN = "vobiz-auth-token-for-tests"
 FORM = {"CallUUID": "call-sec-1", "From": "+911", "To": "+912", "Direction": "inbound", "Event": "StartApp"}
-
-
-def stream_url(xml_text: str) -> str:
-    root = ET.fromstring(xml_text.split("?>", 1)[1])
-    stream = root.find("Stream")
-    assert stream is not None and stream.text
-    return stream.text.strip()
 
 
 @pytest.mark.parametrize("route", ["answer", "hangup", "stream-status", "after-stream", "transfer"])
