@@ -47,10 +47,14 @@ async def test_greeting_is_paced_checkpointed_and_recorded() -> None:
         # Named item.offset_ms.seq: one inside the long answer (1 s), one at its end.
         assert [name.split(".")[1] for name in call.acked_checkpoints] == ["1000", "1500"]
         # Paced: never much more than the lead (200 ms) plus one message (at most 100 ms) waiting at the carrier.
+        # The lead is deeper for a while after the loop woke the pacer late (`WakeLateness`): a stall of this
+        # process, which runs the carrier and the engine too, once made it 280 ms here; then that is the bound.
         settings = stack.state.settings
+        playout = stack.state.registry.live[call.call_uuid].ctx.playout
+        lead_ms = playout.lead(playout.clock()) * 1000
         metrics = analyze_call(call)
         assert metrics.queue_max_ms is not None
-        assert 180 <= metrics.queue_max_ms <= settings.playout_lead_ms + settings.playout_chunk_ms + 20
+        assert 180 <= metrics.queue_max_ms <= lead_ms + settings.playout_chunk_ms + 20
         sizes = [int(e.detail["bytes"]) for e in call.timeline if e.kind == "play_audio_received"]
         assert sizes and all(0 < size <= settings.playout_chunk_ms * 8 for size in sizes)  # μ-law: 8 bytes a ms
         assert len(sizes) < 1500 / 20  # fewer, larger messages than one per 20 ms frame

@@ -5,6 +5,7 @@ path it replaces."""
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import AsyncIterator
 
 import pytest
@@ -46,7 +47,9 @@ async def test_ticker_keeps_scheduling_order_within_a_millisecond_and_runs_what_
     tick = Ticker(loop)
     ran: list[str] = []
     done = asyncio.Event()
-    when = loop.time() + 0.02
+    # 0.1 ms into a millisecond, so that `when` and `when + 0.2 ms` are due in the same one whatever the clock's
+    # resolution (uvloop's is a millisecond: `loop.time() + 0.02` fell on an edge, and 0.2 ms later could be the next).
+    when = math.floor((loop.time() + 0.02) * 1000) / 1000 + 0.0001
 
     def later() -> None:
         ran.append("added")
